@@ -1,0 +1,1 @@
+"""Pipeline specs: the typed schema, the canonical record and the bundled demo."""

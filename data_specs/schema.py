@@ -1,0 +1,427 @@
+"""The pipeline spec: one YAML file describes a whole run, from sources to promotion.
+
+Every section is a strict pydantic model: unknown keys and wrong types fail
+with the YAML path of the bad value (e.g. ``sources[2].template``). Each field's
+docstring is its documentation. `PipelineSpec.spec_hash` is a hash of the
+canonical (validated, defaults filled) form, recorded everywhere downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from data_specs.errors import SpecError
+
+NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
+# Keys that would put a secret into a spec (and from there into logs and MLflow).
+SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class HubDataset(Strict):
+    """A Hugging Face dataset, addressed exactly (id, config, split, revision)."""
+
+    id: str
+    """Dataset id on the hub, e.g. ``super_glue`` or ``tatsu-lab/alpaca``."""
+    config: str | None = None
+    """Dataset configuration name (e.g. ``boolq``); None for the default."""
+    split: str = "train"
+    """Split to read; slicing syntax like ``train[:5000]`` is allowed."""
+    revision: str | None = None
+    """Pinned git revision (commit sha or tag). Pin it: an unpinned source can change under you."""
+    streaming: bool = False
+    """Stream instead of downloading the whole split (large sets); combine with max_rows."""
+
+
+class DataLocation(Strict):
+    """Where a table comes from: exactly one of path, hf or url."""
+
+    path: str | None = None
+    """Local file (jsonl, json, csv, tsv, parquet), relative to the spec file's folder."""
+    hf: HubDataset | None = None
+    """A Hugging Face hub dataset."""
+    url: str | None = None
+    """An http(s) URL of a file in one of the local formats."""
+    sha256: str | None = None
+    """Expected sha256 of the downloaded file (url sources); a mismatch is an error."""
+    format: Literal["jsonl", "json", "csv", "tsv", "parquet"] | None = None
+    """File format; inferred from the file suffix when omitted."""
+    max_rows: int | None = Field(default=None, gt=0)
+    """Read at most this many rows (first rows in file order)."""
+
+    @model_validator(mode="after")
+    def _one_location(self):
+        given = [k for k in ("path", "hf", "url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of path, hf or url (got {given or 'none'})"
+            )
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        return self
+
+
+class SourceSpec(DataLocation):
+    """One training source: where it is, how to read it, which task it teaches."""
+
+    name: str = Field(pattern=NAME_RE)
+    """Unique short name (lowercase, digits, _ or -); used in ids, tables and reports."""
+    template: str
+    """Normalisation template: alpaca, dolly, chat, superglue_boolq, superglue_rte, superglue_wic,
+    superglue_multirc, superglue_cb, superglue_copa, mmlu, arc, gsm8k, or generic (with `fields`)."""
+    category: str = "instruction"
+    """Task family, used for balancing and per-category metrics (instruction, nlu, knowledge, math)."""
+    priority: int = 0
+    """Dedup keeps the copy from the source with the highest priority (ties: spec order)."""
+    fields: dict[str, str] | None = None
+    """For the generic template: canonical field -> source column (prompt, response, ...)."""
+
+
+class EvalSuiteSpec(DataLocation):
+    """One evaluation suite: never trained on, used for decontamination and scoring."""
+
+    name: str = Field(pattern=NAME_RE)
+    """Unique short name; metrics are logged as ``<name>/<metric>``."""
+    template: str
+    """Normalisation template (as for sources); it must keep choices and label for multiple_choice."""
+    kind: Literal["multiple_choice", "generation"] = "multiple_choice"
+    """multiple_choice: log-likelihood over choices (acc, acc_norm); generation: greedy decode + exact match."""
+    category: str = "knowledge"
+    """Category used for per-category metrics and the promotion gate."""
+    max_items: int | None = Field(default=None, gt=0)
+    """Score at most this many items (first in file order); None scores all."""
+
+
+class NearDedupSpec(Strict):
+    """Near-duplicate detection by MinHash LSH over word shingles."""
+
+    enabled: bool = True
+    """Turn near-duplicate removal on or off."""
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    """Jaccard similarity (of word shingles) at or above which two rows are duplicates."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    """MinHash permutations: more is more exact and slower."""
+    shingle: int = Field(default=5, ge=1, le=16)
+    """Words per shingle; shorter texts fall back to one shingle of all their words."""
+    bands: int | None = Field(default=None, ge=1)
+    """LSH bands (rows = num_perm / bands); None picks them from the threshold."""
+
+
+class DedupSpec(Strict):
+    """Exact and near deduplication, within and across sources."""
+
+    exact: bool = True
+    """Drop rows whose normalised key (case, spacing, punctuation folded) repeats."""
+    key: list[Literal["prompt", "response"]] = ["prompt", "response"]
+    """Fields that make up the exact-dedup key."""
+    near: NearDedupSpec = NearDedupSpec()
+    """Near-duplicate settings."""
+
+
+class DecontaminationSpec(Strict):
+    """Removal of training rows that overlap an evaluation suite."""
+
+    enabled: bool = True
+    """Turn decontamination on or off."""
+    ngram: int = Field(default=13, ge=3, le=50)
+    """Word n-gram length for overlap; 13 follows GPT-3 / lm-eval practice."""
+    boilerplate_fraction: float = Field(default=0.1, gt=0, le=1)
+    """Ignore n-grams found in more than this share of eval items (templates, not content)."""
+    near_threshold: float = Field(default=0.8, gt=0, le=1)
+    """For prompts shorter than ngram words: word-set Jaccard at or above which a row matches."""
+
+
+class MixtureSpec(Strict):
+    """How sources are balanced into one training mixture."""
+
+    strategy: Literal["proportional", "weights", "capped", "temperature"] = "proportional"
+    """proportional: by source size; weights: explicit; capped: proportional with a per-source cap
+    (T5); temperature: size^(1/T)."""
+    weights: dict[str, float] | None = None
+    """Per-source weights for strategy=weights (normalised to sum to 1)."""
+    cap: int | None = Field(default=None, gt=0)
+    """Per-source cap in examples for strategy=capped."""
+    temperature: float = Field(default=2.0, gt=0)
+    """T for strategy=temperature; 1 is proportional, larger flattens towards uniform."""
+    size: int | None = Field(default=None, gt=0)
+    """Target mixture size in examples; None takes every available row once."""
+    size_tokens: int | None = Field(default=None, gt=0)
+    """Target size in (whitespace) tokens instead of examples."""
+    allow_upsampling: bool = False
+    """Allow repeating rows of a source that is smaller than its share."""
+    validation_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    """Share of each source held out for validation loss (before mixing)."""
+    shard_rows: int = Field(default=50_000, gt=0)
+    """Rows per Parquet shard."""
+
+    @model_validator(mode="after")
+    def _strategy_fields(self):
+        if self.strategy == "weights" and not self.weights:
+            raise ValueError("strategy 'weights' needs a weights: {source: weight} mapping")
+        if self.strategy == "capped" and self.cap is None:
+            raise ValueError("strategy 'capped' needs cap: <examples per source>")
+        if self.size is not None and self.size_tokens is not None:
+            raise ValueError("give size or size_tokens, not both")
+        return self
+
+
+class TinyModelSpec(Strict):
+    """A small Llama-style model built from a config, with a BPE tokenizer trained on the data."""
+
+    vocab_size: int = Field(default=2048, ge=300)
+    """Byte-level BPE vocabulary size (256 byte tokens + merges + specials)."""
+    hidden_size: int = Field(default=128, ge=16)
+    """Model width."""
+    intermediate_size: int = Field(default=344, ge=16)
+    """MLP width (about 8/3 of hidden, as in Llama)."""
+    num_layers: int = Field(default=4, ge=1)
+    """Transformer blocks."""
+    num_heads: int = Field(default=4, ge=1)
+    """Attention heads (hidden_size must divide by it)."""
+    max_position: int = Field(default=512, ge=32)
+    """Longest sequence the model accepts."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        return self
+
+
+class BaseModelSpec(Strict):
+    """The frozen base model: a hub id / local path, or the tiny demo builder."""
+
+    name_or_path: str | None = None
+    """Hub model id (e.g. ``Qwen/Qwen2.5-0.5B``) or a local model directory."""
+    revision: str | None = None
+    """Pinned hub revision of the model."""
+    tiny: TinyModelSpec | None = None
+    """Build a tiny Llama-style model instead (demo and tests)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto is bf16 on GPU and fp32 on CPU. Adapters always stay fp32."""
+    trust_remote_code: bool = False
+    """Allow the model repo's own Python code to run. Off unless you trust the repo."""
+
+    @model_validator(mode="after")
+    def _one_model(self):
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("give exactly one of name_or_path or tiny")
+        return self
+
+
+class ArmSpec(Strict):
+    """One training arm: an adapter kind and its size. Every arm sees the same data and steps."""
+
+    name: str = Field(pattern=NAME_RE)
+    """Unique short name; the MLflow child run and the registered version are tagged with it."""
+    kind: Literal["multilora", "lora", "full"]
+    """multilora: n parallel LoRAs with learnable zero-init scales; lora: the control; full: fine-tune all."""
+    n_modules: int = Field(default=4, ge=1, le=64)
+    """MultiLoRA: parallel modules per weight (ignored for lora/full)."""
+    rank: int = Field(default=8, ge=1)
+    """Rank per module (multilora) or the LoRA rank. Control arm: use n_modules * rank."""
+    alpha: float | None = None
+    """Scaling numerator; None means alpha = rank (scaling 1)."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapter input (one mask shared by all modules)."""
+    scale_shape: Literal["scalar", "vector"] = "scalar"
+    """MultiLoRA scale per module: one scalar (paper) or one per output channel."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Names (suffixes) of the linear layers to adapt; a single entry starting with ^ is a regex."""
+    learning_rate: float | None = Field(default=None, gt=0)
+    """Overrides training.learning_rate for this arm."""
+    scale_learning_rate: float | None = Field(default=None, gt=0)
+    """Learning rate of the MultiLoRA scales; None uses the arm's learning rate."""
+    scale_weight_decay: float = Field(default=0.0, ge=0)
+    """Weight decay of the MultiLoRA scales (decaying them pulls the update back to zero)."""
+
+
+class TrainingSpec(Strict):
+    """Shared training settings; every arm uses exactly these."""
+
+    max_steps: int = Field(default=100, gt=0)
+    """Optimizer steps per arm."""
+    batch_size: int = Field(default=8, gt=0)
+    """Sequences per device per micro-batch."""
+    grad_accum: int = Field(default=1, gt=0)
+    """Micro-batches per optimizer step."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    """Peak learning rate (adapters train well at 1e-4..1e-3; full fine-tuning lower)."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay for the adapter matrices."""
+    warmup_steps: int = Field(default=10, ge=0)
+    """Linear warmup steps before the cosine decay."""
+    max_length: int = Field(default=256, ge=8)
+    """Tokens per sequence; longer examples are truncated from the right (the response end)."""
+    pack: bool = True
+    """Pack several examples into one sequence (no attention across examples)."""
+    loss_on_prompt: bool = False
+    """Also train on prompt tokens (default: loss on the response only)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto uses a GPU when one is visible; cuda fails clearly when none is."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
+    save_steps: int = Field(default=50, gt=0)
+    """Checkpoint every N steps (resume continues from the last one)."""
+    eval_steps: int = Field(default=50, gt=0)
+    """Compute validation loss every N steps."""
+    logging_steps: int = Field(default=5, gt=0)
+    """Log loss, learning rate, grad norm and tokens/s every N steps."""
+    seed: int = 0
+    """Seed for adapter init, data order and dropout (same for every arm)."""
+
+
+class EvaluationSpec(Strict):
+    """How adapters (and the base model, as a reference row) are scored."""
+
+    batch_size: int = Field(default=16, gt=0)
+    """Items per forward pass."""
+    max_new_tokens: int = Field(default=64, gt=0)
+    """Greedy decoding budget for generation suites."""
+    few_shot: int = Field(default=0, ge=0)
+    """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
+
+
+class RegistrySpec(Strict):
+    """MLflow registry and the champion/challenger gate."""
+
+    model_name: str | None = None
+    """Registered model name; default ``mlora-<spec name>``."""
+    primary_metric: str = "eval_macro_acc"
+    """Metric the gate compares (higher is better)."""
+    min_improvement: float = Field(default=0.0, ge=0)
+    """A challenger must beat the champion by at least this much."""
+    regression_tolerance: float = Field(default=0.05, ge=0)
+    """No per-category metric may drop by more than this versus the champion."""
+
+
+class PipelineSpec(Strict):
+    """A whole pipeline run: sources to promotion."""
+
+    name: str = Field(pattern=NAME_RE)
+    """Spec name: the MLflow experiment and (by default) the registered model are named after it."""
+    description: str = ""
+    """Free text shown in MLflow."""
+    sources: list[SourceSpec] = Field(min_length=1)
+    """Training sources."""
+    eval_suites: list[EvalSuiteSpec] = Field(min_length=1)
+    """Evaluation suites (also the decontamination reference)."""
+    dedup: DedupSpec = DedupSpec()
+    """Deduplication settings."""
+    decontamination: DecontaminationSpec = DecontaminationSpec()
+    """Decontamination settings."""
+    mixture: MixtureSpec = MixtureSpec()
+    """Mixture settings."""
+    base_model: BaseModelSpec
+    """The base model."""
+    arms: list[ArmSpec] = Field(min_length=1)
+    """Training arms."""
+    training: TrainingSpec = TrainingSpec()
+    """Training settings shared by all arms."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """Evaluation settings."""
+    registry: RegistrySpec = RegistrySpec()
+    """Registry and promotion settings."""
+    seed: int = 0
+    """Seed for every sampling decision in the data stages."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        for group, items in (("sources", self.sources), ("eval_suites", self.eval_suites),
+                             ("arms", self.arms)):
+            names = [i.name for i in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        if self.mixture.weights:
+            unknown = set(self.mixture.weights) - {s.name for s in self.sources}
+            if unknown:
+                raise ValueError(f"mixture.weights names unknown sources {sorted(unknown)}")
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"mlora-{self.name}"
+
+    def canonical(self) -> dict:
+        """Validated spec with defaults filled, as plain JSON-able data."""
+        return self.model_dump(mode="json")
+
+    @property
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _yaml_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _reject_secrets(node, path: str, file: Path) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if SECRET_KEY_RE.search(str(key)):
+                raise SpecError(
+                    f"key {key!r} looks like a credential",
+                    where=f"{file}: {sub}",
+                    fix="specs must not hold secrets; set HF_TOKEN (or the like) in the environment",
+                )
+            _reject_secrets(value, sub, file)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _reject_secrets(value, f"{path}[{i}]", file)
+
+
+def parse_spec(data: dict, file: Path) -> PipelineSpec:
+    """Validate already-loaded YAML data; errors name `file` and the YAML path."""
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a YAML mapping", where=str(file))
+    _reject_secrets(data, "", file)
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see data_specs/schema.py for the fields)"
+            problems.append(f"{_yaml_path(e['loc'])}: {msg}")
+        raise SpecError(
+            "invalid spec:\n  " + "\n  ".join(problems), where=str(file),
+            fix="fix the values above and run again",
+        ) from None
+
+
+def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
+    """Read and validate a spec file. Returns the spec and the folder relative paths resolve from."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise SpecError("spec file not found", where=str(file), fix="check the path")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"not valid YAML: {err}", where=str(file)) from None
+    return parse_spec(data, file), file.parent
+
+
+def demo_spec_path() -> Path:
+    """The bundled demo spec (works from a source checkout and an installed package)."""
+    return Path(__file__).with_name("demo.yaml")

@@ -1,0 +1,1 @@
+"""Pipeline stages: plain functions (testable alone) plus their Prefect task wrappers."""

@@ -1,0 +1,94 @@
+"""The workspace: one root folder that holds every byte the pipeline writes.
+
+This module is the only place that knows the layout. Prefect, MLflow and the
+Hugging Face caches are pointed inside it by `activate()`, which must run
+before `prefect` is imported (Prefect reads PREFECT_HOME at import time).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_VAR = "MLORA_WORKSPACE"
+DEFAULT_ROOT = "workspace"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, root: str | Path | None = None) -> Workspace:
+        """`root`, else $MLORA_WORKSPACE, else ./workspace; always absolute."""
+        chosen = root or os.environ.get(ENV_VAR) or DEFAULT_ROOT
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def data_dir(self) -> Path:
+        """Snapshots, stage outputs and mixtures, as Parquet."""
+        return self.root / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        """Base models the pipeline builds itself (the tiny demo model)."""
+        return self.root / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training checkpoints and adapters, one folder per arm run."""
+        return self.root / "runs"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def hf_home(self) -> Path:
+        return self.root / "hf"
+
+    def stage_dir(self, stage: str, output_id: str) -> Path:
+        """Where a data stage writes the output with this id."""
+        return self.data_dir / stage / output_id
+
+    def ensure(self) -> Workspace:
+        for path in (self.root, self.data_dir, self.models_dir, self.runs_dir,
+                     self.artifacts_dir, self.prefect_home):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def activate(self) -> Workspace:
+        """Create the folders and point Prefect, MLflow and HF at them (env vars).
+
+        Settings the user already exported win, except PREFECT_HOME and the
+        MLflow tracking URI, which belong to the workspace.
+        """
+        self.ensure()
+        os.environ[ENV_VAR] = str(self.root)
+        os.environ["PREFECT_HOME"] = str(self.prefect_home)
+        os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        # Cached task results must be persisted for Prefect to reuse them across runs.
+        os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("HF_HOME", str(self.hf_home))
+        return self
