@@ -271,6 +271,8 @@ class TrainingSpec(Strict):
     """Pack several examples into one sequence (no attention across examples)."""
     loss_on_prompt: bool = False
     """Also train on prompt tokens (default: loss on the response only)."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one (instruct models)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto uses a GPU when one is visible; cuda fails clearly when none is."""
     gradient_checkpointing: bool = False

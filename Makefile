@@ -1,0 +1,43 @@
+# Set-up and everyday commands. `make demo` and `make test` are the README's quick start.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned here only: 2.13.0 is the CPU wheel on the dev/CI machines; on a GPU box
+# override it (make TORCH=torch==2.13.0 --index-url ...) or preinstall your CUDA build.
+TORCH  ?= torch==2.13.0
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
+
+.PHONY: install demo test lint format ui clean
+
+$(BIN)/mlora: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/mlora     ## virtual environment with the project and its dev tools
+
+demo: install             ## the whole DAG on the bundled demo spec
+	$(BIN)/mlora run data_specs/demo.yaml
+
+test: install             ## the test suite (offline, CPU)
+	$(BIN)/pytest
+
+lint: install             ## what CI checks besides the tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ui: install               ## MLflow UI on http://127.0.0.1:5000 for ./workspace
+	$(BIN)/mlora ui
+
+clean:                    ## remove generated state (keeps the venv)
+	rm -rf workspace

@@ -1,0 +1,111 @@
+"""`mlora`: the command line.
+
+    mlora run SPEC            the whole DAG, then a summary
+    mlora data SPEC           the data stages alone, then the per-source table
+    mlora ui                  the MLflow UI for the workspace, on 127.0.0.1
+    mlora promote NAME VER    point the `champion` alias at a version
+    mlora rollback NAME       give `champion` back to the previous holder
+
+The workspace is activated before Prefect is imported, because Prefect reads
+PREFECT_HOME once, at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+from data_specs.errors import PipelineError
+from tasks.workspace import ENV_VAR, Workspace
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlora", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", help=f"workspace root (default ${ENV_VAR} or ./workspace)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline on a spec")
+    run.add_argument("spec", help="path to a YAML spec, e.g. data_specs/demo.yaml")
+    data = sub.add_parser("data", help="run the data stages only and print the per-source table")
+    data.add_argument("spec")
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    promote = sub.add_parser("promote", help="make VERSION the champion of registered model NAME")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    rollback = sub.add_parser("rollback", help="restore the previous champion of NAME")
+    rollback.add_argument("name")
+    return parser
+
+
+def format_summary(summary: dict) -> str:
+    metrics = sorted({k for arm in summary["arms"] for k in arm["metrics"]})
+    header = ["model", "version", *metrics]
+    rows = [["base", "-", *[summary["base_metrics"].get(m) for m in metrics]]]
+    rows += [[a["arm"], a["version"], *[a["metrics"].get(m) for m in metrics]]
+             for a in summary["arms"]]
+    cells = [[c if isinstance(c, str) else ("-" if c is None else f"{c:.4f}") for c in r]
+             for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+    reused = ", ".join(summary["reused_data_stages"]) or "none"
+    return "\n".join([
+        f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
+        f"data stages reused: {reused}",
+        "",
+        table,
+        "",
+        f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
+        f"champion v{summary['champion']} ({summary['decision']})",
+        f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
+        f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
+    ])
+
+
+def _tracker(ws: Workspace, name: str):
+    from tasks.tracking import Tracker
+
+    # The registry is shared by all experiments of the workspace; any experiment name works.
+    return Tracker(ws, name.removeprefix("mlora-"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ws = Workspace.resolve(args.workspace).activate()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        if args.command == "run":
+            from flows.pipeline import pipeline_flow
+
+            print(format_summary(pipeline_flow(args.spec, str(ws.root))))
+        elif args.command == "data":
+            from flows.data import data_flow, format_source_table
+
+            print(format_source_table(data_flow(args.spec, str(ws.root))))
+        elif args.command == "ui":
+            cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
+                   "--default-artifact-root", ws.artifacts_dir.as_uri(),
+                   "--host", "127.0.0.1", "--port", str(args.port)]
+            print(f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+            return subprocess.call(cmd, env=os.environ.copy())
+        elif args.command == "promote":
+            from tasks.promote import promote
+
+            previous = promote(_tracker(ws, args.name), args.name, args.version)
+            print(f"{args.name}: champion is now v{args.version} (was v{previous})")
+        elif args.command == "rollback":
+            from tasks.promote import rollback
+
+            restored = rollback(_tracker(ws, args.name), args.name)
+            print(f"{args.name}: champion rolled back to v{restored}")
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Load what an arm produced, for scoring and analysis: base + adapter, or the full fine-tune."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from data_specs.schema import PipelineSpec
+from models.multilora import delta_weights, load_adapter, merge_adapters
+from models.multilora.model import matching_module_names
+from tasks.train import ArmResult, load_base, resolve_device, resolve_dtype
+
+
+def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, *, merge=True):
+    """(model, tokenizer, device) in eval mode: the base model when `result` is None."""
+    device = resolve_device(spec.training.device)
+    dtype = resolve_dtype(spec.base_model.dtype, device)
+    model, tokenizer = load_base(base, revision=spec.base_model.revision, dtype=dtype,
+                                 trust_remote_code=spec.base_model.trust_remote_code)
+    if result is not None and result.kind == "full":
+        model = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=dtype)
+    elif result is not None:
+        load_adapter(model, result.adapter_dir)
+        if merge:
+            merge_adapters(model)  # scoring runs many forwards: fold ΔW in once
+    return model.to(device).eval(), tokenizer, device
+
+
+@torch.no_grad()
+def arm_deltas(spec: PipelineSpec, base: str, result: ArmResult) -> dict[str, torch.Tensor]:
+    """Module path -> fp32 ΔW of an arm: B·A folded with scales, or W_ft - W_0 for `full`."""
+    if result.kind != "full":
+        model, _, _ = load_for_inference(spec, base, result, merge=False)
+        return delta_weights(model)
+    arm = next(a for a in spec.arms if a.name == result.arm)
+    base_model, _, _ = load_for_inference(spec, base, None)
+    tuned = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=torch.float32)
+    before, after = dict(base_model.named_modules()), dict(tuned.named_modules())
+    return {
+        path: after[path].weight.float().cpu() - before[path].weight.float().cpu()
+        for path in matching_module_names(base_model, arm.target_modules)
+    }

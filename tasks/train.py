@@ -1,0 +1,363 @@
+"""The train stage: one arm (multilora, lora or full) on one mixture, with HF Trainer.
+
+Trainer brings what a hand-written loop would have to re-implement: gradient
+accumulation, bf16 autocast, warmup + cosine schedule, gradient clipping,
+checkpoints with optimizer/scheduler/RNG state and exact resume, and
+data-parallel launch under torchrun/accelerate. We subclass it only to (a)
+give the MultiLoRA scales their own learning rate and weight decay and (b)
+checkpoint adapter weights instead of the whole frozen base.
+
+This module needs torch, transformers and `models/` only (no Prefect, MLflow or
+DuckDB), so the GPU benchmark can import it on a bare machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    get_cosine_schedule_with_warmup,
+)
+
+from data_specs.errors import TrainingError
+from data_specs.schema import ArmSpec, TrainingSpec
+from models.multilora.model import ADAPTER_WEIGHTS_NAME
+from models.multilora import (
+    MultiLoRAConfig,
+    adapter_parameter_groups,
+    export_peft,
+    inject_multilora,
+    load_adapter_weights,
+    save_adapter,
+)
+from tasks.tokenise import pack_examples, pad_examples, tokenise_records
+
+log = logging.getLogger("mlora.train")
+
+DONE_FILE = "result.json"
+
+
+@dataclass
+class ArmResult:
+    """What a finished arm leaves behind (also written as result.json in its folder)."""
+
+    arm: str
+    kind: str
+    output_dir: str
+    adapter_dir: str
+    peft_dir: str | None
+    steps: int
+    train_loss: float
+    eval_loss: float | None
+    tokens_per_second: float
+    peak_memory_mb: float
+    trainable_parameters: int
+    trainable_share: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from_step: int = 0
+
+
+def resolve_device(requested: str) -> str:
+    """'cuda' when asked for (or auto and available); fail clearly when demanded but absent."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise TrainingError(
+            "training.device is 'cuda' but no GPU is visible",
+            where="spec training.device",
+            fix="run on a GPU machine, or set training.device: auto (uses the CPU)",
+        )
+    return "cuda" if has_cuda and requested in ("auto", "cuda") else "cpu"
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, requested)
+
+
+def load_base(model_path: str, *, revision: str | None, dtype: torch.dtype,
+              trust_remote_code: bool):
+    """Load model + tokenizer through from_pretrained: a hub id and a local folder take the same path."""
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
+    if tokenizer.pad_token_id is None:
+        # Padding only fills packed-block tails and is never a target, so eos is safe to reuse.
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def adapter_config_for(arm: ArmSpec) -> MultiLoRAConfig | None:
+    """The MultiLoRA layer settings of an arm; None for full fine-tuning."""
+    if arm.kind == "full":
+        return None
+    return MultiLoRAConfig(
+        n_modules=arm.n_modules if arm.kind == "multilora" else 1,
+        rank=arm.rank,
+        alpha=arm.alpha,
+        dropout=arm.dropout,
+        target_modules=arm.target_modules,
+        scale_shape=arm.scale_shape,
+        init="multilora" if arm.kind == "multilora" else "lora",
+    )
+
+
+def prepare_arm_model(model, arm: ArmSpec) -> tuple[int, float]:
+    """Inject the arm's adapter (or unfreeze everything for `full`). Returns trainable count and share."""
+    config = adapter_config_for(arm)
+    total = sum(p.numel() for p in model.parameters())
+    if config is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return total, 1.0
+    report = inject_multilora(model, config)
+    log.info(report.summary())
+    return report.trainable_params, report.trainable_share
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, list[int]]]):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return {k: torch.tensor(v) for k, v in self.rows[i].items()}
+
+
+def read_records(path: str | Path):
+    """A Parquet file or a folder of shards, in file-name order (the mixture's training order)."""
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    return pq.ParquetDataset(files).read() if files else None
+
+
+def build_dataset(path, tokenizer, training: TrainingSpec) -> tuple[_Blocks, dict]:
+    table = read_records(path)
+    if table is None or table.num_rows == 0:
+        raise TrainingError("no rows to train on", where=str(path),
+                            fix="check the mixture: every source may have been filtered out")
+    examples, stats = tokenise_records(
+        table, tokenizer, max_length=training.max_length,
+        loss_on_prompt=training.loss_on_prompt, use_chat_template=training.chat_template,
+    )
+    pad_id = tokenizer.pad_token_id
+    rows = (pack_examples if training.pack else pad_examples)(examples, training.max_length, pad_id)
+    return _Blocks(rows), {**asdict(stats), "sequences": len(rows)}
+
+
+class ArmTrainer(Trainer):
+    """Trainer with MultiLoRA parameter groups and adapter-only checkpoints."""
+
+    def __init__(self, *args, arm: ArmSpec, training: TrainingSpec, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arm, self.training = arm, training
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = model or self.model
+            lr = self.arm.learning_rate or self.training.learning_rate
+            if self.arm.kind == "full":
+                groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                           "lr": lr, "weight_decay": self.training.weight_decay}]
+            else:
+                groups = adapter_parameter_groups(
+                    model, lr=lr, weight_decay=self.training.weight_decay,
+                    scale_lr=self.arm.scale_learning_rate or lr,
+                    scale_weight_decay=self.arm.scale_weight_decay,
+                )
+            self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = get_cosine_schedule_with_warmup(
+                optimizer or self.optimizer, self.training.warmup_steps, num_training_steps
+            )
+        return self.lr_scheduler
+
+    def _save(self, output_dir=None, state_dict=None):
+        if self.arm.kind == "full":
+            return super()._save(output_dir, state_dict)
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_adapter(self.model, output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.arm.kind == "full":
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(resume_from_checkpoint) / ADAPTER_WEIGHTS_NAME))
+        load_adapter_weights(model or self.model, weights, source=str(resume_from_checkpoint))
+
+
+class ProgressLog(TrainerCallback):
+    """One log line every `logging_steps`: step, loss, tokens/s and ETA (works without a TTY)."""
+
+    def __init__(self, arm: str, tokens_per_step: int):
+        self.arm, self.tokens_per_step = arm, tokens_per_step
+        self.start, self.start_step = None, 0
+        self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.start_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            if logs and "eval_loss" in logs:
+                self.history.append({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+            return
+        elapsed = time.perf_counter() - self.start
+        done = state.global_step - self.start_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (state.max_steps - state.global_step) / rate if rate else float("nan")
+        tps = rate * self.tokens_per_step
+        logs["tokens_per_second"] = tps
+        self.history.append({"step": state.global_step, "loss": logs["loss"],
+                             "learning_rate": logs.get("learning_rate"),
+                             "grad_norm": logs.get("grad_norm"), "tokens_per_second": tps})
+        log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs", self.arm,
+                 state.global_step, state.max_steps, logs["loss"], logs.get("learning_rate", 0),
+                 tps, eta)
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def load_result(output_dir: Path) -> ArmResult | None:
+    """The finished result of an arm, if it completed before (the stage is then skipped)."""
+    done = output_dir / DONE_FILE
+    return ArmResult(**json.loads(done.read_text())) if done.is_file() else None
+
+
+def train_arm(
+    *,
+    arm: ArmSpec,
+    training: TrainingSpec,
+    model_path: str,
+    train_path: str | Path,
+    validation_path: str | Path | None,
+    output_dir: str | Path,
+    revision: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    base_model_name: str | None = None,
+    callbacks: list[TrainerCallback] | tuple = (),
+) -> ArmResult:
+    """Train one arm to completion, resuming from the last checkpoint in `output_dir` if any."""
+    output_dir = Path(output_dir)
+    done = load_result(output_dir)
+    if done is not None:
+        log.info("[%s] already trained in %s: reusing", arm.name, output_dir)
+        return done
+    device = resolve_device(training.device)
+    torch.manual_seed(training.seed)  # adapter init is part of the seeded, reproducible state
+    model, tokenizer = load_base(model_path, revision=revision,
+                                 dtype=resolve_dtype(dtype, device),
+                                 trust_remote_code=trust_remote_code)
+    trainable, share = prepare_arm_model(model, arm)
+    if training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_set, data_stats = build_dataset(train_path, tokenizer, training)
+    eval_set = None
+    if validation_path is not None and read_records(validation_path).num_rows:
+        eval_set, _ = build_dataset(validation_path, tokenizer, training)
+    log.info("[%s] %s trainable parameters (%.3f%% of the base), %d sequences, device %s",
+             arm.name, f"{trainable:,}", 100 * share, data_stats["sequences"], device)
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=training.max_steps,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.grad_accum,
+        learning_rate=arm.learning_rate or training.learning_rate,
+        weight_decay=training.weight_decay,
+        max_grad_norm=1.0,
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        eval_strategy="steps" if eval_set is not None else "no",
+        eval_steps=training.eval_steps,
+        seed=training.seed,
+        data_seed=training.seed,
+        full_determinism=device == "cpu",
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and dtype in ("auto", "bfloat16"),
+        report_to="none",
+        disable_tqdm=True,  # ProgressLog prints one line per logging step instead
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        save_safetensors=True,
+        include_num_input_tokens_seen="non_padding",
+    )
+    tokens_per_step = training.batch_size * training.grad_accum * training.max_length
+    progress = ProgressLog(arm.name, tokens_per_step)
+    trainer = ArmTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        data_collator=_stack, callbacks=[progress, *callbacks], arm=arm, training=training,
+    )
+    resume = last_checkpoint(output_dir)
+    if resume is not None:
+        log.info("[%s] resuming from %s", arm.name, resume.name)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    resumed_steps = int(resume.name.split("-")[1]) if resume else 0
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+
+    adapter_dir, peft_dir = output_dir / "adapter", None
+    if arm.kind == "full":
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+    else:
+        save_adapter(model, adapter_dir)
+        peft_dir = output_dir / "peft"
+        export_peft(model, peft_dir, base_model_name or model_path)
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _rss_peak_mb()
+    result = ArmResult(
+        arm=arm.name, kind=arm.kind, output_dir=str(output_dir), adapter_dir=str(adapter_dir),
+        peft_dir=str(peft_dir) if peft_dir else None, steps=output.global_step,
+        train_loss=float(output.training_loss), eval_loss=eval_loss,
+        tokens_per_second=tokens_per_step * (output.global_step - resumed_steps) / seconds,
+        peak_memory_mb=peak, trainable_parameters=trainable, trainable_share=share,
+        history=progress.history, resumed_from_step=resumed_steps,
+    )
+    if math.isnan(result.train_loss):
+        raise TrainingError("training loss is NaN", where=f"arm {arm.name}",
+                            fix="lower the learning rate or check the data")
+    for ckpt in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)  # the finished adapter supersedes them
+    tmp = output_dir / (DONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(result), indent=2))
+    tmp.rename(output_dir / DONE_FILE)
+    return result
+
+
+def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _rss_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
