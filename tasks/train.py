@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    PrinterCallback,
     AutoTokenizer,
     Trainer,
     TrainerCallback,
@@ -272,6 +273,9 @@ def train_arm(
     model, tokenizer = load_base(model_path, revision=revision,
                                  dtype=resolve_dtype(dtype, device),
                                  trust_remote_code=trust_remote_code)
+    # Without this transformers builds a KV cache in training and then ignores the packed
+    # position ids: examples in one block would attend to each other (see tests/tasks/test_tokenise.py).
+    model.config.use_cache = False
     trainable, share = prepare_arm_model(model, arm)
     if training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -305,8 +309,6 @@ def train_arm(
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        save_safetensors=True,
-        include_num_input_tokens_seen="non_padding",
     )
     tokens_per_step = training.batch_size * training.grad_accum * training.max_length
     progress = ProgressLog(arm.name, tokens_per_step)
@@ -314,6 +316,7 @@ def train_arm(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=_stack, callbacks=[progress, *callbacks], arm=arm, training=training,
     )
+    trainer.remove_callback(PrinterCallback)  # ProgressLog already prints one line per log step
     resume = last_checkpoint(output_dir)
     if resume is not None:
         log.info("[%s] resuming from %s", arm.name, resume.name)

@@ -1,0 +1,97 @@
+"""Tokenisation and packing: response-only labels, truncation, no attention across examples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from data_specs.record import make_record, records_to_table
+from models.tiny import tiny_config
+from tasks.tokenise import IGNORE, TokenisedExample, pack_examples, tokenise_records
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    """A character-level tokenizer: every character is one token, so lengths are predictable."""
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz ?:.\n#0123456789"))
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({c: i + 4 for i, c in enumerate(chars)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def _table(pairs):
+    return records_to_table([
+        make_record(source="s", task="t", category="instruction", prompt=p, response=r)
+        for p, r in pairs
+    ])
+
+
+def test_labels_cover_the_response_and_eos_only(char_tokenizer):
+    examples, stats = tokenise_records(_table([("ab:", " cd")]), char_tokenizer, max_length=32)
+    (ex,) = examples
+    assert len(ex.input_ids) == 1 + 3 + 3 + 1  # bos, prompt, response, eos
+    assert ex.labels[:4] == [IGNORE] * 4
+    assert ex.labels[4:] == ex.input_ids[4:]
+    assert stats.target_tokens == 4
+
+
+def test_loss_on_prompt_trains_everything_but_the_first_token(char_tokenizer):
+    (ex,), _ = tokenise_records(_table([("ab:", " cd")]), char_tokenizer, max_length=32,
+                                loss_on_prompt=True)
+    assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
+
+
+def test_truncation_cuts_the_response_end_and_drops_untrainable_rows(char_tokenizer):
+    table = _table([("abc:", " defgh"), ("abcdefghij", " k")])
+    examples, stats = tokenise_records(table, char_tokenizer, max_length=7)
+    assert stats.truncated == 2 and stats.dropped_no_target == 1
+    (ex,) = examples
+    assert len(ex.input_ids) == 7 and ex.labels[-1] != IGNORE  # kept, cut inside the response
+
+
+def test_packing_restarts_positions_and_never_splits_an_example():
+    exs = [TokenisedExample([1, 5, 6], [IGNORE, 5, 6]), TokenisedExample([1, 7], [IGNORE, 7]),
+           TokenisedExample([1, 8, 9, 10], [IGNORE, 8, 9, 10])]
+    blocks = pack_examples(exs, max_length=6, pad_id=0)
+    assert [b["input_ids"] for b in blocks] == [[1, 5, 6, 1, 7, 0], [1, 8, 9, 10, 0, 0]]
+    assert blocks[0]["position_ids"] == [0, 1, 2, 0, 1, 0]
+    assert blocks[0]["labels"] == [IGNORE, 5, 6, IGNORE, 7, IGNORE]
+
+
+def _packed_and_single(model, exs, max_length):
+    (block,) = pack_examples(exs, max_length=max_length, pad_id=0)
+    # use_cache=False as in training: with a KV cache transformers ignores the packed positions.
+    packed = model(input_ids=torch.tensor([block["input_ids"]]),
+                   position_ids=torch.tensor([block["position_ids"]]), use_cache=False).logits[0]
+    singles = [model(input_ids=torch.tensor([ex.input_ids])).logits[0] for ex in exs]
+    return block, packed, singles
+
+
+def test_packed_block_has_no_cross_example_attention_and_the_same_loss():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config("llama", vocab_size=64)).eval()
+    g = torch.Generator().manual_seed(1)
+    exs = []
+    for n in (5, 9, 4):
+        ids = [1, *torch.randint(4, 64, (n - 1,), generator=g).tolist()]
+        exs.append(TokenisedExample(ids, [IGNORE, IGNORE, *ids[2:]]))
+    with torch.no_grad():
+        block, packed, singles = _packed_and_single(model, exs, max_length=20)
+    start = 0
+    for ex, single in zip(exs, singles, strict=True):
+        # Same logits token for token: nothing leaked in from the previous example.
+        torch.testing.assert_close(packed[start:start + len(ex.input_ids)], single,
+                                   rtol=1e-4, atol=1e-5)
+        start += len(ex.input_ids)
+    labels = torch.tensor(block["labels"])
+    packed_loss = F.cross_entropy(packed[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
+    single_loss = sum(
+        F.cross_entropy(s[:-1], torch.tensor(ex.labels[1:]), ignore_index=IGNORE, reduction="sum")
+        for s, ex in zip(singles, exs, strict=True))
+    torch.testing.assert_close(packed_loss, single_loss, rtol=1e-5, atol=1e-5)

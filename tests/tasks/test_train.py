@@ -1,0 +1,103 @@
+"""The train stage on a tiny model: loss goes down, checkpoints resume exactly, bad settings fail early."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from data_specs.errors import TrainingError
+from data_specs.record import make_record, records_to_table
+from data_specs.schema import ArmSpec, TrainingSpec
+from models.tiny import BLOCK_LINEARS, build_tiny_model
+from tasks.train import resolve_device, train_arm
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "otter", "piano", "quartz"]
+
+
+def _records():
+    rows = []
+    for i in range(48):
+        a, b = i % 7, i % 5
+        rows.append(make_record(source="math", task="add", category="math",
+                                prompt=f"What is {a} plus {b}?", response=f" {a + b}"))
+        w = WORDS[i % len(WORDS)]
+        rows.append(make_record(source="inst", task="repeat", category="instruction",
+                                prompt=f"Repeat the word {w}.", response=f" {w} {w}"))
+    return records_to_table(rows)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("train")
+    table = _records()
+    (root / "mix").mkdir()
+    pq.write_table(table, root / "mix" / "shard-00000.parquet")
+    pq.write_table(table.slice(0, 16), root / "val.parquet")
+    texts = [p + r for p, r in zip(table["prompt"].to_pylist(), table["response"].to_pylist(),
+                                   strict=True)]
+    model = build_tiny_model(root / "base", texts, vocab_size=400, hidden_size=32,
+                             intermediate_size=64, num_layers=2, num_heads=2, max_position=64)
+    return root, str(model)
+
+
+TRAINING = TrainingSpec(max_steps=8, batch_size=4, learning_rate=3e-2, warmup_steps=1,
+                        max_length=48, save_steps=4, eval_steps=4, logging_steps=2)
+ARMS = {
+    "multilora": ArmSpec(name="multilora", kind="multilora", n_modules=2, rank=2,
+                         target_modules=BLOCK_LINEARS["llama"]),
+    "lora": ArmSpec(name="lora", kind="lora", rank=4, target_modules=BLOCK_LINEARS["llama"]),
+}
+
+
+@pytest.mark.parametrize("arm", ARMS.values(), ids=ARMS.keys())
+def test_loss_goes_down_and_adapter_is_exported(setup, tmp_path, arm):
+    root, base = setup
+    result = train_arm(arm=arm, training=TRAINING, model_path=base, train_path=root / "mix",
+                       validation_path=root / "val.parquet", output_dir=tmp_path / arm.name)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert result.steps == 8 and len(losses) == 4
+    assert losses[-1] < losses[0]
+    assert (tmp_path / arm.name / "peft" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / arm.name / "result.json").read_text())["steps"] == 8
+    assert not list((tmp_path / arm.name).glob("checkpoint-*"))
+
+
+class _Crash(TrainerCallback):
+    """Raise in the middle of training, after the step-4 checkpoint was written."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 6:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_from_checkpoint_gives_the_same_adapter(setup, tmp_path):
+    root, base = setup
+    kwargs = dict(arm=ARMS["multilora"], training=TRAINING, model_path=base,
+                  train_path=root / "mix", validation_path=None)
+    train_arm(**kwargs, output_dir=tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_arm(**kwargs, output_dir=tmp_path / "crashed", callbacks=[_Crash()])
+    assert (tmp_path / "crashed" / "checkpoint-4").is_dir()
+    resumed = train_arm(**kwargs, output_dir=tmp_path / "crashed")
+    assert resumed.resumed_from_step == 4 and resumed.steps == 8
+    straight, again = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        torch.testing.assert_close(again[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_demanded_without_gpu_fails_before_work():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(TrainingError, match="no GPU is visible"):
+        resolve_device("cuda")
+
+
+def _weights(folder):
+    return load_file(str(folder / "adapter" / "adapter.safetensors"))
