@@ -111,7 +111,7 @@ def adapter_config_for(arm: ArmSpec) -> MultiLoRAConfig | None:
         alpha=arm.alpha,
         dropout=arm.dropout,
         target_modules=arm.target_modules,
-        scale_shape=arm.scale_shape,
+        scale_shape=arm.scale_shape if arm.kind == "multilora" else "scalar",
         init="multilora" if arm.kind == "multilora" else "lora",
     )
 

@@ -1,0 +1,70 @@
+"""MultiLoRA (arXiv 2311.11501) for Hugging Face causal LMs, in plain torch.
+
+    from models.multilora import MultiLoRAConfig, inject_multilora, save_adapter, export_peft
+
+    report = inject_multilora(model, MultiLoRAConfig(n_modules=4, rank=8))
+    ...train...
+    save_adapter(model, "out/adapter")                 # our format, reloadable with load_adapter
+    export_peft(model, "out/peft", "base-model-id")    # plain LoRA for PEFT / vLLM / lm-eval
+
+config.py holds the settings, layer.py the fused layer, model.py injection,
+save/load and merge, export.py the PEFT export.
+"""
+
+from .config import (
+    FORMAT_VERSION,
+    AdapterFormatError,
+    MultiLoRAConfig,
+    MultiLoRAConfigError,
+    MultiLoRAError,
+    TargetNotFoundError,
+)
+from .export import export_peft, peft_state_dict, peft_target_modules
+from .layer import MultiLoRALinear
+from .model import (
+    InjectionReport,
+    adapter_parameter_groups,
+    adapter_state_dict,
+    delta_weights,
+    inject_multilora,
+    linear_layer_names,
+    load_adapter,
+    load_adapter_weights,
+    merge_adapters,
+    multilora_layers,
+    read_adapter_config,
+    save_adapter,
+    scale_parameters,
+    set_reference_forward,
+    unload_multilora,
+    unmerge_adapters,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "AdapterFormatError",
+    "InjectionReport",
+    "MultiLoRAConfig",
+    "MultiLoRAConfigError",
+    "MultiLoRAError",
+    "MultiLoRALinear",
+    "TargetNotFoundError",
+    "adapter_parameter_groups",
+    "adapter_state_dict",
+    "delta_weights",
+    "export_peft",
+    "inject_multilora",
+    "linear_layer_names",
+    "load_adapter",
+    "load_adapter_weights",
+    "merge_adapters",
+    "multilora_layers",
+    "peft_state_dict",
+    "peft_target_modules",
+    "read_adapter_config",
+    "save_adapter",
+    "scale_parameters",
+    "set_reference_forward",
+    "unload_multilora",
+    "unmerge_adapters",
+]
