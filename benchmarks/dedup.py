@@ -1,0 +1,220 @@
+"""Near-dedup benchmark: tasks.minhash against datasketch (MinHash.bulk + MinHashLSH), same run.
+
+    .venv/bin/python benchmarks/dedup.py                # 200k documents (issue 4 target)
+    .venv/bin/python benchmarks/dedup.py --docs 20000   # quick look
+
+The corpus: instruction-like documents of 20-120 Zipf-distributed words, with planted
+near-duplicate pairs (true word 5-gram Jaccard 0.80-0.95), hard negatives (0.50-0.75) and
+exact duplicates that differ only in case, spacing or punctuation. Both methods use the same
+permutation count, bands and rows and verify candidates against the same threshold (ours with
+the exact shingle Jaccard, datasketch with its estimated Jaccard, as a datasketch user would).
+Each method runs in its own forked process so its peak memory (max RSS) is its own.
+Prints one JSON object: recall per true-Jaccard bin, precision, docs/s, peak memory, speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.minhash import lsh_params, near_duplicates, normalised_text, normalised_words  # noqa: E402
+
+SHINGLE, NUM_PERM, THRESHOLD = 5, 128, 0.8
+BINS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0001)]
+
+
+def shingle_set(words: list[str]) -> set[tuple[str, ...]]:
+    if len(words) < SHINGLE:
+        return {tuple(words)} if words else set()
+    return {tuple(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
+
+
+def jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = shingle_set(a), shingle_set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def edit_to(words, lo, hi, vocab, rng):
+    """Substitute random words until the 5-gram Jaccard with the original falls in [lo, hi]."""
+    target = rng.uniform(lo, hi)
+    out = list(words)
+    for _ in range(len(words)):
+        trial = list(out)
+        trial[rng.randrange(len(trial))] = rng.choice(vocab)
+        j = jaccard(words, trial)
+        if j < lo:
+            break
+        out = trial
+        if j <= target:
+            break
+    j = jaccard(words, out)
+    return (out, j) if lo <= j <= hi else (None, j)
+
+
+def make_corpus(n_docs: int, seed: int = 0):
+    """Documents plus the planted pairs: (i, j, kind) with kind near / hard / exact."""
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(30_000)]
+    zipf = np.minimum(nrng.zipf(1.2, size=n_docs * 130), len(vocab)) - 1
+    n_near = n_hard = n_exact = n_docs // 20
+    n_base = n_docs - n_near - n_hard - n_exact
+    docs, pos = [], 0
+    for _ in range(n_base):
+        length = rng.randint(20, 120)
+        docs.append([vocab[k] for k in zipf[pos : pos + length]])
+        pos += length
+    planted = []
+    long_ids = [i for i, d in enumerate(docs) if len(d) >= 60]
+    for kind, count, lo, hi in (("near", n_near, 0.80, 0.95), ("hard", n_hard, 0.50, 0.75)):
+        made = 0
+        while made < count:
+            src = rng.choice(long_ids)
+            edited, _ = edit_to(docs[src], lo, hi, vocab, rng)
+            if edited is not None:
+                planted.append((src, len(docs), kind))
+                docs.append(edited)
+                made += 1
+    texts = [" ".join(d).capitalize() + "." for d in docs]
+    for _ in range(n_exact):
+        src = rng.randrange(n_base)
+        words = docs[src]
+        variant = "  ".join(w.upper() if rng.random() < 0.3 else w for w in words)
+        texts.append(variant + rng.choice(["!", "?", " ...", ""]))
+        planted.append((src, len(texts) - 1, "exact"))
+    return texts, planted
+
+
+def ours(texts):
+    t0 = time.perf_counter()
+    result = near_duplicates(texts, threshold=THRESHOLD, num_perm=NUM_PERM, shingle=SHINGLE)
+    secs = time.perf_counter() - t0
+    return {
+        "pairs": result.pairs.tolist(),
+        "seconds": secs,
+        "candidates": result.candidates,
+        "bands": result.bands,
+        "rows": result.rows,
+    }
+
+
+def baseline(texts, bands, rows):
+    from datasketch import MinHash, MinHashLSH
+
+    t0 = time.perf_counter()
+    words = normalised_words(texts).to_pylist()
+    shingles = []
+    for w in words:
+        if len(w) < SHINGLE:
+            shingles.append([" ".join(w).encode()] if w else [])
+        else:
+            shingles.append(
+                [" ".join(w[i : i + SHINGLE]).encode() for i in range(len(w) - SHINGLE + 1)]
+            )
+    sigs = MinHash.bulk(shingles, num_perm=NUM_PERM)
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=(bands, rows))
+    with lsh.insertion_session() as session:
+        for i, m in enumerate(sigs):
+            if shingles[i]:
+                session.insert(i, m, check_duplication=False)
+    pairs = []
+    for i, m in enumerate(sigs):
+        if not shingles[i]:
+            continue
+        for j in lsh.query(m):
+            if j > i and m.jaccard(sigs[j]) >= THRESHOLD:
+                pairs.append([i, j])
+    return {"pairs": pairs, "seconds": time.perf_counter() - t0}
+
+
+def _child(fn, args, queue):
+    out = fn(*args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(out)
+
+
+def in_child(fn, *args):
+    """Run fn in a forked process (inputs shared copy-on-write) and return its result + max RSS."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def score(pairs, planted, words, exact_keys):
+    found = {tuple(p) for p in pairs}
+    bins = {f"{lo:.2f}-{min(hi, 1):.2f}": [0, 0] for lo, hi in BINS}
+    for i, j, _ in planted:
+        true_j = jaccard(words[i], words[j])
+        for lo, hi in BINS:
+            if lo <= true_j < hi:
+                cell = bins[f"{lo:.2f}-{min(hi, 1):.2f}"]
+                cell[0] += 1
+                cell[1] += (min(i, j), max(i, j)) in found
+    recall = {k: round(v[1] / v[0], 4) if v[0] else None for k, v in bins.items()}
+    true_pos = sum(jaccard(words[i], words[j]) >= THRESHOLD for i, j in found)
+    exact = [(i, j) for i, j, kind in planted if kind == "exact"]
+    return {
+        "recall_by_true_jaccard": recall,
+        "pairs_by_true_jaccard": {k: v[0] for k, v in bins.items()},
+        "precision": round(true_pos / len(found), 5) if found else None,
+        "reported_pairs": len(found),
+        "exact_duplicates_found_by_near": sum((i, j) in found for i, j in exact) / len(exact),
+        "exact_duplicates_found_by_key": sum(exact_keys[i] == exact_keys[j] for i, j in exact)
+        / len(exact),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    texts, planted = make_corpus(args.docs, args.seed)
+    gen_s = time.perf_counter() - t0
+    bands, rows = lsh_params(THRESHOLD, NUM_PERM)
+    # Each child starts as a fork of this process: its peak includes this much (the corpus).
+    parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mine = in_child(ours, texts)
+    base = in_child(baseline, texts, bands, rows)
+    words = normalised_words(texts).to_pylist()
+    keys = normalised_text(texts).to_pylist()
+    report = {
+        "docs": len(texts),
+        "planted": {k: sum(p[2] == k for p in planted) for k in ("near", "hard", "exact")},
+        "corpus_seconds": round(gen_s, 1),
+        "num_perm": NUM_PERM,
+        "bands": bands,
+        "rows": rows,
+        "threshold": THRESHOLD,
+        "shingle": SHINGLE,
+        "parent_rss_mb_before_fork": round(parent_rss_mb),
+    }
+    for name, res in (("ours", mine), ("datasketch", base)):
+        report[name] = {
+            "seconds": round(res["seconds"], 2),
+            "docs_per_s": round(len(texts) / res["seconds"]),
+            "peak_rss_mb": round(res["peak_rss_mb"]),
+            **score(res["pairs"], planted, words, keys),
+        }
+    report["ours"]["lsh_candidates"] = mine["candidates"]
+    report["speedup_vs_datasketch"] = round(base["seconds"] / mine["seconds"], 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The DuckDB catalog: the one module that opens the catalog file.
+
+What it records: sources, snapshots, stage outputs (with input ids, parameters, row counts and
+content hashes), every dedup and decontamination drop, mixtures with their per-source members,
+and the lineage from spec and mixture to MLflow runs and registered model versions.
+
+How it behaves with several processes: a connection is open only for one read or one write
+(so two processes can alternate), each write is one transaction, and a process that finds the
+file locked waits and retries with backoff, logging
+"catalog locked by another process, retrying in 2s", until `timeout_s` has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from data_specs.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+TABLES = {
+    "schema_version": """
+        version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT now()""",
+    "sources": """
+        name VARCHAR, spec_hash VARCHAR, template VARCHAR, category VARCHAR,
+        priority INTEGER, location VARCHAR, snapshot_hash VARCHAR,
+        PRIMARY KEY (name, spec_hash)""",
+    "snapshots": """
+        name VARCHAR, content_hash VARCHAR, origin VARCHAR, rows BIGINT, path VARCHAR,
+        created_at TIMESTAMP DEFAULT now(), PRIMARY KEY (name, content_hash)""",
+    "stage_outputs": """
+        stage VARCHAR, output_id VARCHAR, input_ids VARCHAR, params VARCHAR, path VARCHAR,
+        rows BIGINT, content_hash VARCHAR, created_at TIMESTAMP DEFAULT now(),
+        PRIMARY KEY (stage, output_id)""",
+    "dedup_drops": """
+        output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, duplicate_of VARCHAR,
+        duplicate_source VARCHAR, kind VARCHAR, similarity DOUBLE""",
+    "decontamination_drops": """
+        output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
+        eval_id VARCHAR, kind VARCHAR, similarity DOUBLE""",
+    "mixtures": """
+        mixture_id VARCHAR PRIMARY KEY, spec_hash VARCHAR, seed BIGINT, strategy VARCHAR,
+        unit VARCHAR, rows BIGINT, validation_rows BIGINT, path VARCHAR, manifest VARCHAR,
+        created_at TIMESTAMP DEFAULT now()""",
+    "mixture_members": """
+        mixture_id VARCHAR, source VARCHAR, input_hash VARCHAR, requested BIGINT,
+        achieved BIGINT, requested_share DOUBLE, achieved_share DOUBLE,
+        PRIMARY KEY (mixture_id, source)""",
+    "runs": """
+        mlflow_run_id VARCHAR PRIMARY KEY, spec_hash VARCHAR, mixture_id VARCHAR, arm VARCHAR,
+        parent_run_id VARCHAR, registered_model VARCHAR, model_version VARCHAR,
+        created_at TIMESTAMP DEFAULT now()""",
+}
+# Drop tables have no natural key (identical rows share an id), so a stage output's drops are
+# replaced as a whole: writing the same output twice leaves one copy.
+DROP_TABLES = ("dedup_drops", "decontamination_drops")
+
+
+@dataclass
+class CatalogBatch:
+    """Rows gathered during a run and written in ONE transaction once every stage succeeded."""
+
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    drops: dict[str, list[tuple[str, pa.Table]]] = field(default_factory=dict)
+
+    def add(self, table: str, **row) -> None:
+        if table not in TABLES or table in DROP_TABLES:
+            raise ValueError(f"unknown catalog table {table!r}")
+        self.rows.setdefault(table, []).append(row)
+
+    def add_drops(self, table: str, output_id: str, drops: pa.Table) -> None:
+        if table not in DROP_TABLES:
+            raise ValueError(f"{table!r} is not a drop table")
+        self.drops.setdefault(table, []).append((output_id, drops))
+
+    def extend(self, other: CatalogBatch) -> None:
+        for table, rows in other.rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+        for table, items in other.drops.items():
+            self.drops.setdefault(table, []).extend(items)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.rows.values())) + sum(map(len, self.drops.values()))
+
+
+class Catalog:
+    """The pipeline's DuckDB catalog file (created with its schema on first use)."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+
+    @staticmethod
+    def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+        for name, columns in TABLES.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        con.execute(
+            "INSERT INTO schema_version (version) VALUES (?) ON CONFLICT DO NOTHING",
+            [SCHEMA_VERSION],
+        )
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one operation, waiting (with backoff) while another process
+        holds the file lock."""
+        start, delay = time.monotonic(), 0.1
+        while True:
+            try:
+                # Always read-write: DuckDB refuses mixed read-only / read-write connections
+                # to one file inside one process, and connections only live for one operation.
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower():
+                    raise
+                waited = time.monotonic() - start
+                if waited + delay > self.timeout_s:
+                    raise PipelineError(
+                        f"catalog locked by another process for {waited:.0f}s",
+                        where=str(self.path),
+                        fix="wait for the other pipeline run to finish (or stop it) and retry",
+                    ) from err
+                log.warning("catalog locked by another process, retrying in %.1fs", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)  # backoff, then poll every 2 s
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction: everything inside commits together or not at all.
+        The file and its schema are created by the first write, never by a read."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            self._ensure_schema(con)
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def commit(self, batch: CatalogBatch) -> None:
+        """Write every gathered row in one transaction (rows already present are kept)."""
+        if not len(batch):
+            return
+        with self.transaction() as con:
+            for table, rows in batch.rows.items():
+                for row in rows:
+                    cols = list(row)
+                    values = [
+                        json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+                        for v in row.values()
+                    ]
+                    con.execute(
+                        f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                        f"({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING",
+                        values,
+                    )
+            for table, items in batch.drops.items():
+                for output_id, drops in items:
+                    con.execute(f"DELETE FROM {table} WHERE output_id = ?", [output_id])
+                    if drops.num_rows:
+                        con.register("incoming_drops", drops)
+                        cols = ", ".join(drops.column_names)
+                        con.execute(
+                            f"INSERT INTO {table} (output_id, {cols}) "
+                            f"SELECT ?, {cols} FROM incoming_drops",
+                            [output_id],
+                        )
+                        con.unregister("incoming_drops")
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[dict]:
+        """Run a read query; rows as dicts (none while nothing was ever written)."""
+        return self.query_many({"q": (sql, params)})["q"]
+
+    def query_many(self, queries: dict[str, tuple[str, list | tuple]]) -> dict[str, list[dict]]:
+        """Several read queries on one connection (opening one costs ~25 ms)."""
+        out: dict[str, list[dict]] = {key: [] for key in queries}
+        if not self.path.exists():
+            return out
+        with self._connect() as con:
+            for key, (sql, params) in queries.items():
+                try:
+                    cur = con.execute(sql, list(params))
+                except duckdb.CatalogException:  # tables not created yet
+                    continue
+                names = [d[0] for d in cur.description]
+                out[key] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return out
+
+    def find_stage_output(self, stage: str, output_id: str) -> dict | None:
+        """The catalog row of a stage output, or None if it was never recorded."""
+        rows = self.query(
+            "SELECT * FROM stage_outputs WHERE stage = ? AND output_id = ?", [stage, output_id]
+        )
+        return rows[0] if rows else None
+
+    def record_run(
+        self,
+        *,
+        spec_hash: str,
+        mixture_id: str,
+        arm: str,
+        mlflow_run_id: str,
+        parent_run_id: str | None = None,
+        registered_model: str | None = None,
+        model_version: str | int | None = None,
+    ) -> None:
+        """Lineage of one trained arm: spec and mixture -> MLflow run -> registered version.
+        Calling it again for the same run fills in the registry fields."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (mlflow_run_id, spec_hash, mixture_id, arm, parent_run_id, "
+                "registered_model, model_version) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (mlflow_run_id) DO UPDATE SET "
+                "registered_model = coalesce(excluded.registered_model, runs.registered_model), "
+                "model_version = coalesce(excluded.model_version, runs.model_version)",
+                [
+                    mlflow_run_id,
+                    spec_hash,
+                    mixture_id,
+                    arm,
+                    parent_run_id,
+                    registered_model,
+                    None if model_version is None else str(model_version),
+                ],
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (for summaries and tests); all zero before the first write."""
+        rows = self.query_many({t: (f"SELECT count(*) AS n FROM {t}", ()) for t in TABLES})
+        return {t: r[0]["n"] if r else 0 for t, r in rows.items()}

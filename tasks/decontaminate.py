@@ -1,0 +1,191 @@
+"""Decontaminate: drop training rows that overlap an evaluation suite.
+
+Three tests, against every suite (first matching suite in spec order is reported):
+- n-gram: the row shares a word n-gram (13 by default, GPT-3 / lm-eval practice) with an
+  eval item's prompt or response, ignoring n-grams found in more than `boilerplate_fraction`
+  of the suite's items (instructions and answer templates, not content);
+- exact: a prompt shorter than n words equals an eval prompt after normalisation;
+- near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one.
+Words are normalised as in dedup (case folded, punctuation stripped).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from data_specs.record import RECORD_SCHEMA
+from data_specs.schema import DecontaminationSpec
+from tasks.dedup import source_row
+from tasks.minhash import normalised_words, word_shingles
+
+DECON_DROP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64()),
+        pa.field("suite", pa.string(), nullable=False),
+        pa.field("eval_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # ngram | exact | near
+        pa.field("similarity", pa.float64(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DecontaminationResult:
+    """Rows kept (input order) and rows removed with the eval item they match."""
+
+    kept: pa.Table
+    drops: pa.Table
+
+
+@dataclass
+class SuiteIndex:
+    """What one suite offers for matching: its content n-grams and its short prompts."""
+
+    name: str
+    ngram_hashes: np.ndarray  # sorted uint64, boilerplate removed
+    ngram_item: np.ndarray  # eval item index of each hash (first item that has it)
+    ids: list[str]
+    prompts: dict[str, int]  # normalised prompt -> item index
+    word_sets: list[frozenset]  # per item: set of prompt words
+    by_word: dict[str, list[int]]  # word -> items whose prompt has it
+
+
+def _field_docs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Prompt and response of every row as separate texts, and the row each came from:
+    n-grams never span the boundary between two fields."""
+    n = table.num_rows
+    texts = pa.concat_arrays(
+        [table.column("prompt").combine_chunks(), table.column("response").combine_chunks()]
+    )
+    return texts, np.concatenate([np.arange(n), np.arange(n)])
+
+
+def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -> SuiteIndex:
+    """Index one eval suite (canonical records) for the three tests."""
+    n_items = items.num_rows
+    texts, owner = _field_docs(items)
+    sh = word_shingles(texts, config.ngram, full_hash=True)
+    doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+    full = sh.lengths[doc_of] >= config.ngram  # short fields are for the exact/near tests
+    hashes, item = sh.hashes[full], owner[doc_of[full]]
+    # Count each n-gram once per item, then drop the ones too many items share.
+    pair = np.unique(np.stack([hashes, item.astype(np.uint64)], axis=1), axis=0)
+    uniq, first, counts = np.unique(pair[:, 0], return_index=True, return_counts=True)
+    content = counts <= config.boilerplate_fraction * n_items
+    words = normalised_words(items.column("prompt")).to_pylist()
+    word_sets = [frozenset(w) for w in words]
+    by_word: dict[str, list[int]] = defaultdict(list)
+    for i, ws in enumerate(word_sets):
+        for w in ws:
+            by_word[w].append(i)
+    prompts = {}
+    for i, w in enumerate(words):
+        prompts.setdefault(" ".join(w), i)
+    return SuiteIndex(
+        name=name,
+        ngram_hashes=uniq[content],
+        ngram_item=pair[first[content], 1].astype(np.int64),
+        ids=items.column("id").to_pylist(),
+        prompts=prompts,
+        word_sets=word_sets,
+        by_word=dict(by_word),
+    )
+
+
+def _ngram_hits(table: pa.Table, index: SuiteIndex, n: int) -> dict[int, int]:
+    """Row -> eval item for rows sharing a content n-gram with the suite."""
+    if len(index.ngram_hashes) == 0 or table.num_rows == 0:
+        return {}
+    texts, owner = _field_docs(table)
+    sh = word_shingles(texts, n, full_hash=True)
+    doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+    pos = np.searchsorted(index.ngram_hashes, sh.hashes)
+    pos = np.minimum(pos, len(index.ngram_hashes) - 1)
+    hit = (index.ngram_hashes[pos] == sh.hashes) & (sh.lengths[doc_of] >= n)
+    out: dict[int, int] = {}
+    for k in np.flatnonzero(hit).tolist():
+        out.setdefault(int(owner[doc_of[k]]), int(index.ngram_item[pos[k]]))
+    return out
+
+
+def _short_prompt_hit(words: list[str], index: SuiteIndex, threshold: float):
+    """(kind, item, similarity) for a short prompt that equals or nearly equals an eval prompt."""
+    key = " ".join(words)
+    if key and key in index.prompts:
+        return "exact", index.prompts[key], 1.0
+    mine = frozenset(words)
+    if not mine:
+        return None
+    # Prefix filter: Jaccard >= t needs |A & B| >= t|A|, so B must share one of any
+    # |A| - ceil(t|A|) + 1 words of A; take A's rarest words to keep the candidate list short.
+    prefix = len(mine) - math.ceil(threshold * len(mine)) + 1
+    rarest = sorted(mine, key=lambda w: (len(index.by_word.get(w, ())), w))[:prefix]
+    candidates = {item for w in rarest for item in index.by_word.get(w, ())}
+    best = None
+    for item in sorted(candidates):
+        other = index.word_sets[item]
+        jac = len(mine & other) / len(mine | other)
+        if jac >= threshold and (best is None or jac > best[2]):
+            best = ("near", item, jac)
+    return best
+
+
+def decontaminate(
+    train: pa.Table, suites: dict[str, pa.Table], config: DecontaminationSpec
+) -> DecontaminationResult:
+    """Remove training rows that overlap any eval suite (dict in spec order)."""
+    train = train.select(RECORD_SCHEMA.names)
+    n = train.num_rows
+    hits: dict[int, tuple[str, str, float, str]] = {}  # row -> (suite, kind, sim, eval id)
+    if config.enabled and n:
+        prompt_words = normalised_words(train.column("prompt")).to_pylist()
+        short_rows = [i for i, w in enumerate(prompt_words) if len(w) < config.ngram]
+        for name, items in suites.items():
+            index = build_suite_index(name, items.select(RECORD_SCHEMA.names), config)
+            for row, item in _ngram_hits(train, index, config.ngram).items():
+                hits.setdefault(row, (name, "ngram", 1.0, index.ids[item]))
+            for row in short_rows:
+                if row in hits:
+                    continue
+                found = _short_prompt_hit(prompt_words[row], index, config.near_threshold)
+                if found:
+                    kind, item, sim = found
+                    hits[row] = (name, kind, sim, index.ids[item])
+    keep = np.ones(n, dtype=bool)
+    keep[list(hits)] = False
+    ids, srcs, metas = (train.column(c).to_pylist() for c in ("id", "source", "meta"))
+    drops = pa.Table.from_pylist(
+        [
+            {
+                "id": ids[r],
+                "source": srcs[r],
+                "row": source_row(metas[r]),
+                "suite": s,
+                "eval_id": eid,
+                "kind": kind,
+                "similarity": round(sim, 6),
+            }
+            for r, (s, kind, sim, eid) in sorted(hits.items())
+        ],
+        schema=DECON_DROP_SCHEMA,
+    )
+    return DecontaminationResult(train.filter(pa.array(keep)), drops)
+
+
+def drops_per_source_suite(drops: pa.Table) -> list[dict]:
+    """Counts of removed rows per (source, suite, kind), for reports."""
+    if drops.num_rows == 0:
+        return []
+    grouped = drops.group_by(["source", "suite", "kind"]).aggregate([("id", "count")])
+    rows = sorted(grouped.to_pylist(), key=lambda r: (r["source"], r["suite"], r["kind"]))
+    return [
+        {"source": r["source"], "suite": r["suite"], "kind": r["kind"], "rows": r["id_count"]}
+        for r in rows
+    ]

@@ -1,0 +1,285 @@
+"""Mix: balance deduplicated, decontaminated sources into one seeded training mixture.
+
+    per source: seeded hold-out of validation_fraction  (before mixing: never trained on)
+    shares:     proportional n_i · weights w_i · capped min(n_i, cap) (T5) · temperature n_i^(1/T)
+    counts:     share x target size (examples, or whitespace tokens of prompt + response)
+    draw:       a seeded permutation of each source; repeats only if allow_upsampling
+    output:     one seeded shuffle -> train/train-00000.parquet ... + train/manifest.json
+                + validation.parquet (outside train/, so train/*.parquet is exactly the mixture)
+
+Without upsampling a source gives at most all its rows: its achieved share is then below the
+requested one, and the manifest says so (nothing is silently redistributed). Without a target
+size, proportional and capped take every (capped) row once; weights and temperature take the
+largest mixture that needs no source beyond its size.
+The mixture id hashes input hashes, parameters and seed; the same inputs give the same id and
+byte-identical files (fixed row groups, no timestamps in the Parquet metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_specs.errors import DataError
+from data_specs.record import RECORD_SCHEMA
+from data_specs.schema import MixtureSpec
+
+# Fixed row-group size so identical tables always produce identical bytes.
+ROW_GROUP_ROWS = 10_000
+MANIFEST = "manifest.json"
+VALIDATION = "validation.parquet"
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write deterministically (fixed row groups, zstd, no timestamps) via a temp file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=ROW_GROUP_ROWS,
+            compression="zstd",
+            use_dictionary=True,
+            write_statistics=True,
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write sorted, indented JSON via a temp file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def mixture_id(input_hashes: dict[str, str], config: MixtureSpec, seed: int) -> str:
+    """Hash of the input hashes (per source), the mixture parameters and the seed."""
+    blob = json.dumps(
+        {"inputs": input_hashes, "mixture": config.model_dump(mode="json"), "seed": seed},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _rng(seed: int, *salt: str) -> np.random.Generator:
+    """Independent seeded stream per purpose and source (stable across processes)."""
+    return np.random.default_rng([seed, *(zlib.crc32(s.encode()) for s in salt)])
+
+
+def token_counts(table: pa.Table) -> np.ndarray:
+    """Whitespace tokens of prompt + response per row: a tokenizer-free, stable size measure."""
+    if table.num_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    count = [
+        pc.list_value_length(
+            pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pc.fill_null(table.column(c), "")))
+        )
+        for c in ("prompt", "response")
+    ]
+    return (
+        count[0].to_numpy(zero_copy_only=False) + count[1].to_numpy(zero_copy_only=False)
+    ).astype(np.int64)
+
+
+def split_validation(table: pa.Table, fraction: float, seed: int, source: str):
+    """(train, validation) with round(fraction * n) seeded rows held out, file order kept."""
+    n = table.num_rows
+    n_val = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)  # every source gets a validation row, keeps one
+    picked = np.zeros(n, dtype=bool)
+    picked[_rng(seed, "validation", source).permutation(n)[:n_val]] = True
+    return table.filter(pa.array(~picked)), table.filter(pa.array(picked))
+
+
+def requested_shares(sizes: dict[str, int], config: MixtureSpec) -> dict[str, float]:
+    """Share of the mixture each source should get under the configured strategy."""
+    names = list(sizes)
+    n = np.array([sizes[s] for s in names], dtype=np.float64)
+    if config.strategy == "proportional":
+        raw = n
+    elif config.strategy == "weights":
+        raw = np.array([float((config.weights or {}).get(s, 0.0)) for s in names])
+    elif config.strategy == "capped":
+        raw = np.minimum(n, float(config.cap))
+    else:  # temperature
+        raw = n ** (1.0 / config.temperature)
+    if raw.sum() <= 0:
+        raise DataError(
+            "no rows to mix: every source is empty or has weight 0",
+            where="mixture",
+            fix="check the sources and mixture.weights",
+        )
+    return dict(zip(names, (raw / raw.sum()).tolist(), strict=True))
+
+
+def _apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """Integer counts summing to `total`, by largest remainder (ties by spec order)."""
+    exact = {s: p * total for s, p in shares.items()}
+    counts = {s: int(np.floor(v)) for s, v in exact.items()}
+    left = total - sum(counts.values())
+    for s in sorted(exact, key=lambda s: -(exact[s] - counts[s]))[:left]:
+        counts[s] += 1
+    return counts
+
+
+def _draw(n: int, want: int, rng: np.random.Generator) -> np.ndarray:
+    """`want` row indices: whole seeded permutations, then part of one more."""
+    reps, rest = divmod(want, n)
+    parts = [rng.permutation(n) for _ in range(reps)] + [rng.permutation(n)[:rest]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _draw_tokens(tokens: np.ndarray, want: int, allow_repeat: bool, rng) -> np.ndarray:
+    """Rows in seeded order until their tokens reach `want` (or the source runs out)."""
+    n = len(tokens)
+    if n == 0 or want <= 0:
+        return np.zeros(0, dtype=np.int64)
+    total = int(tokens.sum())
+    reps = max(1, -(-want // max(total, 1))) if allow_repeat else 1
+    order = np.concatenate([rng.permutation(n) for _ in range(reps)])
+    cum = np.cumsum(tokens[order])
+    stop = int(np.searchsorted(cum, want)) + 1  # first prefix reaching the target
+    return order[: min(stop, len(order))]
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Where a written mixture lives and what its manifest says."""
+
+    mixture_id: str
+    out_dir: Path
+    manifest: dict
+
+    @property
+    def train_dir(self) -> Path:
+        return self.out_dir / "train"
+
+    @property
+    def validation_path(self) -> Path:
+        return self.out_dir / VALIDATION
+
+
+def plan_counts(sizes: dict[str, int], config: MixtureSpec) -> tuple[dict, dict, int]:
+    """(shares, requested counts, total) for a mixture sized in examples."""
+    shares = requested_shares(sizes, config)
+    if config.size is not None:
+        total = config.size
+    elif config.strategy == "proportional":
+        total = sum(sizes.values())
+    elif config.strategy == "capped":
+        total = sum(min(v, config.cap) for v in sizes.values())
+    else:  # largest mixture that needs no source beyond its size
+        total = int(min(sizes[s] / p for s, p in shares.items() if p > 0))
+    return shares, _apportion(total, shares), total
+
+
+def build_mixture(
+    sources: dict[str, pa.Table],
+    input_hashes: dict[str, str],
+    config: MixtureSpec,
+    seed: int,
+    out_dir: Path,
+) -> Mixture:
+    """Mix `sources` (spec order, canonical records) and write shards + manifest to out_dir."""
+    mid = mixture_id(input_hashes, config, seed)
+    train_parts, val_parts = {}, []
+    for name, table in sources.items():
+        tr, va = split_validation(
+            table.select(RECORD_SCHEMA.names), config.validation_fraction, seed, name
+        )
+        train_parts[name] = tr
+        val_parts.append(va)
+    by_tokens = config.size_tokens is not None
+    tokens = {s: token_counts(t) for s, t in train_parts.items()}
+    sizes = {s: t.num_rows for s, t in train_parts.items()}
+    members, picks = {}, []
+    if by_tokens:
+        shares = requested_shares(sizes, config)
+        requested = _apportion(config.size_tokens, shares)
+        for s, t in train_parts.items():
+            idx = _draw_tokens(
+                tokens[s], requested[s], config.allow_upsampling, _rng(seed, "draw", s)
+            )
+            picks.append(t.take(pa.array(idx, type=pa.int64())))
+            members[s] = {
+                "requested_tokens": requested[s],
+                "achieved_tokens": int(tokens[s][idx].sum()),
+                "rows": len(idx),
+            }
+    else:
+        shares, requested, _ = plan_counts(sizes, config)
+        for s, t in train_parts.items():
+            want = requested[s] if config.allow_upsampling else min(requested[s], sizes[s])
+            idx = _draw(sizes[s], want, _rng(seed, "draw", s)) if sizes[s] else np.zeros(0, int)
+            picks.append(t.take(pa.array(idx, type=pa.int64())))
+            members[s] = {"requested_rows": requested[s], "rows": len(idx)}
+    unit = "achieved_tokens" if by_tokens else "rows"
+    total_achieved = sum(m[unit] for m in members.values()) or 1
+    for s, m in members.items():
+        m.update(
+            available_rows=sizes[s],
+            validation_rows=sources[s].num_rows - sizes[s],
+            requested_share=round(shares[s], 6),
+            achieved_share=round(m[unit] / total_achieved, 6),
+            input_hash=input_hashes[s],
+        )
+    mixed = pa.concat_tables(picks) if picks else RECORD_SCHEMA.empty_table()
+    mixed = mixed.take(pa.array(_rng(seed, "shuffle").permutation(mixed.num_rows), type=pa.int64()))
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    train_dir = tmp / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for k, start in enumerate(range(0, max(mixed.num_rows, 1), config.shard_rows)):
+        shard = f"train-{k:05d}.parquet"
+        write_parquet(mixed.slice(start, config.shard_rows), train_dir / shard)
+        shards.append(shard)
+    validation = pa.concat_tables(val_parts) if val_parts else RECORD_SCHEMA.empty_table()
+    write_parquet(validation, tmp / VALIDATION)
+    manifest = {
+        "mixture_id": mid,
+        "seed": seed,
+        "parameters": config.model_dump(mode="json"),
+        "unit": "whitespace_tokens" if by_tokens else "examples",
+        "rows": mixed.num_rows,
+        "validation_rows": validation.num_rows,
+        "shards": shards,
+        "sources": members,
+        "input_hashes": input_hashes,
+    }
+    write_json(manifest, train_dir / MANIFEST)
+    if out_dir.exists():  # a concurrent or earlier run finished the same content-addressed id
+        _remove_tree(tmp)
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out_dir)
+    return load_mixture(out_dir)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+
+
+def load_mixture(out_dir: Path) -> Mixture:
+    """A mixture written earlier (reuse)."""
+    manifest = json.loads((out_dir / "train" / MANIFEST).read_text(encoding="utf-8"))
+    return Mixture(manifest["mixture_id"], out_dir, manifest)

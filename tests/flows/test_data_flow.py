@@ -1,0 +1,134 @@
+"""The data sub-flow end to end on the demo spec: outputs, catalog rows, reuse, Dask, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_specs.errors import DataError
+from data_specs.record import RECORD_SCHEMA
+from tasks.catalog import Catalog
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data_specs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_runs(prefect_harness, tmp_path_factory):
+    """The demo data flow run twice in one fresh workspace."""
+    from flows.data import data_flow
+
+    root = tmp_path_factory.mktemp("data_flow") / "workspace"
+    first = data_flow(str(DEMO), str(root))
+    second = data_flow(str(DEMO), str(root))
+    return root, first, second
+
+
+def test_outputs_are_complete(demo_runs):
+    root, first, _ = demo_runs
+    shards = sorted(Path(first.train_dir).glob("*.parquet"))
+    assert shards and all(
+        pq.read_schema(s).equals(RECORD_SCHEMA, check_metadata=False) for s in shards
+    )
+    train_rows = sum(pq.read_metadata(s).num_rows for s in shards)
+    assert (Path(first.train_dir) / "manifest.json").exists()
+    assert pq.read_table(first.validation_path).num_rows > 0
+    assert set(first.eval_paths) == {"knowledge_mc", "boolq_mc", "math_gen"}
+    table = {r["source"]: r for r in first.source_table}
+    assert set(table) == {"instructions", "boolq", "knowledge", "math"}
+    assert sum(r["rows_in_mixture"] for r in table.values()) == train_rows
+    for r in table.values():
+        assert r["rows_in"] == (
+            r["exact_drops"]
+            + r["near_drops"]
+            + r["contamination_drops"]
+            + r["validation_rows"]
+            + r["rows_in_mixture"]
+        )
+    assert sum(r["exact_drops"] + r["near_drops"] for r in table.values()) > 0
+    assert sum(r["contamination_drops"] for r in table.values()) > 0
+    assert first.reused_stages == []
+
+
+def test_second_run_reuses_every_stage(demo_runs):
+    _, first, second = demo_runs
+    assert second.mixture_id == first.mixture_id
+    assert second.source_table == first.source_table
+    assert second.reused_stages == [
+        "fetch",
+        "normalise",
+        "dedup_source",
+        "dedup",
+        "decontaminate",
+        "mixture",
+    ]
+
+
+def test_catalog_holds_the_run(demo_runs):
+    root, first, _ = demo_runs
+    catalog = Catalog(root / "catalog.duckdb")
+    counts = catalog.counts()
+    assert counts["sources"] == 4 and counts["snapshots"] == 7 and counts["mixtures"] == 1
+    assert counts["mixture_members"] == 4
+    # normalise x7, dedup_source x4, dedup, decontaminate, mixture: once each despite two runs
+    assert counts["stage_outputs"] == 14
+    table = {r["source"]: r for r in first.source_table}
+    assert counts["dedup_drops"] == sum(r["exact_drops"] + r["near_drops"] for r in table.values())
+    assert counts["decontamination_drops"] == sum(r["contamination_drops"] for r in table.values())
+    (mixture,) = catalog.query("SELECT mixture_id, rows FROM mixtures")
+    assert mixture["mixture_id"] == first.mixture_id
+
+
+def test_format_source_table(demo_runs):
+    from flows.data import format_source_table
+
+    text = format_source_table(demo_runs[1])
+    assert "instructions" in text and "rows in" in text and demo_runs[1].mixture_id in text
+
+
+def test_dask_runner_gives_the_same_mixture(demo_runs, tmp_path):
+    from flows.data import data_flow
+
+    outputs = data_flow(str(DEMO), str(tmp_path / "workspace"), task_runner="dask")
+    assert outputs.mixture_id == demo_runs[1].mixture_id
+
+
+def test_bad_input_leaves_no_catalog_row(prefect_harness, tmp_path):
+    from flows.data import data_flow
+
+    spec_dir = tmp_path / "spec"
+    shutil.copytree(REPO / "data_specs" / "demo", spec_dir / "demo")
+    shutil.copy(DEMO, spec_dir / "demo.yaml")
+    math = spec_dir / "demo" / "math_train.jsonl"
+    lines = math.read_text().splitlines()
+    lines[40] = lines[40][: len(lines[40]) // 2]  # a truncated JSON line
+    math.write_text("\n".join(lines) + "\n")
+    root = tmp_path / "workspace"
+    with pytest.raises(DataError, match="math_train.jsonl"):
+        data_flow(str(spec_dir / "demo.yaml"), str(root))
+    assert not (root / "catalog.duckdb").exists() or all(
+        n == 0 for n in Catalog(root / "catalog.duckdb").counts().values()
+    )
+    leftovers = [p for p in (root / "data").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_a_changed_source_is_recomputed(prefect_harness, tmp_path):
+    from flows.data import data_flow
+
+    spec_dir = tmp_path / "spec"
+    shutil.copytree(REPO / "data_specs" / "demo", spec_dir / "demo")
+    shutil.copy(DEMO, spec_dir / "demo.yaml")
+    root = tmp_path / "workspace"
+    first = data_flow(str(spec_dir / "demo.yaml"), str(root))
+    math = spec_dir / "demo" / "math_train.jsonl"
+    math.write_text("\n".join(math.read_text().splitlines()[:-20]) + "\n")  # drop 20 rows
+    second = data_flow(str(spec_dir / "demo.yaml"), str(root))
+    assert second.mixture_id != first.mixture_id
+    assert "mixture" not in second.reused_stages and "fetch" not in second.reused_stages
+    rows = {r["source"]: r["rows_in"] for r in second.source_table}
+    assert rows["math"] == 291 and rows["boolq"] == 311
+    assert Catalog(root / "catalog.duckdb").counts()["mixtures"] == 2

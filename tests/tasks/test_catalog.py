@@ -1,0 +1,180 @@
+"""The DuckDB catalog: transactional batches, lookups, lineage, and two processes at once."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from data_specs.errors import PipelineError
+from tasks.catalog import Catalog, CatalogBatch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def drops(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "source": ["a"] * n,
+            "row": list(range(n)),
+            "duplicate_of": ["k"] * n,
+            "duplicate_source": ["b"] * n,
+            "kind": ["exact"] * n,
+            "similarity": [1.0] * n,
+        }
+    )
+
+
+def batch(output_id: str = "o1") -> CatalogBatch:
+    b = CatalogBatch()
+    b.add("snapshots", name="a", content_hash="h1", origin="file:/x", rows=10, path="/p")
+    b.add(
+        "stage_outputs",
+        stage="dedup",
+        output_id=output_id,
+        input_ids=["n1", "n2"],
+        params={"threshold": 0.8},
+        path="/out",
+        rows=8,
+        content_hash="c1",
+    )
+    b.add_drops("dedup_drops", output_id, drops(2))
+    return b
+
+
+def test_nothing_is_created_by_reads(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    assert catalog.find_stage_output("dedup", "x") is None
+    assert catalog.counts()["stage_outputs"] == 0
+    assert not catalog.path.exists()
+
+
+def test_commit_is_idempotent_and_lookups_work(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog.commit(batch())
+    catalog.commit(batch())  # a rerun adds nothing twice
+    counts = catalog.counts()
+    assert counts["schema_version"] == 1
+    assert counts["snapshots"] == 1 and counts["stage_outputs"] == 1 and counts["dedup_drops"] == 2
+    row = catalog.find_stage_output("dedup", "o1")
+    assert row["rows"] == 8 and row["input_ids"] == '["n1", "n2"]'
+    assert catalog.find_stage_output("dedup", "other") is None
+
+
+def test_a_failed_transaction_leaves_no_row(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    bad = batch()
+    bad.add(
+        "stage_outputs",
+        stage="mix",
+        output_id="m",
+        input_ids=[],
+        params={},
+        path="/m",
+        rows="not a number",
+        content_hash="c",
+    )
+    with pytest.raises(Exception):  # noqa: B017 - DuckDB's conversion error
+        catalog.commit(bad)
+    assert all(n == 0 for t, n in catalog.counts().items() if t != "schema_version")
+
+
+def test_record_run_keeps_lineage_and_fills_registry_fields(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog.record_run(
+        spec_hash="s", mixture_id="m", arm="lora", mlflow_run_id="r1", parent_run_id="p"
+    )
+    catalog.record_run(
+        spec_hash="s",
+        mixture_id="m",
+        arm="lora",
+        mlflow_run_id="r1",
+        registered_model="mlora-demo",
+        model_version=2,
+    )
+    (run,) = catalog.query("SELECT * FROM runs")
+    assert (run["arm"], run["parent_run_id"], run["registered_model"], run["model_version"]) == (
+        "lora",
+        "p",
+        "mlora-demo",
+        "2",
+    )
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from tasks.catalog import Catalog, CatalogBatch
+    catalog = Catalog({path!r}, timeout_s=60)
+    for i in range(15):
+        b = CatalogBatch()
+        b.add("stage_outputs", stage="w", output_id=f"{{sys.argv[1]}}-{{i}}", input_ids=[],
+              params={{}}, path="/p", rows=i, content_hash="c")
+        catalog.commit(b)
+        catalog.find_stage_output("w", f"{{sys.argv[1]}}-{{i}}")
+    print("done")
+""")
+
+
+def test_two_processes_writing_at_once_both_finish(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(repo=str(REPO), path=str(path)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("p1", "p2")
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = Catalog(path).query("SELECT output_id FROM stage_outputs")
+    assert len(rows) == 30
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time, duckdb
+    con = duckdb.connect({path!r})
+    con.execute("CREATE TABLE IF NOT EXISTS hold (x INTEGER)")
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[1]))
+    con.close()
+""")
+
+
+def _hold(tmp_path, seconds: float) -> subprocess.Popen:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER.format(path=str(tmp_path / "catalog.duckdb")))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_locked_catalog_is_waited_for_with_a_clear_message(tmp_path, caplog):
+    holder = _hold(tmp_path, 1.5)
+    with caplog.at_level(logging.WARNING, logger="tasks.catalog"):
+        Catalog(tmp_path / "catalog.duckdb", timeout_s=30).commit(batch())
+    holder.wait(timeout=30)
+    assert "catalog locked by another process, retrying in" in caplog.text
+    assert Catalog(tmp_path / "catalog.duckdb").counts()["stage_outputs"] == 1
+
+
+def test_a_catalog_locked_too_long_fails_clearly(tmp_path):
+    holder = _hold(tmp_path, 5)
+    try:
+        with pytest.raises(PipelineError, match="catalog locked by another process"):
+            Catalog(tmp_path / "catalog.duckdb", timeout_s=0.5).commit(batch())
+    finally:
+        holder.kill()
+        holder.wait()

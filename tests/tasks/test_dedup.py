@@ -1,0 +1,200 @@
+"""Dedup and the MinHash LSH under it: exact keys, near pairs, priority, the demo's planted rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_specs.record import make_record, records_to_table
+from data_specs.schema import DedupSpec, NearDedupSpec, load_spec
+from tasks.dedup import dedup, drops_per_source_pair, exact_keys
+from tasks.minhash import (
+    MinHasher,
+    candidate_pairs,
+    exact_jaccard,
+    lsh_params,
+    near_duplicates,
+    word_shingles,
+)
+
+WORDS = [f"word{i}" for i in range(400)]
+
+
+def text(seed: int, n: int = 60) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, n))
+
+
+def edit(base: str, positions: list[int]) -> str:
+    words = base.split()
+    for p in positions:
+        words[p] = "CHANGED"
+    return " ".join(words)
+
+
+def rec(source: str, prompt: str, response: str = "ok", row: int = 0) -> dict:
+    return make_record(
+        source=source,
+        task="t",
+        category="instruction",
+        prompt=prompt,
+        response=response,
+        meta={"row": row},
+    )
+
+
+def test_exact_key_folds_case_spacing_punctuation():
+    table = records_to_table([rec("a", "Hello,   World!", "Yes."), rec("a", "hello world", "yes")])
+    keys = exact_keys(table, ["prompt", "response"]).to_pylist()
+    assert keys[0] == keys[1]
+    assert exact_keys(table, ["prompt"]).to_pylist()[0] == "hello world"
+
+
+def test_exact_duplicate_keeps_higher_priority_copy_and_reports_it():
+    rows = [
+        rec("low", "What is two plus two?", "Four", row=1),
+        rec("high", "what is TWO plus two", "four.", row=7),
+        rec("low", "Something else entirely", "x", row=2),
+    ]
+    result = dedup(records_to_table(rows), DedupSpec(), {"high": 1, "low": 0}, ["low", "high"])
+    assert result.kept.column("source").to_pylist() == ["high", "low"]
+    drop = result.drops.to_pylist()
+    assert len(drop) == 1
+    assert drop[0]["source"] == "low" and drop[0]["row"] == 1
+    assert drop[0]["duplicate_of"] == rows[1]["id"] and drop[0]["kind"] == "exact"
+    assert drop[0]["similarity"] == 1.0
+
+
+def test_ties_go_to_spec_order_then_row_order():
+    rows = [
+        rec("b", "same prompt here", row=1),
+        rec("a", "same prompt here", row=1),
+        rec("a", "same prompt here!", row=2),
+    ]
+    result = dedup(records_to_table(rows), DedupSpec(), {}, ["a", "b"])
+    kept = result.kept.to_pylist()
+    assert [(r["source"], json.loads(r["meta"])["row"]) for r in kept] == [("a", 1)]
+
+
+def test_near_duplicate_found_and_hard_negative_kept():
+    base = text(1)
+    near = edit(base, [30])  # one word changed: 5-gram Jaccard (56-5)/(56+5) = 0.84
+    hard = edit(base, [5, 15, 25, 35, 45])  # five changes: Jaccard about 0.4
+    rows = [rec("a", base), rec("b", near), rec("c", hard), rec("d", text(2))]
+    result = dedup(
+        records_to_table(rows), DedupSpec(key=["prompt"]), {"b": 5}, ["a", "b", "c", "d"]
+    )
+    drops = result.drops.to_pylist()
+    assert [d["source"] for d in drops] == ["a"]  # b has the higher priority: a's copy goes
+    assert drops[0]["kind"] == "near" and drops[0]["duplicate_source"] == "b"
+    assert 0.8 <= drops[0]["similarity"] < 1.0
+    assert sorted(result.kept.column("source").to_pylist()) == ["b", "c", "d"]
+    assert drops_per_source_pair(result.drops) == [
+        {"dropped_from": "a", "duplicate_of": "b", "kind": "near", "rows": 1}
+    ]
+
+
+def test_near_dedup_can_be_switched_off():
+    base = text(3)
+    rows = [rec("a", base), rec("a", edit(base, [30]))]
+    config = DedupSpec(key=["prompt"], near=NearDedupSpec(enabled=False))
+    assert dedup(records_to_table(rows), config).kept.num_rows == 2
+
+
+def test_short_texts_fall_back_to_one_shingle_of_all_words():
+    sh = word_shingles(["Hi there!", "hi THERE", "hi", "", "a b c d e f"], 5)
+    assert list(np.diff(sh.offsets)) == [1, 1, 1, 0, 2]
+    assert sh.doc(0)[0] == sh.doc(1)[0] != sh.doc(2)[0]
+
+
+def test_signature_estimate_tracks_exact_jaccard():
+    texts = [text(10, 100)] + [
+        edit(text(10, 100), list(range(0, 100, step))) for step in (50, 20, 10)
+    ]
+    sh = word_shingles(texts, 5)
+    sig = MinHasher(256).signatures(sh)
+    pairs = np.array([[0, 1], [0, 2], [0, 3]])
+    exact = exact_jaccard(sh, pairs)
+    estimate = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
+    assert np.all(np.abs(exact - estimate) < 0.1)
+    assert np.array_equal(MinHasher(256).signatures(sh), sig)  # deterministic
+
+
+def test_lsh_params_keep_recall_at_the_threshold():
+    bands, rows = lsh_params(0.8, 128)
+    assert bands * rows <= 128
+    assert 1 - (1 - 0.8**rows) ** bands >= 0.99
+    assert lsh_params(0.9, 128)[1] > rows  # a higher threshold affords longer bands
+
+
+def test_candidate_pairs_are_unique_and_ordered():
+    sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 4], [7, 7, 7, 7]], dtype=np.uint32)
+    pairs = candidate_pairs(sig, bands=2, rows=2)
+    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
+
+
+def test_near_duplicates_recall_on_a_synthetic_set():
+    bases = [text(100 + i, 80) for i in range(200)]
+    copies = [edit(b, [40]) for b in bases[:50]]  # Jaccard (76-5)/(76+5) = 0.88
+    found = near_duplicates(bases + copies, threshold=0.8)
+    got = {tuple(p) for p in found.pairs.tolist()}
+    assert all((i, 200 + i) in got for i in range(50))
+    assert len(got) == 50
+
+
+# ---------------------------------------------------------------- the demo's planted rows
+
+SOURCE_FILES = {
+    "instructions.json": "instructions",
+    "boolq_train.jsonl": "boolq",
+    "knowledge_train.csv": "knowledge",
+    "math_train.jsonl": "math",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_tables(tmp_path_factory):
+    """The demo's training sources, fetched and normalised (B1's stages)."""
+    from tasks.fetch import fetch
+    from tasks.normalise import normalise
+    from tasks.workspace import Workspace
+
+    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo.yaml")
+    ws = Workspace.resolve(tmp_path_factory.mktemp("dedup_demo")).ensure()
+    tables = {}
+    for item in [*spec.sources, *spec.eval_suites]:
+        snap = fetch(item, item.name, base_dir, ws)
+        tables[item.name] = normalise(
+            snap,
+            source=item.name,
+            template=item.template,
+            category=item.category,
+            fields=getattr(item, "fields", None),
+        )
+    planted = json.loads((base_dir / "demo/PLANTED.json").read_text())["planted"]
+    return spec, tables, planted
+
+
+def test_demo_planted_duplicates_found_with_the_right_copy_kept(demo_tables):
+    import pyarrow as pa
+
+    spec, tables, planted = demo_tables
+    table = pa.concat_tables([tables[s.name] for s in spec.sources])
+    result = dedup(
+        table,
+        spec.dedup,
+        {s.name: s.priority for s in spec.sources},
+        [s.name for s in spec.sources],
+    )
+    dropped = {(d["source"], d["row"]) for d in result.drops.to_pylist()}
+    dups = [p for p in planted if not p["kind"].startswith("leak")]
+    assert dups
+    for p in dups:
+        pair = {(p["source"], p["row"]), (SOURCE_FILES[p["of"]["file"]], p["of"]["row"])}
+        assert len(pair & dropped) == 1, p  # exactly one copy of every planted pair goes
+        if p["kind"] == "near_cross":  # instructions has priority 1: the math copy goes
+            assert (SOURCE_FILES[p["of"]["file"]], p["of"]["row"]) in dropped, p
+    assert len(dropped) == len(dups)  # and nothing that was not planted

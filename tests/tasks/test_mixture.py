@@ -1,0 +1,157 @@
+"""Mixtures: strategies, requested vs achieved shares, upsampling, validation hold-out, bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_specs.record import RECORD_SCHEMA
+from data_specs.schema import MixtureSpec
+from tasks.mixture import build_mixture, mixture_id, requested_shares, split_validation
+
+
+def source(name: str, n: int, words: int = 3) -> pa.Table:
+    """n distinct rows; prompt + response have `words` + 1 whitespace tokens."""
+    ids = [f"{name}-{i}" for i in range(n)]
+    return pa.table(
+        {
+            "id": ids,
+            "source": [name] * n,
+            "task": ["t"] * n,
+            "category": ["c"] * n,
+            "prompt": [" ".join([f"w{i}"] * words) for i in range(n)],
+            "response": ["r"] * n,
+            "choices": pa.nulls(n, pa.list_(pa.string())),
+            "label": pa.nulls(n, pa.int64()),
+            "meta": ["{}"] * n,
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+
+SIZES = {"a": 10_000, "b": 30_000, "c": 60_000}
+SOURCES = {name: source(name, n) for name, n in SIZES.items()}
+HASHES = {name: f"hash-{name}" for name in SIZES}
+
+
+def mix(tmp_path, name="m", seed=0, sources=None, **config):
+    config.setdefault("validation_fraction", 0.0)
+    return build_mixture(sources or SOURCES, HASHES, MixtureSpec(**config), seed, tmp_path / name)
+
+
+def counts(mixture) -> dict[str, int]:
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(mixture.train_dir.glob("*.parquet")))
+    values = table.column("source").to_pylist()
+    return {s: values.count(s) for s in SIZES}
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ({"strategy": "proportional"}, {"a": 0.1, "b": 0.3, "c": 0.6}),
+        (
+            {"strategy": "weights", "weights": {"a": 1, "b": 1, "c": 2}},
+            {"a": 0.25, "b": 0.25, "c": 0.5},
+        ),
+        ({"strategy": "capped", "cap": 20_000}, {"a": 0.2, "b": 0.4, "c": 0.4}),
+        (
+            {"strategy": "temperature", "temperature": 2.0},
+            {k: v**0.5 / sum(x**0.5 for x in SIZES.values()) for k, v in SIZES.items()},
+        ),
+    ],
+)
+def test_achieved_shares_match_requested_on_large_draws(tmp_path, config, expected):
+    mixture = mix(tmp_path, size=40_000, **config)
+    got = counts(mixture)
+    total = sum(got.values())
+    for name, share in expected.items():
+        assert abs(got[name] / total - share) < 0.01
+        member = mixture.manifest["sources"][name]
+        assert abs(member["requested_share"] - share) < 1e-6
+        assert abs(member["achieved_share"] - share) < 0.01
+
+
+def test_without_upsampling_a_small_source_is_limited_and_reported(tmp_path):
+    mixture = mix(tmp_path, strategy="weights", weights={"a": 1, "b": 1, "c": 1}, size=60_000)
+    a = mixture.manifest["sources"]["a"]
+    assert a["requested_rows"] == 20_000 and a["rows"] == 10_000
+    assert a["achieved_share"] < a["requested_share"]
+    assert counts(mixture)["a"] == 10_000  # each row once
+
+
+def test_upsampling_repeats_rows_when_allowed(tmp_path):
+    mixture = mix(
+        tmp_path,
+        strategy="weights",
+        weights={"a": 1, "b": 1, "c": 1},
+        size=60_000,
+        allow_upsampling=True,
+    )
+    got = counts(mixture)
+    assert got == {"a": 20_000, "b": 20_000, "c": 20_000}
+
+
+def test_size_in_tokens(tmp_path):
+    sources = {"a": source("a", 5_000, words=3), "b": source("b", 5_000, words=9)}  # 4 vs 10 tokens
+    mixture = build_mixture(
+        sources,
+        {"a": "1", "b": "2"},
+        MixtureSpec(size_tokens=20_000, validation_fraction=0.0),
+        0,
+        tmp_path / "tok",
+    )
+    members = mixture.manifest["sources"]
+    assert mixture.manifest["unit"] == "whitespace_tokens"
+    assert abs(members["a"]["achieved_tokens"] - 10_000) <= 4
+    assert abs(members["b"]["achieved_tokens"] - 10_000) <= 10
+
+
+def test_validation_is_held_out_per_source_before_mixing(tmp_path):
+    mixture = mix(tmp_path, validation_fraction=0.1)
+    validation = pq.read_table(mixture.validation_path)
+    train_ids = set(
+        pa.concat_tables(pq.read_table(p) for p in mixture.train_dir.glob("*.parquet"))
+        .column("id")
+        .to_pylist()
+    )
+    val_ids = validation.column("id").to_pylist()
+    assert not train_ids & set(val_ids)
+    for name, n in SIZES.items():
+        assert sum(v.startswith(name) for v in val_ids) == n // 10
+    train, val = split_validation(SOURCES["a"], 0.1, 0, "a")
+    again, _ = split_validation(SOURCES["a"], 0.1, 0, "a")
+    assert train.equals(again) and val.num_rows == 1_000
+
+
+def test_same_seed_same_bytes_different_seed_different_order(tmp_path):
+    small = {name: t.slice(0, 3_000) for name, t in SOURCES.items()}
+    first = mix(tmp_path, "one", sources=small, shard_rows=2_000)
+    second = mix(tmp_path, "two", sources=small, shard_rows=2_000)
+    other = mix(tmp_path, "three", sources=small, shard_rows=2_000, seed=1)
+    shards = sorted(p.name for p in first.train_dir.glob("*.parquet"))
+    assert len(shards) == 5  # 9000 rows / 2000 per shard
+    for name in shards:
+        assert (first.train_dir / name).read_bytes() == (second.train_dir / name).read_bytes()
+    assert first.mixture_id == second.mixture_id != other.mixture_id
+    order = lambda m: pq.read_table(m.train_dir / shards[0]).column("id").to_pylist()  # noqa: E731
+    assert order(first) != order(other)
+    manifest = json.loads((first.train_dir / "manifest.json").read_text())
+    assert manifest["mixture_id"] == first.mixture_id and manifest["shards"] == shards
+
+
+def test_mixture_id_depends_on_inputs_parameters_and_seed():
+    config = MixtureSpec()
+    base = mixture_id(HASHES, config, 0)
+    assert base == mixture_id(dict(HASHES), MixtureSpec(), 0)
+    assert base != mixture_id({**HASHES, "a": "changed"}, config, 0)
+    assert base != mixture_id(HASHES, MixtureSpec(validation_fraction=0.2), 0)
+    assert base != mixture_id(HASHES, config, 1)
+
+
+def test_requested_shares_sum_to_one():
+    shares = requested_shares(SIZES, MixtureSpec(strategy="temperature", temperature=4))
+    assert abs(sum(shares.values()) - 1) < 1e-9
+    assert shares["a"] < shares["b"] < shares["c"]
