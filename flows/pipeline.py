@@ -26,7 +26,7 @@ from tasks.base_model import prepare_base_model
 from tasks.catalog import Catalog
 from tasks.analyse import analyse_deltas, plot_effective_rank, plot_spectra, summarise_flatness
 from tasks.arm_models import arm_deltas, load_for_inference
-from tasks.evaluate import evaluate_model
+from tasks.evaluate import SuiteData, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
 from tasks.registry import CHALLENGER, register_adapter, set_alias
@@ -119,7 +119,7 @@ def evaluate_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: st
                   result: ArmResult | None, run_id: str, prefix: str = "") -> dict[str, float]:
     """Score the base model (result None) or an arm on every suite; log to `run_id`."""
     model, tokenizer, device = load_for_inference(spec, base, result)
-    suites = [(suite, Path(data.eval_paths[suite.name])) for suite in spec.eval_suites]
+    suites = [SuiteData(suite, Path(data.eval_paths[suite.name])) for suite in spec.eval_suites]
     evaluation = evaluate_model(model, tokenizer, suites, Path(data.validation_path),
                                 spec.evaluation, device)
     metrics = {f"{prefix}{k}": v for k, v in evaluation.metrics.items()}
