@@ -67,7 +67,7 @@ def register_adapter(
     if existing is not None:
         log.info("version %s of %s already holds %s: not registering again",
                  existing.version, name, run_key)
-        return RegisteredVersion(name, existing.version, existing.run_id, True)
+        return RegisteredVersion(name, str(existing.version), existing.run_id, True)
     artifacts = {"adapter": adapter_dir, **extra_artifacts}
     if peft_dir:
         artifacts["peft_adapter"] = peft_dir
