@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="path to a YAML spec, e.g. data_specs/demo.yaml")
     data = sub.add_parser("data", help="run the data stages only and print the per-source table")
     data.add_argument("spec")
+    data.add_argument("--task-runner", choices=["threads", "dask"], default="threads",
+                      help="threads (default) or a local Dask cluster (prefect-dask)")
     ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     promote = sub.add_parser("promote", help="make VERSION the champion of registered model NAME")
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             from flows.data import data_flow, format_source_table
 
-            print(format_source_table(data_flow(args.spec, str(ws.root))))
+            outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
+            print(format_source_table(outputs))
         elif args.command == "ui":
             cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
                    "--default-artifact-root", ws.artifacts_dir.as_uri(),
