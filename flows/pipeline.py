@@ -121,7 +121,8 @@ def evaluate_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: st
     model, tokenizer, device = load_for_inference(spec, base, result)
     suites = [SuiteData(suite, Path(data.eval_paths[suite.name])) for suite in spec.eval_suites]
     evaluation = evaluate_model(model, tokenizer, suites, Path(data.validation_path),
-                                spec.evaluation, device)
+                                spec.evaluation, device, max_length=spec.training.max_length,
+                                use_chat_template=spec.training.chat_template)
     metrics = {f"{prefix}{k}": v for k, v in evaluation.metrics.items()}
     tracker = Tracker(ws, spec.name)
     tracker.log_metrics(run_id, metrics)

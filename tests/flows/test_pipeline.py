@@ -1,0 +1,153 @@
+"""The whole DAG on a reduced demo spec, and what a bad spec leaves behind (nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from data_specs.errors import DataError, SpecError
+from data_specs.schema import demo_spec_path
+from tasks.catalog import Catalog
+
+DEMO = demo_spec_path()
+
+
+def reduced_demo(tmp_path: Path, **overrides) -> Path:
+    """The demo spec, shrunk to run in seconds: fewer rows, a smaller model, fewer steps."""
+    spec = yaml.safe_load(DEMO.read_text())
+    for source in spec["sources"]:
+        source["path"] = str(DEMO.parent / source["path"])
+        source["max_rows"] = 80
+    for suite in spec["eval_suites"]:
+        suite["path"] = str(DEMO.parent / suite["path"])
+        suite["max_items"] = 12
+    spec["base_model"]["tiny"].update(hidden_size=32, intermediate_size=64, num_layers=2,
+                                      num_heads=2, vocab_size=512)
+    spec["training"].update(max_steps=6, batch_size=4, max_length=96, save_steps=3,
+                            eval_steps=3, logging_steps=2)
+    spec["evaluation"].update(max_new_tokens=8)
+    for key, value in overrides.items():
+        spec[key] = value
+    path = tmp_path / "reduced.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(prefect_harness, tmp_path_factory):
+    """Run the reduced demo twice in one workspace; return both summaries."""
+    from flows.pipeline import pipeline_flow
+    from tasks.workspace import Workspace
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    spec = reduced_demo(tmp)
+    ws = Workspace.resolve(tmp / "workspace")
+    first = pipeline_flow(str(spec), str(ws.root))
+    second = pipeline_flow(str(spec), str(ws.root))
+    return ws, first, second
+
+
+def test_first_run_goes_through_every_stage(pipeline_runs):
+    ws, first, _ = pipeline_runs
+    assert first["reused_data_stages"] == []
+    assert [a["arm"] for a in first["arms"]] == ["multilora", "lora"]
+    assert {a["version"] for a in first["arms"]} == {"1", "2"}
+    for arm in first["arms"]:
+        assert "eval_macro_acc" in arm["metrics"] and "val_loss" in arm["metrics"]
+    assert first["champion"] == first["challenger"]  # first eligible version is promoted
+    assert first["decision"] == "promoted"
+
+
+def test_catalog_records_sources_stages_mixture_and_runs(pipeline_runs):
+    ws, first, _ = pipeline_runs
+    catalog = Catalog(ws.catalog_path)
+    counts = catalog.counts()
+    assert counts["sources"] == 4 and counts["snapshots"] == 7  # 4 sources + 3 suites
+    assert counts["mixtures"] == 1 and counts["mixture_members"] == 4
+    assert counts["dedup_drops"] > 0  # the demo plants duplicates
+    stages = {r["stage"] for r in catalog.query("SELECT stage FROM stage_outputs")}
+    assert {"normalise", "dedup", "decontaminate", "mixture"} <= stages
+    runs = catalog.query("SELECT arm, mlflow_run_id, model_version, mixture_id FROM runs")
+    assert sorted(r["arm"] for r in runs) == ["lora", "multilora"]
+    assert {r["mixture_id"] for r in runs} == {first["mixture_id"]}
+    assert {r["mlflow_run_id"] for r in runs} == {a["run_id"] for a in first["arms"]}
+
+
+def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
+    ws, first, second = pipeline_runs
+    client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
+    parent = client.get_run(first["parent_run_id"])
+    assert parent.data.tags["mlora.mixture_id"] == first["mixture_id"]
+    assert parent.data.tags["promotion.decision"] == "promoted"
+    assert "multilora_eval_macro_acc" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/loss_curves.png", "plots/spectra.png", "plots/effective_rank.png"} <= artifacts
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
+    assert sorted(r.data.tags["mlora.arm"] for r in children) == ["lora", "multilora"]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "train_loss")
+        assert len(history) == 3  # logging_steps 2 of 6 steps
+    name = first["registered_model"]
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 2  # the second run registered nothing new
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == first["champion"]
+    assert champion.tags["mixture_id"] == first["mixture_id"]
+    assert second["champion"] == first["champion"]
+
+
+def test_second_run_reuses_every_data_stage_and_trained_arm(pipeline_runs):
+    _, first, second = pipeline_runs
+    assert set(second["reused_data_stages"]) >= {"normalise", "dedup", "decontaminate", "mixture"}
+    assert second["mixture_id"] == first["mixture_id"]
+    assert all(a["reused"] for a in second["arms"])
+    assert [a["run_id"] for a in second["arms"]] == [a["run_id"] for a in first["arms"]]
+    assert second["parent_run_id"] != first["parent_run_id"]
+
+
+def _assert_nothing_written(ws):
+    assert not ws.catalog_path.exists()
+    if ws.mlflow_db.exists():
+        client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
+        assert client.search_registered_models() == []
+
+
+def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    spec = reduced_demo(tmp_path, training={"max_steps": 5, "learning_rat": 0.1})
+    with pytest.raises(SpecError, match=r"(?s)reduced\.yaml.*training\.learning_rat: unknown key"):
+        pipeline_flow(str(spec), str(tmp_path / "ws"))
+    assert not (tmp_path / "ws" / "catalog.duckdb").exists()
+
+
+def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline_flow
+    from tasks.workspace import Workspace
+
+    spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    spec["sources"][3]["path"] = str(tmp_path / "nowhere.jsonl")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump(spec))
+    ws = Workspace.resolve(tmp_path / "ws1")
+    with pytest.raises(DataError, match=r"(?s)nowhere\.jsonl.*not found"):
+        pipeline_flow(str(missing), str(ws.root))
+    _assert_nothing_written(ws)
+
+    bad = tmp_path / "math_bad.jsonl"
+    rows = [json.loads(line) for line in (DEMO.parent / "demo/math_train.jsonl").open()][:20]
+    del rows[6]["answer"]  # row 7 has no answer field
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec["sources"][3]["path"] = str(bad)
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text(yaml.safe_dump(spec))
+    ws = Workspace.resolve(tmp_path / "ws2")
+    with pytest.raises(DataError, match=r"(?s)math_bad\.jsonl.*row 7.*answer"):
+        pipeline_flow(str(malformed), str(ws.root))
+    _assert_nothing_written(ws)
