@@ -31,11 +31,23 @@ from tasks.train import ArmTrainer, _Blocks, _stack, prepare_arm_model
 H100_BF16_FLOPS = 989e12
 SIZES = {
     # ~20M parameters: the CPU target model of issue 5.
-    "small": dict(vocab_size=8192, hidden_size=384, intermediate_size=1024,
-                  num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),
+    "small": dict(
+        vocab_size=8192,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+    ),
     # ~1.1B parameters: TinyLlama's shape (22 layers, GQA with 4 KV heads).
-    "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-               num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
+    "1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+    ),
 }
 
 
@@ -77,21 +89,33 @@ def run_arm(name, config, data, args, device, dtype):
         model = LlamaForCausalLM(config).to(dtype=dtype)
     model.config.use_cache = False
     targets = BLOCK_LINEARS["llama"]
-    training = TrainingSpec(max_steps=args.steps, batch_size=args.batch, max_length=args.seq,
-                            warmup_steps=1, learning_rate=1e-4, logging_steps=10**6,
-                            save_steps=10**6, eval_steps=10**6,
-                            gradient_checkpointing=args.checkpointing)
+    training = TrainingSpec(
+        max_steps=args.steps,
+        batch_size=args.batch,
+        max_length=args.seq,
+        warmup_steps=1,
+        learning_rate=1e-4,
+        logging_steps=10**6,
+        save_steps=10**6,
+        eval_steps=10**6,
+        gradient_checkpointing=args.checkpointing,
+    )
     if name == "peft_lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=args.n * args.r, lora_alpha=args.n * args.r,
-                                                 target_modules=targets))
+        model = get_peft_model(
+            model, LoraConfig(r=args.n * args.r, lora_alpha=args.n * args.r, target_modules=targets)
+        )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         trainer_cls, extra = Trainer, {}
     else:
-        arm = (ArmSpec(name=name, kind="multilora", n_modules=args.n, rank=args.r,
-                       target_modules=targets) if name == "multilora" else
-               ArmSpec(name=name, kind="lora", rank=args.n * args.r, target_modules=targets))
+        arm = (
+            ArmSpec(
+                name=name, kind="multilora", n_modules=args.n, rank=args.r, target_modules=targets
+            )
+            if name == "multilora"
+            else ArmSpec(name=name, kind="lora", rank=args.n * args.r, target_modules=targets)
+        )
         trainable, _ = prepare_arm_model(model, arm)
         trainer_cls, extra = ArmTrainer, {"arm": arm, "training": training}
     if args.checkpointing:
@@ -99,14 +123,28 @@ def run_arm(name, config, data, args, device, dtype):
     total = sum(p.numel() for p in model.parameters())
     timer = StepTimer(args.warmup, device)
     targs = TrainingArguments(
-        output_dir=f"/tmp/mlora-bench-{name}", max_steps=args.steps,
-        per_device_train_batch_size=args.batch, learning_rate=1e-4, lr_scheduler_type="constant",
-        logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, dataloader_num_workers=0,
+        output_dir=f"/tmp/mlora-bench-{name}",
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16,
+        dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    trainer = trainer_cls(model=model, args=targs, train_dataset=data, data_collator=_stack,
-                          callbacks=[timer], **extra)
+    trainer = trainer_cls(
+        model=model,
+        args=targs,
+        train_dataset=data,
+        data_collator=_stack,
+        callbacks=[timer],
+        **extra,
+    )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -118,8 +156,11 @@ def run_arm(name, config, data, args, device, dtype):
     attention = 12 * c.num_hidden_layers * args.seq * c.hidden_size
     flops_per_token = 4 * frozen + 6 * trainable + attention
     out = {
-        "arm": name, "trainable_params": trainable, "total_params": total,
-        "timed_steps": timer.timed, "tokens_per_second": round(tps, 1),
+        "arm": name,
+        "trainable_params": trainable,
+        "total_params": total,
+        "timed_steps": timer.timed,
+        "tokens_per_second": round(tps, 1),
         "flops_per_token": flops_per_token,
         "achieved_tflops": round(tps * flops_per_token / 1e12, 2),
     }
@@ -151,19 +192,28 @@ def main():
     args.batch = args.batch or (8 if cuda else 4)
     args.steps = args.steps or (args.warmup + (20 if cuda else 8))
     dtype = torch.bfloat16 if cuda else torch.float32
-    config = LlamaConfig(**SIZES[args.size], max_position_embeddings=max(2048, args.seq),
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        **SIZES[args.size], max_position_embeddings=max(2048, args.seq), tie_word_embeddings=False
+    )
     data = packed_blocks(args.steps * args.batch, args.seq, config.vocab_size)
     arms = [run_arm(a, config, data, args, args.device, dtype) for a in args.arms.split(",")]
     by = {a["arm"]: a["tokens_per_second"] for a in arms}
     result = {
-        "benchmark": "train_throughput", "size": args.size, "device": args.device,
+        "benchmark": "train_throughput",
+        "size": args.size,
+        "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch_threads": torch.get_num_threads(), "seq": args.seq, "batch": args.batch,
-        "packed": True, "n_modules": args.n, "rank_per_module": args.r, "arms": arms,
+        "torch_threads": torch.get_num_threads(),
+        "seq": args.seq,
+        "batch": args.batch,
+        "packed": True,
+        "n_modules": args.n,
+        "rank_per_module": args.r,
+        "arms": arms,
         "ratios": {
             f"multilora/{other}": round(by["multilora"] / by[other], 3)
-            for other in ("lora", "peft_lora") if "multilora" in by and other in by
+            for other in ("lora", "peft_lora")
+            if "multilora" in by and other in by
         },
     }
     text = json.dumps(result, indent=2)

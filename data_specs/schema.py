@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,9 +27,12 @@ SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors, values are immutable once validated."""
+    """Base: unknown keys are errors, values are immutable once validated, and types are
+    strict (no silent coercion: ``"128"`` is not an int and ``"yes"`` is not a bool)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 class HubDataset(Strict):
@@ -65,12 +70,23 @@ class DataLocation(Strict):
     def _one_location(self):
         given = [k for k in ("path", "hf", "url") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of path, hf or url (got {given or 'none'})"
-            )
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+            raise ValueError(f"give exactly one of path, hf or url (got {given or 'none'})")
+        if self.url is not None:
+            _check_url(self.url)
         return self
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL without credentials in it (user:password@ or ?token=...)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"url must start with http:// or https:// (got {url!r})")
+    parts = urlsplit(url)
+    secret_params = [k for k, _ in parse_qsl(parts.query) if SECRET_KEY_RE.search(k)]
+    if parts.username or parts.password or secret_params:
+        raise ValueError(
+            "url holds a credential (user:password@ or a token/key query parameter); specs "
+            "must not hold secrets: put it in the environment (e.g. HF_TOKEN) instead"
+        )
 
 
 class SourceSpec(DataLocation):
@@ -124,8 +140,12 @@ class DedupSpec(Strict):
 
     exact: bool = True
     """Drop rows whose normalised key (case, spacing, punctuation folded) repeats."""
-    key: list[Literal["prompt", "response"]] = ["prompt", "response"]
-    """Fields that make up the exact-dedup key."""
+    key: list[Literal["prompt", "response"]] = Field(default=["prompt", "response"], min_length=1)
+    """Fields of the dedup key (exact and near), across every source."""
+    key_by_category: dict[str, list[Literal["prompt", "response"]]] = {"instruction": ["prompt"]}
+    """A second exact key applied among the rows of one category. Default: instruction data is
+    also keyed on its prompt (instruction + input), so one request with two answers is one
+    example. ``{}`` turns it off."""
     near: NearDedupSpec = NearDedupSpec()
     """Near-duplicate settings."""
 
@@ -254,7 +274,12 @@ class TrainingSpec(Strict):
     """Shared training settings; every arm uses exactly these."""
 
     max_steps: int = Field(default=100, gt=0)
-    """Optimizer steps per arm."""
+    """Optimizer steps per arm (ignored when epochs is set)."""
+    epochs: float | None = Field(default=None, gt=0)
+    """Passes over the mixture instead of a step count (fractions allowed)."""
+    processes: int | None = Field(default=None, ge=1)
+    """Data-parallel processes: None = one per visible GPU (1 on CPU). batch_size is per process.
+    More than one on CPU runs over gloo (slow; for testing the distributed path)."""
     batch_size: int = Field(default=8, gt=0)
     """Sequences per device per micro-batch."""
     grad_accum: int = Field(default=1, gt=0)
@@ -343,12 +368,21 @@ class PipelineSpec(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        for group, items in (("sources", self.sources), ("eval_suites", self.eval_suites),
-                             ("arms", self.arms)):
+        for group, items in (
+            ("sources", self.sources),
+            ("eval_suites", self.eval_suites),
+            ("arms", self.arms),
+        ):
             names = [i.name for i in items]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        tiny = self.base_model.tiny
+        if tiny is not None and self.training.max_length > tiny.max_position:
+            raise ValueError(
+                f"training.max_length {self.training.max_length} exceeds base_model.tiny."
+                f"max_position {tiny.max_position}: lower max_length or raise max_position"
+            )
         if self.mixture.weights:
             unknown = set(self.mixture.weights) - {s.name for s in self.sources}
             if unknown:
@@ -392,24 +426,64 @@ def _reject_secrets(node, path: str, file: Path) -> None:
             _reject_secrets(value, f"{path}[{i}]", file)
 
 
+def _field_names() -> set[str]:
+    """Every key any spec section accepts (for "did you mean" hints)."""
+    names, todo = set(), [PipelineSpec]
+    while todo:
+        model = todo.pop()
+        for name, info in model.model_fields.items():
+            names.add(name)
+            for arg in (info.annotation, *getattr(info.annotation, "__args__", ())):
+                if isinstance(arg, type) and issubclass(arg, Strict):
+                    todo.append(arg)
+                for sub in getattr(arg, "__args__", ()):  # list[SourceSpec]
+                    if isinstance(sub, type) and issubclass(sub, Strict):
+                        todo.append(sub)
+    return names
+
+
+def _problem(e: dict) -> str:
+    """One validation error as ``yaml.path: what (got value)``."""
+    # Union members appear in pydantic's location (hf.HubDataset.id); the YAML has no such level.
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+    path = _yaml_path(loc)
+    if e["type"] == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        hint = get_close_matches(key, sorted(_field_names()), n=1)
+        guess = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"{path}: unknown key{guess} (see data_specs/schema.py for the fields)"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] != "value_error" and not isinstance(e.get("input"), dict | list):
+        msg += f" (got {e.get('input')!r:.60})"
+    return f"{path}: {msg}"
+
+
 def parse_spec(data: dict, file: Path) -> PipelineSpec:
-    """Validate already-loaded YAML data; errors name `file` and the YAML path."""
+    """Validate already-loaded YAML data; errors name `file` and the YAML path of each bad
+    value (unknown keys, wrong types, impossible combinations, credentials)."""
     if not isinstance(data, dict):
         raise SpecError("the spec must be a YAML mapping", where=str(file))
     _reject_secrets(data, "", file)
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            msg = e["msg"]
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see data_specs/schema.py for the fields)"
-            problems.append(f"{_yaml_path(e['loc'])}: {msg}")
+        problems = list(dict.fromkeys(_problem(e) for e in err.errors()))
         raise SpecError(
-            "invalid spec:\n  " + "\n  ".join(problems), where=str(file),
+            "invalid spec:\n  " + "\n  ".join(problems),
+            where=str(file),
             fix="fix the values above and run again",
         ) from None
+
+
+class SpecLoader(yaml.SafeLoader):
+    """Safe YAML, plus floats written without a dot (``1e-4``), which YAML 1.1 reads as text."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
 
 
 def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
@@ -418,7 +492,7 @@ def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
     if not file.is_file():
         raise SpecError("spec file not found", where=str(file), fix="check the path")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=SpecLoader)  # noqa: S506
     except yaml.YAMLError as err:
         raise SpecError(f"not valid YAML: {err}", where=str(file)) from None
     return parse_spec(data, file), file.parent

@@ -30,8 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="path to a YAML spec, e.g. data_specs/demo.yaml")
     data = sub.add_parser("data", help="run the data stages only and print the per-source table")
     data.add_argument("spec")
-    data.add_argument("--task-runner", choices=["threads", "dask"], default="threads",
-                      help="threads (default) or a local Dask cluster (prefect-dask)")
+    data.add_argument(
+        "--task-runner",
+        choices=["threads", "dask"],
+        default="threads",
+        help="threads (default) or a local Dask cluster (prefect-dask)",
+    )
     ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     promote = sub.add_parser("promote", help="make VERSION the champion of registered model NAME")
@@ -46,24 +50,29 @@ def format_summary(summary: dict) -> str:
     metrics = sorted({k for arm in summary["arms"] for k in arm["metrics"]})
     header = ["model", "version", *metrics]
     rows = [["base", "-", *[summary["base_metrics"].get(m) for m in metrics]]]
-    rows += [[a["arm"], a["version"], *[a["metrics"].get(m) for m in metrics]]
-             for a in summary["arms"]]
-    cells = [[c if isinstance(c, str) else ("-" if c is None else f"{c:.4f}") for c in r]
-             for r in [header, *rows]]
+    rows += [
+        [a["arm"], a["version"], *[a["metrics"].get(m) for m in metrics]] for a in summary["arms"]
+    ]
+    cells = [
+        [c if isinstance(c, str) else ("-" if c is None else f"{c:.4f}") for c in r]
+        for r in [header, *rows]
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
     reused = ", ".join(summary["reused_data_stages"]) or "none"
-    return "\n".join([
-        f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
-        f"data stages reused: {reused}",
-        "",
-        table,
-        "",
-        f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
-        f"champion v{summary['champion']} ({summary['decision']})",
-        f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
-        f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
-    ])
+    return "\n".join(
+        [
+            f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
+            f"data stages reused: {reused}",
+            "",
+            table,
+            "",
+            f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
+            f"champion v{summary['champion']} ({summary['decision']})",
+            f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
+            f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
+        ]
+    )
 
 
 def _tracker(ws: Workspace, name: str):
@@ -76,8 +85,9 @@ def _tracker(ws: Workspace, name: str):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     ws = Workspace.resolve(args.workspace).activate()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         if args.command == "run":
             from flows.pipeline import pipeline_flow
@@ -89,9 +99,20 @@ def main(argv: list[str] | None = None) -> int:
             outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
             print(format_source_table(outputs))
         elif args.command == "ui":
-            cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
-                   "--default-artifact-root", ws.artifacts_dir.as_uri(),
-                   "--host", "127.0.0.1", "--port", str(args.port)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                ws.tracking_uri,
+                "--default-artifact-root",
+                ws.artifacts_dir.as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(args.port),
+            ]
             print(f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
             return subprocess.call(cmd, env=os.environ.copy())
         elif args.command == "promote":

@@ -22,16 +22,17 @@ from prefect.cache_policies import NO_CACHE
 
 from data_specs.schema import ArmSpec, PipelineSpec, load_spec
 from flows.data import DataOutputs, run_data_stages
-from tasks.base_model import prepare_base_model
-from tasks.catalog import Catalog
 from tasks.analyse import analyse_deltas, plot_effective_rank, plot_spectra, summarise_flatness
 from tasks.arm_models import arm_deltas, load_for_inference
+from tasks.base_model import prepare_base_model
+from tasks.catalog import Catalog
 from tasks.evaluate import SuiteData, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
 from tasks.registry import CHALLENGER, register_adapter, set_alias
 from tasks.tracking import Tracker, code_version
-from tasks.train import ArmResult, train_arm
+from tasks.train import ArmResult
+from tasks.train_launch import launch_arm
 from tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")
@@ -75,36 +76,56 @@ def arm_dir(ws: Workspace, spec: PipelineSpec, mixture_id: str, arm: ArmSpec) ->
 
 
 @task(name="train-arm", cache_policy=NO_CACHE)
-def train_arm_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str,
-                   arm: ArmSpec, parent_id: str) -> tuple[ArmResult, str, bool]:
+def train_arm_task(
+    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, arm: ArmSpec, parent_id: str
+) -> tuple[ArmResult, str, bool]:
     tracker = Tracker(ws, spec.name)
     run_id, finished = tracker.child_run(
-        parent_id, run_key(spec, data.mixture_id, arm), arm.name,
-        tags={"mlora.arm": arm.name, "mlora.adapter_kind": arm.kind,
-              "mlora.spec_hash": spec.spec_hash, "mlora.mixture_id": data.mixture_id,
-              "mlora.base_model": spec.base_model.name_or_path or "tiny",
-              "mlora.code_version": code_version()},
+        parent_id,
+        run_key(spec, data.mixture_id, arm),
+        arm.name,
+        tags={
+            "mlora.arm": arm.name,
+            "mlora.adapter_kind": arm.kind,
+            "mlora.spec_hash": spec.spec_hash,
+            "mlora.mixture_id": data.mixture_id,
+            "mlora.base_model": spec.base_model.name_or_path or "tiny",
+            "mlora.code_version": code_version(),
+        },
     )
     try:
-        tracker.log_params(run_id, {"arm": arm.model_dump(mode="json"),
-                                    "training": spec.training.model_dump(mode="json")})
-        result = train_arm(
-            arm=arm, training=spec.training, model_path=base,
-            train_path=data.train_dir, validation_path=data.validation_path,
-            output_dir=arm_dir(ws, spec, data.mixture_id, arm),
-            revision=spec.base_model.revision, dtype=spec.base_model.dtype,
-            trust_remote_code=spec.base_model.trust_remote_code,
-            base_model_name=spec.base_model.name_or_path,
-            callbacks=[tracker.training_callback(run_id)],
+        tracker.log_params(
+            run_id,
+            {"arm": arm.model_dump(mode="json"), "training": spec.training.model_dump(mode="json")},
         )
+        with tracker.system_metrics(run_id):
+            result = launch_arm(
+                arm=arm,
+                training=spec.training,
+                model_path=base,
+                train_path=data.train_dir,
+                validation_path=data.validation_path,
+                output_dir=arm_dir(ws, spec, data.mixture_id, arm),
+                revision=spec.base_model.revision,
+                dtype=spec.base_model.dtype,
+                trust_remote_code=spec.base_model.trust_remote_code,
+                base_model_name=spec.base_model.name_or_path,
+                tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
+                callbacks=[tracker.training_callback(run_id)],
+            )
         if not finished:
-            tracker.log_metrics(run_id, {
-                "final_train_loss": result.train_loss, "final_eval_loss": result.eval_loss,
-                "tokens_per_second": result.tokens_per_second,
-                "peak_memory_mb": result.peak_memory_mb,
-                "trainable_parameters": result.trainable_parameters,
-                "trainable_share": result.trainable_share,
-            }, step=result.steps)
+            tracker.log_metrics(
+                run_id,
+                {
+                    "final_train_loss": result.train_loss,
+                    "final_eval_loss": result.eval_loss,
+                    "tokens_per_second": result.tokens_per_second,
+                    "peak_memory_mb": result.peak_memory_mb,
+                    "trainable_parameters": result.trainable_parameters,
+                    "trainable_share": result.trainable_share,
+                },
+                step=result.steps,
+            )
             tracker.log_artifact(run_id, result.adapter_dir, "adapter")
             if result.peft_dir:
                 tracker.log_artifact(run_id, result.peft_dir, "peft_adapter")
@@ -115,14 +136,28 @@ def train_arm_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: s
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str,
-                  result: ArmResult | None, run_id: str, prefix: str = "") -> dict[str, float]:
+def evaluate_task(
+    ws: Workspace,
+    spec: PipelineSpec,
+    data: DataOutputs,
+    base: str,
+    result: ArmResult | None,
+    run_id: str,
+    prefix: str = "",
+) -> dict[str, float]:
     """Score the base model (result None) or an arm on every suite; log to `run_id`."""
     model, tokenizer, device = load_for_inference(spec, base, result)
     suites = [SuiteData(suite, Path(data.eval_paths[suite.name])) for suite in spec.eval_suites]
-    evaluation = evaluate_model(model, tokenizer, suites, Path(data.validation_path),
-                                spec.evaluation, device, max_length=spec.training.max_length,
-                                use_chat_template=spec.training.chat_template)
+    evaluation = evaluate_model(
+        model,
+        tokenizer,
+        suites,
+        Path(data.validation_path),
+        spec.evaluation,
+        device,
+        max_length=spec.training.max_length,
+        use_chat_template=spec.training.chat_template,
+    )
     metrics = {f"{prefix}{k}": v for k, v in evaluation.metrics.items()}
     tracker = Tracker(ws, spec.name)
     tracker.log_metrics(run_id, metrics)
@@ -131,8 +166,9 @@ def evaluate_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: st
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
-def analyse_task(ws: Workspace, spec: PipelineSpec, base: str, results: dict[str, ArmResult],
-                 parent_id: str) -> str:
+def analyse_task(
+    ws: Workspace, spec: PipelineSpec, base: str, results: dict[str, ArmResult], parent_id: str
+) -> str:
     """Singular values of every ΔW per arm: plots, table and a flatness summary on the parent run."""
     import tempfile
 
@@ -145,40 +181,70 @@ def analyse_task(ws: Workspace, spec: PipelineSpec, base: str, results: dict[str
         plot_effective_rank(frames, Path(tmp) / "effective_rank.png")
         tracker.log_artifact(parent_id, tmp, "plots")
     table = pd.concat([f.assign(arm=name) for name, f in frames.items()], ignore_index=True)
-    tracker.log_table(parent_id, table.drop(columns=["singular_values", "normalised_spectrum"],
-                                            errors="ignore"), "analysis/spectra.json")
+    tracker.log_table(
+        parent_id,
+        table.drop(columns=["singular_values", "normalised_spectrum"], errors="ignore"),
+        "analysis/spectra.json",
+    )
     summary = summarise_flatness(frames)
     tracker.log_text(parent_id, summary, "analysis/summary.md")
     return summary
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str,
-                  arm: ArmSpec, result: ArmResult, run_id: str, metrics: dict[str, float]):
+def register_task(
+    ws: Workspace,
+    spec: PipelineSpec,
+    data: DataOutputs,
+    base: str,
+    arm: ArmSpec,
+    result: ArmResult,
+    run_id: str,
+    metrics: dict[str, float],
+):
     tracker = Tracker(ws, spec.name)
     manifest = Path(data.train_dir) / "manifest.json"
     extra = {"mixture_manifest": str(manifest)} if manifest.is_file() else {}
-    headline = {k: f"{v:.4f}" for k, v in metrics.items()
-                if k == spec.registry.primary_metric or k.startswith("category_")}
+    headline = {
+        k: f"{v:.4f}"
+        for k, v in metrics.items()
+        if k == spec.registry.primary_metric or k.startswith("category_")
+    }
     version = register_adapter(
-        tracker, name=spec.registered_model_name, run_id=run_id,
-        run_key=run_key(spec, data.mixture_id, arm), adapter_dir=result.adapter_dir,
-        peft_dir=result.peft_dir, base_model=base,
+        tracker,
+        name=spec.registered_model_name,
+        run_id=run_id,
+        run_key=run_key(spec, data.mixture_id, arm),
+        adapter_dir=result.adapter_dir,
+        peft_dir=result.peft_dir,
+        base_model=base,
         base_is_local=spec.base_model.tiny is not None,
-        model_config={"kind": arm.kind, "revision": spec.base_model.revision,
-                      "trust_remote_code": spec.base_model.trust_remote_code,
-                      "max_new_tokens": spec.evaluation.max_new_tokens},
+        model_config={
+            "kind": arm.kind,
+            "revision": spec.base_model.revision,
+            "trust_remote_code": spec.base_model.trust_remote_code,
+            "max_new_tokens": spec.evaluation.max_new_tokens,
+        },
         extra_artifacts=extra,
-        tags={"spec_hash": spec.spec_hash, "mixture_id": data.mixture_id,
-              "base_model": spec.base_model.name_or_path or "tiny", "arm": arm.name,
-              "adapter_kind": arm.kind, "code_version": code_version(), **headline},
+        tags={
+            "spec_hash": spec.spec_hash,
+            "mixture_id": data.mixture_id,
+            "base_model": spec.base_model.name_or_path or "tiny",
+            "arm": arm.name,
+            "adapter_kind": arm.kind,
+            "code_version": code_version(),
+            **headline,
+        },
     )
     tracker.finish(run_id)
     Catalog(ws.catalog_path).record_run(
-        spec_hash=spec.spec_hash, mixture_id=data.mixture_id, arm=arm.name,
-        mlflow_run_id=run_id, parent_run_id=tracker.client.get_run(run_id).data.tags.get(
-            "mlflow.parentRunId"),
-        registered_model=version.name, model_version=version.version,
+        spec_hash=spec.spec_hash,
+        mixture_id=data.mixture_id,
+        arm=arm.name,
+        mlflow_run_id=run_id,
+        parent_run_id=tracker.client.get_run(run_id).data.tags.get("mlflow.parentRunId"),
+        registered_model=version.name,
+        model_version=version.version,
     )
     return version
 
@@ -197,9 +263,13 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     tracker = Tracker(ws, spec.name)
     parent_id = tracker.start_parent(
         run_name=f"{spec.name}-{data.mixture_id[:8]}",
-        tags={"mlora.spec_hash": spec.spec_hash, "mlora.mixture_id": data.mixture_id,
-              "mlora.base_model": spec.base_model.name_or_path or "tiny",
-              "mlora.code_version": code_version(), "mlora.spec_file": str(Path(spec_path).resolve())},
+        tags={
+            "mlora.spec_hash": spec.spec_hash,
+            "mlora.mixture_id": data.mixture_id,
+            "mlora.base_model": spec.base_model.name_or_path or "tiny",
+            "mlora.code_version": code_version(),
+            "mlora.spec_file": str(Path(spec_path).resolve()),
+        },
         params=spec.canonical(),
     )
     try:
@@ -223,48 +293,76 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     results: dict[str, ArmResult] = {}
     for arm in spec.arms:  # sequential: arms compete for the same cores / GPU
         result, run_id, reused = train_arm_task(ws, spec, data, base, arm, parent_id)
-        metrics = (tracker.metrics(run_id) if reused
-                   else evaluate_task(ws, spec, data, base, result, run_id))
+        metrics = (
+            tracker.metrics(run_id)
+            if reused
+            else evaluate_task(ws, spec, data, base, result, run_id)
+        )
         version = register_task(ws, spec, data, base, arm, result, run_id, metrics)
         results[arm.name] = result
-        arms.append(ArmSummary(arm.name, arm.kind, run_id, version.version,
-                               _headline(metrics, spec), reused))
+        arms.append(
+            ArmSummary(
+                arm.name, arm.kind, run_id, version.version, _headline(metrics, spec), reused
+            )
+        )
 
     # Parent run: arm comparison, loss curves, spectra.
     primary = spec.registry.primary_metric
     tracker.log_metrics(parent_id, {f"{a.arm}_{k}": v for a in arms for k, v in a.metrics.items()})
-    tracker.log_figure(parent_id, plot_loss_curves({n: r.history for n, r in results.items()}),
-                       "plots/loss_curves.png")
+    tracker.log_figure(
+        parent_id,
+        plot_loss_curves({n: r.history for n, r in results.items()}),
+        "plots/loss_curves.png",
+    )
     analysis = analyse_task(ws, spec, base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
     table = [{"model": "base", **_headline(base_metrics, spec)}] + [
-        {"model": a.arm, "version": a.version, **a.metrics} for a in arms]
+        {"model": a.arm, "version": a.version, **a.metrics} for a in arms
+    ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
 
     best = max(arms, key=lambda a: a.metrics.get(primary, float("-inf")))
     set_alias(tracker, spec.registered_model_name, CHALLENGER, best.version)
-    decision = run_gate(tracker, spec.registered_model_name, best.version,
-                        primary_metric=primary, min_improvement=spec.registry.min_improvement,
-                        regression_tolerance=spec.registry.regression_tolerance)
+    decision = run_gate(
+        tracker,
+        spec.registered_model_name,
+        best.version,
+        primary_metric=primary,
+        min_improvement=spec.registry.min_improvement,
+        regression_tolerance=spec.registry.regression_tolerance,
+    )
     tracker.set_tags(parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")
     champion = tracker.client.get_model_version_by_alias(spec.registered_model_name, "champion")
     return PipelineSummary(
-        spec=spec.name, spec_hash=spec.spec_hash, mixture_id=data.mixture_id,
-        parent_run_id=parent_id, experiment=spec.name,
-        registered_model=spec.registered_model_name, arms=arms,
-        base_metrics=_headline(base_metrics, spec), primary_metric=primary,
-        challenger=best.version, champion=str(champion.version) if champion else None,
+        spec=spec.name,
+        spec_hash=spec.spec_hash,
+        mixture_id=data.mixture_id,
+        parent_run_id=parent_id,
+        experiment=spec.name,
+        registered_model=spec.registered_model_name,
+        arms=arms,
+        base_metrics=_headline(base_metrics, spec),
+        primary_metric=primary,
+        challenger=best.version,
+        champion=str(champion.version) if champion else None,
         decision=decision.as_tags()["promotion.decision"],
-        reused_data_stages=list(data.reused_stages), ui_command=tracker.ui_command(),
+        reused_data_stages=list(data.reused_stages),
+        ui_command=tracker.ui_command(),
     )
 
 
 def _headline(metrics: dict[str, float], spec: PipelineSpec) -> dict[str, float]:
     """The few numbers a person compares first: primary metric, per-suite scores, categories, loss."""
     keep = {spec.registry.primary_metric, "val_loss"}
-    return {k: v for k, v in sorted(metrics.items())
-            if k in keep or k.startswith("category_")
-            or any(k == f"{s.name}_{m}" for s in spec.eval_suites
-                   for m in ("acc", "acc_norm", "exact_match"))}
-
+    return {
+        k: v
+        for k, v in sorted(metrics.items())
+        if k in keep
+        or k.startswith("category_")
+        or any(
+            k == f"{s.name}_{m}"
+            for s in spec.eval_suites
+            for m in ("acc", "acc_norm", "exact_match")
+        )
+    }

@@ -15,8 +15,12 @@ def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, 
     """(model, tokenizer, device) in eval mode: the base model when `result` is None."""
     device = resolve_device(spec.training.device)
     dtype = resolve_dtype(spec.base_model.dtype, device)
-    model, tokenizer = load_base(base, revision=spec.base_model.revision, dtype=dtype,
-                                 trust_remote_code=spec.base_model.trust_remote_code)
+    model, tokenizer = load_base(
+        base,
+        revision=spec.base_model.revision,
+        dtype=dtype,
+        trust_remote_code=spec.base_model.trust_remote_code,
+    )
     if result is not None and result.kind == "full":
         model = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=dtype)
     elif result is not None:

@@ -38,13 +38,23 @@ def base_model_path(spec: PipelineSpec, train_dir: str, mixture_id: str, ws: Wor
         log.info("reusing tiny base model %s", out)
         return str(out)
     table = read_records(train_dir)
-    texts = [p + r for p, r in zip(table.column("prompt").to_pylist(),
-                                   table.column("response").to_pylist(), strict=True)]
+    texts = [
+        p + r
+        for p, r in zip(
+            table.column("prompt").to_pylist(), table.column("response").to_pylist(), strict=True
+        )
+    ]
     tiny = spec.base_model.tiny
     build_tiny_model(
-        out, texts, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size,
-        intermediate_size=tiny.intermediate_size, num_layers=tiny.num_layers,
-        num_heads=tiny.num_heads, max_position=tiny.max_position, seed=spec.seed,
+        out,
+        texts,
+        vocab_size=tiny.vocab_size,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        max_position=tiny.max_position,
+        seed=spec.seed,
     )
     log.info("built tiny base model in %s", out)
     return str(out)

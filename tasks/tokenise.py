@@ -71,7 +71,7 @@ def tokenise_records(
         head = bos + p_ids
         tail = r_ids + eos
         ids = head + tail
-        labels = (list(ids) if loss_on_prompt else [IGNORE] * len(head) + tail)
+        labels = list(ids) if loss_on_prompt else [IGNORE] * len(head) + tail
         if len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
             truncated += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
                 flat.update(flatten(item, f"{name}.{item.get('name', i)}."))
         else:
             text = value if isinstance(value, str) else json.dumps(value)
-            flat[name] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+            flat[name] = (
+                text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+            )
     return flat
 
 
@@ -49,10 +52,18 @@ def code_version() -> str:
     """Git commit of the code that ran (with +dirty), or the package version outside a checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         from importlib.metadata import PackageNotFoundError, version
@@ -75,35 +86,62 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = (workspace.artifacts_dir / experiment).as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location
+            )
         else:
             self.experiment_id = found.experiment_id
 
     # runs -----------------------------------------------------------------
     def start_parent(self, run_name: str, tags: dict[str, str], params: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={**tags, "mlora.role": "pipeline"})
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={**tags, "mlora.role": "pipeline"}
+        )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def child_run(self, parent_id: str, run_key: str, run_name: str,
-                  tags: dict[str, str]) -> tuple[str, bool]:
+    def child_run(
+        self, parent_id: str, run_key: str, run_name: str, tags: dict[str, str]
+    ) -> tuple[str, bool]:
         """The arm's run: (run_id, finished_before). Reopens an unfinished one after a crash."""
         existing = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+            [self.experiment_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         if existing:
             run = existing[0]
             finished = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
             if not finished:
-                self.client.update_run(run.info.run_id, status="RUNNING")
+                self._adopt(run, parent_id)
             return run.info.run_id, finished
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name,
-            tags={**tags, RUN_KEY_TAG: run_key, "mlflow.parentRunId": parent_id, "mlora.role": "arm"},
+            self.experiment_id,
+            run_name=run_name,
+            tags={
+                **tags,
+                RUN_KEY_TAG: run_key,
+                "mlflow.parentRunId": parent_id,
+                "mlora.role": "arm",
+            },
         )
         return run.info.run_id, False
+
+    def _adopt(self, run, parent_id: str) -> None:
+        """Continue an interrupted arm run under the pipeline run that resumes it.
+
+        Its old parent died with the process that was killed; it is marked KILLED
+        so the UI shows no pipeline run as forever RUNNING.
+        """
+        old_parent = run.data.tags.get("mlflow.parentRunId")
+        if old_parent and old_parent != parent_id:
+            previous = self.client.get_run(old_parent)
+            if previous.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                self.client.set_terminated(old_parent, status="KILLED")
+            self.client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
+            self.client.set_tag(run.info.run_id, "mlora.resumed_from_parent", old_parent)
+        self.client.update_run(run.info.run_id, status="RUNNING")
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -121,8 +159,11 @@ class Tracker:
         import time
 
         now = int(time.time() * 1000)
-        batch = [mlflow.entities.Metric(k, float(v), now, step or 0)
-                 for k, v in metrics.items() if v is not None]
+        batch = [
+            mlflow.entities.Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None
+        ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -162,6 +203,20 @@ class Tracker:
     def training_callback(self, run_id: str) -> TrainerCallback:
         return _MlflowStepLogger(self, run_id)
 
+    @contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = 5.0):
+        """CPU, memory, disk, network (and GPU with nvidia-ml-py) sampled into the run."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval_s, tracking_uri=self.uri, resume_logging=True
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def ui_command(self) -> str:
         return f"mlora ui --workspace {self.workspace.root}"
 
@@ -169,14 +224,19 @@ class Tracker:
 class _MlflowStepLogger(TrainerCallback):
     """Per-step loss, learning rate, grad norm, tokens/s and eval loss into the arm's run."""
 
-    KEYS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
-            "tokens_per_second": "tokens_per_second", "eval_loss": "eval_loss"}
+    KEYS = {
+        "loss": "train_loss",
+        "learning_rate": "learning_rate",
+        "grad_norm": "grad_norm",
+        "tokens_per_second": "tokens_per_second",
+        "eval_loss": "eval_loss",
+    }
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not state.is_world_process_zero:
             return
         metrics = {name: logs[key] for key, name in self.KEYS.items() if key in logs}
         if metrics:

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    PrinterCallback,
     AutoTokenizer,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -35,7 +35,6 @@ from transformers import (
 
 from data_specs.errors import TrainingError
 from data_specs.schema import ArmSpec, TrainingSpec
-from models.multilora.model import ADAPTER_WEIGHTS_NAME
 from models.multilora import (
     MultiLoRAConfig,
     adapter_parameter_groups,
@@ -44,6 +43,7 @@ from models.multilora import (
     load_adapter_weights,
     save_adapter,
 )
+from models.multilora.model import ADAPTER_WEIGHTS_NAME
 from tasks.tokenise import pack_examples, pad_examples, tokenise_records
 
 log = logging.getLogger("mlora.train")
@@ -89,8 +89,9 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
     return getattr(torch, requested)
 
 
-def load_base(model_path: str, *, revision: str | None, dtype: torch.dtype,
-              trust_remote_code: bool):
+def load_base(
+    model_path: str, *, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+):
     """Load model + tokenizer through from_pretrained: a hub id and a local folder take the same path."""
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
@@ -150,11 +151,17 @@ def read_records(path: str | Path):
 def build_dataset(path, tokenizer, training: TrainingSpec) -> tuple[_Blocks, dict]:
     table = read_records(path)
     if table is None or table.num_rows == 0:
-        raise TrainingError("no rows to train on", where=str(path),
-                            fix="check the mixture: every source may have been filtered out")
+        raise TrainingError(
+            "no rows to train on",
+            where=str(path),
+            fix="check the mixture: every source may have been filtered out",
+        )
     examples, stats = tokenise_records(
-        table, tokenizer, max_length=training.max_length,
-        loss_on_prompt=training.loss_on_prompt, use_chat_template=training.chat_template,
+        table,
+        tokenizer,
+        max_length=training.max_length,
+        loss_on_prompt=training.loss_on_prompt,
+        use_chat_template=training.chat_template,
     )
     pad_id = tokenizer.pad_token_id
     rows = (pack_examples if training.pack else pad_examples)(examples, training.max_length, pad_id)
@@ -173,11 +180,18 @@ class ArmTrainer(Trainer):
             model = model or self.model
             lr = self.arm.learning_rate or self.training.learning_rate
             if self.arm.kind == "full":
-                groups = [{"params": [p for p in model.parameters() if p.requires_grad],
-                           "lr": lr, "weight_decay": self.training.weight_decay}]
+                groups = [
+                    {
+                        "params": [p for p in model.parameters() if p.requires_grad],
+                        "lr": lr,
+                        "weight_decay": self.training.weight_decay,
+                    }
+                ]
             else:
                 groups = adapter_parameter_groups(
-                    model, lr=lr, weight_decay=self.training.weight_decay,
+                    model,
+                    lr=lr,
+                    weight_decay=self.training.weight_decay,
                     scale_lr=self.arm.scale_learning_rate or lr,
                     scale_weight_decay=self.arm.scale_weight_decay,
                 )
@@ -219,6 +233,8 @@ class ProgressLog(TrainerCallback):
         self.start, self.start_step = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         if not logs or "loss" not in logs:
             if logs and "eval_loss" in logs:
                 self.history.append({"step": state.global_step, "eval_loss": logs["eval_loss"]})
@@ -229,12 +245,25 @@ class ProgressLog(TrainerCallback):
         eta = (state.max_steps - state.global_step) / rate if rate else float("nan")
         tps = rate * self.tokens_per_step
         logs["tokens_per_second"] = tps
-        self.history.append({"step": state.global_step, "loss": logs["loss"],
-                             "learning_rate": logs.get("learning_rate"),
-                             "grad_norm": logs.get("grad_norm"), "tokens_per_second": tps})
-        log.info("[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs", self.arm,
-                 state.global_step, state.max_steps, logs["loss"], logs.get("learning_rate", 0),
-                 tps, eta)
+        self.history.append(
+            {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_second": tps,
+            }
+        )
+        log.info(
+            "[%s] step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs",
+            self.arm,
+            state.global_step,
+            state.max_steps,
+            logs["loss"],
+            logs.get("learning_rate", 0),
+            tps,
+            eta,
+        )
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
@@ -270,9 +299,12 @@ def train_arm(
         return done
     device = resolve_device(training.device)
     torch.manual_seed(training.seed)  # adapter init is part of the seeded, reproducible state
-    model, tokenizer = load_base(model_path, revision=revision,
-                                 dtype=resolve_dtype(dtype, device),
-                                 trust_remote_code=trust_remote_code)
+    model, tokenizer = load_base(
+        model_path,
+        revision=revision,
+        dtype=resolve_dtype(dtype, device),
+        trust_remote_code=trust_remote_code,
+    )
     # Without this transformers builds a KV cache in training and then ignores the packed
     # position ids: examples in one block would attend to each other (see tests/tasks/test_tokenise.py).
     model.config.use_cache = False
@@ -283,12 +315,19 @@ def train_arm(
     eval_set = None
     if validation_path is not None and read_records(validation_path).num_rows:
         eval_set, _ = build_dataset(validation_path, tokenizer, training)
-    log.info("[%s] %s trainable parameters (%.3f%% of the base), %d sequences, device %s",
-             arm.name, f"{trainable:,}", 100 * share, data_stats["sequences"], device)
+    log.info(
+        "[%s] %s trainable parameters (%.3f%% of the base), %d sequences, device %s",
+        arm.name,
+        f"{trainable:,}",
+        100 * share,
+        data_stats["sequences"],
+        device,
+    )
 
     args = TrainingArguments(
         output_dir=str(output_dir),
-        max_steps=training.max_steps,
+        max_steps=-1 if training.epochs else training.max_steps,
+        num_train_epochs=training.epochs or 1.0,
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.grad_accum,
@@ -304,6 +343,8 @@ def train_arm(
         data_seed=training.seed,
         full_determinism=device == "cpu",
         use_cpu=device == "cpu",
+        # CPU data parallelism (how the distributed path is tested) needs gloo.
+        ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
         bf16=device == "cuda" and dtype in ("auto", "bfloat16"),
         report_to="none",
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
@@ -313,8 +354,14 @@ def train_arm(
     tokens_per_step = training.batch_size * training.grad_accum * training.max_length
     progress = ProgressLog(arm.name, tokens_per_step)
     trainer = ArmTrainer(
-        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=_stack, callbacks=[progress, *callbacks], arm=arm, training=training,
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=_stack,
+        callbacks=[progress, *callbacks],
+        arm=arm,
+        training=training,
     )
     trainer.remove_callback(PrinterCallback)  # ProgressLog already prints one line per log step
     resume = last_checkpoint(output_dir)
@@ -328,32 +375,56 @@ def train_arm(
     resumed_steps = int(resume.name.split("-")[1]) if resume else 0
     eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
 
-    adapter_dir, peft_dir = output_dir / "adapter", None
-    if arm.kind == "full":
-        model.save_pretrained(adapter_dir)
-        tokenizer.save_pretrained(adapter_dir)
-    else:
-        save_adapter(model, adapter_dir)
-        peft_dir = output_dir / "peft"
-        export_peft(model, peft_dir, base_model_name or model_path)
+    adapter_dir = output_dir / "adapter"
+    peft_dir = None if arm.kind == "full" else output_dir / "peft"
     peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _rss_peak_mb()
     result = ArmResult(
-        arm=arm.name, kind=arm.kind, output_dir=str(output_dir), adapter_dir=str(adapter_dir),
-        peft_dir=str(peft_dir) if peft_dir else None, steps=output.global_step,
-        train_loss=float(output.training_loss), eval_loss=eval_loss,
+        arm=arm.name,
+        kind=arm.kind,
+        output_dir=str(output_dir),
+        adapter_dir=str(adapter_dir),
+        peft_dir=str(peft_dir) if peft_dir else None,
+        steps=output.global_step,
+        train_loss=float(output.training_loss),
+        eval_loss=eval_loss,
         tokens_per_second=tokens_per_step * (output.global_step - resumed_steps) / seconds,
-        peak_memory_mb=peak, trainable_parameters=trainable, trainable_share=share,
-        history=progress.history, resumed_from_step=resumed_steps,
+        peak_memory_mb=peak,
+        trainable_parameters=trainable,
+        trainable_share=share,
+        history=progress.history,
+        resumed_from_step=resumed_steps,
     )
     if math.isnan(result.train_loss):
-        raise TrainingError("training loss is NaN", where=f"arm {arm.name}",
-                            fix="lower the learning rate or check the data")
+        raise TrainingError(
+            "training loss is NaN",
+            where=f"arm {arm.name}",
+            fix="lower the learning rate or check the data",
+        )
+    if trainer.is_world_process_zero():  # under data parallelism only rank 0 writes
+        _write_outputs(model, tokenizer, arm, result, base_model_name or model_path)
+    return result
+
+
+def _write_outputs(model, tokenizer, arm: ArmSpec, result: ArmResult, base_name: str) -> None:
+    """The finished adapter (and PEFT export), then result.json last: its presence means done."""
+    output_dir = Path(result.output_dir)
+    if arm.kind == "full":
+        model.save_pretrained(result.adapter_dir)
+        tokenizer.save_pretrained(result.adapter_dir)
+    else:
+        save_adapter(model, result.adapter_dir)
+        export_peft(model, result.peft_dir, base_name)
     for ckpt in output_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)  # the finished adapter supersedes them
     tmp = output_dir / (DONE_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(result), indent=2))
     tmp.rename(output_dir / DONE_FILE)
-    return result
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -69,8 +69,14 @@ class Workspace:
         return self.data_dir / stage / output_id
 
     def ensure(self) -> Workspace:
-        for path in (self.root, self.data_dir, self.models_dir, self.runs_dir,
-                     self.artifacts_dir, self.prefect_home):
+        for path in (
+            self.root,
+            self.data_dir,
+            self.models_dir,
+            self.runs_dir,
+            self.artifacts_dir,
+            self.prefect_home,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         return self
 

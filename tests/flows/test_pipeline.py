@@ -25,10 +25,12 @@ def reduced_demo(tmp_path: Path, **overrides) -> Path:
     for suite in spec["eval_suites"]:
         suite["path"] = str(DEMO.parent / suite["path"])
         suite["max_items"] = 12
-    spec["base_model"]["tiny"].update(hidden_size=32, intermediate_size=64, num_layers=2,
-                                      num_heads=2, vocab_size=512)
-    spec["training"].update(max_steps=6, batch_size=4, max_length=96, save_steps=3,
-                            eval_steps=3, logging_steps=2)
+    spec["base_model"]["tiny"].update(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=512
+    )
+    spec["training"].update(
+        max_steps=6, batch_size=4, max_length=96, save_steps=3, eval_steps=3, logging_steps=2
+    )
     spec["evaluation"].update(max_new_tokens=8)
     for key, value in overrides.items():
         spec[key] = value
@@ -88,7 +90,8 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
     assert {"plots/loss_curves.png", "plots/spectra.png", "plots/effective_rank.png"} <= artifacts
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{first['parent_run_id']}'")
+        filter_string=f"tags.mlflow.parentRunId = '{first['parent_run_id']}'",
+    )
     assert sorted(r.data.tags["mlora.arm"] for r in children) == ["lora", "multilora"]
     for child in children:
         history = client.get_metric_history(child.info.run_id, "train_loss")

@@ -21,15 +21,22 @@ def char_tokenizer():
     vocab.update({c: i + 4 for i, c in enumerate(chars)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
 
 
 def _table(pairs):
-    return records_to_table([
-        make_record(source="s", task="t", category="instruction", prompt=p, response=r)
-        for p, r in pairs
-    ])
+    return records_to_table(
+        [
+            make_record(source="s", task="t", category="instruction", prompt=p, response=r)
+            for p, r in pairs
+        ]
+    )
 
 
 def test_labels_cover_the_response_and_eos_only(char_tokenizer):
@@ -42,8 +49,9 @@ def test_labels_cover_the_response_and_eos_only(char_tokenizer):
 
 
 def test_loss_on_prompt_trains_everything_but_the_first_token(char_tokenizer):
-    (ex,), _ = tokenise_records(_table([("ab:", " cd")]), char_tokenizer, max_length=32,
-                                loss_on_prompt=True)
+    (ex,), _ = tokenise_records(
+        _table([("ab:", " cd")]), char_tokenizer, max_length=32, loss_on_prompt=True
+    )
     assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
 
 
@@ -56,8 +64,11 @@ def test_truncation_cuts_the_response_end_and_drops_untrainable_rows(char_tokeni
 
 
 def test_packing_restarts_positions_and_never_splits_an_example():
-    exs = [TokenisedExample([1, 5, 6], [IGNORE, 5, 6]), TokenisedExample([1, 7], [IGNORE, 7]),
-           TokenisedExample([1, 8, 9, 10], [IGNORE, 8, 9, 10])]
+    exs = [
+        TokenisedExample([1, 5, 6], [IGNORE, 5, 6]),
+        TokenisedExample([1, 7], [IGNORE, 7]),
+        TokenisedExample([1, 8, 9, 10], [IGNORE, 8, 9, 10]),
+    ]
     blocks = pack_examples(exs, max_length=6, pad_id=0)
     assert [b["input_ids"] for b in blocks] == [[1, 5, 6, 1, 7, 0], [1, 8, 9, 10, 0, 0]]
     assert blocks[0]["position_ids"] == [0, 1, 2, 0, 1, 0]
@@ -67,8 +78,11 @@ def test_packing_restarts_positions_and_never_splits_an_example():
 def _packed_and_single(model, exs, max_length):
     (block,) = pack_examples(exs, max_length=max_length, pad_id=0)
     # use_cache=False as in training: with a KV cache transformers ignores the packed positions.
-    packed = model(input_ids=torch.tensor([block["input_ids"]]),
-                   position_ids=torch.tensor([block["position_ids"]]), use_cache=False).logits[0]
+    packed = model(
+        input_ids=torch.tensor([block["input_ids"]]),
+        position_ids=torch.tensor([block["position_ids"]]),
+        use_cache=False,
+    ).logits[0]
     singles = [model(input_ids=torch.tensor([ex.input_ids])).logits[0] for ex in exs]
     return block, packed, singles
 
@@ -86,12 +100,14 @@ def test_packed_block_has_no_cross_example_attention_and_the_same_loss():
     start = 0
     for ex, single in zip(exs, singles, strict=True):
         # Same logits token for token: nothing leaked in from the previous example.
-        torch.testing.assert_close(packed[start:start + len(ex.input_ids)], single,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            packed[start : start + len(ex.input_ids)], single, rtol=1e-4, atol=1e-5
+        )
         start += len(ex.input_ids)
     labels = torch.tensor(block["labels"])
     packed_loss = F.cross_entropy(packed[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
     single_loss = sum(
         F.cross_entropy(s[:-1], torch.tensor(ex.labels[1:]), ignore_index=IGNORE, reduction="sum")
-        for s, ex in zip(singles, exs, strict=True))
+        for s, ex in zip(singles, exs, strict=True)
+    )
     torch.testing.assert_close(packed_loss, single_loss, rtol=1e-5, atol=1e-5)

@@ -22,11 +22,25 @@ def _records():
     rows = []
     for i in range(48):
         a, b = i % 7, i % 5
-        rows.append(make_record(source="math", task="add", category="math",
-                                prompt=f"What is {a} plus {b}?", response=f" {a + b}"))
+        rows.append(
+            make_record(
+                source="math",
+                task="add",
+                category="math",
+                prompt=f"What is {a} plus {b}?",
+                response=f" {a + b}",
+            )
+        )
         w = WORDS[i % len(WORDS)]
-        rows.append(make_record(source="inst", task="repeat", category="instruction",
-                                prompt=f"Repeat the word {w}.", response=f" {w} {w}"))
+        rows.append(
+            make_record(
+                source="inst",
+                task="repeat",
+                category="instruction",
+                prompt=f"Repeat the word {w}.",
+                response=f" {w} {w}",
+            )
+        )
     return records_to_table(rows)
 
 
@@ -39,18 +53,41 @@ def setup(tmp_path_factory):
     (root / "mix").mkdir()
     pq.write_table(table, root / "mix" / "shard-00000.parquet")
     pq.write_table(table.slice(0, 16), root / "val.parquet")
-    texts = [p + r for p, r in zip(table["prompt"].to_pylist(), table["response"].to_pylist(),
-                                   strict=True)]
-    model = build_tiny_model(root / "base", texts, vocab_size=400, hidden_size=32,
-                             intermediate_size=64, num_layers=2, num_heads=2, max_position=64)
+    texts = [
+        p + r
+        for p, r in zip(table["prompt"].to_pylist(), table["response"].to_pylist(), strict=True)
+    ]
+    model = build_tiny_model(
+        root / "base",
+        texts,
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=2,
+        max_position=64,
+    )
     return root, str(model)
 
 
-TRAINING = TrainingSpec(max_steps=8, batch_size=4, learning_rate=3e-2, warmup_steps=1,
-                        max_length=48, save_steps=4, eval_steps=4, logging_steps=2)
+TRAINING = TrainingSpec(
+    max_steps=8,
+    batch_size=4,
+    learning_rate=3e-2,
+    warmup_steps=1,
+    max_length=48,
+    save_steps=4,
+    eval_steps=4,
+    logging_steps=2,
+)
 ARMS = {
-    "multilora": ArmSpec(name="multilora", kind="multilora", n_modules=2, rank=2,
-                         target_modules=BLOCK_LINEARS["llama"]),
+    "multilora": ArmSpec(
+        name="multilora",
+        kind="multilora",
+        n_modules=2,
+        rank=2,
+        target_modules=BLOCK_LINEARS["llama"],
+    ),
     "lora": ArmSpec(name="lora", kind="lora", rank=4, target_modules=BLOCK_LINEARS["llama"]),
 }
 
@@ -58,8 +95,14 @@ ARMS = {
 @pytest.mark.parametrize("arm", ARMS.values(), ids=ARMS.keys())
 def test_loss_goes_down_and_adapter_is_exported(setup, tmp_path, arm):
     root, base = setup
-    result = train_arm(arm=arm, training=TRAINING, model_path=base, train_path=root / "mix",
-                       validation_path=root / "val.parquet", output_dir=tmp_path / arm.name)
+    result = train_arm(
+        arm=arm,
+        training=TRAINING,
+        model_path=base,
+        train_path=root / "mix",
+        validation_path=root / "val.parquet",
+        output_dir=tmp_path / arm.name,
+    )
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert result.steps == 8 and len(losses) == 4
     assert losses[-1] < losses[0]
@@ -78,8 +121,13 @@ class _Crash(TrainerCallback):
 
 def test_resume_from_checkpoint_gives_the_same_adapter(setup, tmp_path):
     root, base = setup
-    kwargs = dict(arm=ARMS["multilora"], training=TRAINING, model_path=base,
-                  train_path=root / "mix", validation_path=None)
+    kwargs = dict(
+        arm=ARMS["multilora"],
+        training=TRAINING,
+        model_path=base,
+        train_path=root / "mix",
+        validation_path=None,
+    )
     train_arm(**kwargs, output_dir=tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_arm(**kwargs, output_dir=tmp_path / "crashed", callbacks=[_Crash()])
@@ -101,3 +149,26 @@ def test_cuda_demanded_without_gpu_fails_before_work():
 
 def _weights(folder):
     return load_file(str(folder / "adapter" / "adapter.safetensors"))
+
+
+def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path):
+    """Data parallelism over 2 CPU processes == one process with the same global batch."""
+    from tasks.train_launch import launch_arm
+
+    root, base = setup
+    kwargs = dict(arm=ARMS["lora"], model_path=base, train_path=root / "mix", validation_path=None)
+    single = launch_arm(
+        training=TRAINING.model_copy(update={"batch_size": 4}),
+        output_dir=tmp_path / "one",
+        **kwargs,
+    )
+    double = launch_arm(
+        training=TRAINING.model_copy(update={"batch_size": 2, "processes": 2}),
+        output_dir=tmp_path / "two",
+        **kwargs,
+    )
+    one = [h["loss"] for h in single.history if "loss" in h]
+    two = [h["loss"] for h in double.history if "loss" in h]
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=2e-3)
+    assert (tmp_path / "two" / "peft" / "adapter_model.safetensors").is_file()
