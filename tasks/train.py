@@ -267,8 +267,19 @@ class ProgressLog(TrainerCallback):
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (killed mid-save) are removed.
+
+    Trainer writes trainer_state.json last, so a checkpoint without it was cut off.
+    """
     ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+    complete = []
+    for ckpt in ckpts:
+        if (ckpt / "trainer_state.json").is_file():
+            complete.append(ckpt)
+        else:
+            log.warning("removing incomplete checkpoint %s (interrupted while saving)", ckpt)
+            shutil.rmtree(ckpt)
+    return complete[-1] if complete else None
 
 
 def load_result(output_dir: Path) -> ArmResult | None:

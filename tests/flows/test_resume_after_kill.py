@@ -1,0 +1,81 @@
+"""SIGKILL in the middle of training; the next `mlora run` resumes and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from tests.flows.test_pipeline import reduced_demo  # noqa: F401  (same reduced demo spec)
+
+
+def _spec(tmp_path: Path) -> Path:
+    path = reduced_demo(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["arms"] = [a for a in spec["arms"] if a["name"] == "multilora"]
+    # Long enough to be killed between checkpoints; every step is deterministic on CPU.
+    spec["training"].update(max_steps=40, save_steps=5, eval_steps=20, logging_steps=5)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _mlora(ws: Path, spec: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "run", str(spec)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        start_new_session=True,  # one process group: the kill takes Prefect's server along
+    )
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _adapter(ws: Path) -> dict[str, torch.Tensor]:
+    (file,) = ws.glob("runs/*/*/multilora/adapter/adapter.safetensors")
+    return load_file(str(file))
+
+
+def test_killed_training_resumes_to_the_same_adapter(tmp_path):
+    spec = _spec(tmp_path)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+
+    victim = _mlora(killed, spec)
+    deadline = time.time() + 240
+    while not list(killed.glob("runs/*/*/multilora/checkpoint-10/trainer_state.json")):
+        assert victim.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not list(killed.glob("runs/*/*/multilora/result.json"))
+
+    baseline = _mlora(reference, spec)  # uninterrupted run, started after the kill: no CPU race
+    _finish(baseline)
+    resumed_log = _finish(_mlora(killed, spec))
+    assert "resuming from checkpoint-" in resumed_log
+
+    straight, resumed = _adapter(reference), _adapter(killed)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+    uri = f"sqlite:///{killed / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "demo"]
+    arm_runs = client.search_runs([experiment.experiment_id], "tags.`mlora.arm` = 'multilora'")
+    assert len(arm_runs) == 1 and arm_runs[0].info.status == "FINISHED"
+    assert len(client.search_model_versions("name = 'mlora-demo'")) == 1
+    parents = client.search_runs([experiment.experiment_id], "tags.`mlora.role` = 'pipeline'")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
