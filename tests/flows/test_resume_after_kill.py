@@ -14,7 +14,9 @@ import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from tests.flows.test_pipeline import reduced_demo  # noqa: F401  (same reduced demo spec)
+from data_specs.schema import load_spec
+from tasks.train import train_arm
+from tests.flows.test_pipeline import reduced_demo
 
 
 def _spec(tmp_path: Path) -> Path:
@@ -22,7 +24,7 @@ def _spec(tmp_path: Path) -> Path:
     spec = yaml.safe_load(path.read_text())
     spec["arms"] = [a for a in spec["arms"] if a["name"] == "multilora"]
     # Long enough to be killed between checkpoints; every step is deterministic on CPU.
-    spec["training"].update(max_steps=40, save_steps=5, eval_steps=20, logging_steps=5)
+    spec["training"].update(max_steps=30, save_steps=5, eval_steps=15, logging_steps=5)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -61,11 +63,16 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     victim.wait()
     assert not list(killed.glob("runs/*/*/multilora/result.json"))
 
-    baseline = _mlora(reference, spec)  # uninterrupted run, started after the kill: no CPU race
-    _finish(baseline)
     resumed_log = _finish(_mlora(killed, spec))
     assert "resuming from checkpoint-" in resumed_log
 
+    # The uninterrupted reference: the same arm on the same base model and mixture, in one go.
+    loaded = load_spec(spec)[0]
+    (base,) = killed.glob("models/tiny-*")
+    (mixture,) = killed.glob("data/mixture/*/train")
+    train_arm(arm=loaded.arms[0], training=loaded.training, model_path=str(base),
+              train_path=mixture, validation_path=mixture.parent / "validation.parquet",
+              output_dir=reference / "runs/x/y/multilora")
     straight, resumed = _adapter(reference), _adapter(killed)
     assert straight.keys() == resumed.keys()
     for key in straight:
