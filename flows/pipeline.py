@@ -29,9 +29,9 @@ from tasks.catalog import Catalog
 from tasks.evaluate import SuiteData, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
-from tasks.registry import CHALLENGER, register_adapter, set_alias
+from tasks.registry import CHALLENGER, attach_run_artifacts, register_adapter, set_alias
 from tasks.tracking import Tracker, code_version
-from tasks.train import ArmResult
+from tasks.train import ArmResult, resolve_device
 from tasks.train_launch import launch_arm
 from tasks.workspace import Workspace
 
@@ -256,6 +256,7 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     ws = Workspace.resolve(workspace_root).ensure()
     spec, base_dir = load_spec(spec_path)
     logger.info("spec %s (hash %s), workspace %s", spec.name, spec.spec_hash, ws.root)
+    resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
 
     data = run_data_stages(spec, base_dir, ws)
     base = prepare_base_model.with_options(cache_policy=NO_CACHE)(spec, data, ws)
@@ -321,6 +322,8 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
 
+    for a in arms:  # the analysis compares the arms, so it joins each version only now
+        attach_run_artifacts(tracker, spec.registered_model_name, a.version, parent_id)
     best = max(arms, key=lambda a: a.metrics.get(primary, float("-inf")))
     set_alias(tracker, spec.registered_model_name, CHALLENGER, best.version)
     decision = run_gate(

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
-from data_specs.errors import DataError, SpecError
+from data_specs.errors import DataError, SpecError, TrainingError
 from data_specs.schema import demo_spec_path
 from tasks.catalog import Catalog
 
@@ -96,6 +97,8 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
     for child in children:
         history = client.get_metric_history(child.info.run_id, "train_loss")
         assert len(history) == 3  # logging_steps 2 of 6 steps
+        losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+        assert losses[-1] < losses[0], f"{child.data.tags['mlora.arm']}: loss did not go down"
     name = first["registered_model"]
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) == 2  # the second run registered nothing new
@@ -128,6 +131,20 @@ def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
     with pytest.raises(SpecError, match=r"(?s)reduced\.yaml.*training\.learning_rat: unknown key"):
         pipeline_flow(str(spec), str(tmp_path / "ws"))
     assert not (tmp_path / "ws" / "catalog.duckdb").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_spec_demanding_a_gpu_fails_before_any_work(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    spec["training"]["device"] = "cuda"
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(TrainingError, match="no GPU is visible"):
+        pipeline_flow(str(path), str(tmp_path / "ws"))
+    assert not (tmp_path / "ws" / "catalog.duckdb").exists()
+    assert not list((tmp_path / "ws").glob("data/*"))
 
 
 def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tmp_path):
