@@ -172,3 +172,41 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path
     assert len(one) == len(two) == 4
     assert two == pytest.approx(one, rel=2e-3)
     assert (tmp_path / "two" / "peft" / "adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_path):
+    from data_specs.schema import PipelineSpec
+    from tasks.arm_models import arm_deltas, load_for_inference
+
+    root, base = setup
+    arm = ArmSpec(name="full", kind="full", target_modules=["q_proj", "v_proj"])
+    result = train_arm(
+        arm=arm,
+        training=TRAINING.model_copy(update={"learning_rate": 1e-3}),
+        model_path=base,
+        train_path=root / "mix",
+        validation_path=None,
+        output_dir=tmp_path / "full",
+    )
+    assert result.trainable_share == 1.0 and result.peft_dir is None
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0]
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "t",
+            "sources": [{"name": "s", "path": "x.jsonl", "template": "alpaca"}],
+            "eval_suites": [{"name": "e", "path": "y.jsonl", "template": "mmlu"}],
+            "base_model": {"name_or_path": base},
+            "arms": [arm.model_dump()],
+        }
+    )
+    deltas = arm_deltas(spec, base, result)
+    assert sorted(deltas) == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj",
+    ]
+    assert all(d.abs().max() > 0 for d in deltas.values())
+    model, _, _ = load_for_inference(spec, base, result)
+    assert not model.training
