@@ -111,3 +111,18 @@ def test_packed_block_has_no_cross_example_attention_and_the_same_loss():
         for s, ex in zip(singles, exs, strict=True)
     )
     torch.testing.assert_close(packed_loss, single_loss, rtol=1e-5, atol=1e-5)
+
+
+def test_chat_template_wraps_the_prompt_when_the_tokenizer_has_one(char_tokenizer):
+    char_tokenizer.chat_template = (
+        "{% for m in messages %}#{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+    table = _table([("ab", " cd")])
+    (plain,), _ = tokenise_records(table, char_tokenizer, max_length=32, use_chat_template=False)
+    (chat,), _ = tokenise_records(table, char_tokenizer, max_length=32, use_chat_template=True)
+    text = char_tokenizer.decode(chat.input_ids, skip_special_tokens=True)
+    assert text.replace(" ", "") == "#ab\na:cd".replace(" ", "")
+    assert len(chat.input_ids) == len(plain.input_ids) + 4  # "#", "\n", "a", ":"
+    assert chat.labels[-4:] == chat.input_ids[-4:]  # response + eos still the only targets
+    char_tokenizer.chat_template = None
