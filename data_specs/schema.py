@@ -159,6 +159,10 @@ class DecontaminationSpec(Strict):
     """Word n-gram length for overlap; 13 follows GPT-3 / lm-eval practice."""
     boilerplate_fraction: float = Field(default=0.1, gt=0, le=1)
     """Ignore n-grams found in more than this share of eval items (templates, not content)."""
+    boilerplate_group: str | None = "subject"
+    """Meta field that groups a suite's items (MMLU's subject): an n-gram in more than
+    boilerplate_fraction of one group's items, and in at least 3 of them, is that group's
+    template (e.g. "Construct a complete truth table ..."). None: whole-suite counts only."""
     near_threshold: float = Field(default=0.8, gt=0, le=1)
     """For prompts shorter than ngram words: word-set Jaccard at or above which a row matches."""
 

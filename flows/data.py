@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,20 +38,23 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from data_specs.errors import SpecError
+from data_specs.record import RECORD_SCHEMA
 from data_specs.schema import DedupSpec, EvalSuiteSpec, PipelineSpec, SourceSpec, load_spec
 from tasks.catalog import Catalog, CatalogBatch
 from tasks.decontaminate import decontaminate, drops_per_source_suite
 from tasks.dedup import dedup, drops_per_source_pair
 from tasks.fetch import fetch
-from tasks.mixture import build_mixture, load_mixture, mixture_id, write_parquet
-from tasks.normalise import normalise
+from tasks.mixture import build_mixture, load_mixture, mixture_id
+from tasks.normalise import normalise_batches
+from tasks.parquet_io import filtered_slices, write_batches, write_parquet
 from tasks.workspace import Workspace
 
 # Bump when a stage's code changes what it writes for the same inputs: old outputs are rebuilt.
-STAGE_CODE_VERSION = 1
+STAGE_CODE_VERSION = 2  # 2: meta['query'] for passage tasks, duplicate_row in dedup drops
 RECORDS, KEPT, DROPS = "records.parquet", "kept.parquet", "drops.parquet"
 # Threads for the mapped per-source tasks: the work is Arrow/numpy (releases the GIL) and I/O.
 DEFAULT_THREADS = 4
+HASH_SLICE = 100_000  # ids hashed at a time: bounds the Python strings alive at once
 STAGES = ("fetch", "normalise", "dedup_source", "dedup", "decontaminate", "mixture")
 
 
@@ -135,9 +139,29 @@ def file_hash(path: Path) -> str:
 
 
 def rows_hash(table: pa.Table) -> str:
-    """Hash of a table's record ids in order (ids hash each record's content)."""
-    ids = "\n".join(table.column("id").to_pylist())
-    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+    """Hash of a table's record ids in order (ids hash each record's content): the sha256 of
+    the ids joined by newlines, fed a slice at a time."""
+    digest = hashlib.sha256()
+    for lo in range(0, table.num_rows, HASH_SLICE):
+        ids = table.column("id").slice(lo, HASH_SLICE).to_pylist()
+        digest.update((("\n" if lo else "") + "\n".join(ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+def split_by_source(table: pa.Table, names: list[str]) -> dict[str, pa.Table]:
+    """Each source's rows in table order. Stage outputs keep sources contiguous (inputs are
+    concatenated in spec order and filtered in place), so this is zero-copy slicing; rows of a
+    source spread over the table are gathered with one take."""
+    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
+    codes, labels = encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
+    out = {}
+    for name in names:
+        rows = np.flatnonzero(codes == labels.index(name)) if name in labels else np.zeros(0, int)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            out[name] = table.slice(int(rows[0]), len(rows))
+        else:
+            out[name] = table.take(pa.array(rows, type=pa.int64()))
+    return out
 
 
 def known_outputs(ws: Workspace) -> dict[str, dict]:
@@ -234,17 +258,22 @@ def normalise_stage(
     row = _reusable(ws, "normalise", oid, (RECORDS,), known)
     if row:
         return _reused_output("normalise", oid, inputs, params, row)
-    table = normalise(
+    batches = normalise_batches(
         snapshot, source=item.name, template=item.template, category=item.category, fields=fields
     )
-    folder = _publish(ws, "normalise", oid, lambda tmp: write_parquet(table, tmp / RECORDS))
+    written = {}
+
+    def write(tmp: Path) -> None:  # batch by batch: one raw slice in memory at a time
+        written["rows"] = write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
+
+    folder = _publish(ws, "normalise", oid, write)
     return StageOutput(
         "normalise",
         oid,
         inputs,
         params,
         str(folder / RECORDS),
-        table.num_rows,
+        written["rows"],
         file_hash(folder / RECORDS),
         False,
     )
@@ -270,7 +299,7 @@ def dedup_stage(
     result = dedup(table, config, priorities, order)
 
     def write(tmp: Path) -> None:
-        write_parquet(result.kept, tmp / KEPT)
+        write_batches(filtered_slices(result.table, result.keep), tmp / KEPT, RECORD_SCHEMA)
         write_parquet(result.drops, tmp / DROPS)
 
     folder = _publish(ws, stage, oid, write)
@@ -280,7 +309,7 @@ def dedup_stage(
         ids,
         params,
         str(folder / KEPT),
-        result.kept.num_rows,
+        result.kept_rows,
         file_hash(folder / KEPT),
         False,
     )
@@ -331,8 +360,7 @@ def mixture_stage(
 ) -> StageOutput:
     """The seeded mixture (shards + manifest) and the validation split."""
     names = [s.name for s in spec.sources]
-    table = pq.read_table(clean.path)
-    by_source = {n: table.filter(pc.equal(table.column("source"), n)) for n in names}
+    by_source = split_by_source(pq.read_table(clean.path), names)
     # A source's input hash covers its content: the ids (content hashes) of its rows, in order.
     hashes = {n: rows_hash(t) for n, t in by_source.items()}
     mid = mixture_id(hashes, spec.mixture, spec.seed)

@@ -27,7 +27,11 @@ from data_specs.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Changes since version 1, applied in order to an older catalog (each idempotent).
+MIGRATIONS = {
+    2: ["ALTER TABLE dedup_drops ADD COLUMN IF NOT EXISTS duplicate_row BIGINT"],
+}
 
 TABLES = {
     "schema_version": """
@@ -45,7 +49,7 @@ TABLES = {
         PRIMARY KEY (stage, output_id)""",
     "dedup_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, duplicate_of VARCHAR,
-        duplicate_source VARCHAR, kind VARCHAR, similarity DOUBLE""",
+        duplicate_source VARCHAR, duplicate_row BIGINT, kind VARCHAR, similarity DOUBLE""",
     "decontamination_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
         eval_id VARCHAR, kind VARCHAR, similarity DOUBLE""",
@@ -101,10 +105,20 @@ class Catalog:
         self.path = Path(path)
         self.timeout_s = timeout_s
 
-    @staticmethod
-    def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create missing tables, migrate an older catalog, refuse a newer one."""
         for name, columns in TABLES.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        (found,) = con.execute("SELECT max(version) FROM schema_version").fetchall()[0]
+        if found is not None and found > SCHEMA_VERSION:
+            raise PipelineError(
+                f"catalog schema version {found} is newer than this code's {SCHEMA_VERSION}",
+                where=str(self.path),
+                fix="update the pipeline code, or point MLORA_WORKSPACE at another workspace",
+            )
+        for version in range((found or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(version, []):
+                con.execute(statement)
         con.execute(
             "INSERT INTO schema_version (version) VALUES (?) ON CONFLICT DO NOTHING",
             [SCHEMA_VERSION],

@@ -3,19 +3,31 @@
 Three tests, against every suite (first matching suite in spec order is reported):
 - n-gram: the row shares a word n-gram (13 by default, GPT-3 / lm-eval practice) with an
   eval item's prompt or response, ignoring n-grams found in more than `boilerplate_fraction`
-  of the suite's items (instructions and answer templates, not content);
+  of the suite's items (instructions and answer templates, not content), or in more than that
+  share of one group's items (`boilerplate_group`, MMLU's subject: "Construct a complete truth
+  table ..." opens many formal_logic items and no others);
 - exact: a prompt shorter than n words equals an eval prompt after normalisation;
 - near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one.
 Words are normalised as in dedup (case folded, punctuation stripped).
+
+Why the eval item's response counts too: GPT-3 and lm-eval decontaminate against an eval
+item's full text, and a training row that reproduces a gold answer (a GSM8K rationale, a
+passage quoted in an answer) teaches the answer even when the question is reworded. The price
+is visible in the demo: three templated math rows whose rationale has the same numbers as an
+eval rationale ("each friend has 14 - 5 = 9 cookies left ...") are removed although their
+questions differ; data_specs/demo/PLANTED.json lists them as `incidental_leaks`. Templated
+answers shared by many items are not affected: boilerplate n-grams are ignored.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from data_specs.record import RECORD_SCHEMA
@@ -77,8 +89,20 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
     hashes, item = sh.hashes[full], owner[doc_of[full]]
     # Count each n-gram once per item, then drop the ones too many items share.
     pair = np.unique(np.stack([hashes, item.astype(np.uint64)], axis=1), axis=0)
-    uniq, first, counts = np.unique(pair[:, 0], return_index=True, return_counts=True)
+    uniq, first, inverse, counts = np.unique(
+        pair[:, 0], return_index=True, return_inverse=True, return_counts=True
+    )
     content = counts <= config.boilerplate_fraction * n_items
+    if config.boilerplate_group:
+        content &= ~_group_boilerplate(items, config, pair, inverse.reshape(-1), len(uniq))
+    # An n-gram occurrence counts only if most of its words lie outside template spans:
+    # "... as of 2020? Scenario 1 | I asked" is template plus two words, not a leak.
+    occurrence = np.searchsorted(uniq, hashes)
+    start = _word_positions(sh, doc_of, full, config.ngram)
+    covered = _template_words(start[~content[occurrence]], int(sh.lengths.sum()), config.ngram)
+    own = config.ngram - (covered[start + config.ngram] - covered[start])
+    keep = content[occurrence] & (own >= MIN_OWN_WORDS_SHARE * config.ngram)
+    kept_hashes, first_at = np.unique(hashes[keep], return_index=True)
     words = normalised_words(items.column("prompt")).to_pylist()
     word_sets = [frozenset(w) for w in words]
     by_word: dict[str, list[int]] = defaultdict(list)
@@ -90,13 +114,58 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
         prompts.setdefault(" ".join(w), i)
     return SuiteIndex(
         name=name,
-        ngram_hashes=uniq[content],
-        ngram_item=pair[first[content], 1].astype(np.int64),
+        ngram_hashes=kept_hashes,
+        ngram_item=item[keep][first_at].astype(np.int64),
         ids=items.column("id").to_pylist(),
         prompts=prompts,
         word_sets=word_sets,
         by_word=dict(by_word),
     )
+
+
+# A matching n-gram must have at least this share of its words outside template spans.
+MIN_OWN_WORDS_SHARE = 0.5
+
+
+def _word_positions(sh, doc_of: np.ndarray, full: np.ndarray, n: int) -> np.ndarray:
+    """Flat word index (over all documents) where each kept n-gram occurrence starts."""
+    word_start = np.concatenate([[0], np.cumsum(sh.lengths)])[:-1]
+    within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k of its document = word k
+    return (word_start[doc_of] + within)[full]
+
+
+def _template_words(starts: np.ndarray, total_words: int, n: int) -> np.ndarray:
+    """Prefix sums (length total_words + 1) of "this word lies in a boilerplate n-gram"."""
+    diff = np.zeros(total_words + 1, dtype=np.int64)
+    np.add.at(diff, starts, 1)
+    np.add.at(diff, starts + n, -1)
+    inside = np.cumsum(diff)[:total_words] > 0
+    return np.concatenate([[0], np.cumsum(inside)])
+
+
+# A group template is shared by at least this many items of the group: two items sharing a
+# passage (MMLU history questions, BoolQ) is content, not a template.
+GROUP_TEMPLATE_MIN_ITEMS = 3
+
+
+def _group_boilerplate(
+    items: pa.Table, config: DecontaminationSpec, pair: np.ndarray, ngram: np.ndarray, n: int
+) -> np.ndarray:
+    """Per distinct n-gram: True when it is the template of one group of items (more than
+    boilerplate_fraction of the group, and at least GROUP_TEMPLATE_MIN_ITEMS items)."""
+    values = [json.loads(m).get(config.boilerplate_group) for m in items.column("meta").to_pylist()]
+    if all(v is None for v in values):
+        return np.zeros(n, dtype=bool)
+    codes, labels = pd.factorize(np.array([str(v) for v in values], dtype=object))
+    sizes = np.bincount(codes)
+    group = codes[pair[:, 1].astype(np.int64)]
+    cells, cell_counts = np.unique(np.stack([ngram, group], axis=1), axis=0, return_counts=True)
+    template = (cell_counts >= GROUP_TEMPLATE_MIN_ITEMS) & (
+        cell_counts > config.boilerplate_fraction * sizes[cells[:, 1]]
+    )
+    out = np.zeros(n, dtype=bool)
+    out[cells[template, 0]] = True
+    return out
 
 
 def _ngram_hits(table: pa.Table, index: SuiteIndex, n: int) -> dict[int, int]:

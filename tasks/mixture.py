@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,36 +27,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from data_specs.errors import DataError
 from data_specs.record import RECORD_SCHEMA
 from data_specs.schema import MixtureSpec
+from tasks.parquet_io import SLICE_ROWS, taken_slices, write_batches, write_parquet
 
-# Fixed row-group size so identical tables always produce identical bytes.
-ROW_GROUP_ROWS = 10_000
+__all__ = ["build_mixture", "load_mixture", "mixture_id", "write_parquet"]
+
 MANIFEST = "manifest.json"
 VALIDATION = "validation.parquet"
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write deterministically (fixed row groups, zstd, no timestamps) via a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            row_group_size=ROW_GROUP_ROWS,
-            compression="zstd",
-            use_dictionary=True,
-            write_statistics=True,
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -84,28 +63,31 @@ def _rng(seed: int, *salt: str) -> np.random.Generator:
 
 
 def token_counts(table: pa.Table) -> np.ndarray:
-    """Whitespace tokens of prompt + response per row: a tokenizer-free, stable size measure."""
-    if table.num_rows == 0:
-        return np.zeros(0, dtype=np.int64)
-    count = [
-        pc.list_value_length(
-            pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pc.fill_null(table.column(c), "")))
-        )
-        for c in ("prompt", "response")
-    ]
-    return (
-        count[0].to_numpy(zero_copy_only=False) + count[1].to_numpy(zero_copy_only=False)
-    ).astype(np.int64)
+    """Whitespace tokens of prompt + response per row: a tokenizer-free, stable size measure.
+    Counted SLICE_ROWS rows at a time (the split words of a whole big table are GBs)."""
+    out = np.zeros(table.num_rows, dtype=np.int64)
+    for lo in range(0, table.num_rows, SLICE_ROWS):
+        part = table.slice(lo, SLICE_ROWS)
+        for c in ("prompt", "response"):
+            text = pc.utf8_trim_whitespace(pc.fill_null(part.column(c), ""))
+            words = pc.list_value_length(pc.utf8_split_whitespace(text))
+            out[lo : lo + part.num_rows] += words.to_numpy(zero_copy_only=False)
+    return out
 
 
-def split_validation(table: pa.Table, fraction: float, seed: int, source: str):
-    """(train, validation) with round(fraction * n) seeded rows held out, file order kept."""
-    n = table.num_rows
+def validation_mask(n: int, fraction: float, seed: int, source: str) -> np.ndarray:
+    """True for the round(fraction * n) seeded rows of a source held out for validation."""
     n_val = int(round(fraction * n))
     if fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)  # every source gets a validation row, keeps one
     picked = np.zeros(n, dtype=bool)
     picked[_rng(seed, "validation", source).permutation(n)[:n_val]] = True
+    return picked
+
+
+def split_validation(table: pa.Table, fraction: float, seed: int, source: str):
+    """(train, validation) with round(fraction * n) seeded rows held out, file order kept."""
+    picked = validation_mask(table.num_rows, fraction, seed, source)
     return table.filter(pa.array(~picked)), table.filter(pa.array(picked))
 
 
@@ -198,38 +180,45 @@ def build_mixture(
     seed: int,
     out_dir: Path,
 ) -> Mixture:
-    """Mix `sources` (spec order, canonical records) and write shards + manifest to out_dir."""
+    """Mix `sources` (spec order, canonical records) and write shards + manifest to out_dir.
+
+    Everything is decided on row indices into one zero-copy concatenation of the sources;
+    rows are copied only when a shard is written, one slice at a time."""
     mid = mixture_id(input_hashes, config, seed)
-    train_parts, val_parts = {}, []
-    for name, table in sources.items():
-        tr, va = split_validation(
-            table.select(RECORD_SCHEMA.names), config.validation_fraction, seed, name
-        )
-        train_parts[name] = tr
-        val_parts.append(va)
+    names = list(sources)
+    combined = (
+        pa.concat_tables([sources[s].select(RECORD_SCHEMA.names) for s in names])
+        if names
+        else RECORD_SCHEMA.empty_table()
+    )
+    starts = np.cumsum([0] + [sources[s].num_rows for s in names])
+    train_idx, val_idx = {}, []
+    for k, name in enumerate(names):
+        held = validation_mask(sources[name].num_rows, config.validation_fraction, seed, name)
+        train_idx[name] = starts[k] + np.flatnonzero(~held)
+        val_idx.append(starts[k] + np.flatnonzero(held))
     by_tokens = config.size_tokens is not None
-    tokens = {s: token_counts(t) for s, t in train_parts.items()}
-    sizes = {s: t.num_rows for s, t in train_parts.items()}
+    sizes = {s: len(idx) for s, idx in train_idx.items()}
     members, picks = {}, []
     if by_tokens:
+        all_tokens = token_counts(combined)
         shares = requested_shares(sizes, config)
         requested = _apportion(config.size_tokens, shares)
-        for s, t in train_parts.items():
-            idx = _draw_tokens(
-                tokens[s], requested[s], config.allow_upsampling, _rng(seed, "draw", s)
-            )
-            picks.append(t.take(pa.array(idx, type=pa.int64())))
+        for s, rows in train_idx.items():
+            tokens = all_tokens[rows]
+            idx = _draw_tokens(tokens, requested[s], config.allow_upsampling, _rng(seed, "draw", s))
+            picks.append(rows[idx])
             members[s] = {
                 "requested_tokens": requested[s],
-                "achieved_tokens": int(tokens[s][idx].sum()),
+                "achieved_tokens": int(tokens[idx].sum()),
                 "rows": len(idx),
             }
     else:
         shares, requested, _ = plan_counts(sizes, config)
-        for s, t in train_parts.items():
+        for s, rows in train_idx.items():
             want = requested[s] if config.allow_upsampling else min(requested[s], sizes[s])
             idx = _draw(sizes[s], want, _rng(seed, "draw", s)) if sizes[s] else np.zeros(0, int)
-            picks.append(t.take(pa.array(idx, type=pa.int64())))
+            picks.append(rows[idx])
             members[s] = {"requested_rows": requested[s], "rows": len(idx)}
     unit = "achieved_tokens" if by_tokens else "rows"
     total_achieved = sum(m[unit] for m in members.values()) or 1
@@ -241,24 +230,26 @@ def build_mixture(
             achieved_share=round(m[unit] / total_achieved, 6),
             input_hash=input_hashes[s],
         )
-    mixed = pa.concat_tables(picks) if picks else RECORD_SCHEMA.empty_table()
-    mixed = mixed.take(pa.array(_rng(seed, "shuffle").permutation(mixed.num_rows), type=pa.int64()))
+    order = np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+    order = order[_rng(seed, "shuffle").permutation(len(order))]
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     train_dir = tmp / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     shards = []
-    for k, start in enumerate(range(0, max(mixed.num_rows, 1), config.shard_rows)):
+    for k, start in enumerate(range(0, max(len(order), 1), config.shard_rows)):
         shard = f"train-{k:05d}.parquet"
-        write_parquet(mixed.slice(start, config.shard_rows), train_dir / shard)
+        part = order[start : start + config.shard_rows]
+        write_batches(taken_slices(combined, part), train_dir / shard, RECORD_SCHEMA)
         shards.append(shard)
-    validation = pa.concat_tables(val_parts) if val_parts else RECORD_SCHEMA.empty_table()
+    held_out = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
+    validation = combined.take(pa.array(held_out, type=pa.int64()))
     write_parquet(validation, tmp / VALIDATION)
     manifest = {
         "mixture_id": mid,
         "seed": seed,
         "parameters": config.model_dump(mode="json"),
         "unit": "whitespace_tokens" if by_tokens else "examples",
-        "rows": mixed.num_rows,
+        "rows": len(order),
         "validation_rows": validation.num_rows,
         "shards": shards,
         "sources": members,

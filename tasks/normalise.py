@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 ID_SLICE = 100_000  # rows per id batch: bounds the Python objects alive at once
 PROGRESS_EVERY = 500_000  # log a progress line this often on big inputs
+# Raw rows normalised at a time: a multiple of the output row-group size (tasks/parquet_io),
+# so a streamed output has the same row groups as a whole-table write.
+BATCH_ROWS = 200_000
 
 
 def normalise(
@@ -41,28 +45,60 @@ def normalise(
     `task` is the template name. A missing or empty required field, or a label
     that cannot be mapped, raises DataError naming the file, row and field.
     """
+    parts = list(
+        normalise_batches(
+            snapshot, source=source, template=template, category=category, fields=fields
+        )
+    )
+    return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
+
+
+def normalise_batches(
+    snapshot: Snapshot,
+    *,
+    source: str,
+    template: str,
+    category: str,
+    fields: dict[str, str] | None = None,
+) -> Iterator[pa.Table]:
+    """`normalise`, BATCH_ROWS raw rows at a time: peak memory is one batch, not the source.
+
+    Templates work column by column and every error names the file row (``__row__``), so a
+    batch gives the same records and the same messages as the whole table.
+    """
     recipe = get_template(template)
     start = time.perf_counter()
-    raw = pq.read_table(snapshot.path)
-    if raw.num_rows == 0:
+    raw_file = pq.ParquetFile(snapshot.path)
+    total = raw_file.metadata.num_rows
+    if total == 0:
         raise DataError(
             "the source has no rows", where=snapshot.origin, fix="check the file, split or max_rows"
         )
-    rows = Rows(raw, snapshot.origin, fields)
-    rendered = recipe.render(rows)
-    table = build_records(
-        rendered, row_numbers(raw), source=source, task=template, category=category
-    )
+    done = 0
+    for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
+        raw = pa.Table.from_batches([batch])
+        rendered = recipe.render(Rows(raw, snapshot.origin, fields))
+        yield build_records(
+            rendered, row_numbers(raw), source=source, task=template, category=category
+        )
+        done += raw.num_rows
+        if total > BATCH_ROWS:
+            log.info(
+                "normalise %s: %d/%d rows (%.0f rows/s)",
+                source,
+                done,
+                total,
+                done / max(time.perf_counter() - start, 1e-9),
+            )
     seconds = time.perf_counter() - start
     log.info(
         "normalise %s (%s): %d rows in %.2fs (%.0f rows/s)",
         source,
         template,
-        table.num_rows,
+        done,
         seconds,
-        table.num_rows / max(seconds, 1e-9),
+        done / max(seconds, 1e-9),
     )
-    return table
 
 
 def row_numbers(raw: pa.Table) -> pa.Array:

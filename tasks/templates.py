@@ -25,6 +25,9 @@ import pyarrow.compute as pc
 from data_specs.errors import DataError, SpecError
 
 ROW_COLUMN = "__row__"
+# Meta key of the part of an item that tells it apart from items sharing its passage (BoolQ's
+# question, RTE's hypothesis): near-dedup only merges rows whose queries also match.
+QUERY = "query"
 
 
 @dataclass(frozen=True)
@@ -394,10 +397,10 @@ def generic(rows: Rows) -> Rendered:
 @register("superglue_boolq", ("passage", "question", "label"), multiple_choice=True)
 def superglue_boolq(rows: Rows) -> Rendered:
     """lm-eval boolq: "{passage}\\nQuestion: {question}?\\nAnswer:", choices ["no", "yes"]."""
-    prompt = join(rows.text("passage"), "\nQuestion: ", rows.text("question"), "?\nAnswer:")
-    return multiple_choice(
-        prompt, ["no", "yes"], yes_no(rows, "label", ["no", "yes"]), idx_meta(rows)
-    )
+    question = rows.text("question")
+    prompt = join(rows.text("passage"), "\nQuestion: ", question, "?\nAnswer:")
+    meta = {**idx_meta(rows), QUERY: question}
+    return multiple_choice(prompt, ["no", "yes"], yes_no(rows, "label", ["no", "yes"]), meta)
 
 
 @register("superglue_rte", ("premise", "hypothesis", "label"), multiple_choice=True)
@@ -406,9 +409,8 @@ def superglue_rte(rows: Rows) -> Rendered:
 
     Choices ["True", "False"]; label 0 = entailment -> True.
     """
-    prompt = join(
-        rows.text("premise"), "\nQuestion: ", rows.text("hypothesis"), " True or False?\nAnswer:"
-    )
+    hypothesis = rows.text("hypothesis")
+    prompt = join(rows.text("premise"), "\nQuestion: ", hypothesis, " True or False?\nAnswer:")
     label = rows.labels(
         "label",
         {
@@ -422,17 +424,15 @@ def superglue_rte(rows: Rows) -> Rendered:
             "no": 1,
         },
     )
-    return multiple_choice(prompt, ["True", "False"], label, idx_meta(rows))
+    return multiple_choice(prompt, ["True", "False"], label, {**idx_meta(rows), QUERY: hypothesis})
 
 
 @register("superglue_cb", ("premise", "hypothesis", "label"), multiple_choice=True)
 def superglue_cb(rows: Rows) -> Rendered:
     """lm-eval cb: "{premise}\\nQuestion: {hypothesis}. True, False, or Neither?\\nAnswer:"."""
+    hypothesis = rows.text("hypothesis")
     prompt = join(
-        rows.text("premise"),
-        "\nQuestion: ",
-        rows.text("hypothesis"),
-        ". True, False, or Neither?\nAnswer:",
+        rows.text("premise"), "\nQuestion: ", hypothesis, ". True, False, or Neither?\nAnswer:"
     )
     label = rows.labels(
         "label",
@@ -448,7 +448,8 @@ def superglue_cb(rows: Rows) -> Rendered:
             "neither": 2,
         },
     )
-    return multiple_choice(prompt, ["True", "False", "Neither"], label, idx_meta(rows))
+    meta = {**idx_meta(rows), QUERY: hypothesis}
+    return multiple_choice(prompt, ["True", "False", "Neither"], label, meta)
 
 
 @register("superglue_wic", ("sentence1", "sentence2", "label"), multiple_choice=True)
@@ -491,8 +492,8 @@ def superglue_multirc(rows: Rows) -> Rendered:
     Ordered [no, yes] so label 1 (the answer is correct) indexes "yes"
     (lm-eval's yaml lists yes first with target=label, which inverts the gold).
     """
-    answer = rows.text("answer")
-    prompt = join(rows.text("paragraph"), "\nQuestion: ", rows.text("question"), "\nAnswer:")
+    answer, question = rows.text("answer"), rows.text("question")
+    prompt = join(rows.text("paragraph"), "\nQuestion: ", question, "\nAnswer:")
     choices = choices_from(
         join(answer, "\nIs the answer correct? no"), join(answer, "\nIs the answer correct? yes")
     )
@@ -500,7 +501,8 @@ def superglue_multirc(rows: Rows) -> Rendered:
     idx = rows.optional_meta("idx")
     if idx is not None and not pa.types.is_integer(idx.type):
         idx = None  # the hub's idx is a struct of three ints; the row number identifies it anyway
-    return multiple_choice(prompt, choices, label, {"idx": idx} if idx is not None else {})
+    meta = {QUERY: join(question, " ", answer), **({"idx": idx} if idx is not None else {})}
+    return multiple_choice(prompt, choices, label, meta)
 
 
 @register(
@@ -531,6 +533,18 @@ def superglue_copa(rows: Rows) -> Rendered:
 MMLU_LETTERS = ["A", "B", "C", "D"]
 
 
+def unnest(rows: Rows, column: str) -> Rows:
+    """Rows whose columns are the fields of the struct column `column` (plus ``__row__``)."""
+    col = rows.column(column)
+    if not pa.types.is_struct(col.type):
+        raise rows.fail(0, column, f"expected a struct of fields, got {col.type}", "map the fields")
+    names = [col.type.field(i).name for i in range(col.type.num_fields)]
+    table = pa.Table.from_arrays(col.flatten(), names=names)
+    if ROW_COLUMN in rows.table.column_names:
+        table = table.append_column(ROW_COLUMN, rows.table.column(ROW_COLUMN))
+    return Rows(table, rows.origin, rows.fields)
+
+
 @register(
     "mmlu",
     ("question", "answer"),
@@ -542,7 +556,10 @@ def mmlu(rows: Rows) -> Rendered:
 
     Reads the headerless CSV (question, A, B, C, D, answer letter) or the hub
     form (question, choices list, answer index); subject -> meta when present.
+    The hub's ``auxiliary_train`` config nests each row in a struct column ``train``.
     """
+    if not rows.has("question") and rows.has("train"):
+        rows = unnest(rows, "train")
     if rows.has("choices"):
         listed = rows.column("choices")
         lengths = pc.list_value_length(listed)

@@ -874,6 +874,24 @@ def eval_grams(source: str, items: list) -> set:
     return {g for g, js in owners.items() if len(js) <= BOILERPLATE * len(items)}
 
 
+def pipeline_words(text: str) -> list[str]:
+    """Words as tasks/minhash.py normalises them: punctuation is deleted inside a token, so
+    a GSM8K annotation like ``<<27/9=3>>3`` is one word (27933), not four."""
+    return [w for w in (re.sub(r"[^\w\s]|_", "", t) for t in text.lower().split()) if w]
+
+
+def answer_grams(source: str, items: list) -> dict:
+    """13-gram -> eval rows (1-based) for the gold answers, boilerplate removed. The pipeline
+    matches training rows against an eval item's full text (prompt and answer, as GPT-3 /
+    lm-eval do); templated math rationales with the same numbers share answer 13-grams."""
+    owners: dict = defaultdict(set)
+    for j, item in enumerate(items):
+        w = pipeline_words(TEXT[source](item)[len(prompt_only(source, item)) :])
+        for i in range(len(w) - NGRAM + 1):
+            owners[tuple(w[i : i + NGRAM])].add(j + 1)
+    return {g: js for g, js in owners.items() if len(js) <= BOILERPLATE * len(items)}
+
+
 def shares_ngram(text: str, grams: set) -> bool:
     w = words(text)
     return any(tuple(w[i : i + NGRAM]) in grams for i in range(len(w) - NGRAM + 1))
@@ -1085,8 +1103,9 @@ def build() -> tuple[dict[str, list], list[dict]]:
 # ---------------------------------------------------------------- checks
 
 
-def check(files: dict[str, list], planted: list[dict]) -> dict:
-    """Fail if anything overlaps that was not planted; return overlap counts for the record."""
+def check(files: dict[str, list], planted: list[dict]) -> tuple[dict, list[dict]]:
+    """Fail if anything overlaps that was not planted; return overlap counts for the record
+    and the unplanted rows whose text shares a 13-gram with an eval item's gold answer."""
     flagged = {(p["source"], p["row"]) for p in planted}
     train = [
         (name, i + 1, TEXT[name](row))
@@ -1126,7 +1145,31 @@ def check(files: dict[str, list], planted: list[dict]) -> dict:
             if shares_ngram(text, grams):
                 leaks += 1
                 assert (source, row) in flagged, f"unplanted eval overlap: {source} row {row}"
-    return {"max_unplanted_jaccard": round(worst, 3), "rows_with_eval_13gram": leaks}
+    # incidental: training rows (not planted) sharing a 13-gram with an eval answer
+    incidental = []
+    suite_of = {"knowledge": "knowledge_mc", "boolq": "boolq_mc", "math": "math_gen"}
+    for name, eval_file in (("boolq", "boolq_eval"), ("math", "math_eval")):
+        grams = answer_grams(name, files[eval_file])
+        for source, row, text in train:
+            if (source, row) in flagged:
+                continue
+            w = pipeline_words(text)
+            hits = {
+                j for i in range(len(w) - NGRAM + 1) for j in grams.get(tuple(w[i : i + NGRAM]), ())
+            }
+            if hits:
+                of = {"file": eval_file, "rows": sorted(hits)}
+                incidental.append(
+                    {
+                        "kind": "answer_13gram",
+                        "source": source,
+                        "row": row,
+                        "suite": suite_of[name],
+                        "of": of,
+                    }
+                )
+    stats = {"max_unplanted_jaccard": round(worst, 3), "rows_with_eval_13gram": leaks}
+    return stats, incidental
 
 
 # ---------------------------------------------------------------- writing
@@ -1144,7 +1187,7 @@ def dump_csv(rows: list[list]) -> str:
 
 def main() -> None:
     files, planted = build()
-    stats = check(files, planted)
+    stats, incidental = check(files, planted)
     outputs = {
         "instructions.json": json.dumps(files["instructions"], indent=1, ensure_ascii=False) + "\n",
         "boolq_train.jsonl": dump_jsonl(files["boolq"]),
@@ -1163,7 +1206,7 @@ def main() -> None:
         "boolq_eval": "boolq_eval.jsonl",
         "math_eval": "math_eval.jsonl",
     }
-    for p in planted:
+    for p in [*planted, *incidental]:
         p["file"] = file_of[p["source"]]
         p["of"]["file"] = file_of[p["of"]["file"]]
     record = {
@@ -1172,6 +1215,10 @@ def main() -> None:
         "rows": {file_of[k]: len(v) for k, v in files.items()},
         "checks": stats,
         "planted": planted,
+        "incidental_leaks_about": "not planted: training rows whose templated rationale shares "
+        "a 13-gram with an eval item's gold answer (same numbers); decontamination removes them "
+        "too, because it matches the eval item's full text",
+        "incidental_leaks": incidental,
     }
     outputs["PLANTED.json"] = json.dumps(record, indent=1) + "\n"
     for name, text in outputs.items():

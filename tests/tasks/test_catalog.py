@@ -178,3 +178,31 @@ def test_a_catalog_locked_too_long_fails_clearly(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_version_1_catalog_is_migrated_and_a_newer_one_refused(tmp_path):
+    import duckdb
+
+    path = tmp_path / "catalog.duckdb"
+    con = duckdb.connect(str(path))  # the version 1 layout of the two tables involved
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.execute(
+        "CREATE TABLE dedup_drops (output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, "
+        "duplicate_of VARCHAR, duplicate_source VARCHAR, kind VARCHAR, similarity DOUBLE)"
+    )
+    con.close()
+    catalog = Catalog(path)
+    b = CatalogBatch()
+    b.add_drops("dedup_drops", "o1", drops(2).append_column("duplicate_row", pa.array([7, 9])))
+    catalog.commit(b)
+    rows = catalog.query("SELECT duplicate_row FROM dedup_drops ORDER BY duplicate_row")
+    assert [r["duplicate_row"] for r in rows] == [7, 9]
+    versions = catalog.query("SELECT version FROM schema_version ORDER BY version")
+    assert [r["version"] for r in versions] == [1, 2]
+
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO schema_version VALUES (99, now())")
+    con.close()
+    with pytest.raises(PipelineError, match="schema version 99 is newer"):
+        catalog.commit(batch())

@@ -104,10 +104,70 @@ def test_demo_planted_leaks_are_removed(tmp_path):
     training = pa.concat_tables([load(s) for s in spec.sources])
     suites = {s.name: load(s) for s in spec.eval_suites}
     result = decontaminate(training, suites, spec.decontamination)
-    removed = {(d["source"], d["row"]): d["suite"] for d in result.drops.to_pylist()}
-    planted = json.loads((base_dir / "demo/PLANTED.json").read_text())["planted"]
-    leaks = [p for p in planted if p["kind"].startswith("leak")]
-    assert leaks
+    eval_row = {
+        i: json.loads(m)["row"]
+        for t in suites.values()
+        for i, m in zip(t.column("id").to_pylist(), t.column("meta").to_pylist(), strict=True)
+    }
+    removed = {
+        (d["source"], d["row"]): (d["suite"], eval_row[d["eval_id"]])
+        for d in result.drops.to_pylist()
+    }
+    record = json.loads((base_dir / "demo/PLANTED.json").read_text())
+    leaks = [p for p in record["planted"] if p["kind"].startswith("leak")]
+    incidental = record["incidental_leaks"]  # templated rationales sharing an eval answer 13-gram
+    assert leaks and incidental
     for p in leaks:
-        assert removed.get((p["source"], p["row"])) == p["suite"], p
+        assert removed.get((p["source"], p["row"])) == (p["suite"], p["of"]["row"]), p
+    for p in incidental:
+        suite, row = removed.get((p["source"], p["row"]), (None, None))
+        assert suite == p["suite"] and row in p["of"]["rows"], p
+    assert len(removed) == len(leaks) + len(incidental)  # and nothing else
     assert result.kept.num_rows + result.drops.num_rows == training.num_rows
+
+
+MORAL = (
+    "For which of these two scenarios does the main character who uses I me my do something "
+    "clearly morally wrong according to ordinary moral standards in the US as of 2020? Scenario 1 |"
+)
+
+
+def test_template_spans_do_not_count_but_a_copied_scenario_does():
+    scenarios = [
+        f"I asked my neighbour number {i} to water the plants in garden {i} while I was away"
+        for i in range(20)
+    ]
+    suite = records_to_table([item(f"{MORAL} {s}.") for s in scenarios])
+    template_plus_two = train(f"{MORAL} I asked for a raise and got one from my boss today.", row=1)
+    copied = train(f"{MORAL} {scenarios[4]} last summer.", row=2)
+    result = decontaminate(
+        records_to_table([template_plus_two, copied]), {"mmlu": suite}, DecontaminationSpec()
+    )
+    assert [d["row"] for d in result.drops.to_pylist()] == [2]
+    assert result.drops.column("eval_id").to_pylist() == [suite.column("id")[4].as_py()]
+
+
+def test_group_templates_are_boilerplate_within_their_subject():
+    def mc(prompt: str, subject: str) -> dict:
+        return make_record(
+            source="suite",
+            task="t",
+            category="knowledge",
+            prompt=prompt,
+            response=" A",
+            choices=["A", "B"],
+            label=0,
+            meta={"subject": subject},
+        )
+
+    stem = "Construct a complete truth table for the following pairs of propositions and decide"
+    logic = [mc(f"{stem} whether p{i} and q{i} are equivalent.", "logic") for i in range(4)]
+    other = [
+        mc(f"Unrelated question number {i} about geography and rivers of the world", "geo")
+        for i in range(60)
+    ]
+    suite = records_to_table(logic + other)  # the stem: 4 of 64 items suite-wide, 4 of 4 in logic
+    row = records_to_table([train(f"{stem} whether r and s are equivalent.", row=1)])
+    grouped = decontaminate(row, {"mmlu": suite}, DecontaminationSpec())
+    suite_wide = decontaminate(row, {"mmlu": suite}, DecontaminationSpec(boilerplate_group=None))
+    assert grouped.drops.num_rows == 0 and suite_wide.drops.num_rows == 1

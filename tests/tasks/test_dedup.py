@@ -198,3 +198,29 @@ def test_demo_planted_duplicates_found_with_the_right_copy_kept(demo_tables):
         if p["kind"] == "near_cross":  # instructions has priority 1: the math copy goes
             assert (SOURCE_FILES[p["of"]["file"]], p["of"]["row"]) in dropped, p
     assert len(dropped) == len(dups)  # and nothing that was not planted
+
+
+def test_items_sharing_a_passage_are_near_duplicates_only_if_they_ask_the_same():
+    passage = text(21, 120)
+
+    def boolq(question: str, passage_text: str = passage, row: int = 0) -> dict:
+        return make_record(
+            source="boolq",
+            task="superglue_boolq",
+            category="nlu",
+            prompt=f"{passage_text}\nQuestion: {question}?\nAnswer:",
+            response=" yes",
+            choices=["no", "yes"],
+            label=1,
+            meta={"row": row, "query": question},
+        )
+
+    rows = [
+        boolq("is the river longer than the canal", row=1),
+        boolq("was the bridge built before the war", row=2),  # same passage, other question
+        boolq("is the river longer than the canal", edit(passage, [60]), row=3),  # near copy
+    ]
+    result = dedup(records_to_table(rows), DedupSpec())
+    assert [(d["row"], d["duplicate_row"], d["kind"]) for d in result.drops.to_pylist()] == [
+        (3, 1, "near")
+    ]

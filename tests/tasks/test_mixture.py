@@ -48,21 +48,21 @@ def counts(mixture) -> dict[str, int]:
     return {s: values.count(s) for s in SIZES}
 
 
-@pytest.mark.parametrize(
-    "config,expected",
-    [
-        ({"strategy": "proportional"}, {"a": 0.1, "b": 0.3, "c": 0.6}),
-        (
-            {"strategy": "weights", "weights": {"a": 1, "b": 1, "c": 2}},
-            {"a": 0.25, "b": 0.25, "c": 0.5},
-        ),
-        ({"strategy": "capped", "cap": 20_000}, {"a": 0.2, "b": 0.4, "c": 0.4}),
-        (
-            {"strategy": "temperature", "temperature": 2.0},
-            {k: v**0.5 / sum(x**0.5 for x in SIZES.values()) for k, v in SIZES.items()},
-        ),
-    ],
-)
+STRATEGIES = [
+    ({"strategy": "proportional"}, {"a": 0.1, "b": 0.3, "c": 0.6}),
+    (
+        {"strategy": "weights", "weights": {"a": 1, "b": 1, "c": 2}},
+        {"a": 0.25, "b": 0.25, "c": 0.5},
+    ),
+    ({"strategy": "capped", "cap": 20_000}, {"a": 0.2, "b": 0.4, "c": 0.4}),
+    (
+        {"strategy": "temperature", "temperature": 2.0},
+        {k: v**0.5 / sum(x**0.5 for x in SIZES.values()) for k, v in SIZES.items()},
+    ),
+]
+
+
+@pytest.mark.parametrize("config,expected", STRATEGIES)
 def test_achieved_shares_match_requested_on_large_draws(tmp_path, config, expected):
     mixture = mix(tmp_path, size=40_000, **config)
     got = counts(mixture)
@@ -72,6 +72,18 @@ def test_achieved_shares_match_requested_on_large_draws(tmp_path, config, expect
         member = mixture.manifest["sources"][name]
         assert abs(member["requested_share"] - share) < 1e-6
         assert abs(member["achieved_share"] - share) < 0.01
+
+
+@pytest.mark.parametrize("config,expected", STRATEGIES)
+def test_token_sized_shares_match_requested_on_large_draws(tmp_path, config, expected):
+    mixture = mix(tmp_path, size_tokens=160_000, **config)  # ~40k rows of 4 tokens
+    members = mixture.manifest["sources"]
+    assert mixture.manifest["unit"] == "whitespace_tokens"
+    achieved = {s: m["achieved_tokens"] for s, m in members.items()}
+    assert abs(sum(achieved.values()) - 160_000) <= 3 * 4  # each source overshoots < 1 row
+    for name, share in expected.items():
+        assert abs(achieved[name] / 160_000 - share) < 0.01
+        assert abs(members[name]["achieved_share"] - members[name]["requested_share"]) < 0.01
 
 
 def test_without_upsampling_a_small_source_is_limited_and_reported(tmp_path):

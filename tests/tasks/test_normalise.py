@@ -136,7 +136,7 @@ def test_superglue_boolq_label_spellings(tmp_path, workspace):
     )
     check_mc(out[0], "The sky is blue.\nQuestion: is the sky blue?\nAnswer:", ["no", "yes"], 1)
     assert [r["label"] for r in out] == [1, 0, 1, 0, 1, 0, 1, 0]
-    assert json.loads(out[3]["meta"]) == {"idx": 3, "row": 4}
+    assert json.loads(out[3]["meta"]) == {"idx": 3, "query": "is the sky blue", "row": 4}
 
 
 def test_superglue_rte_and_cb(tmp_path, workspace):
@@ -276,6 +276,23 @@ def test_mmlu_csv_and_hub_forms(tmp_path, workspace):
     )
     check_mc(hub[0], out[0]["prompt"], ["A", "B", "C", "D"], 1)
     assert json.loads(hub[0]["meta"]) == {"row": 1, "subject": "math"}
+    # cais/mmlu auxiliary_train: every row nested in a struct column "train"
+    nested = records(
+        tmp_path,
+        workspace,
+        [
+            {
+                "train": {
+                    "question": "What is 2+2?",
+                    "subject": "",
+                    "choices": ["3", "4", "5", "6"],
+                    "answer": 1,
+                }
+            }
+        ],
+        "mmlu",
+    )
+    check_mc(nested[0], out[0]["prompt"], ["A", "B", "C", "D"], 1)
 
 
 def test_arc_hub_and_ai2_forms(tmp_path, workspace):

@@ -1,0 +1,230 @@
+"""The data stages on real public data (../shared/data/real), and what they dropped, shown so
+a person can check every decision.
+
+    .venv/bin/python benchmarks/real_data_report.py                     # default data folder
+    .venv/bin/python benchmarks/real_data_report.py --data DIR --examples 5
+
+A spec is written to a temp folder. The data files are read where they are, except MMLU: a
+source is one file, so each split's 57 subject CSVs are joined there into one JSONL in the
+hub's form, which keeps each item's subject:
+
+    training   alpaca_en_demo (999, priority 1) · alpaca_200 (first 200 of the original Alpaca)
+               rte_train (2,490) · boolq (BoolQ val, 3,270: the only BoolQ split here)
+               mmlu_dev (285, 5 per subject)
+    evaluation rte_val (277) · mmlu_val (1,531) · gsm8k_test (1,319, generation)
+
+It runs the data flow (Prefect, threads), then prints the per-source table, drop counts per
+source pair and per suite, and for each kind of drop a few examples: the dropped row next to
+the row it duplicates (or the eval item it leaks), with the similarity. The last line is a JSON
+summary. Nothing is written outside the temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "real"
+WIDTH = 100
+
+
+def mmlu_jsonl(folder: Path, out: Path) -> int:
+    """The 57 headerless per-subject CSVs as one JSONL in the hub's form (question, choices,
+    answer, subject), so each item keeps its subject (decontamination groups by it)."""
+    rows = 0
+    with out.open("w", encoding="utf-8") as fh:
+        for path in sorted(folder.glob("*.csv")):
+            subject = path.stem.rsplit("_", 1)[0]
+            with path.open(encoding="utf-8", newline="") as src:
+                for question, a, b, c, d, answer in csv.reader(src):
+                    item = {
+                        "question": question,
+                        "choices": [a, b, c, d],
+                        "answer": answer,
+                        "subject": subject,
+                    }
+                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+                    rows += 1
+    return rows
+
+
+def write_spec(data: Path, work: Path) -> Path:
+    mmlu_jsonl(data / "mmlu/dev", work / "mmlu_dev.jsonl")
+    mmlu_jsonl(data / "mmlu/val", work / "mmlu_val.jsonl")
+    spec = {
+        "name": "real-data-report",
+        "sources": [
+            {
+                "name": "alpaca_en_demo",
+                "path": str(data / "alpaca_en_demo/alpaca_en_demo.json"),
+                "template": "alpaca",
+                "category": "instruction",
+                "priority": 1,
+            },
+            {
+                "name": "alpaca_200",
+                "path": str(data / "alpaca_original_first200/alpaca_200.json"),
+                "template": "alpaca",
+                "category": "instruction",
+            },
+            {
+                "name": "rte_train",
+                "path": str(data / "superglue_rte/train.jsonl"),
+                "template": "superglue_rte",
+                "category": "nlu",
+            },
+            {
+                "name": "boolq",
+                "path": str(data / "superglue_boolq/val.jsonl"),
+                "template": "superglue_boolq",
+                "category": "nlu",
+            },
+            {
+                "name": "mmlu_dev",
+                "path": "mmlu_dev.jsonl",
+                "template": "mmlu",
+                "category": "knowledge",
+            },
+        ],
+        "eval_suites": [
+            {
+                "name": "rte_val",
+                "path": str(data / "superglue_rte/val.jsonl"),
+                "template": "superglue_rte",
+                "category": "nlu",
+            },
+            {
+                "name": "mmlu_val",
+                "path": "mmlu_val.jsonl",
+                "template": "mmlu",
+                "category": "knowledge",
+            },
+            {
+                "name": "gsm8k_test",
+                "path": str(data / "gsm8k/test.jsonl"),
+                "template": "gsm8k",
+                "kind": "generation",
+                "category": "math",
+            },
+        ],
+        "mixture": {"strategy": "proportional", "validation_fraction": 0.05},
+        "base_model": {"tiny": {}},
+        "arms": [{"name": "lora", "kind": "lora"}],
+    }
+    path = work / "spec.yaml"
+    path.write_text(json.dumps(spec, indent=1))  # JSON is YAML
+    return path
+
+
+def records_by_id(workspace: Path) -> dict[str, dict]:
+    """Every normalised record of this run (training rows and eval items) by id."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for path in sorted((workspace / "data" / "normalise").glob("*/records.parquet")):
+        for r in pq.read_table(path).to_pylist():
+            out[r["id"]] = r
+    return out
+
+
+def show(record: dict, label: str, row: int | None) -> str:
+    """One record as a labelled, wrapped block (prompt ||| response)."""
+    subject = json.loads(record["meta"]).get("subject")
+    where = f"{record['source']} row {row}" + (f" [{subject}]" if subject else "")
+    text = " ".join((record["prompt"].strip() + " ||| " + record["response"].strip()).split())
+    body = textwrap.shorten(text, 420, placeholder=" ...")
+    return f"{label}: {where}\n" + textwrap.indent(textwrap.fill(body, WIDTH - 6), "      ")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--examples", type=int, default=4, help="examples per kind of drop")
+    args = parser.parse_args()
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }.items():
+        os.environ.setdefault(key, value)
+    work = Path(tempfile.mkdtemp(prefix="mlora-real-"))
+    from tasks.workspace import Workspace
+
+    ws = Workspace.resolve(work / "workspace").activate()  # before Prefect is imported
+    spec_path = write_spec(Path(args.data), work)
+
+    from flows.data import data_flow, format_source_table
+    from tasks.catalog import Catalog
+
+    outputs = data_flow(str(spec_path), str(ws.root))
+    records = records_by_id(ws.root)
+    catalog = Catalog(ws.catalog_path)
+    dedup_drops = catalog.query("SELECT * FROM dedup_drops ORDER BY source, row")
+    decon_drops = catalog.query("SELECT * FROM decontamination_drops ORDER BY source, row")
+
+    print("=" * WIDTH)
+    print(format_source_table(outputs))
+    print("=" * WIDTH)
+    pairs = Counter((d["source"], d["duplicate_source"], d["kind"]) for d in dedup_drops)
+    print("dedup drops per (dropped from, copy kept in, kind):")
+    for (a, b, kind), n in sorted(pairs.items()):
+        print(f"  {a:>15} -> {b:<15} {kind:<6} {n}")
+    suites = Counter((d["source"], d["suite"], d["kind"]) for d in decon_drops)
+    print("decontamination drops per (source, suite, kind):")
+    for (a, b, kind), n in sorted(suites.items()):
+        print(f"  {a:>15} ~ {b:<15} {kind:<6} {n}")
+
+    def group(d: dict, across_key: str) -> str:
+        where = "within" if d["source"] == d[across_key] else "across"
+        return f"{d['kind']} duplicate, {where} sources"
+
+    by_kind: dict[str, list] = {}
+    for d in dedup_drops:
+        by_kind.setdefault(group(d, "duplicate_source"), []).append(
+            (d, records[d["duplicate_of"]], "KEPT", d["duplicate_row"])
+        )
+    for d in decon_drops:
+        item = records[d["eval_id"]]
+        queries = [json.loads(r["meta"]).get("query") for r in (records[d["id"]], item)]
+        share = ""
+        if None not in queries:  # passage tasks: is it the same question, or only the passage?
+            same = " ".join(queries[0].lower().split()) == " ".join(queries[1].lower().split())
+            share = ", same question" if same else ", shared passage only"
+        by_kind.setdefault(f"contamination ({d['kind']}{share}) vs {d['suite']}", []).append(
+            (d, item, "EVAL", json.loads(item["meta"]).get("row"))
+        )
+    for kind, items in sorted(by_kind.items()):
+        print("=" * WIDTH)
+        print(f"{kind}: {len(items)} rows; {min(args.examples, len(items))} shown")
+        step = max(1, len(items) // max(args.examples, 1))  # spread over the sources
+        for d, other, label, other_row in items[::step][: args.examples]:
+            print("-" * WIDTH)
+            print(f"similarity {d['similarity']:.3f}")
+            print(show(records[d["id"]], "DROPPED", d["row"]))
+            print(show(other, label, other_row))
+    summary = {
+        "mixture_id": outputs.mixture_id,
+        "rows_in": sum(r["rows_in"] for r in outputs.source_table),
+        "exact_drops": sum(r["exact_drops"] for r in outputs.source_table),
+        "near_drops": sum(r["near_drops"] for r in outputs.source_table),
+        "contamination_drops": sum(r["contamination_drops"] for r in outputs.source_table),
+        "rows_in_mixture": sum(r["rows_in_mixture"] for r in outputs.source_table),
+        "drops_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},
+        "workspace": str(ws.root),
+    }
+    print("=" * WIDTH)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

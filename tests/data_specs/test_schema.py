@@ -1,0 +1,192 @@
+"""The spec schema: strict keys and types with YAML paths, combinations, secrets, stable hash."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_specs.errors import SpecError
+from data_specs.schema import load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data_specs" / "demo.yaml"
+PAPER = REPO / "data_specs" / "paper_mixture.yaml"
+FILE = Path("spec.yaml")
+
+
+@pytest.fixture
+def demo() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, FILE)
+    return str(err.value)
+
+
+def edited(data: dict, path: str, value) -> dict:
+    """A copy of `data` with the dotted `path` (list indices as numbers) set to `value`."""
+    data = copy.deepcopy(data)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = data
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path,where",
+    [
+        ("seeed", "seeed"),  # top level
+        ("sources.1.tempalte", "sources[1].tempalte"),  # in a list item
+        ("dedup.near.treshold", "dedup.near.treshold"),  # two sections down
+        ("arms.1.rnak", "arms[1].rnak"),
+        ("base_model.tiny.hiden_size", "base_model.tiny.hiden_size"),
+    ],
+)
+def test_unknown_keys_fail_with_their_yaml_path(demo, path, where):
+    message = error_of(edited(demo, path, 1))
+    assert f"{where}: unknown key" in message and str(FILE) in message
+    assert "did you mean" in message
+
+
+def test_unknown_key_inside_a_hub_location_names_the_yaml_path(demo):
+    data = copy.deepcopy(demo)
+    data["sources"][0] = {"name": "x", "template": "alpaca", "hf": {"id": "a/b", "splt": "train"}}
+    assert "sources[0].hf.splt: unknown key; did you mean 'split'?" in error_of(data)
+
+
+@pytest.mark.parametrize(
+    "path,value,fragment",
+    [
+        ("dedup.near.num_perm", "128", "dedup.near.num_perm: Input should be a valid integer"),
+        ("dedup.exact", "yes", "dedup.exact: Input should be a valid boolean"),
+        ("seed", 1.5, "seed: Input should be a valid integer"),
+        ("sources.2.priority", "high", "sources[2].priority"),
+        ("mixture.strategy", "uniform", "mixture.strategy: Input should be 'proportional'"),
+        ("dedup.near.threshold", 1.5, "dedup.near.threshold: Input should be less than or equal"),
+        ("sources", {"name": "x"}, "sources: Input should be a valid list"),
+        ("dedup.key", ["prompt", "label"], "dedup.key[1]"),
+        ("training.max_steps", 0, "training.max_steps: Input should be greater than 0"),
+    ],
+)
+def test_wrong_types_and_values_fail_with_path_and_value(demo, path, value, fragment):
+    message = error_of(edited(demo, path, value))
+    assert fragment in message
+    shown = value[-1] if isinstance(value, list) else value
+    if not isinstance(shown, dict):
+        assert f"(got {shown!r}" in message  # the bad value is shown
+
+
+@pytest.mark.parametrize(
+    "path,value,fragment",
+    [
+        ("sources.0.hf", {"id": "tatsu-lab/alpaca"}, "give exactly one of path, hf or url"),
+        ("sources.0.path", None, "give exactly one of path, hf or url (got none)"),
+        (
+            "sources.0",
+            {"name": "x", "template": "alpaca", "url": "ftp://x/y.json"},
+            "sources[0]: url must start with http",
+        ),
+        ("mixture", {"strategy": "weights"}, "mixture: strategy 'weights' needs a weights"),
+        ("mixture", {"strategy": "capped"}, "strategy 'capped' needs cap"),
+        ("mixture", {"size": 10, "size_tokens": 10}, "give size or size_tokens, not both"),
+        (
+            "mixture",
+            {"strategy": "weights", "weights": {"nope": 1.0}},
+            "mixture.weights names unknown sources ['nope']",
+        ),
+        ("sources.1.name", "instructions", "sources: names must be unique"),
+        (
+            "base_model.name_or_path",
+            "Qwen/Qwen2.5-0.5B",
+            "give exactly one of name_or_path or tiny",
+        ),
+        ("base_model.tiny.num_heads", 3, "hidden_size 128 must be divisible by num_heads 3"),
+    ],
+)
+def test_invalid_combinations_are_explained(demo, path, value, fragment):
+    assert fragment in error_of(edited(demo, path, value))
+
+
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("sources.0.hf_token", "hf_abc"),
+        ("base_model.api_key", "sk-123"),
+        ("registry.password", "x"),
+        ("sources.0.url", "https://user:pw@example.com/data.jsonl"),
+        ("sources.0.url", "https://example.com/data.jsonl?token=abc"),
+    ],
+)
+def test_specs_cannot_hold_secrets(demo, path, value):
+    data = edited(demo, path, value)
+    if path.endswith("url"):
+        data["sources"][0].pop("path")
+    message = error_of(data)
+    assert "credential" in message and "environment" in message
+    assert value.split("@")[0].split("=")[-1] not in message.replace("https://user", "")
+
+
+def test_demo_and_paper_mixture_load_without_network():
+    demo, _ = load_spec(DEMO)
+    paper, base = load_spec(PAPER)
+    assert base == PAPER.parent and demo.name == "demo"
+    categories = {s.category for s in paper.sources}
+    assert categories == {"instruction", "nlu", "knowledge", "math"}
+    hub_ids = {s.hf.id for s in paper.sources}
+    assert {"tatsu-lab/alpaca", "databricks/databricks-dolly-15k", "aps/super_glue"} <= hub_ids
+    assert {"cais/mmlu", "allenai/ai2_arc", "openai/gsm8k"} <= hub_ids
+    assert {s.hf.config for s in paper.sources if s.hf.id == "aps/super_glue"} == {
+        "boolq",
+        "rte",
+        "wic",
+        "multirc",
+    }
+    assert all(s.hf.revision for s in [*paper.sources, *paper.eval_suites])
+    assert {s.hf.split for s in paper.eval_suites} <= {"validation", "test"}
+    assert paper.base_model.name_or_path and paper.base_model.tiny is None
+    from tasks.templates import TEMPLATES
+
+    assert {s.template for s in [*paper.sources, *paper.eval_suites]} <= set(TEMPLATES)
+
+
+def reordered(node):
+    """The same content with every mapping's keys in reverse order."""
+    if isinstance(node, dict):
+        return {k: reordered(node[k]) for k in reversed(list(node))}
+    if isinstance(node, list):
+        return [reordered(v) for v in node]
+    return node
+
+
+def test_spec_hash_is_stable_and_ignores_key_order_and_spelled_out_defaults(demo, tmp_path):
+    first = parse_spec(demo, FILE).spec_hash
+    assert parse_spec(copy.deepcopy(demo), FILE).spec_hash == first
+    assert parse_spec(reordered(demo), FILE).spec_hash == first
+    assert parse_spec(edited(demo, "dedup.near.shingle", 5), FILE).spec_hash == first  # default
+    assert parse_spec(edited(demo, "seed", 1), FILE).spec_hash != first
+    assert parse_spec(edited(demo, "decontamination.ngram", 12), FILE).spec_hash != first
+    # `5e-3` (which plain YAML 1.1 reads as text) is the number 0.005
+    found = re.search(r"learning_rate: (\d+)\.0e-(\d+)", DEMO.read_text())
+    assert found, "the demo spec writes its learning rate as N.0e-M"
+    text = DEMO.read_text().replace(found[0], f"learning_rate: {found[1]}e-{found[2]}")
+    (tmp_path / "demo.yaml").write_text(text)
+    assert load_spec(tmp_path / "demo.yaml")[0].spec_hash == first
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
