@@ -97,8 +97,9 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
     for child in children:
         history = client.get_metric_history(child.info.run_id, "train_loss")
         assert len(history) == 3  # logging_steps 2 of 6 steps
-        losses = [m.value for m in sorted(history, key=lambda m: m.step)]
-        assert losses[-1] < losses[0], f"{child.data.tags['mlora.arm']}: loss did not go down"
+        # Training helped: held-out loss below the untrained base model's, for both arms.
+        base_val_loss = parent.data.metrics["base_val_loss"]
+        assert child.data.metrics["val_loss"] < base_val_loss, child.data.tags["mlora.arm"]
     name = first["registered_model"]
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) == 2  # the second run registered nothing new
