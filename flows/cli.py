@@ -5,6 +5,7 @@
     mlora ui                  the MLflow UI for the workspace, on 127.0.0.1
     mlora promote NAME VER    point the `champion` alias at a version
     mlora rollback NAME       give `champion` back to the previous holder
+    mlora serve SPEC --cron   the pipeline as a Prefect deployment on a schedule
 
 The workspace is activated before Prefect is imported, because Prefect reads
 PREFECT_HOME once, at import time.
@@ -43,6 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("version")
     rollback = sub.add_parser("rollback", help="restore the previous champion of NAME")
     rollback.add_argument("name")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the pipeline on SPEC as a Prefect deployment with a cron schedule",
+        description="Blocks and executes the deployment's runs until stopped (SIGTERM or "
+        "Ctrl-C). Schedules fire only against a Prefect server (export PREFECT_API_URL); "
+        "without one, trigger runs with `prefect deployment run mlora-pipeline/NAME`.",
+    )
+    serve.add_argument("spec")
+    serve.add_argument(
+        "--cron",
+        default="0 3 * * *",
+        help='cron schedule, five fields (default "0 3 * * *": 03:00 daily)',
+    )
+    serve.add_argument("--name", help="deployment name (default: the spec name)")
+    serve.add_argument("--timezone", help="IANA timezone of the schedule (default UTC)")
     return parser
 
 
@@ -120,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
 
             previous = promote(_tracker(ws, args.name), args.name, args.version)
             print(f"{args.name}: champion is now v{args.version} (was v{previous})")
+        elif args.command == "serve":
+            from flows.deploy import serve_pipeline
+
+            serve_pipeline(
+                args.spec, str(ws.root), cron=args.cron, name=args.name, timezone=args.timezone
+            )
         elif args.command == "rollback":
             from tasks.promote import rollback
 

@@ -22,11 +22,17 @@ from prefect.cache_policies import NO_CACHE
 
 from data_specs.schema import ArmSpec, PipelineSpec, load_spec
 from flows.data import DataOutputs, run_data_stages
-from tasks.analyse import analyse_deltas, plot_effective_rank, plot_spectra, summarise_flatness
+from tasks.analyse import (
+    aggregate_analysis,
+    analyse_deltas,
+    plot_effective_rank,
+    plot_spectra,
+    summarise_flatness,
+)
 from tasks.arm_models import arm_deltas, load_for_inference
 from tasks.base_model import prepare_base_model
 from tasks.catalog import Catalog
-from tasks.evaluate import SuiteData, evaluate_model
+from tasks.evaluate import SuiteData, compare_arms, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
 from tasks.registry import CHALLENGER, attach_run_artifacts, register_adapter, set_alias
@@ -180,6 +186,10 @@ def analyse_task(
         plot_spectra(frames, Path(tmp) / "spectra.png")
         plot_effective_rank(frames, Path(tmp) / "effective_rank.png")
         tracker.log_artifact(parent_id, tmp, "plots")
+    for by in ("layer_type", "depth"):
+        grouped = pd.concat([aggregate_analysis(f, by).assign(arm=name)
+                             for name, f in frames.items()], ignore_index=True)
+        tracker.log_table(parent_id, grouped, f"analysis/by_{by}.json")
     table = pd.concat([f.assign(arm=name) for name, f in frames.items()], ignore_index=True)
     tracker.log_table(
         parent_id,
@@ -321,6 +331,8 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         {"model": a.arm, "version": a.version, **a.metrics} for a in arms
     ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
+    comparison = compare_arms({"base": _headline(base_metrics, spec), **{a.arm: a.metrics for a in arms}})
+    tracker.log_table(parent_id, comparison, "eval/comparison.json")
 
     for a in arms:  # the analysis compares the arms, so it joins each version only now
         attach_run_artifacts(tracker, spec.registered_model_name, a.version, parent_id)

@@ -1,27 +1,36 @@
 """The promote stage: a champion/challenger gate over registered versions.
 
 The challenger replaces the champion only if it beats it on the primary
-metric by at least `min_improvement` and no category score drops by more than
-`regression_tolerance`. With no champion yet, the challenger is promoted.
-The decision and its reasons become tags on the version and the parent run.
-Manual promotion and rollback go through the same alias bookkeeping: the
-champion's previous holder is remembered in a model tag, so rollback is one
-call.
+metric by at least `min_improvement` (strictly, when that is 0) and no
+category score (`category_*` metrics) drops by more than
+`regression_tolerance`. With no champion yet, the first eligible challenger
+(one that has a finite primary metric) is promoted.
+
+The decision and its reasons become tags on the version (`run_gate`) and on
+the pipeline's parent run (`record_decision`), and the pipeline publishes
+`GateDecision.markdown()` as a Prefect artifact. Manual promotion and
+rollback go through the same alias bookkeeping: the previous holder of
+`champion` is remembered in a registered-model tag, so rollback is one call.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from data_specs.errors import RegistryError
 from tasks.registry import CHAMPION, get_version, set_alias, version_by_alias
 from tasks.tracking import Tracker
 
 CATEGORY_PREFIX = "category_"
 PREVIOUS_TAG = "mlora.previous_champion"
+PROMOTED, KEPT = "promoted", "kept_champion"
 
 
 @dataclass
 class GateDecision:
+    """What the gate decided about one challenger, and why."""
+
     promote: bool
     challenger: str
     champion: str | None
@@ -31,23 +40,35 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
 
     def as_tags(self) -> dict[str, str]:
+        """The decision as MLflow tags (the same on the version and on the parent run)."""
         return {
-            "promotion.decision": "promoted" if self.promote else "kept_champion",
+            "promotion.decision": PROMOTED if self.promote else KEPT,
             "promotion.reasons": "; ".join(self.reasons),
+            "promotion.challenger": self.challenger,
             "promotion.compared_with": self.champion or "none",
         }
 
     def markdown(self) -> str:
+        """A short report for the Prefect UI (a markdown artifact)."""
         verdict = "**promoted** to champion" if self.promote else "**not promoted**"
-        lines = [f"### Promotion gate: version {self.challenger} {verdict}", "",
-                 f"- primary metric `{self.primary_metric}`: challenger "
-                 f"{_fmt(self.challenger_score)}, champion {_fmt(self.champion_score)}"]
-        lines += [f"- {r}" for r in self.reasons]
+        lines = [
+            f"### Promotion gate: version {self.challenger} {verdict}",
+            "",
+            f"- primary metric `{self.primary_metric}`: challenger "
+            f"{_fmt(self.challenger_score)}, champion "
+            f"{'none' if self.champion is None else 'v' + self.champion} "
+            f"{_fmt(self.champion_score)}",
+        ]
+        lines += [f"- {reason}" for reason in self.reasons]
         return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def decide(
@@ -60,70 +81,102 @@ def decide(
     min_improvement: float,
     regression_tolerance: float,
 ) -> GateDecision:
-    """Pure gate logic: metrics in, decision and reasons out."""
+    """Pure gate logic: metrics in, decision and reasons out (higher is better everywhere)."""
     score = challenger_metrics.get(primary_metric)
-    if score is None:
-        return GateDecision(False, challenger, champion, primary_metric, None, None,
-                            [f"challenger has no metric {primary_metric!r}"])
+    decision = GateDecision(False, challenger, champion, primary_metric, score, None)
+    if not _finite(score):
+        decision.reasons.append(
+            f"not eligible: challenger has no finite {primary_metric!r} (got {score!r})"
+        )
+        return decision
     if champion is None or champion_metrics is None:
-        return GateDecision(True, challenger, None, primary_metric, score, None,
-                            ["no champion yet: the first eligible version becomes champion"])
-    best = champion_metrics.get(primary_metric)
-    decision = GateDecision(False, challenger, champion, primary_metric, score, best)
+        decision.promote = True
+        decision.reasons.append("no champion yet: the first eligible version becomes champion")
+        return decision
+    best = decision.champion_score = champion_metrics.get(primary_metric)
     if challenger == champion:
         decision.reasons.append("challenger is already the champion")
         return decision
-    if best is None:
+    if not _finite(best):
         decision.promote = True
-        decision.reasons.append(f"champion has no metric {primary_metric!r}")
-        return decision
-    gain = score - best
-    if gain < min_improvement or gain <= 0 and min_improvement == 0:
         decision.reasons.append(
-            f"{primary_metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f} "
-            f"is below the required {min_improvement:+.4f} (must be strictly better)"
-            if min_improvement == 0 else
-            f"{primary_metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f} "
-            f"is below the required {min_improvement:+.4f}"
+            f"champion has no finite {primary_metric!r}: challenger replaces it"
         )
-    regressions = [
-        f"{key} dropped {champion_metrics[key]:.4f} -> {value:.4f} "
-        f"(more than the tolerance {regression_tolerance})"
-        for key, value in sorted(challenger_metrics.items())
-        if key.startswith(CATEGORY_PREFIX) and key in champion_metrics
-        and champion_metrics[key] - value > regression_tolerance
-    ]
-    decision.reasons += regressions
+        return decision
+
+    gain = score - best
+    # min_improvement 0 still asks for a strict gain: a tie keeps the champion (no churn).
+    improved = gain > 0 if min_improvement == 0 else gain >= min_improvement
+    if not improved:
+        need = "a gain > 0" if min_improvement == 0 else f"a gain >= {min_improvement:.4f}"
+        decision.reasons.append(
+            f"{primary_metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f}, needs {need}"
+        )
+    for key in sorted(challenger_metrics):
+        if not key.startswith(CATEGORY_PREFIX) or not _finite(champion_metrics.get(key)):
+            continue
+        drop = champion_metrics[key] - challenger_metrics[key]
+        if drop > regression_tolerance:
+            decision.reasons.append(
+                f"{key} regressed {champion_metrics[key]:.4f} -> {challenger_metrics[key]:.4f} "
+                f"(drop {drop:.4f} > tolerance {regression_tolerance:.4f})"
+            )
     if not decision.reasons:
         decision.promote = True
         decision.reasons.append(
-            f"{primary_metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f} "
-            f"with no category regressing more than {regression_tolerance}"
+            f"{primary_metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}; "
+            f"no category dropped more than {regression_tolerance:.4f}"
         )
     return decision
 
 
-def run_gate(tracker: Tracker, name: str, challenger_version: str, *, primary_metric: str,
-             min_improvement: float, regression_tolerance: float) -> GateDecision:
-    """Compare a registered challenger with the current champion; move the alias if it wins."""
+def run_gate(
+    tracker: Tracker,
+    name: str,
+    challenger_version: str,
+    *,
+    primary_metric: str,
+    min_improvement: float,
+    regression_tolerance: float,
+) -> GateDecision:
+    """Compare a registered challenger with the current champion; move the alias if it wins.
+
+    Metrics are read from each version's run. The decision is tagged on the
+    challenger version, unless it is already the champion (a rerun), so the
+    version keeps the record of why it was promoted; `record_decision` tags
+    the parent run.
+    """
     challenger = get_version(tracker, name, challenger_version)
     champion = version_by_alias(tracker, name, CHAMPION)
     decision = decide(
-        str(challenger.version), tracker.metrics(challenger.run_id),
+        str(challenger.version),
+        tracker.metrics(challenger.run_id),
         str(champion.version) if champion else None,
         tracker.metrics(champion.run_id) if champion else None,
-        primary_metric=primary_metric, min_improvement=min_improvement,
+        primary_metric=primary_metric,
+        min_improvement=min_improvement,
         regression_tolerance=regression_tolerance,
     )
-    for key, value in decision.as_tags().items():
-        tracker.client.set_model_version_tag(name, str(challenger.version), key, value)
+    if decision.challenger != decision.champion:
+        # A rerun that finds its challenger already champion keeps the tags of the
+        # decision that made it champion; the rerun's parent run still records it.
+        for key, value in decision.as_tags().items():
+            tracker.client.set_model_version_tag(name, str(challenger.version), key, value)
     if decision.promote:
         promote(tracker, name, str(challenger.version))
     return decision
 
 
+def record_decision(tracker: Tracker, run_id: str, decision: GateDecision) -> None:
+    """Tag a run (the pipeline's parent run) with the gate's decision and reasons."""
+    tracker.set_tags(run_id, decision.as_tags())
+
+
 def promote(tracker: Tracker, name: str, version: str) -> str | None:
-    """Point `champion` at `version`, remembering the previous champion for rollback."""
+    """Point `champion` at `version`, remembering the previous champion for rollback.
+
+    Returns the previous champion's version (None when there was none).
+    """
     get_version(tracker, name, version)  # fails clearly on an unknown version
     current = version_by_alias(tracker, name, CHAMPION)
     if current is not None and str(current.version) != str(version):
@@ -133,16 +186,32 @@ def promote(tracker: Tracker, name: str, version: str) -> str | None:
 
 
 def rollback(tracker: Tracker, name: str) -> str:
-    """Give `champion` back to the version that held it before the last promotion."""
-    from data_specs.errors import RegistryError
+    """Give `champion` back to the version that held it before the last promotion.
 
-    model = tracker.client.get_registered_model(name)
-    previous = model.tags.get(PREVIOUS_TAG)
+    The version rolled back from becomes the "previous" one, so a second
+    rollback undoes the first. Returns the restored version.
+    """
+    previous = _registered_model(tracker, name).tags.get(PREVIOUS_TAG)
     if not previous:
-        raise RegistryError(f"{name!r} has no previous champion to roll back to",
-                            fix="promote a version explicitly with `mlora promote NAME VERSION`")
+        raise RegistryError(
+            f"{name!r} has no previous champion to roll back to",
+            fix="promote a version explicitly with `mlora promote NAME VERSION`",
+        )
+    get_version(tracker, name, previous)  # it may have been deleted since
     current = version_by_alias(tracker, name, CHAMPION)
     set_alias(tracker, name, CHAMPION, previous)
     if current is not None:
         tracker.client.set_registered_model_tag(name, PREVIOUS_TAG, str(current.version))
     return previous
+
+
+def _registered_model(tracker: Tracker, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracker.client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(
+            f"no registered model named {name!r}",
+            fix="run the pipeline first, or check the name in the MLflow UI (mlora ui)",
+        ) from None

@@ -1,10 +1,18 @@
 """The MLflow pyfunc model a registered version is: base model + adapter -> generated text.
 
-`mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)` takes a
-DataFrame with a `prompt` column and returns one with a `completion` column.
-The base model is either an artifact of the version (small local models such
-as the demo's) or a hub id / path in the model config, loaded at
-`load_context` time like any `from_pretrained` call.
+    mlflow.pyfunc.load_model("models:/mlora-demo@champion").predict(
+        pd.DataFrame({"prompt": ["### Instruction:\\nAdd 2 and 3.\\n\\n### Response:\\n"]}))
+
+takes a DataFrame with a `prompt` column and returns one with a `completion`
+column (greedy decoding; `params={"max_new_tokens": N}` overrides the version's
+budget, 0 keeps it; generation also stops at the model's context length).
+
+This file is logged as "model code" (MLflow's models-from-code): the version
+stores this source, not a pickled object, so loading it never unpickles
+anything and needs only `models/` (logged as code) plus torch and
+transformers. The base model is either an artifact of the version (small
+local models such as the demo's) or a hub id / path in the model config,
+loaded at `load_context` time like any `from_pretrained` call.
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
 
         config = context.model_config or {}
         artifacts = context.artifacts
-        base = artifacts.get("base_model") or config["base_model"]
-        kwargs = {"revision": config.get("revision"),
-                  "trust_remote_code": bool(config.get("trust_remote_code", False))}
+        base = artifacts.get("base_model") or config.get("base_model")
+        if not base:
+            raise ValueError(
+                "this version has neither a base_model artifact nor a base_model in its "
+                "model config; re-register it with the base model id or folder"
+            )
+        kwargs = {
+            "revision": config.get("revision"),
+            "trust_remote_code": bool(config.get("trust_remote_code", False)),
+        }
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         if config.get("kind") == "full":
             self.model = AutoModelForCausalLM.from_pretrained(artifacts["adapter"], dtype=dtype)
@@ -39,20 +54,38 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         self.model.to(self.device).eval()
         self.max_new_tokens = int(config.get("max_new_tokens", 64))
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        """One greedy completion per row of `model_input["prompt"]`."""
         import torch
 
-        max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
+        max_new = int((params or {}).get("max_new_tokens") or self.max_new_tokens)
+        context_length = getattr(self.model.config, "max_position_embeddings", None)
         tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         completions = []
         for prompt in model_input["prompt"].astype(str).tolist():
             ids = tok(prompt, return_tensors="pt").input_ids.to(self.device)
-            if tok.bos_token_id is not None and (ids.shape[1] == 0 or ids[0, 0] != tok.bos_token_id):
-                ids = torch.cat([torch.tensor([[tok.bos_token_id]], device=self.device), ids], 1)
+            # Training saw <s> first; tokenizers that do not add it themselves get it here.
+            if tok.bos_token_id is not None and (
+                ids.shape[1] == 0 or ids[0, 0] != tok.bos_token_id
+            ):
+                bos = torch.tensor([[tok.bos_token_id]], device=self.device)
+                ids = torch.cat([bos, ids], 1)
+            budget = max_new if not context_length else min(max_new, context_length - ids.shape[1])
+            if budget <= 0:
+                completions.append("")  # the prompt alone fills the context
+                continue
             with torch.inference_mode():
                 out = self.model.generate(
-                    ids, max_new_tokens=max_new, do_sample=False,
-                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    pad_token_id=pad_id,
                 )
-            completions.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            completions.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return pd.DataFrame({"completion": completions})
+
+
+# Models-from-code: MLflow executes this file at load time and serves this object.
+mlflow.models.set_model(AdapterGenerator())

@@ -1,0 +1,102 @@
+"""Schedules: the pipeline flow as a Prefect deployment (`mlora serve SPEC --cron ...`).
+
+Two ways to run it (the README shows both):
+
+- embedded: no Prefect server. `mlora serve` registers the deployment with
+  the temporary API it starts itself and executes runs that someone triggers
+  (`prefect deployment run mlora-pipeline/<spec>` with the same PREFECT_HOME).
+  Cron schedules do not fire: the scheduler runs only inside a real server.
+- with a server: `prefect server start`, then `PREFECT_API_URL=http://127.0.0.1:4200/api
+  mlora serve ...`; the server's scheduler creates a run at every cron tick and the
+  serving process executes it. `prefect.yaml` declares the same deployment for
+  a work pool instead (`prefect deploy`, then `prefect worker start`).
+
+The deployment's entrypoint is the module path `flows.pipeline.pipeline_flow`,
+so any process where the project is installed can execute it, whatever its
+working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+from prefect.settings import get_current_settings
+from prefect.types.entrypoint import EntrypointType
+
+from data_specs.errors import PipelineError
+from data_specs.schema import load_spec
+from flows.pipeline import pipeline_flow
+from tasks.workspace import Workspace
+
+log = logging.getLogger("mlora.deploy")
+
+# 03:00 every night: the demo's data rarely changes faster than daily.
+DEFAULT_CRON = "0 3 * * *"
+
+
+def build_deployment(
+    spec_path: str | Path,
+    workspace_root: str | Path | None = None,
+    *,
+    cron: str = DEFAULT_CRON,
+    name: str | None = None,
+    timezone: str | None = None,
+) -> RunnerDeployment:
+    """The pipeline on `spec_path` as a deployment with a cron schedule (not yet registered).
+
+    The spec is validated now, so a bad spec fails before anything is served;
+    the deployment is named after the spec unless `name` is given.
+    """
+    spec, _ = load_spec(spec_path)
+    try:
+        schedule = Cron(cron, timezone=timezone)
+    except ValueError as err:
+        raise PipelineError(
+            f"invalid cron schedule {cron!r} ({err})",
+            where="--cron",
+            fix='give five fields: minute hour day-of-month month day-of-week, e.g. "0 3 * * *"',
+        ) from None
+    workspace = Workspace.resolve(workspace_root)
+    return pipeline_flow.to_deployment(
+        name=name or spec.name,
+        schedules=[schedule],
+        parameters={
+            "spec_path": str(Path(spec_path).resolve()),
+            "workspace_root": str(workspace.root),
+        },
+        description=spec.description or f"mlora pipeline on {spec.name}",
+        tags=["mlora", spec.name],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve_pipeline(
+    spec_path: str | Path,
+    workspace_root: str | Path | None = None,
+    *,
+    cron: str = DEFAULT_CRON,
+    name: str | None = None,
+    timezone: str | None = None,
+    limit: int = 1,
+) -> None:
+    """Register the deployment and execute its runs until SIGTERM / Ctrl-C (blocks).
+
+    `limit` runs at most that many flow runs at once: 1 by default, because
+    runs of one spec compete for the same cores or GPU and the same workspace.
+    """
+    deployment = build_deployment(
+        spec_path, workspace_root, cron=cron, name=name, timezone=timezone
+    )
+    if not get_current_settings().api.url:
+        log.warning(
+            "no PREFECT_API_URL: serving on Prefect's temporary API, where the cron %r never "
+            "fires; trigger runs with `prefect deployment run mlora-pipeline/%s` (same "
+            "PREFECT_HOME), or start `prefect server start` and export PREFECT_API_URL",
+            cron,
+            deployment.name,
+        )
+    serve(deployment, limit=limit)

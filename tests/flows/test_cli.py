@@ -1,0 +1,127 @@
+"""`mlora promote`, `rollback`, `serve` (argument errors) and `ui` through the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tasks.registry import CHAMPION, version_by_alias
+from tasks.tracking import Tracker
+from tasks.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "mlora-cli"
+
+
+@pytest.fixture(scope="module")
+def workspace_with_versions(tmp_path_factory):
+    """A workspace whose registered model has three versions (no champion yet)."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("cli") / "ws").ensure()
+    tracker = Tracker(ws, "cli")
+    tracker.client.create_registered_model(NAME)
+    for _ in range(3):
+        run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+        tracker.client.create_model_version(NAME, f"runs:/{run_id}/adapter", run_id)
+    return ws
+
+
+@pytest.fixture
+def mlora():
+    """flows.cli.main, with the environment restored afterwards (main activates the workspace)."""
+    saved = dict(os.environ)
+    yield lambda *args: main([str(a) for a in args])
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _champion(ws: Workspace) -> str:
+    return str(version_by_alias(Tracker(ws, "cli"), NAME, CHAMPION).version)
+
+
+def test_promote_and_rollback(mlora, workspace_with_versions, capsys):
+    ws = workspace_with_versions
+    assert mlora("--workspace", ws.root, "promote", NAME, 1) == 0
+    assert mlora("--workspace", ws.root, "promote", NAME, 3) == 0
+    assert "champion is now v3 (was v1)" in capsys.readouterr().out
+    assert _champion(ws) == "3"
+    assert mlora("--workspace", ws.root, "rollback", NAME) == 0
+    assert "rolled back to v1" in capsys.readouterr().out
+    assert _champion(ws) == "1"
+    assert mlora("--workspace", ws.root, "promote", NAME, 7) == 2
+    assert "has no version 7" in capsys.readouterr().err
+    assert _champion(ws) == "1"
+
+
+def test_serve_rejects_a_bad_cron(mlora, tmp_path, capsys):
+    code = mlora(
+        "--workspace",
+        tmp_path / "ws",
+        "serve",
+        REPO / "data_specs" / "demo.yaml",
+        "--cron",
+        "61 * * * *",
+    )
+    assert code == 2
+    assert "invalid cron schedule '61 * * * *'" in capsys.readouterr().err
+
+
+def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        # Own session: `mlora ui` runs `mlflow ui` (and its workers) as children.
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "--workspace",
+                str(workspace_with_versions.root),
+                "ui",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    assert response.read().strip() == b"OK"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        query = f"{base}/api/2.0/mlflow/registered-models/search?max_results=10"
+        with urllib.request.urlopen(query, timeout=10) as response:
+            models = json.loads(response.read())["registered_models"]
+        assert [m["name"] for m in models] == [NAME]  # the workspace's store, not ./mlflow.db
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        try:  # mlflow's workers, should any outlive it
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,185 @@
+"""The champion/challenger gate: pure decisions, then against a real MLflow registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from data_specs.errors import RegistryError
+from tasks.promote import (
+    KEPT,
+    PREVIOUS_TAG,
+    PROMOTED,
+    decide,
+    promote,
+    record_decision,
+    rollback,
+    run_gate,
+)
+from tasks.registry import CHAMPION, version_by_alias
+from tasks.tracking import Tracker
+from tasks.workspace import Workspace
+
+GATE = {"primary_metric": "eval_macro_acc", "min_improvement": 0.0, "regression_tolerance": 0.05}
+CHAMP = {"eval_macro_acc": 0.50, "category_nlu_score": 0.60, "category_math_score": 0.40}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "gate", "promoted", "reason"),
+    [
+        (
+            {"eval_macro_acc": 0.55, "category_nlu_score": 0.60, "category_math_score": 0.40},
+            {},
+            True,
+            "beats champion 0.5000 by +0.0500",
+        ),
+        (
+            {"eval_macro_acc": 0.45, "category_nlu_score": 0.60},
+            {},
+            False,
+            "gain -0.0500, needs a gain > 0",
+        ),
+        (
+            {"eval_macro_acc": 0.50, "category_nlu_score": 0.60},
+            {},
+            False,
+            "gain +0.0000, needs a gain > 0",
+        ),
+        (
+            {"eval_macro_acc": 0.52, "category_nlu_score": 0.60},
+            {"min_improvement": 0.05},
+            False,
+            "needs a gain >= 0.0500",
+        ),
+        (
+            {"eval_macro_acc": 0.56, "category_nlu_score": 0.60},
+            {"min_improvement": 0.05},
+            True,
+            "beats champion",
+        ),
+        (
+            {"eval_macro_acc": 0.60, "category_nlu_score": 0.50, "category_math_score": 0.45},
+            {},
+            False,
+            "category_nlu_score regressed 0.6000 -> 0.5000 (drop 0.1000 > tolerance 0.0500)",
+        ),
+        (
+            {"eval_macro_acc": 0.60, "category_nlu_score": 0.56, "category_math_score": 0.45},
+            {},
+            True,
+            "no category dropped more than 0.0500",
+        ),
+        (
+            {"eval_macro_acc": 0.60, "category_nlu_score": 0.50},
+            {"regression_tolerance": 0.2},
+            True,
+            "beats champion",
+        ),
+        ({"category_nlu_score": 0.9}, {}, False, "not eligible: challenger has no finite"),
+        ({"eval_macro_acc": math.nan}, {}, False, "not eligible"),
+    ],
+)
+def test_decide_against_a_champion(challenger, gate, promoted, reason):
+    decision = decide("2", challenger, "1", CHAMP, **{**GATE, **gate})
+    assert decision.promote is promoted
+    assert any(reason in r for r in decision.reasons), decision.reasons
+    assert decision.as_tags()["promotion.decision"] == (PROMOTED if promoted else KEPT)
+    assert decision.as_tags()["promotion.compared_with"] == "1"
+
+
+def test_decide_without_a_champion_and_edge_cases():
+    first = decide("1", {"eval_macro_acc": 0.1}, None, None, **GATE)
+    assert first.promote and "first eligible version becomes champion" in first.reasons[0]
+    assert not decide("1", {}, None, None, **GATE).promote  # no metric: not eligible
+    same = decide("1", CHAMP, "1", CHAMP, **GATE)
+    assert not same.promote and same.reasons == ["challenger is already the champion"]
+    unscored = decide("2", {"eval_macro_acc": 0.1}, "1", {}, **GATE)
+    assert unscored.promote and "champion has no finite" in unscored.reasons[0]
+    both = decide("2", {"eval_macro_acc": 0.4, "category_nlu_score": 0.1}, "1", CHAMP, **GATE)
+    assert len(both.reasons) == 2  # every reason is recorded, not only the first
+    text = both.markdown()
+    assert "version 2 **not promoted**" in text and "champion v1 0.5000" in text
+
+
+# --- against a registry ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    """One MLflow store for the module (creating one costs seconds); one model name per test."""
+    return Tracker(Workspace.resolve(tmp_path_factory.mktemp("gate") / "ws").ensure(), "gate")
+
+
+@pytest.fixture
+def registry(tracker, request):
+    """A registered model whose versions carry only run metrics (the gate needs nothing more)."""
+    name = f"mlora-{request.node.name.replace('_', '-')}"
+    tracker.client.create_registered_model(name)
+    parent = tracker.start_parent("pipeline", {}, {})
+
+    def add_version(metrics: dict[str, float]) -> str:
+        run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+        tracker.log_metrics(run_id, metrics)
+        version = tracker.client.create_model_version(name, f"runs:/{run_id}/adapter", run_id)
+        return str(version.version)
+
+    return tracker, name, parent, add_version
+
+
+def _champion(tracker: Tracker, name: str) -> str:
+    return str(version_by_alias(tracker, name, CHAMPION).version)
+
+
+def test_gate_promotes_better_keeps_worse_and_regressing(registry):
+    tracker, name, parent, add_version = registry
+    v1 = add_version(CHAMP)
+    assert run_gate(tracker, name, v1, **GATE).promote and _champion(tracker, name) == v1
+
+    v2 = add_version(
+        {"eval_macro_acc": 0.58, "category_nlu_score": 0.62, "category_math_score": 0.41}
+    )
+    decision = run_gate(tracker, name, v2, **GATE)
+    assert decision.promote and _champion(tracker, name) == v2
+    tags = tracker.client.get_model_version(name, v2).tags
+    assert tags["promotion.decision"] == PROMOTED and tags["promotion.compared_with"] == v1
+    assert "beats champion 0.5000" in tags["promotion.reasons"]
+    record_decision(tracker, parent, decision)
+    run_tags = tracker.client.get_run(parent).data.tags
+    assert run_tags["promotion.decision"] == PROMOTED and run_tags["promotion.challenger"] == v2
+
+    rerun = run_gate(tracker, name, v2, **GATE)  # an unchanged rerun: v2 is still champion
+    assert not rerun.promote and rerun.reasons == ["challenger is already the champion"]
+    assert tracker.client.get_model_version(name, v2).tags["promotion.decision"] == PROMOTED
+
+    worse = add_version({"eval_macro_acc": 0.40, "category_nlu_score": 0.62})
+    assert not run_gate(tracker, name, worse, **GATE).promote and _champion(tracker, name) == v2
+    tags = tracker.client.get_model_version(name, worse).tags
+    assert tags["promotion.decision"] == KEPT and "gain -0.1800" in tags["promotion.reasons"]
+
+    regressing = add_version({"eval_macro_acc": 0.70, "category_nlu_score": 0.30})
+    assert (
+        not run_gate(tracker, name, regressing, **GATE).promote and _champion(tracker, name) == v2
+    )
+    reasons = tracker.client.get_model_version(name, regressing).tags["promotion.reasons"]
+    assert "category_nlu_score regressed 0.6200 -> 0.3000" in reasons
+
+
+def test_manual_promotion_and_rollback(registry):
+    tracker, name, _, add_version = registry
+    v1, v2, v3 = (add_version({"eval_macro_acc": x}) for x in (0.3, 0.4, 0.5))
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(tracker, name)
+    assert promote(tracker, name, v1) is None
+    assert promote(tracker, name, v3) == v1
+    assert rollback(tracker, name) == v1 and _champion(tracker, name) == v1
+    assert (
+        rollback(tracker, name) == v3 and _champion(tracker, name) == v3
+    )  # a rollback is undoable
+    assert promote(tracker, name, v2) == v3
+    assert tracker.client.get_registered_model(name).tags[PREVIOUS_TAG] == v3
+    with pytest.raises(RegistryError, match="has no version 42"):
+        promote(tracker, name, "42")
+    assert _champion(tracker, name) == v2
+    with pytest.raises(RegistryError, match="no registered model named 'nope'"):
+        rollback(tracker, "nope")
