@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 
 from data_specs.errors import PipelineError
@@ -129,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--port",
                 str(args.port),
             ]
-            print(f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
-            return subprocess.call(cmd, env=os.environ.copy())
+            print(f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)",
+                  flush=True)
+            # Become the server (exec): a signal to `mlora ui` then reaches MLflow itself.
+            os.execve(sys.executable, cmd, os.environ.copy())
         elif args.command == "promote":
             from tasks.promote import promote
 

@@ -62,17 +62,27 @@ def test_promote_and_rollback(mlora, workspace_with_versions, capsys):
     assert _champion(ws) == "1"
 
 
-def test_serve_rejects_a_bad_cron(mlora, tmp_path, capsys):
-    code = mlora(
-        "--workspace",
-        tmp_path / "ws",
-        "serve",
-        REPO / "data_specs" / "demo.yaml",
-        "--cron",
-        "61 * * * *",
+def test_serve_rejects_a_bad_cron(tmp_path):
+    # A subprocess: `serve` sets up Prefect's logging, which must not bind to pytest's capture.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "serve",
+            str(REPO / "data_specs" / "demo.yaml"),
+            "--cron",
+            "61 * * * *",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
-    assert code == 2
-    assert "invalid cron schedule '61 * * * *'" in capsys.readouterr().err
+    assert done.returncode == 2
+    assert "invalid cron schedule '61 * * * *'" in done.stderr
 
 
 def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
