@@ -61,8 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def summary_columns(summary: dict) -> list[str]:
+    """Primary metric, each suite's headline score, held-out loss (the rest is in MLflow)."""
+    primary = summary["primary_metric"]
+    names = {k for arm in summary["arms"] for k in arm["metrics"]}
+    suites = sorted(k for k in names if k.endswith(("_acc", "_exact_match")) and k != primary)
+    return [c for c in (primary, *suites, "val_loss") if c in names]
+
+
 def format_summary(summary: dict) -> str:
-    metrics = sorted({k for arm in summary["arms"] for k in arm["metrics"]})
+    metrics = summary_columns(summary)
     header = ["model", "version", *metrics]
     rows = [["base", "-", *[summary["base_metrics"].get(m) for m in metrics]]]
     rows += [
