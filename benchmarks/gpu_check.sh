@@ -142,7 +142,14 @@ timeout 120 "$PY" benchmarks/multilora_layer.py "${BENCH_ARGS[@]}" \
 show "$OUT_DIR/multilora_layer_${DEVICE}.json"
 
 # ---------------------------------------------------------------------------
-# The training path imports data_specs.schema (pydantic): carry its wheels (see RESULTS.md).
+# The training path imports data_specs.schema, which needs pydantic; the GPU image has none.
+# Carry its wheels in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux2014_x86_64 -d .whl pydantic pydantic-core annotated-types
+# typing-inspection) and they are installed here.
+if [[ -d .whl ]] && ! "$PY" -c "import pydantic" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/mlora-site .whl/*.whl \
+        && export PYTHONPATH="/tmp/mlora-site:$PYTHONPATH"
+fi
 step 5 "training throughput: ~1.1B Llama, bf16, seq 2048, packed; multilora vs lora vs PEFT LoRA"
 if [[ "$DEVICE" == "cuda" ]]; then
     TRAIN_ARGS=(--size 1b --device cuda --seq 2048 --batch 8 --warmup 3 --steps 18)
