@@ -118,6 +118,9 @@ class EvalSuiteSpec(DataLocation):
     """Category used for per-category metrics and the promotion gate."""
     max_items: int | None = Field(default=None, gt=0)
     """Score at most this many items (first in file order); None scores all."""
+    dev: DataLocation | None = None
+    """Where few-shot exemplars come from (e.g. MMLU's dev split), read with the suite's
+    template; None takes them from the suite itself, never the item being scored."""
 
 
 class NearDedupSpec(Strict):

@@ -69,6 +69,8 @@ class DataOutputs(BaseModel):
     """Held-out rows of every source (Parquet)."""
     eval_paths: dict[str, str]
     """Suite name -> Parquet of its canonical eval items."""
+    eval_dev_paths: dict[str, str] = {}
+    """Suite name -> Parquet of its few-shot exemplars, for suites that name a dev split."""
     source_table: list[dict]
     """Per source: rows_in, exact_drops, near_drops, contamination_drops, rows_in_mixture,
     requested_share, achieved_share."""
@@ -110,6 +112,8 @@ class Prepared:
     snapshot: dict
     normalised: StageOutput
     deduped: StageOutput | None = None
+    dev: StageOutput | None = None
+    dev_snapshot: dict | None = None
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:
@@ -420,7 +424,14 @@ def prepare_suite(suite: EvalSuiteSpec, base_dir: str, ws_root: str, known: dict
     """fetch -> normalise for one evaluation suite."""
     ws = Workspace.resolve(ws_root)
     snap = fetch(suite, suite.name, Path(base_dir), ws)
-    return Prepared(suite.name, _snapshot_info(snap), normalise_stage(ws, snap, suite, known))
+    prepared = Prepared(suite.name, _snapshot_info(snap), normalise_stage(ws, snap, suite, known))
+    if suite.dev is not None:
+        # The dev split is read exactly like the suite: same template, its own location.
+        dev = suite.model_copy(update={"name": f"{suite.name}-dev", **dict(suite.dev), "dev": None})
+        dev_snap = fetch(dev, dev.name, Path(base_dir), ws)
+        prepared.dev = normalise_stage(ws, dev_snap, dev, known)
+        prepared.dev_snapshot = _snapshot_info(dev_snap)
+    return prepared
 
 
 @task(name="dedup-across-sources", cache_policy=NO_CACHE, persist_result=False)
@@ -487,8 +498,9 @@ def _catalog_batch(spec, sources, suites, across, clean, mixed, known) -> Catalo
             location=location,
             snapshot_hash=prepared.snapshot["content_hash"],
         )
-    for prepared in [*sources, *suites]:
-        info = prepared.snapshot
+    snapshots = [p.snapshot for p in [*sources, *suites]]
+    snapshots += [p.dev_snapshot for p in suites if p.dev_snapshot]
+    for info in snapshots:
         if f"snapshot/{info['name']}/{info['content_hash']}" in known:
             continue
         batch.add(
@@ -500,6 +512,7 @@ def _catalog_batch(spec, sources, suites, across, clean, mixed, known) -> Catalo
             path=info["path"],
         )
     outputs = [p.normalised for p in [*sources, *suites]] + [p.deduped for p in sources]
+    outputs += [p.dev for p in suites if p.dev]
     for out in [*outputs, across, clean, mixed]:
         if not out.reused:
             batch.add("stage_outputs", **out.catalog_row())
@@ -670,6 +683,7 @@ def run_data_stages(spec: PipelineSpec, base_dir: str | Path, workspace: Workspa
         train_dir=str(mixture.train_dir),
         validation_path=str(mixture.validation_path),
         eval_paths={p.name: p.normalised.path for p in suites},
+        eval_dev_paths={p.name: p.dev.path for p in suites if p.dev},
         source_table=table,
         reused_stages=reused_stages,
     )

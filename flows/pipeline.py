@@ -153,7 +153,14 @@ def evaluate_task(
 ) -> dict[str, float]:
     """Score the base model (result None) or an arm on every suite; log to `run_id`."""
     model, tokenizer, device = load_for_inference(spec, base, result)
-    suites = [SuiteData(suite, Path(data.eval_paths[suite.name])) for suite in spec.eval_suites]
+    suites = [
+        SuiteData(
+            suite,
+            Path(data.eval_paths[suite.name]),
+            Path(data.eval_dev_paths[suite.name]) if suite.name in data.eval_dev_paths else None,
+        )
+        for suite in spec.eval_suites
+    ]
     evaluation = evaluate_model(
         model,
         tokenizer,
@@ -187,8 +194,10 @@ def analyse_task(
         plot_effective_rank(frames, Path(tmp) / "effective_rank.png")
         tracker.log_artifact(parent_id, tmp, "plots")
     for by in ("layer_type", "depth"):
-        grouped = pd.concat([aggregate_analysis(f, by).assign(arm=name)
-                             for name, f in frames.items()], ignore_index=True)
+        grouped = pd.concat(
+            [aggregate_analysis(f, by).assign(arm=name) for name, f in frames.items()],
+            ignore_index=True,
+        )
         tracker.log_table(parent_id, grouped, f"analysis/by_{by}.json")
     table = pd.concat([f.assign(arm=name) for name, f in frames.items()], ignore_index=True)
     tracker.log_table(
@@ -331,7 +340,9 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         {"model": a.arm, "version": a.version, **a.metrics} for a in arms
     ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
-    comparison = compare_arms({"base": _headline(base_metrics, spec), **{a.arm: a.metrics for a in arms}})
+    comparison = compare_arms(
+        {"base": _headline(base_metrics, spec), **{a.arm: a.metrics for a in arms}}
+    )
     tracker.log_table(parent_id, comparison, "eval/comparison.json")
 
     for a in arms:  # the analysis compares the arms, so it joins each version only now

@@ -132,3 +132,35 @@ def test_a_changed_source_is_recomputed(prefect_harness, tmp_path):
     rows = {r["source"]: r["rows_in"] for r in second.source_table}
     assert rows["math"] == 291 and rows["boolq"] == 311
     assert Catalog(root / "catalog.duckdb").counts()["mixtures"] == 2
+
+
+def test_a_suite_dev_split_is_normalised_and_used_for_few_shot(prefect_harness, tmp_path):
+    import yaml
+
+    from data_specs.schema import load_spec
+    from flows.data import data_flow
+    from tasks.eval_suites import suite_format
+    from tasks.evaluate import build_contexts
+
+    spec = yaml.safe_load(DEMO.read_text())
+    for item in spec["sources"] + spec["eval_suites"]:
+        item["path"] = str(DEMO.parent / item["path"])
+    spec["eval_suites"][0]["dev"] = {
+        "path": str(DEMO.parent / "demo/knowledge_eval.csv"),
+        "max_rows": 3,
+    }
+    path = tmp_path / "dev.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    outputs = data_flow(str(path), str(tmp_path / "ws"))
+    assert set(outputs.eval_dev_paths) == {"knowledge_mc"}
+    dev = pq.read_table(outputs.eval_dev_paths["knowledge_mc"]).to_pylist()
+    items = pq.read_table(outputs.eval_paths["knowledge_mc"]).to_pylist()
+    assert len(dev) == 3 and dev[0]["prompt"] == items[0]["prompt"]
+    snapshots = {
+        r["name"]
+        for r in Catalog(tmp_path / "ws" / "catalog.duckdb").query("SELECT name FROM snapshots")
+    }
+    assert "knowledge_mc-dev" in snapshots
+    suite = load_spec(path)[0].eval_suites[0]
+    (context,) = build_contexts(items[5:6], suite_format(suite), 2, dev_rows=dev)
+    assert context.startswith(dev[0]["prompt"]) and dev[1]["prompt"] in context
