@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--port",
                 str(args.port),
             ]
-            print(f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)",
-                  flush=True)
+            print(
+                f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)",
+                flush=True,
+            )
             # Become the server (exec): a signal to `mlora ui` then reaches MLflow itself.
             os.execve(sys.executable, cmd, os.environ.copy())
         elif args.command == "promote":

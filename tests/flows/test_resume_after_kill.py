@@ -33,7 +33,10 @@ def _mlora(ws: Path, spec: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "run", str(spec)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
         start_new_session=True,  # one process group: the kill takes Prefect's server along
     )
 
@@ -70,9 +73,14 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
     loaded = load_spec(spec)[0]
     (base,) = killed.glob("models/tiny-*")
     (mixture,) = killed.glob("data/mixture/*/train")
-    train_arm(arm=loaded.arms[0], training=loaded.training, model_path=str(base),
-              train_path=mixture, validation_path=mixture.parent / "validation.parquet",
-              output_dir=reference / "runs/x/y/multilora")
+    train_arm(
+        arm=loaded.arms[0],
+        training=loaded.training,
+        model_path=str(base),
+        train_path=mixture,
+        validation_path=mixture.parent / "validation.parquet",
+        output_dir=reference / "runs/x/y/multilora",
+    )
     straight, resumed = _adapter(reference), _adapter(killed)
     assert straight.keys() == resumed.keys()
     for key in straight:
