@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -210,3 +211,49 @@ def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_pat
     assert all(d.abs().max() > 0 for d in deltas.values())
     model, _, _ = load_for_inference(spec, base, result)
     assert not model.training
+
+
+def test_scales_get_their_own_learning_rate_and_weight_decay(setup):
+    from tasks.train import ArmTrainer, build_dataset, load_base, prepare_arm_model
+
+    root, base = setup
+    arm = ARMS["multilora"].model_copy(
+        update={"scale_learning_rate": 0.5, "scale_weight_decay": 0.25}
+    )
+    model, tokenizer = load_base(base, revision=None, dtype=torch.float32, trust_remote_code=False)
+    prepare_arm_model(model, arm)
+    data, _ = build_dataset(root / "mix", tokenizer, TRAINING)
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    trainer = ArmTrainer(model=model, args=args, train_dataset=data, arm=arm, training=TRAINING)
+    groups = {g["name"]: g for g in trainer.create_optimizer().param_groups}
+    assert groups["scales"]["lr"] == 0.5 and groups["scales"]["weight_decay"] == 0.25
+    assert groups["lora"]["lr"] == TRAINING.learning_rate
+    n_layers = len(BLOCK_LINEARS["llama"]) * 2
+    assert len(groups["scales"]["params"]) == n_layers
+    assert len(groups["lora"]["params"]) == 2 * n_layers
+
+
+def test_epochs_and_gradient_checkpointing(setup, tmp_path):
+    root, base = setup
+    training = TRAINING.model_copy(
+        update={"epochs": 1.0, "gradient_checkpointing": True, "logging_steps": 1}
+    )
+    result = train_arm(
+        arm=ARMS["lora"],
+        training=training,
+        model_path=base,
+        train_path=root / "mix",
+        validation_path=None,
+        output_dir=tmp_path / "e",
+    )
+    from transformers import AutoTokenizer
+
+    from tasks.train import build_dataset
+
+    # One epoch = every packed sequence once at batch 4, activations recomputed in backward.
+    _, stats = build_dataset(root / "mix", AutoTokenizer.from_pretrained(base), training)
+    assert result.steps == math.ceil(stats["sequences"] / training.batch_size) != TRAINING.max_steps
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == result.steps and not any(math.isnan(x) for x in losses)
