@@ -278,7 +278,7 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
 
     data = run_data_stages(spec, base_dir, ws)
-    base = prepare_base_model.with_options(cache_policy=NO_CACHE)(spec, data, ws)
+    base = prepare_base_model(spec, data, ws)
 
     tracker = Tracker(ws, spec.name)
     parent_id = tracker.start_parent(

@@ -90,8 +90,6 @@ class Workspace:
         os.environ[ENV_VAR] = str(self.root)
         os.environ["PREFECT_HOME"] = str(self.prefect_home)
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
-        # Cached task results must be persisted for Prefect to reuse them across runs.
-        os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
