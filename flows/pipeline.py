@@ -13,6 +13,7 @@ arm's finished MLflow run) and the registered versions (run-key tag).
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def train_arm_task(
             run_id,
             {"arm": arm.model_dump(mode="json"), "training": spec.training.model_dump(mode="json")},
         )
-        with tracker.system_metrics(run_id):
+        # A finished arm is only looked up: no system metrics to sample then.
+        with tracker.system_metrics(run_id) if not finished else nullcontext():
             result = launch_arm(
                 arm=arm,
                 training=spec.training,

@@ -229,6 +229,7 @@ class _MlflowStepLogger(TrainerCallback):
         "learning_rate": "learning_rate",
         "grad_norm": "grad_norm",
         "tokens_per_second": "tokens_per_second",
+        "peak_memory_mb": "peak_memory_mb",
         "eval_loss": "eval_loss",
     }
 

@@ -245,6 +245,7 @@ class ProgressLog(TrainerCallback):
         eta = (state.max_steps - state.global_step) / rate if rate else float("nan")
         tps = rate * self.tokens_per_step
         logs["tokens_per_second"] = tps
+        logs["peak_memory_mb"] = peak_memory_mb()
         self.history.append(
             {
                 "step": state.global_step,
@@ -388,7 +389,7 @@ def train_arm(
 
     adapter_dir = output_dir / "adapter"
     peft_dir = None if arm.kind == "full" else output_dir / "peft"
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _rss_peak_mb()
+    peak = peak_memory_mb()
     result = ArmResult(
         arm=arm.name,
         kind=arm.kind,
@@ -442,7 +443,10 @@ def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _rss_peak_mb() -> float:
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated on a GPU, else the process's peak resident memory (MiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -97,6 +97,8 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
     for child in children:
         history = client.get_metric_history(child.info.run_id, "train_loss")
         assert len(history) == 3  # logging_steps 2 of 6 steps
+        for per_step in ("learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb"):
+            assert len(client.get_metric_history(child.info.run_id, per_step)) >= 3, per_step
         # Training helped: held-out loss below the untrained base model's, for both arms.
         base_val_loss = parent.data.metrics["base_val_loss"]
         assert child.data.metrics["val_loss"] < base_val_loss, child.data.tags["mlora.arm"]
