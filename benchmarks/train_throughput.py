@@ -136,6 +136,7 @@ def run_arm(name, config, data, args, device, dtype):
         bf16=dtype == torch.bfloat16,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        torch_compile=args.compile,
     )
     trainer = trainer_cls(
         model=model,
@@ -185,6 +186,12 @@ def main():
     parser.add_argument("--r", type=int, default=8, help="rank per module (LoRA gets n*r)")
     parser.add_argument("--arms", default="multilora,lora,peft_lora")
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        help="attention kernel: sdpa, eager, flex_attention, flash_attention_2",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -195,6 +202,7 @@ def main():
     config = LlamaConfig(
         **SIZES[args.size], max_position_embeddings=max(2048, args.seq), tie_word_embeddings=False
     )
+    config._attn_implementation = args.attn
     data = packed_blocks(args.steps * args.batch, args.seq, config.vocab_size)
     arms = [run_arm(a, config, data, args, args.device, dtype) for a in args.arms.split(",")]
     by = {a["arm"]: a["tokens_per_second"] for a in arms}
@@ -207,6 +215,8 @@ def main():
         "seq": args.seq,
         "batch": args.batch,
         "packed": True,
+        "attn_implementation": args.attn,
+        "compile": args.compile,
         "n_modules": args.n,
         "rank_per_module": args.r,
         "arms": arms,

@@ -242,6 +242,12 @@ class BaseModelSpec(Strict):
     """Weights dtype: auto is bf16 on GPU and fp32 on CPU. Adapters always stay fp32."""
     trust_remote_code: bool = False
     """Allow the model repo's own Python code to run. Off unless you trust the repo."""
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] | None = (
+        None
+    )
+    """Attention kernel; None is transformers' default (sdpa). Packed batches need a
+    block-diagonal mask, which sdpa runs without its flash kernel: on a GPU, flex_attention
+    (torch >= 2.5) or flash_attention_2 (the flash-attn package) keep packing fast."""
 
     @model_validator(mode="after")
     def _one_model(self):
@@ -309,6 +315,8 @@ class TrainingSpec(Strict):
     """auto uses a GPU when one is visible; cuda fails clearly when none is."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
+    compile: bool = False
+    """torch.compile the model: faster steps on a GPU after a one-off compile (minutes)."""
     save_steps: int = Field(default=50, gt=0)
     """Checkpoint every N steps (resume continues from the last one)."""
     eval_steps: int = Field(default=50, gt=0)

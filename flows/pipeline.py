@@ -117,6 +117,7 @@ def train_arm_task(
                 revision=spec.base_model.revision,
                 dtype=spec.base_model.dtype,
                 trust_remote_code=spec.base_model.trust_remote_code,
+                attn_implementation=spec.base_model.attn_implementation,
                 base_model_name=spec.base_model.name_or_path,
                 tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
                 callbacks=[tracker.training_callback(run_id)],

@@ -90,7 +90,12 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
 
 
 def load_base(
-    model_path: str, *, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+    model_path: str,
+    *,
+    revision: str | None,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    attn_implementation: str | None = None,
 ):
     """Load model + tokenizer through from_pretrained: a hub id and a local folder take the same path."""
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -98,6 +103,8 @@ def load_base(
     if tokenizer.pad_token_id is None:
         # Padding only fills packed-block tails and is never a target, so eos is safe to reuse.
         tokenizer.pad_token = tokenizer.eos_token
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kwargs)
     return model, tokenizer
 
@@ -300,6 +307,7 @@ def train_arm(
     revision: str | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
     base_model_name: str | None = None,
     callbacks: list[TrainerCallback] | tuple = (),
 ) -> ArmResult:
@@ -316,6 +324,7 @@ def train_arm(
         revision=revision,
         dtype=resolve_dtype(dtype, device),
         trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
     # Without this transformers builds a KV cache in training and then ignores the packed
     # position ids: examples in one block would attend to each other (see tests/tasks/test_tokenise.py).
@@ -362,6 +371,7 @@ def train_arm(
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        torch_compile=training.compile,
     )
     tokens_per_step = training.batch_size * training.grad_accum * training.max_length
     progress = ProgressLog(arm.name, tokens_per_step)
