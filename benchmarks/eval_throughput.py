@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.evaluate import score_choices, score_choices_reference  # noqa: E402
+from tasks.eval_scoring import score_choices, score_choices_reference  # noqa: E402
 
 DEFAULT_MMLU = Path("/work/shared/data/real/mmlu")
 LETTERS = ["A", "B", "C", "D"]

@@ -1,25 +1,17 @@
-"""Evaluate a causal LM: multiple-choice log-likelihood, greedy generation, held-out loss.
+"""Evaluate a model on its eval suites and held-out rows: the metrics the pipeline logs.
 
-Multiple choice follows lm-evaluation-harness exactly: each choice is scored by
-the summed log-probability of `delimiter + choice` after the prompt (context and
-continuation tokenised as lm-eval's `_encode_pair` does), `acc` takes the
-argmax of the log-likelihoods and `acc_norm` the argmax of log-likelihood
-divided by the choice's length in characters (lm_eval/api/task.py,
-`completion_len = len(choice)` of `doc_to_choice`, no delimiter).
+`evaluate_model` reads each suite's normalised Parquet, builds few-shot
+contexts (`build_contexts`, lm-eval's deterministic exemplars), scores
+multiple-choice suites by log-likelihood (tasks/eval_scoring.py: acc and
+acc_norm as lm-evaluation-harness computes them) and generation suites by
+greedy decoding and answer extraction (tasks/eval_generate.py: exact match),
+then assembles flat MLflow metrics (per suite, per category, the macro mean)
+and one prediction row per item. `compare_arms` turns the metrics of several
+arms into the parent run's comparison table.
 
-Speed: the batched scorer runs each item's shared context once. Contexts of a
-batch are left-padded, so the last column holds every row's next-token
-distribution: single-token choices (MMLU letters, yes/no, True/False) are
-scored from that one forward pass alone. Longer choices reuse the context's KV
-cache (its rows picked per choice, choices grouped by length to limit padding),
-so only their own tokens are run.
-`score_choices_reference` scores one (context, choice) pair per forward pass,
-with no padding and no cache; a test holds the two to the same numbers.
-
-Generation is greedy with the same left-padded KV-cache loop, stopping at the
-suite's stop sequences or eos. Held-out loss uses the training tokenisation
-(tasks/tokenise.py: bos + prompt + response + eos, loss on response + eos), so
-it is the same quantity as the training loop's validation loss.
+Held-out loss uses the training tokenisation (tasks/tokenise.py: bos + prompt
++ response + eos, loss on response + eos), so it is the same quantity as the
+training loop's validation loss.
 
 The model must already be on `device`; it is put in eval mode for the call
 and given back in the mode it came in.
@@ -27,13 +19,9 @@ and given back in the mode it came in.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -42,14 +30,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from tqdm.auto import tqdm
 
 from data_specs.errors import DataError
+from tasks.eval_generate import generate_greedy
+from tasks.eval_scoring import (
+    _CausalLM,
+    _eval_mode,
+    _positions,
+    _right_pad,
+    _token_logprobs,
+    choice_metrics,
+    score_choices,
+)
 from tasks.eval_suites import SuiteFormat, extract_answer, suite_format
 from tasks.tokenise import IGNORE, tokenise_records
 
-if TYPE_CHECKING:  # the scorers need no pydantic at run time (GPU boxes, lm-eval-style use)
+if TYPE_CHECKING:  # evaluation needs no pydantic at run time (GPU boxes, lm-eval-style use)
     from data_specs.schema import EvalSuiteSpec, EvaluationSpec
 
 
@@ -67,413 +63,6 @@ class EvalResult:
 
     metrics: dict[str, float]
     predictions: pd.DataFrame
-
-
-# --- the model, called the same way whatever its transformers version ----------------
-
-
-def _forward_parameters(model) -> set[str]:
-    """Keyword names the model's forward accepts (looking through PEFT-style wrappers)."""
-    target = model
-    while True:
-        params = inspect.signature(target.forward).parameters
-        only_varargs = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
-        if only_varargs and hasattr(target, "get_base_model"):
-            target = target.get_base_model()
-            continue
-        return set(params)
-
-
-class _CausalLM:
-    """A causal LM plus the few facts the scorers need about it and its tokenizer."""
-
-    def __init__(self, model, tokenizer, device=None, add_bos: bool = True):
-        self.model, self.tokenizer = model, tokenizer
-        params = _forward_parameters(model)
-        # transformers >= 5.x names the KV cache `cache`; older versions `past_key_values`.
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keeps_last = "logits_to_keep" in params
-        if device is None:
-            device = next(model.parameters()).device
-        self.device = torch.device(device)
-        config = getattr(model, "config", None)
-        self.max_length: int | None = getattr(config, "max_position_embeddings", None)
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        self.eos_id: int | None = eos
-        self.prefix: list[int] = [bos] if add_bos and bos is not None else []
-        # An empty context still needs one token to condition on (lm-eval uses eos).
-        self.empty_context: list[int] = self.prefix or ([eos] if eos is not None else [0])
-        pad = tokenizer.pad_token_id
-        # The pad id only fills masked positions, so any valid id will do.
-        self.pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
-
-    def __call__(self, ids, mask, positions, cache=None, use_cache=False, last_only=False):
-        kwargs = {
-            "input_ids": ids.to(self.device),
-            "attention_mask": mask.to(self.device),
-            "position_ids": positions.to(self.device),
-            "use_cache": use_cache,
-        }
-        if cache is not None:
-            kwargs[self.cache_arg] = cache
-        if last_only and self.keeps_last:
-            kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
-        out = self.model(**kwargs)
-        new_cache = None
-        if use_cache:
-            new_cache = out.get("cache") if isinstance(out, dict) else None
-            if new_cache is None:
-                new_cache = out.get("past_key_values") if isinstance(out, dict) else None
-        return out.logits, new_cache
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-@contextmanager
-def _eval_mode(model) -> Iterator[None]:
-    """model.eval() and inference mode for the block; the previous train/eval mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _cache_rows(cache, rows: torch.Tensor):
-    """A new KV cache holding the batch rows `rows` (repeats allowed); `cache` is left as it was.
-
-    transformers' `batch_select_indices` replaces each layer's tensors, so it runs on
-    a shallow copy whose per-layer objects (or tensor lists, before 4.56) are copies.
-    """
-    if cache is None:
-        return None
-    if isinstance(cache, tuple):  # legacy cache: ((key, value), ...) per layer, batch first
-        return tuple(tuple(t[rows.to(t.device)] for t in layer) for layer in cache)
-    view = copy.copy(cache)
-    if hasattr(cache, "layers"):  # transformers >= 4.56: one object per layer
-        view.layers = [copy.copy(layer) for layer in cache.layers]
-        keys = next(
-            (x.keys for x in cache.layers if isinstance(getattr(x, "keys", None), torch.Tensor)),
-            None,
-        )
-    else:  # older DynamicCache: lists of tensors
-        view.key_cache, view.value_cache = list(cache.key_cache), list(cache.value_cache)
-        keys = cache.key_cache[0] if cache.key_cache else None
-    view.batch_select_indices(rows.to(keys.device if keys is not None else rows.device))
-    return view
-
-
-# Fixed cost of one extra forward pass, in tokens: roughly what a 7B model's weight reads
-# cost on a GPU, or Python and dispatch overhead on a CPU. Splitting the choices of a
-# batch into another pass must save more padded tokens than this.
-SPLIT_OVERHEAD_TOKENS = 256
-
-
-def _length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) -> list[list[int]]:
-    """Indices grouped longest first; a new group starts where it saves > `overhead` padded tokens.
-
-    Starting a group at a row saves (rows left) x (group's longest - this row) padded
-    tokens. On MMLU answer texts this cuts padding from 2.7x to about 1.4x the real tokens.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for rank, i in enumerate(order):
-        if not groups or (len(order) - rank) * (lengths[groups[-1][0]] - lengths[i]) > overhead:
-            groups.append([])
-        groups[-1].append(i)
-    return groups
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding (0 at each row's first real token)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-# --- multiple choice: encoding ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One item, tokenised: the shared context (with prefix) and each choice's tokens."""
-
-    context: list[int]
-    continuations: list[list[int]]
-
-
-def _encode_requests(
-    lm: _CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
-) -> list[_Request]:
-    """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):]."""
-    ctx_texts, cont_texts = [], []
-    for context, options in zip(contexts, choices, strict=True):
-        # lm-eval moves the context's trailing whitespace into the continuation.
-        stripped = context.rstrip()
-        moved = context[len(stripped) :]
-        ctx_texts.append(stripped)
-        cont_texts.append([moved + delimiter + c for c in options])
-    ctx_ids = lm.encode(ctx_texts)
-    flat_whole = lm.encode(
-        [c + t for c, conts in zip(ctx_texts, cont_texts, strict=True) for t in conts]
-    )
-    flat_cont = lm.encode([t for conts in cont_texts for t in conts])
-    requests, k = [], 0
-    for ctx, conts in zip(ctx_ids, cont_texts, strict=True):
-        continuations = []
-        for _ in conts:
-            whole = flat_whole[k]
-            # Fall back to tokenising the continuation alone when a BPE merge crosses the
-            # boundary (the whole text then does not start with the context's tokens).
-            ok = whole[: len(ctx)] == ctx and len(whole) > len(ctx)
-            continuations.append(whole[len(ctx) :] if ok else flat_cont[k])
-            k += 1
-        full_ctx = lm.prefix + ctx if ctx else list(lm.empty_context)
-        longest = max((len(c) for c in continuations), default=0)
-        if lm.max_length is not None and len(full_ctx) + longest > lm.max_length:
-            # Too long for the model: drop the context's oldest tokens (as lm-eval does).
-            full_ctx = full_ctx[-max(1, lm.max_length - longest) :]
-        requests.append(_Request(full_ctx, continuations))
-    return requests
-
-
-# --- multiple choice: the two scorers -------------------------------------------------
-
-
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) under `logits` (any leading shape), in fp32."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - logits.logsumexp(-1)
-
-
-def _score_batch(
-    lm: _CausalLM, batch: list[_Request], overhead: int = SPLIT_OVERHEAD_TOKENS
-) -> list[list[float]]:
-    """Log-likelihood of every choice of every item in `batch`; each context runs once."""
-    ctx_ids, ctx_mask = _left_pad([r.context for r in batch], lm.pad_id)
-    needs_rest = any(len(c) > 1 for r in batch for c in r.continuations)
-    logits, cache = lm(
-        ctx_ids, ctx_mask, _positions(ctx_mask), use_cache=needs_rest, last_only=True
-    )
-    # Left padding puts every row's last context token in the last column.
-    first = logits[:, -1].float().log_softmax(-1).cpu()
-    scores = [
-        [float(first[b, cont[0]]) if cont else 0.0 for cont in r.continuations]
-        for b, r in enumerate(batch)
-    ]
-    if not needs_rest:
-        return scores
-
-    # Choices with more than one token: run tokens 1..n-1 on a copy of their item's cache,
-    # in groups of similar length so little work goes into padding.
-    rows = [
-        (b, j) for b, r in enumerate(batch) for j, c in enumerate(r.continuations) if len(c) > 1
-    ]
-    lengths = [len(batch[b].continuations[j]) for b, j in rows]
-    for group in _length_groups(lengths, overhead):
-        part = [rows[g] for g in group]
-        index = torch.tensor([b for b, _ in part])
-        conts = [batch[b].continuations[j] for b, j in part]
-        cont_ids, cont_mask = _right_pad([c[:-1] for c in conts], lm.pad_id)
-        targets, _ = _right_pad([c[1:] for c in conts], 0)
-        positions = ctx_mask.sum(-1)[index][:, None] + torch.arange(cont_ids.shape[1])[None, :]
-        mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
-        logits, _ = lm(cont_ids, mask, positions, cache=_cache_rows(cache, index))
-        logp = _token_logprobs(logits, targets.to(logits.device)).cpu() * cont_mask
-        for (b, j), total in zip(part, logp.sum(-1).tolist(), strict=True):
-            scores[b][j] += total
-    return scores
-
-
-def score_choices(
-    model,
-    tokenizer,
-    contexts: Sequence[str],
-    choices: Sequence[Sequence[str]],
-    *,
-    delimiter: str = " ",
-    batch_size: int = 16,
-    device=None,
-    add_bos: bool = True,
-    progress: bool = False,
-    desc: str = "score",
-    split_overhead_tokens: int = SPLIT_OVERHEAD_TOKENS,
-) -> list[list[float]]:
-    """Summed log p(delimiter + choice | context) for every choice of every context, batched.
-
-    `batch_size` is items (contexts) per forward pass. Items are scored longest
-    first (less padding) and returned in input order. Multi-token choices run in
-    extra passes grouped by length (`split_overhead_tokens`: see `_length_groups`).
-    """
-    lm = _CausalLM(model, tokenizer, device, add_bos)
-    requests = _encode_requests(lm, contexts, choices, delimiter)
-    order = sorted(
-        range(len(requests)),
-        key=lambda i: (
-            -(len(requests[i].context) + max(map(len, requests[i].continuations), default=0))
-        ),
-    )
-    results: list[list[float]] = [[] for _ in requests]
-    bar = tqdm(total=len(requests), desc=desc, unit="item", disable=not progress, mininterval=2)
-    with _eval_mode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            for i, lls in zip(
-                chunk,
-                _score_batch(lm, [requests[i] for i in chunk], split_overhead_tokens),
-                strict=True,
-            ):
-                results[i] = lls
-            bar.update(len(chunk))
-    bar.close()
-    return results
-
-
-def score_choices_reference(
-    model,
-    tokenizer,
-    contexts: Sequence[str],
-    choices: Sequence[Sequence[str]],
-    *,
-    delimiter: str = " ",
-    device=None,
-    add_bos: bool = True,
-) -> list[list[float]]:
-    """The same numbers as `score_choices`, one (context, choice) per forward pass: no padding,
-    no cache. Slow; it is the reference the batched scorer is checked against."""
-    lm = _CausalLM(model, tokenizer, device, add_bos)
-    requests = _encode_requests(lm, contexts, choices, delimiter)
-    results = []
-    with _eval_mode(model):
-        for r in requests:
-            lls = []
-            for cont in r.continuations:
-                if not cont:
-                    lls.append(0.0)
-                    continue
-                ids = torch.tensor([r.context + cont])
-                mask = torch.ones_like(ids)
-                logits, _ = lm(ids, mask, _positions(mask))
-                n = len(r.context)
-                targets = torch.tensor(cont, device=logits.device)
-                lls.append(float(_token_logprobs(logits[0, n - 1 : -1], targets).sum()))
-            results.append(lls)
-    return results
-
-
-def choice_metrics(loglik: Sequence[float], choices: Sequence[str], label: int) -> dict:
-    """lm-eval's acc and acc_norm for one item (ties go to the first choice, as np.argmax)."""
-    lls = np.asarray(loglik, dtype=np.float64)
-    lengths = np.asarray([float(len(c)) for c in choices])
-    pred = int(np.argmax(lls))
-    # An empty choice has length 0; lm-eval would divide by zero. Count it as 1 character.
-    pred_norm = int(np.argmax(lls / np.maximum(lengths, 1.0)))
-    return {
-        "pred": pred,
-        "pred_norm": pred_norm,
-        "acc": float(pred == label),
-        "acc_norm": float(pred_norm == label),
-    }
-
-
-# --- generation -----------------------------------------------------------------------
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def generate_greedy(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    stop_sequences: Sequence[str] = (),
-    batch_size: int = 16,
-    device=None,
-    add_bos: bool = True,
-    progress: bool = False,
-    desc: str = "generate",
-) -> list[str]:
-    """Greedy continuations of `prompts`, batched with left padding and a KV cache.
-
-    Each row stops at eos or when its text contains a stop sequence; the text is
-    returned cut before the first stop sequence (eos is never included).
-    """
-    lm = _CausalLM(model, tokenizer, device, add_bos)
-    budget = None if lm.max_length is None else max(1, lm.max_length - max_new_tokens)
-    encoded = [(lm.prefix + ids) or list(lm.empty_context) for ids in lm.encode(list(prompts))]
-    if budget is not None:
-        encoded = [ids[-budget:] for ids in encoded]  # keep the question, drop old shots
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs = [""] * len(encoded)
-    bar = tqdm(total=len(encoded), desc=desc, unit="item", disable=not progress, mininterval=2)
-    with _eval_mode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            texts = _generate_batch(lm, [encoded[i] for i in chunk], max_new_tokens, stop_sequences)
-            for i, text in zip(chunk, texts, strict=True):
-                outputs[i] = text
-            bar.update(len(chunk))
-    bar.close()
-    return outputs
-
-
-def _generate_batch(
-    lm: _CausalLM, prompts: list[list[int]], max_new_tokens: int, stops: Sequence[str]
-) -> list[str]:
-    ids, mask = _left_pad(prompts, lm.pad_id)
-    positions = _positions(mask)
-    logits, cache = lm(ids, mask, positions, use_cache=True, last_only=True)
-    generated: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for step in range(max_new_tokens):
-        next_ids = logits[:, -1].argmax(-1).cpu()
-        for row, token in enumerate(next_ids.tolist()):
-            if done[row]:
-                continue
-            if token == lm.eos_id:
-                done[row] = True
-                continue
-            generated[row].append(token)
-            if stops:
-                text = lm.tokenizer.decode(generated[row], skip_special_tokens=True)
-                done[row] = _cut_at_stop(text, stops)[1]
-        if all(done) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits, cache = lm(next_ids[:, None], mask, positions, cache=cache, use_cache=True)
-    texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in generated]
-    return [_cut_at_stop(t, stops)[0] for t in texts]
 
 
 # --- held-out loss ----------------------------------------------------------------------

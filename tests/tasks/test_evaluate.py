@@ -1,5 +1,5 @@
-"""Evaluation: known answers for acc / acc_norm / exact match / held-out loss, and the
-batched scorer against the one-at-a-time reference, on tiny in-memory models."""
+"""Evaluation end to end: known answers for acc / acc_norm / exact match / held-out loss,
+few-shot contexts, bad input and the arm comparison table, on tiny in-memory models."""
 
 from __future__ import annotations
 
@@ -10,103 +10,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from torch import nn
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from data_specs.errors import DataError, SpecError
 from data_specs.record import make_record, records_to_table
 from data_specs.schema import EvalSuiteSpec, EvaluationSpec
+from tasks.eval_scoring import score_choices
 from tasks.eval_suites import BUILTIN_SUITES, extract_answer, suite_format
 from tasks.evaluate import (
     SuiteData,
-    _length_groups,
     build_contexts,
-    choice_metrics,
     compare_arms,
     evaluate_model,
-    generate_greedy,
     heldout_loss,
-    score_choices,
-    score_choices_reference,
 )
-
-CORPUS = [
-    "Question: What is the capital of France?\nA. Paris\nB. Rome\nC. Oslo\nD. Bern\nAnswer: A",
-    "The passage says the river is long.\nQuestion: is the river long?\nAnswer: yes",
-    "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer: 3 + 4 = 7\n#### 7",
-    "A dog ran across the field. True or False? Answer: True",
-] * 3
-
-
-def _tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE; vocab_size 260 gives one token per byte (no merges)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+from tests.tasks.test_eval_scoring import BigramLM, make_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def bpe():
-    return _tokenizer(300)  # ~40 merges on top of the 256 bytes
+    return make_tokenizer(300)  # ~40 merges on top of the 256 bytes
 
 
 @pytest.fixture(scope="module")
 def chars():
-    return _tokenizer(259)  # bytes + 3 specials: exactly one token per ASCII character
-
-
-def _llama(vocab: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-class BigramLM(nn.Module):
-    """A causal LM whose next token depends only on the current one: preferences by construction."""
-
-    def __init__(self, vocab: int, table: dict[int, int] | None = None, bias=None):
-        super().__init__()
-        self.vocab, self.table = vocab, table or {}
-        self.bias = torch.zeros(vocab) if bias is None else bias
-        self.dummy = nn.Parameter(torch.zeros(1))  # gives the module a device
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
-        logits = self.bias.expand(*input_ids.shape, self.vocab).clone()
-        for token, nxt in self.table.items():
-            logits[input_ids == token] = 0.0
-            logits[..., nxt] += 20.0 * (input_ids == token)  # near-certain next token
-        return CausalLMOutputWithPast(logits=logits)
+    return make_tokenizer(259)  # bytes + 3 specials: exactly one token per ASCII character
 
 
 def _write(path, rows):
@@ -127,24 +54,10 @@ def _mc_row(prompt, choices, label, source="suite", meta=None):
     )
 
 
-# --- acc / acc_norm --------------------------------------------------------------------
-
-
-def test_acc_norm_is_loglik_over_characters_on_hand_examples():
-    # lls / len: -4/2 = -2, -6/6 = -1, -5/4 = -1.25 -> acc picks 0, acc_norm picks 1.
-    m = choice_metrics([-4.0, -6.0, -5.0], ["ab", "abcdef", "abcd"], label=1)
-    assert (m["pred"], m["pred_norm"], m["acc"], m["acc_norm"]) == (0, 1, 0.0, 1.0)
-    # The delimiter is not counted: " yes" vs "no" is 3 vs 2 characters.
-    m = choice_metrics([-3.0, -2.1], ["yes", "no"], label=0)
-    assert (m["pred"], m["pred_norm"]) == (1, 0)  # -1.0 > -1.05
-    # Ties go to the first choice, like np.argmax.
-    assert choice_metrics([-1.0, -1.0], ["a", "b"], label=1)["acc"] == 0.0
-
-
 def test_uniform_model_gives_known_logliks_acc_and_acc_norm(tmp_path, chars):
     """A Llama with a zero lm_head predicts uniformly: ll = -(len(choice) + 1) * log V (the
     +1 is the space), so acc picks the shortest choice and acc_norm the longest."""
-    model = _llama(len(chars))
+    model = tiny_llama(len(chars))
     with torch.no_grad():
         model.lm_head.weight.zero_()
     vocab = model.config.vocab_size
@@ -190,90 +103,6 @@ def test_constructed_preference_for_yes_gives_expected_acc(tmp_path, chars):
     result = evaluate_model(model, chars, [SuiteData(spec, path)], None, EvaluationSpec())
     assert result.metrics["boolq_acc"] == pytest.approx(0.75)
     assert set(result.predictions["predicted"]) == {"yes"}
-
-
-# --- batched scorer == one-at-a-time ------------------------------------------------------
-
-
-def _family(name: str, vocab: int):
-    torch.manual_seed(1)
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if name == "llama":
-        return _llama(vocab, seed=1)
-    if name == "qwen2":
-        return Qwen2ForCausalLM(
-            Qwen2Config(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=256,
-                **common,
-            )
-        ).eval()
-    return GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=32,
-            n_inner=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=256,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            **common,
-        )
-    ).eval()
-
-
-@pytest.mark.parametrize(
-    ("family", "overhead"), [("llama", 0), ("llama", 10_000), ("qwen2", 0), ("gpt2", 0)]
-)
-def test_batched_scorer_matches_one_at_a_time(bpe, family, overhead):
-    """overhead 0 splits multi-token choices into one pass per length (the KV cache is
-    reused by several passes); 10_000 runs them all in one pass."""
-    model = _family(family, len(bpe))
-    contexts = [
-        "Question: What is the capital of France?\nAnswer:",
-        "Q?",
-        "The passage says the river is long and the dog ran across the field.\nQuestion: is it?\nAnswer:",
-        "Tom has 3 apples. ",  # trailing space moves into the continuation, as in lm-eval
-        "Question: Which one?\nA. x\nB. y\nAnswer:",
-    ]
-    choices = [
-        ["Paris", "Rome is a city in Italy", "Oslo"],
-        ["yes", "no"],
-        ["True", "False", "the river is very long indeed", "x"],
-        ["7", "seven apples", "3 + 4 = 7\n#### 7"],
-        ["A", "B"],
-    ]
-    batched = score_choices(
-        model, bpe, contexts, choices, batch_size=3, split_overhead_tokens=overhead
-    )
-    reference = score_choices_reference(model, bpe, contexts, choices)
-    for got, want in zip(batched, reference, strict=True):
-        assert got == pytest.approx(want, abs=1e-4)
-    assert all(ll < 0 for lls in batched for ll in lls)
-
-
-def test_scorer_left_truncates_contexts_longer_than_the_model(bpe):
-    model = _llama(len(bpe))
-    model.config.max_position_embeddings = 32  # far shorter than the context below
-    long_context = "The passage says the river is long. " * 20 + "Answer:"
-    batched = score_choices(model, bpe, [long_context, "Q?"], [["yes", "no"], ["a", "bb"]])
-    reference = score_choices_reference(
-        model, bpe, [long_context, "Q?"], [["yes", "no"], ["a", "bb"]]
-    )
-    assert batched[0] == pytest.approx(reference[0], abs=1e-4)
-
-
-def test_length_groups_split_only_where_padding_saved_exceeds_the_overhead():
-    lengths = [2, 30, 3, 29, 2]
-    assert _length_groups(lengths, overhead=10_000) == [[1, 3, 2, 0, 4]]
-    # Starting a group at the 3-token row saves 3 rows x (30 - 3) = 81 padded tokens.
-    assert _length_groups(lengths, overhead=50) == [[1, 3], [2, 0, 4]]
-    assert _length_groups(lengths, overhead=0) == [[1], [3], [2], [0, 4]]
 
 
 # --- few-shot contexts -------------------------------------------------------------------
@@ -326,40 +155,6 @@ def test_gsm8k_answer_extraction(text, answer):
     assert extract_answer(text, "gsm8k") == answer
 
 
-def test_greedy_generation_stops_at_stop_sequences_and_eos(chars):
-    ids = chars.convert_tokens_to_ids
-    nl = chars.encode("\n", add_special_tokens=False)[0]
-    space = chars.encode(" ", add_special_tokens=False)[0]
-    # After ":" comes " 42" then newlines forever; after "?" comes " 9" then eos.
-    table = {
-        ids(":"): space,
-        space: ids("4"),
-        ids("4"): ids("2"),
-        ids("2"): nl,
-        nl: nl,
-        ids("?"): ids("9"),
-        ids("9"): chars.eos_token_id,
-    }
-    model = BigramLM(len(chars), table=table)
-    prompts = ["Question: how many?\nAnswer:", "Q: a much longer prompt here. Answer:", "Why?"]
-    out = generate_greedy(
-        model, chars, prompts, max_new_tokens=10, stop_sequences=["\n\n"], batch_size=2
-    )
-    assert out == [" 42", " 42", "9"]
-    # Without a stop sequence the budget ends it.
-    out = generate_greedy(model, chars, prompts[:1], max_new_tokens=5)
-    assert out == [" 42\n\n"]
-
-
-def test_batched_generation_equals_one_at_a_time(bpe):
-    model = _llama(len(bpe), seed=3)
-    prompts = ["Question: Tom has 3 apples.\nAnswer:", "Q?", "The passage says the river is long."]
-    batched = generate_greedy(model, bpe, prompts, max_new_tokens=8, batch_size=3)
-    single = [generate_greedy(model, bpe, [p], max_new_tokens=8)[0] for p in prompts]
-    assert batched == single
-    assert all(batched)
-
-
 def test_generation_suite_exact_match(tmp_path, chars):
     nl = chars.encode("\n", add_special_tokens=False)[0]
     space = chars.encode(" ", add_special_tokens=False)[0]
@@ -391,7 +186,7 @@ def test_generation_suite_exact_match(tmp_path, chars):
 
 
 def test_heldout_loss_equals_hand_computation(tmp_path, bpe):
-    model = _llama(len(bpe), seed=5)
+    model = tiny_llama(len(bpe), seed=5)
     rows = [
         ("alpaca", "Give a colour.", "Blue."),
         ("alpaca", "Name the capital of France in one word please.", "Paris"),
@@ -436,7 +231,9 @@ def test_bad_label_names_file_row_and_field(tmp_path, chars):
     pq.write_table(table, path)
     spec = EvalSuiteSpec(name="bad", path="x", template="arc")
     with pytest.raises(DataError, match=r"bad\.parquet: row 1, field label"):
-        evaluate_model(_llama(len(chars)), chars, [SuiteData(spec, path)], None, EvaluationSpec())
+        evaluate_model(
+            tiny_llama(len(chars)), chars, [SuiteData(spec, path)], None, EvaluationSpec()
+        )
 
 
 def test_template_kind_mismatch_is_a_spec_error():
