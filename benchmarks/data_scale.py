@@ -8,7 +8,7 @@ The source: instruction (6-20 words), input (empty for 60% of rows, else 5-40 wo
 output (10-80 words) over a 30k-word Zipf vocabulary, about the size of real Alpaca rows;
 5% of the rows repeat an earlier row with changed case and punctuation (exact duplicates
 after normalisation). It is written as Parquet in 100k-row batches before anything is
-measured. The stages are the pipeline's own plain functions (flows/data.py), so the figures
+measured. The stages are the pipeline's own plain functions (tasks/data_stages.py), so the figures
 include their Parquet writes. Near dedup and decontamination are off: they are measured by
 benchmarks/dedup.py. Peak memory: the process's max RSS (getrusage) and, per stage, the
 highest RSS a 20 ms sampler saw. Prints one JSON object.
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_specs.schema import parse_spec  # noqa: E402
-from flows.data import dedup_stage, mixture_stage, normalise_stage  # noqa: E402
+from tasks.data_stages import dedup_stage, mixture_stage, normalise_stage  # noqa: E402
 from tasks.fetch import fetch  # noqa: E402
 from tasks.workspace import Workspace  # noqa: E402
 
