@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from data_specs.errors import DataError
-from data_specs.schema import parse_spec
 from tasks.catalog import Catalog
 from tasks.workspace import Workspace
+from tests.flows.one_source_spec import one_source_spec
 
 REPO = Path(__file__).resolve().parents[2]
 BAD = REPO / "tests" / "data_specs" / "bad_inputs"
@@ -33,22 +33,7 @@ def spec_for(case: dict):
         "category": "math",
         **case.get("location", {}),
     }
-    data = {
-        "name": "bad-input",
-        "sources": [source],
-        "eval_suites": [
-            {
-                "name": "good",
-                "path": "good.jsonl",
-                "template": "gsm8k",
-                "kind": "generation",
-                "category": "math",
-            }
-        ],
-        "base_model": {"tiny": {}},
-        "arms": [{"name": "lora", "kind": "lora"}],
-    }
-    return parse_spec(data, BAD / "spec.yaml")
+    return one_source_spec("bad-input", source)
 
 
 def slug(kind: str) -> str:

@@ -9,38 +9,22 @@ from pathlib import Path
 import pytest
 
 from data_specs.errors import DataError
-from data_specs.schema import parse_spec
 from tasks.catalog import TABLES, Catalog
 from tasks.workspace import Workspace
+from tests.flows.one_source_spec import one_source_spec
 
 TOKEN = "hf_SeCrEtT0kenThatMustNeverLeak123"
 REPO = Path(__file__).resolve().parents[2]
 
 
 def hub_spec(dataset_id: str):
-    data = {
-        "name": "hub-token",
-        "sources": [
-            {
-                "name": "hub",
-                "hf": {"id": dataset_id, "split": "train"},
-                "template": "gsm8k",
-                "category": "math",
-            }
-        ],
-        "eval_suites": [
-            {
-                "name": "good",
-                "path": "good.jsonl",
-                "template": "gsm8k",
-                "kind": "generation",
-                "category": "math",
-            }
-        ],
-        "base_model": {"tiny": {}},
-        "arms": [{"name": "lora", "kind": "lora"}],
+    source = {
+        "name": "hub",
+        "hf": {"id": dataset_id, "split": "train"},
+        "template": "gsm8k",
+        "category": "math",
     }
-    return parse_spec(data, REPO / "tests/data_specs/bad_inputs/spec.yaml")
+    return one_source_spec("hub-token", source)
 
 
 def catalog_text(ws: Workspace) -> str:
