@@ -109,7 +109,7 @@ class EvalSuiteSpec(DataLocation):
     """One evaluation suite: never trained on, used for decontamination and scoring."""
 
     name: str = Field(pattern=NAME_RE)
-    """Unique short name; metrics are logged as ``<name>/<metric>``."""
+    """Unique short name; metrics are logged as ``<name>_<metric>`` (e.g. ``mmlu_acc``)."""
     template: str
     """Normalisation template (as for sources); it must keep choices and label for multiple_choice."""
     kind: Literal["multiple_choice", "generation"] = "multiple_choice"
@@ -392,6 +392,16 @@ class PipelineSpec(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        metrics = {"eval_macro_acc"}
+        for suite in self.eval_suites:
+            kinds = ("acc", "acc_norm") if suite.kind == "multiple_choice" else ("exact_match",)
+            metrics |= {f"{suite.name}_{k}" for k in kinds}
+            metrics.add(f"category_{suite.category}_score")
+        if self.registry.primary_metric not in metrics:
+            raise ValueError(
+                f"registry.primary_metric {self.registry.primary_metric!r} is not a metric this "
+                f"spec produces; choose one of {sorted(metrics)}"
+            )
         tiny = self.base_model.tiny
         if tiny is not None and self.training.max_length > tiny.max_position:
             raise ValueError(

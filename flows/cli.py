@@ -65,7 +65,9 @@ def summary_columns(summary: dict) -> list[str]:
     """Primary metric, each suite's headline score, held-out loss (the rest is in MLflow)."""
     primary = summary["primary_metric"]
     names = {k for arm in summary["arms"] for k in arm["metrics"]}
-    suites = sorted(k for k in names if k.endswith(("_acc", "_exact_match")) and k != primary)
+    suites = sorted(
+        k for k in names if k.endswith(("_acc", "_acc_norm", "_exact_match")) and k != primary
+    )
     return [c for c in (primary, *suites, "val_loss") if c in names]
 
 
@@ -91,7 +93,8 @@ def format_summary(summary: dict) -> str:
             table,
             "",
             f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
-            f"champion v{summary['champion']} ({summary['decision']})",
+            f"champion {'v' + summary['champion'] if summary['champion'] else 'none'} "
+            f"({summary['decision']})",
             f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
             f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
         ]

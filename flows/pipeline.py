@@ -12,8 +12,12 @@ arm's finished MLflow run) and the registered versions (run-key tag).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from data_specs.errors import TrainingError
 from data_specs.schema import ArmSpec, PipelineSpec, load_spec
 from flows.data import DataOutputs, run_data_stages
 from tasks.analyse import (
@@ -36,9 +41,16 @@ from tasks.catalog import Catalog
 from tasks.evaluate import SuiteData, compare_arms, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
-from tasks.registry import CHALLENGER, attach_run_artifacts, register_adapter, set_alias
+from tasks.registry import (
+    CHALLENGER,
+    CHAMPION,
+    attach_run_artifacts,
+    register_adapter,
+    set_alias,
+    version_by_alias,
+)
 from tasks.tracking import Tracker, code_version
-from tasks.train import ArmResult, resolve_device
+from tasks.train import ArmResult, load_result, resolve_device
 from tasks.train_launch import launch_arm
 from tasks.workspace import Workspace
 
@@ -73,13 +85,63 @@ class PipelineSummary:
     ui_command: str
 
 
+def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
+    """Hash of what decides an arm's weights: base model, the arm, training settings.
+
+    Editing a spec's description, evaluation or promotion settings changes its spec
+    hash but not this: the trained arms, their runs and versions are reused.
+    """
+    blob = json.dumps(
+        [
+            spec.base_model.model_dump(mode="json"),
+            arm.model_dump(mode="json"),
+            spec.training.model_dump(mode="json"),
+            spec.seed,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_key(spec: PipelineSpec, mixture_id: str, arm: ArmSpec) -> str:
-    """Identity of an arm's training: same spec, same mixture, same arm -> same run and version."""
-    return f"{spec.spec_hash}:{mixture_id}:{arm.name}"
+    """Identity of an arm's training: same training, same mixture -> same run and version."""
+    return f"{training_hash(spec, arm)}:{mixture_id}:{arm.name}"
 
 
 def arm_dir(ws: Workspace, spec: PipelineSpec, mixture_id: str, arm: ArmSpec) -> Path:
-    return ws.runs_dir / spec.name / f"{spec.spec_hash}-{mixture_id}" / arm.name
+    return ws.runs_dir / spec.name / f"{training_hash(spec, arm)}-{mixture_id}" / arm.name
+
+
+@contextmanager
+def spec_lock(ws: Workspace, spec: PipelineSpec):
+    """One pipeline run per spec and workspace at a time.
+
+    A second concurrent run would adopt the first one's live arm runs and register
+    duplicate versions. The lock is an flock, so a killed run releases it at once
+    and its unfinished arm runs are then resumed by the next run.
+    """
+    path = ws.runs_dir / spec.name / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise TrainingError(
+                f"another `mlora run` of spec {spec.name!r} is running in this workspace "
+                f"(pid {owner})",
+                where=str(ws.root),
+                fix="wait for it to finish, or use another workspace (--workspace)",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @task(name="train-arm", cache_policy=NO_CACHE)
@@ -100,6 +162,13 @@ def train_arm_task(
             "mlora.code_version": code_version(),
         },
     )
+    done_dir = arm_dir(ws, spec, data.mixture_id, arm)
+    if finished and load_result(done_dir) is None:
+        raise TrainingError(
+            f"arm {arm.name!r}: its MLflow run {run_id} is FINISHED but the trained adapter "
+            f"is missing from {done_dir}",
+            fix=f"restore that folder, or delete run {run_id} in the MLflow UI to retrain",
+        )
     try:
         tracker.log_params(
             run_id,
@@ -246,6 +315,7 @@ def register_task(
             "revision": spec.base_model.revision,
             "trust_remote_code": spec.base_model.trust_remote_code,
             "max_new_tokens": spec.evaluation.max_new_tokens,
+            "chat_template": spec.training.chat_template,
         },
         extra_artifacts=extra,
         tags={
@@ -296,9 +366,11 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
         params=spec.canonical(),
     )
     try:
-        summary = _train_evaluate_register(ws, spec, data, base, tracker, parent_id)
+        with spec_lock(ws, spec):
+            summary = _train_evaluate_register(ws, spec, data, base, tracker, parent_id)
     except BaseException:
         tracker.finish(parent_id, "FAILED")
+        tracker.fail_unfinished_children(parent_id)
         raise
     tracker.finish(parent_id)
     return asdict(summary)
@@ -362,7 +434,7 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     )
     tracker.set_tags(parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")
-    champion = tracker.client.get_model_version_by_alias(spec.registered_model_name, "champion")
+    champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
     return PipelineSummary(
         spec=spec.name,
         spec_hash=spec.spec_hash,

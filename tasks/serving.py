@@ -53,6 +53,10 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.max_new_tokens = int(config.get("max_new_tokens", 64))
+        # Prompts are wrapped the way training wrapped them (tasks/tokenise.py render_prompts).
+        self.chat_template = bool(config.get("chat_template")) and bool(
+            getattr(self.tokenizer, "chat_template", None)
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """One greedy completion per row of `model_input["prompt"]`."""
@@ -64,7 +68,14 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         completions = []
         for prompt in model_input["prompt"].astype(str).tolist():
-            ids = tok(prompt, return_tensors="pt").input_ids.to(self.device)
+            if self.chat_template:
+                prompt = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+            ids = ids.to(self.device)
             # Training saw <s> first; tokenizers that do not add it themselves get it here.
             if tok.bos_token_id is not None and (
                 ids.shape[1] == 0 or ids[0, 0] != tok.bos_token_id

@@ -64,6 +64,9 @@ def tokenise_records(
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    # Chat templates such as Llama 3's already open with the BOS text: do not add a second one.
+    if bos and prompts and tokenizer.bos_token and prompts[0].startswith(tokenizer.bos_token):
+        bos = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     examples, dropped, truncated, tokens, targets = [], 0, 0, 0, 0

@@ -143,6 +143,15 @@ class Tracker:
             self.client.set_tag(run.info.run_id, "mlora.resumed_from_parent", old_parent)
         self.client.update_run(run.info.run_id, status="RUNNING")
 
+    def fail_unfinished_children(self, parent_id: str) -> None:
+        """Mark the arm runs a failed pipeline run left RUNNING as FAILED (a rerun resumes them)."""
+        children = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in children:
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,7 +103,13 @@ def load_base(
     tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
     if tokenizer.pad_token_id is None:
         # Padding only fills packed-block tails and is never a target, so eos is safe to reuse.
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token_id is None:
+        raise TrainingError(
+            "the tokenizer has no pad, eos or unk token to pad with",
+            where=model_path,
+            fix="use a model whose tokenizer defines eos_token (most do)",
+        )
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kwargs)
@@ -284,9 +291,9 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     for ckpt in ckpts:
         if (ckpt / "trainer_state.json").is_file():
             complete.append(ckpt)
-        else:
+        elif _rank() == 0:  # under torchrun every rank looks; one removes
             log.warning("removing incomplete checkpoint %s (interrupted while saving)", ckpt)
-            shutil.rmtree(ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
     return complete[-1] if complete else None
 
 
@@ -373,7 +380,9 @@ def train_arm(
         remove_unused_columns=False,
         torch_compile=training.compile,
     )
-    tokens_per_step = training.batch_size * training.grad_accum * training.max_length
+    tokens_per_step = (
+        training.batch_size * training.grad_accum * training.max_length * _world_size()
+    )
     progress = ProgressLog(arm.name, tokens_per_step)
     trainer = ArmTrainer(
         model=model,
@@ -436,17 +445,19 @@ def _write_outputs(model, tokenizer, arm: ArmSpec, result: ArmResult, base_name:
     else:
         save_adapter(model, result.adapter_dir)
         export_peft(model, result.peft_dir, base_name)
-    for ckpt in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(ckpt)  # the finished adapter supersedes them
     tmp = output_dir / (DONE_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(result), indent=2))
     tmp.rename(output_dir / DONE_FILE)
+    for ckpt in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)  # only now: the finished adapter and result.json supersede them
 
 
 def _world_size() -> int:
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

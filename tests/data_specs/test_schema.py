@@ -190,3 +190,14 @@ def test_file_level_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(tmp_path / "bad.yaml")
+
+
+def test_primary_metric_must_be_one_the_spec_produces(tmp_path):
+    import yaml
+
+    from data_specs.schema import demo_spec_path
+
+    data = yaml.safe_load(demo_spec_path().read_text())
+    data["registry"]["primary_metric"] = "eval_macro_accuracy"
+    with pytest.raises(SpecError, match=r"(?s)registry.*eval_macro_accuracy.*knowledge_mc_acc"):
+        parse_spec(data, tmp_path / "typo.yaml")

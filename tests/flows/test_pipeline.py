@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,18 @@ def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tm
     with pytest.raises(DataError, match=r"(?s)math_bad\.jsonl.*row 7.*answer"):
         pipeline_flow(str(malformed), str(ws.root))
     _assert_nothing_written(ws)
+
+
+def test_a_second_concurrent_run_of_a_spec_is_refused(tmp_path):
+    from data_specs.schema import load_spec
+    from flows.pipeline import spec_lock
+    from tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    spec = load_spec(DEMO)[0]
+    with spec_lock(ws, spec):
+        with pytest.raises(TrainingError, match=f"(?s)another `mlora run`.*pid {os.getpid()}"):
+            with spec_lock(ws, spec):
+                pass
+    with spec_lock(ws, spec):  # released: the next run goes ahead
+        pass
