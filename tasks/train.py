@@ -297,6 +297,17 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _logged_history(checkpoint: Path) -> list[dict]:
+    """The loss / eval-loss points Trainer logged before `checkpoint` (from its trainer_state.json)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    keep = ("loss", "learning_rate", "grad_norm", "eval_loss")
+    return [
+        {"step": entry["step"], **{k: entry[k] for k in keep if k in entry}}
+        for entry in state.get("log_history", [])
+        if "loss" in entry or "eval_loss" in entry
+    ]
+
+
 def load_result(output_dir: Path) -> ArmResult | None:
     """The finished result of an arm, if it completed before (the stage is then skipped)."""
     done = output_dir / DONE_FILE
@@ -398,12 +409,17 @@ def train_arm(
     resume = last_checkpoint(output_dir)
     if resume is not None:
         log.info("[%s] resuming from %s", arm.name, resume.name)
+        progress.history = _logged_history(resume)  # the loss curve spans the interruption
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     resumed_steps = int(resume.name.split("-")[1]) if resume else 0
+    train_loss = float(output.training_loss)
+    if output.global_step == resumed_steps:  # killed after the last checkpoint: nothing left to run
+        logged = [h["loss"] for h in progress.history if "loss" in h]
+        train_loss = logged[-1] if logged else float(output.training_loss)
     eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
 
     adapter_dir = output_dir / "adapter"
@@ -416,9 +432,11 @@ def train_arm(
         adapter_dir=str(adapter_dir),
         peft_dir=str(peft_dir) if peft_dir else None,
         steps=output.global_step,
-        train_loss=float(output.training_loss),
+        train_loss=train_loss,
         eval_loss=eval_loss,
-        tokens_per_second=tokens_per_step * (output.global_step - resumed_steps) / seconds,
+        tokens_per_second=tokens_per_step * (output.global_step - resumed_steps) / seconds
+        if output.global_step > resumed_steps
+        else float("nan"),
         peak_memory_mb=peak,
         trainable_parameters=trainable,
         trainable_share=share,

@@ -135,6 +135,8 @@ def test_resume_from_checkpoint_gives_the_same_adapter(setup, tmp_path):
     assert (tmp_path / "crashed" / "checkpoint-4").is_dir()
     resumed = train_arm(**kwargs, output_dir=tmp_path / "crashed")
     assert resumed.resumed_from_step == 4 and resumed.steps == 8
+    # The loss curve spans the crash: steps logged before the checkpoint come from its state.
+    assert [h["step"] for h in resumed.history if "loss" in h] == [2, 4, 6, 8]
     straight, again = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
     assert straight.keys() == again.keys()
     for key in straight:
