@@ -64,20 +64,9 @@ def tiny_config(
     """
     ids = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     kv_heads = max(1, num_heads // 2)
-    if family == "llama":
-        return LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=max_position,
-            tie_word_embeddings=False,
-            **ids,
-        )
-    if family == "qwen2":
-        return Qwen2Config(
+    if family in ("llama", "qwen2"):  # same decoder shape; Qwen2 adds biases on q/k/v
+        config_class = LlamaConfig if family == "llama" else Qwen2Config
+        return config_class(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,

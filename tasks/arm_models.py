@@ -15,15 +15,15 @@ def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, 
     """(model, tokenizer, device) in eval mode: the base model when `result` is None."""
     device = resolve_device(spec.training.device)
     dtype = resolve_dtype(spec.base_model.dtype, device)
+    full = result is not None and result.kind == "full"
+    # A full fine-tune was saved whole (weights + tokenizer): load it instead of the base.
     model, tokenizer = load_base(
-        base,
-        revision=spec.base_model.revision,
+        result.adapter_dir if full else base,
+        revision=None if full else spec.base_model.revision,
         dtype=dtype,
         trust_remote_code=spec.base_model.trust_remote_code,
     )
-    if result is not None and result.kind == "full":
-        model = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=dtype)
-    elif result is not None:
+    if result is not None and not full:
         load_adapter(model, result.adapter_dir)
         if merge:
             merge_adapters(model)  # scoring runs many forwards: fold ΔW in once

@@ -118,9 +118,9 @@ def pack_examples(
         if ids and len(ids) + len(ex.input_ids) > max_length:
             flush()
             ids, labels, positions = [], [], []
-        ids = ids + ex.input_ids
-        labels = labels + ex.labels
-        positions = positions + list(range(len(ex.input_ids)))
+        ids.extend(ex.input_ids)
+        labels.extend(ex.labels)
+        positions.extend(range(len(ex.input_ids)))
     if ids:
         flush()
     return blocks

@@ -206,9 +206,6 @@ class Tracker:
     def metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 
-    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
-
     def training_callback(self, run_id: str) -> TrainerCallback:
         return _MlflowStepLogger(self, run_id)
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 from models.multilora import (
     MultiLoRAConfig,
@@ -16,27 +15,14 @@ from models.multilora import (
     merge_adapters,
     multilora_layers,
 )
-from models.tiny import BLOCK_LINEARS, tiny_config
-
-FAMILIES = ["llama", "gpt2", "qwen2", "opt"]
-TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def base_model(family, seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
-
-
-def input_ids(seed=0):
-    return torch.randint(4, 128, (2, 12), generator=torch.Generator().manual_seed(seed))
-
-
-def perturb_adapters(model, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in multilora_layers(model):
-            for tensor in (layer.lora_A, layer.lora_B, layer.lora_scale):
-                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator))
+from models.tiny import BLOCK_LINEARS
+from tests.models.test_multilora_model import (
+    FAMILIES,
+    TOL,
+    base_model,
+    input_ids,
+    perturb_adapters,
+)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
