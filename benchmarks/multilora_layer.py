@@ -2,7 +2,7 @@
 loop vs PEFT LoRA at the same total rank, all measured in the same run.
 
     PYTHONPATH=. python benchmarks/multilora_layer.py                       # CPU, fp32
-    PYTHONPATH=. python benchmarks/multilora_layer.py --device cuda --dtype bfloat16
+    PYTHONPATH=. python benchmarks/multilora_layer.py --device cuda --dtype bfloat16 --autocast
 
 Prints one JSON object (also written to --out if given). Times are medians in ms.
 "base" is the frozen linear alone, so "adapter_ms" = variant - base is the adapter's
@@ -39,6 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=8, help="rank per module")
     parser.add_argument("--scale-shape", default="scalar", choices=["scalar", "vector"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="run under torch.autocast in --dtype, as bf16 training does (Trainer bf16=True)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     return parser.parse_args(argv)
 
@@ -52,7 +57,9 @@ def time_fwd_bwd(
     def step(layer):
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        layer(x).backward(grad)
+        with torch.autocast(x.device.type, dtype=x.dtype, enabled=args.autocast):
+            out = layer(x)
+        out.backward(grad)
 
     def sync():
         if x.device.type == "cuda":
@@ -169,6 +176,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "dtype": args.dtype,
         "adapter_dtype": "float32",
+        "autocast": args.autocast,
         "tokens": args.tokens,
         "n_modules": args.n_modules,
         "rank": args.rank,

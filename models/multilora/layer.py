@@ -14,10 +14,12 @@
 So the adapter costs two GEMMs whatever n is; the scales are folded into B
 (an out × n·r elementwise product, independent of the number of tokens).
 
-Dtype policy: adapter parameters are always fp32. The adapter path casts its
-input to fp32 and casts the result back to the base output's dtype before the
-add, as PEFT does, so a bf16 base trains fp32 adapters without losing small
-updates. Under ``torch.autocast`` the two GEMMs follow autocast like any matmul.
+Dtype policy: adapter parameters are always fp32. Without autocast the adapter
+path casts its input to fp32 and casts the result back to the base output's
+dtype before the add, as PEFT does, so a bf16 base keeps fp32 adapters without
+losing small updates. Under ``torch.autocast`` (bf16 training on a GPU) the two
+GEMMs follow autocast like any matmul, so the input is not cast at all; the
+optimizer still updates the fp32 parameters.
 """
 
 from __future__ import annotations
@@ -129,12 +131,28 @@ class MultiLoRALinear(nn.Module):
         result = self.base_layer(x)
         if self.merged:
             return result
-        x_adapter = self.dropout(x).to(self.lora_A.dtype)
+        x_adapter = self.dropout(x)
         if self.use_reference:
-            delta = self._reference_delta(x_adapter)
-        else:
-            delta = (x_adapter @ self.lora_A.t()) @ self.effective_B().t()
+            delta = self._reference_delta(x_adapter.to(self.lora_A.dtype))
+            return result + delta.to(result.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast runs both GEMMs in its own dtype whatever we cast to, so an fp32 copy
+            # of the activations would be written and read back for nothing.
+            return self._add_delta(result, x_adapter)
+        if result.dtype == self.lora_A.dtype:
+            return self._add_delta(result, x_adapter.to(self.lora_A.dtype))
+        delta = (x_adapter.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.effective_B().t()
         return result + delta.to(result.dtype)
+
+    def _add_delta(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """result + (x A^T)(B ⊙ S)^T, the second GEMM accumulating straight into result.
+
+        addmm adds in the GEMM's epilogue, which saves writing the (tokens × out) delta and
+        a separate add kernel reading it back: the biggest tensor the adapter touches.
+        """
+        h = x.reshape(-1, self.in_features) @ self.lora_A.t()
+        out = torch.addmm(result.reshape(-1, self.out_features), h, self.effective_B().t())
+        return out.view(result.shape)
 
     def _reference_delta(self, x: torch.Tensor) -> torch.Tensor:
         """Σ_i c · s_i ⊙ B_i(A_i x), one module at a time, sharing the dropped-out x."""

@@ -155,6 +155,44 @@ def test_bf16_base_keeps_fp32_adapter_and_matches_fp32_math():
     assert layer.base_layer.weight.dtype == torch.bfloat16
 
 
+def test_bf16_autocast_skips_the_fp32_copy_and_matches_the_reference():
+    # The GPU training path: bf16 base under autocast. The adapter must not round-trip its
+    # input through fp32, must give the per-module reference's result and fp32 gradients.
+    layer = make_layer(base_dtype=torch.bfloat16)
+    randomise_scales(layer)
+    x = torch.randn(2, TOKENS, IN, dtype=torch.bfloat16)
+    outs, grads = [], []
+    for reference in (False, True):
+        layer.use_reference = reference
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().pow(2).mean().backward()
+        outs.append(out.float())
+        grads.append(layer.lora_scale.grad.clone())
+    assert out.dtype == torch.bfloat16 and grads[0].dtype == torch.float32
+    torch.testing.assert_close(outs[0], outs[1], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=1e-3)
+    layer.use_reference = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        graph = torch._dynamo.explain(layer)(x)
+    casts = [
+        node
+        for g in graph.graphs
+        for node in g.graph.nodes
+        if node.target == "to" and torch.float32 in node.args
+    ]
+    assert not casts, "the autocast path should not copy the activations to fp32"
+    torch._dynamo.reset()
+
+
+def test_unbatched_input_is_accepted():
+    layer = make_layer()
+    randomise_scales(layer)
+    x = torch.randn(IN)
+    torch.testing.assert_close(layer(x), layer(x.unsqueeze(0))[0])
+
+
 def test_compiles_without_graph_breaks():
     layer = make_layer(dropout=0.1, scale_shape="vector").train()
     randomise_scales(layer)
