@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import date
 
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from data_specs.schema import ArmSpec, TrainingSpec
 from models.tiny import BLOCK_LINEARS
+from models.training_speed import compile_blocks, enable_activation_checkpointing
 from tasks.tokenise import IGNORE, TokenisedExample, pack_examples
 from tasks.train import ArmTrainer, _Blocks, _stack, prepare_arm_model
 
@@ -71,10 +74,14 @@ class StepTimer(TrainerCallback):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.warmup:
             self._sync()
             self.start = time.perf_counter()
+            self.warmup_seconds = self.start - self.began  # includes any compile
         elif state.global_step > self.warmup:
             self.timed += 1
 
@@ -119,7 +126,9 @@ def run_arm(name, config, data, args, device, dtype):
         trainable, _ = prepare_arm_model(model, arm)
         trainer_cls, extra = ArmTrainer, {"arm": arm, "training": training}
     if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
+    if args.compile:
+        compile_blocks(model)
     total = sum(p.numel() for p in model.parameters())
     timer = StepTimer(args.warmup, device)
     targs = TrainingArguments(
@@ -136,7 +145,6 @@ def run_arm(name, config, data, args, device, dtype):
         bf16=dtype == torch.bfloat16,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        torch_compile=args.compile,
     )
     trainer = trainer_cls(
         model=model,
@@ -161,6 +169,7 @@ def run_arm(name, config, data, args, device, dtype):
         "trainable_params": trainable,
         "total_params": total,
         "timed_steps": timer.timed,
+        "warmup_seconds": round(timer.warmup_seconds, 1),
         "tokens_per_second": round(tps, 1),
         "flops_per_token": flops_per_token,
         "achieved_tflops": round(tps * flops_per_token / 1e12, 2),
@@ -191,7 +200,9 @@ def main():
         default="sdpa",
         help="attention kernel: sdpa, eager, flex_attention, flash_attention_2",
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile each decoder block (regional)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -204,13 +215,28 @@ def main():
     )
     config._attn_implementation = args.attn
     data = packed_blocks(args.steps * args.batch, args.seq, config.vocab_size)
-    arms = [run_arm(a, config, data, args, args.device, dtype) for a in args.arms.split(",")]
+    arms = []
+    for arm in args.arms.split(","):
+        arms.append(run_arm(arm, config, data, args, args.device, dtype))
+        # Written after every arm: a run cut off by a device-time limit keeps what it measured.
+        text = json.dumps(report(args, arms), indent=2)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+    print(text)
+
+
+def report(args, arms: list[dict]) -> dict:
     by = {a["arm"]: a["tokens_per_second"] for a in arms}
-    result = {
+    cuda = args.device == "cuda"
+    return {
         "benchmark": "train_throughput",
+        "date": date.today().isoformat(),
         "size": args.size,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "seq": args.seq,
         "batch": args.batch,
@@ -226,11 +252,6 @@ def main():
             if "multilora" in by and other in by
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
 
 
 if __name__ == "__main__":

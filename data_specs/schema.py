@@ -316,7 +316,8 @@ class TrainingSpec(Strict):
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
     compile: bool = False
-    """torch.compile the model: faster steps on a GPU after a one-off compile (minutes)."""
+    """torch.compile each decoder block (compiled once, reused by every layer): faster steps on
+    a GPU after a one-off compile of seconds to a minute. Needs a C compiler on CPU."""
     save_steps: int = Field(default=50, gt=0)
     """Checkpoint every N steps (resume continues from the last one)."""
     eval_steps: int = Field(default=50, gt=0)

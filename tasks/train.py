@@ -45,6 +45,7 @@ from models.multilora import (
     save_adapter,
 )
 from models.multilora.model import ADAPTER_WEIGHTS_NAME
+from models.training_speed import compile_blocks, enable_activation_checkpointing
 from tasks.tokenise import pack_examples, pad_examples, tokenise_records
 
 log = logging.getLogger("mlora.train")
@@ -349,7 +350,14 @@ def train_arm(
     model.config.use_cache = False
     trainable, share = prepare_arm_model(model, arm)
     if training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
+    if training.compile:
+        try:
+            compile_blocks(model)
+        except ValueError as exc:
+            raise TrainingError(
+                str(exc), where=model_path, fix="set training.compile: false"
+            ) from exc
     train_set, data_stats = build_dataset(train_path, tokenizer, training)
     eval_set = None
     if validation_path is not None and read_records(validation_path).num_rows:
@@ -389,7 +397,6 @@ def train_arm(
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        torch_compile=training.compile,
     )
     tokens_per_step = (
         training.batch_size * training.grad_accum * training.max_length * _world_size()

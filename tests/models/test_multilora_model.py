@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM
 
 from models.multilora import (
@@ -26,6 +27,7 @@ from models.multilora import (
     unmerge_adapters,
 )
 from models.tiny import BLOCK_LINEARS, tiny_config
+from models.training_speed import compile_blocks, enable_activation_checkpointing
 
 FAMILIES = ["llama", "gpt2", "qwen2", "opt"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -40,8 +42,8 @@ def input_ids(seed=0, batch=2, length=12):
     return torch.randint(4, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def adapted(family, **config_kwargs):
-    model = base_model(family)
+def adapted(family, num_layers=2, **config_kwargs):
+    model = base_model(family, num_layers=num_layers)
     config = MultiLoRAConfig(
         **{"n_modules": 3, "rank": 4, "alpha": 8, "target_modules": BLOCK_LINEARS[family]}
         | config_kwargs
@@ -171,15 +173,45 @@ def test_gradient_checkpointing_non_reentrant(family):
         perturb_adapters(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            enable_activation_checkpointing(model)
             assert model.is_gradient_checkpointing
         lm_loss(model, ids).backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_compiled_blocks_match_eager_and_compile_once(family):
+    # aot_eager runs dynamo + autograd tracing (what can break) without the C++ compile time.
+    ids = input_ids()
+    losses, grads = [], []
+    for compile_ in (False, True):
+        model, _ = adapted(family, num_layers=4)
+        perturb_adapters(model)
+        model.train()
+        model.config.use_cache = False  # as in training; a KV cache would guard per layer
+        torch._dynamo.reset()
+        counters.clear()
+        if compile_:
+            assert compile_blocks(model, backend="aot_eager") == 4
+        loss = lm_loss(model, ids)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    # Two graphs whatever the depth: the first block's input (from the frozen embedding)
+    # needs no gradient, every later block's does; blocks 2-4 reuse block 1's graph.
+    assert counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
+    torch.testing.assert_close(losses[1], losses[0], **TOL)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_names_models_without_known_blocks():
+    with pytest.raises(ValueError, match="Sequential lists no decoder block classes"):
+        compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
 def test_regex_targets_select_full_paths():

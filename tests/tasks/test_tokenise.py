@@ -87,9 +87,14 @@ def _packed_and_single(model, exs, max_length):
     return block, packed, singles
 
 
-def test_packed_block_has_no_cross_example_attention_and_the_same_loss():
+# flex_attention is what keeps packed batches on a fused kernel on a GPU; its forward also
+# runs on CPU (its backward does not), so its block-diagonal mask is checked here too.
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+def test_packed_block_has_no_cross_example_attention_and_the_same_loss(attn):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_config("llama", vocab_size=64)).eval()
+    model = LlamaForCausalLM._from_config(
+        tiny_config("llama", vocab_size=64), attn_implementation=attn
+    ).eval()
     g = torch.Generator().manual_seed(1)
     exs = []
     for n in (5, 9, 4):
