@@ -38,7 +38,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from data_specs.errors import RegistryError
@@ -47,6 +49,8 @@ from tasks.tracking import RUN_KEY_TAG, Tracker
 log = logging.getLogger("mlora.registry")
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+# The logged model's name in the arm run (the run page's "Logged models" list).
+LOGGED_MODEL_NAME = "adapter"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVING_CODE = Path(__file__).with_name("serving.py")
 SIGNATURE = ModelSignature(
@@ -134,23 +138,12 @@ def register_adapter(
         if base_is_local:
             sources["base_model"] = base_model
         artifacts = _stage_by_name(sources, Path(tmp) / "staged")
-        # log_model works on MLflow's global store: make sure it is this tracker's.
-        mlflow.set_tracking_uri(tracker.uri)
-        mlflow.set_registry_uri(tracker.uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="adapter",
-                python_model=str(SERVING_CODE),
-                artifacts=artifacts,
-                model_config={
-                    **model_config,
-                    "base_model": None if base_is_local else base_model,
-                },
-                signature=SIGNATURE,
-                input_example=INPUT_EXAMPLE,
-                code_paths=[str(REPO_ROOT / "models")],
-                pip_requirements=_pinned(SERVING_PACKAGES),
-            )
+        info = _log_serving_model(
+            tracker,
+            run_id,
+            artifacts,
+            {**model_config, "base_model": None if base_is_local else base_model},
+        )
     _ensure_registered_model(tracker, name)
     all_tags = {**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: run_key}
     created = tracker.client.create_model_version(
@@ -165,6 +158,47 @@ def register_adapter(
     tracker.set_tags(run_id, {"mlora.registered_model": name, "mlora.model_version": version})
     log.info("registered %s version %s (%s)", name, version, run_key)
     return RegisteredVersion(name, version, run_id, False)
+
+
+def _log_serving_model(
+    tracker: Tracker, run_id: str, artifacts: dict[str, str], model_config: dict
+) -> ModelInfo:
+    """Log the pyfunc model into run `run_id`, named by id: any run active in this thread is untouched.
+
+    `mlflow.pyfunc.log_model` finds its run on MLflow's thread-local active-run
+    stack, and `start_run(run_id=...)` to put the arm run there fails when the
+    thread already has a run open (a notebook, a Prefect task thread). So the
+    logged model is created through the client, in the arm run's experiment
+    (MLflow would otherwise take the active run's), with what log_model itself
+    records on it (the run's params, the user/source context tags), and
+    `Model.log`, which pyfunc.log_model wraps, fills it given the run id. Nor is
+    the arm run ended here (leaving start_run's block did that): the caller does.
+    """
+    run = tracker.client.get_run(run_id)
+    logged = tracker.client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=LOGGED_MODEL_NAME,
+        source_run_id=run_id,
+        params=run.data.params,
+        tags=resolve_context_tags(),
+    )
+    # Model.log writes through MLflow's global store: make sure it is this tracker's.
+    mlflow.set_tracking_uri(tracker.uri)
+    mlflow.set_registry_uri(tracker.uri)
+    return Model.log(
+        artifact_path=None,  # required positionally, deprecated for `name` (as pyfunc passes it)
+        name=LOGGED_MODEL_NAME,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=logged.model_id,
+        python_model=str(SERVING_CODE),
+        artifacts=artifacts,
+        model_config=model_config,
+        signature=SIGNATURE,
+        input_example=INPUT_EXAMPLE,
+        code_paths=[str(REPO_ROOT / "models")],
+        pip_requirements=_pinned(SERVING_PACKAGES),
+    )
 
 
 def describe_version(tags: dict[str, str]) -> str:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -262,3 +264,36 @@ def test_fresh_process_loads_champion_and_generates(registered, tiny_adapter, tm
     assert completions == _reference_generation(tiny_adapter, with_adapter=True)
     assert completions != _reference_generation(tiny_adapter, with_adapter=False)
     assert all(completions)
+
+
+def test_registers_while_another_run_is_active_in_the_thread(tiny_adapter, tmp_path):
+    """A notebook or a Prefect task thread with its own run open: registering neither fails nor touches it."""
+    tracker = Tracker(Workspace.resolve(tmp_path / "ws").ensure(), "tiny")
+    _, run_id = _arm_run(tracker, "spec:mix:lora")
+    notebook = tracker.client.create_experiment(
+        "notebook", artifact_location=(tmp_path / "notebook").as_uri()
+    )
+    with mlflow.start_run(experiment_id=notebook) as other:
+        mlflow.log_param("notebook_param", "kept")
+        version = _register(tracker, tiny_adapter, run_id, "spec:mix:lora")
+        active = mlflow.active_run()
+        assert active is not None and active.info.run_id == other.info.run_id
+        assert tracker.client.get_run(other.info.run_id).info.status == "RUNNING"
+    untouched = tracker.client.get_run(other.info.run_id)
+    assert untouched.data.params == {"notebook_param": "kept"}
+    assert untouched.data.metrics == {}
+    assert tracker.client.list_artifacts(other.info.run_id) == []
+    assert not untouched.outputs or not untouched.outputs.model_outputs
+    # Everything went to the arm run and its experiment instead.
+    assert version.run_id == run_id and get_version(tracker, NAME, version.version).run_id == run_id
+    arm = tracker.client.get_run(run_id)
+    assert arm.data.params["kind"] == "multilora" and arm.data.params["max_new_tokens"] == "6"
+    assert [o.step for o in arm.outputs.model_outputs] == [0]
+    logged = tracker.client.get_logged_model(arm.outputs.model_outputs[0].model_id)
+    assert (logged.experiment_id, logged.source_run_id) == (tracker.experiment_id, run_id)
+    assert {"MLmodel", "artifacts/adapter/adapter.safetensors"} <= _model_files(
+        tracker, version.version
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version.version}")
+    completions = model.predict(pd.DataFrame({"prompt": PROMPTS}))["completion"].tolist()
+    assert completions == _reference_generation(tiny_adapter, with_adapter=True)
