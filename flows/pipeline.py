@@ -6,8 +6,10 @@
 MLflow holds one parent run per pipeline run and one child run per arm. The
 data stages run before any MLflow write, so a spec with bad data leaves no
 run and no version behind. Each stage is idempotent: a rerun of an unchanged
-spec reuses the data stages (catalog), the trained arms (result.json + the
-arm's finished MLflow run) and the registered versions (run-key tag).
+spec reuses the data stages (catalog), the base model's evaluation (a JSON file
+keyed by everything that decides it, tasks/eval_cache.py), the trained arms
+(result.json + the arm's finished MLflow run) and the registered versions
+(run-key tag).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from tasks.analyse import (
 from tasks.arm_models import arm_deltas, load_for_inference
 from tasks.base_model import prepare_base_model
 from tasks.catalog import Catalog
-from tasks.evaluate import SuiteData, compare_arms, evaluate_model
+from tasks.eval_cache import base_eval_inputs, base_eval_key, load_base_eval, save_base_eval
+from tasks.evaluate import EvalResult, SuiteData, compare_arms, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
 from tasks.registry import (
@@ -82,6 +85,8 @@ class PipelineSummary:
     champion: str | None
     decision: str
     reused_data_stages: list[str]
+    base_evaluation_reused: bool
+    """The base model's scores came from the workspace cache (tasks/eval_cache.py)."""
     ui_command: str
 
 
@@ -213,17 +218,10 @@ def train_arm_task(
     return result, run_id, finished
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(
-    ws: Workspace,
-    spec: PipelineSpec,
-    data: DataOutputs,
-    base: str,
-    result: ArmResult | None,
-    run_id: str,
-    prefix: str = "",
-) -> dict[str, float]:
-    """Score the base model (result None) or an arm on every suite; log to `run_id`."""
+def _score(
+    spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | None
+) -> EvalResult:
+    """The base model (result None) or an arm on every suite and the held-out rows."""
     model, tokenizer, device = load_for_inference(spec, base, result)
     suites = [
         SuiteData(
@@ -233,7 +231,7 @@ def evaluate_task(
         )
         for suite in spec.eval_suites
     ]
-    evaluation = evaluate_model(
+    return evaluate_model(
         model,
         tokenizer,
         suites,
@@ -243,11 +241,48 @@ def evaluate_task(
         max_length=spec.training.max_length,
         use_chat_template=spec.training.chat_template,
     )
-    metrics = {f"{prefix}{k}": v for k, v in evaluation.metrics.items()}
-    tracker = Tracker(ws, spec.name)
-    tracker.log_metrics(run_id, metrics)
+
+
+def _log_evaluation(tracker: Tracker, run_id: str, evaluation: EvalResult, prefix: str) -> None:
+    tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in evaluation.metrics.items()})
     tracker.log_table(run_id, evaluation.predictions, f"eval/{prefix}predictions.json")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult, run_id: str
+) -> dict[str, float]:
+    """Score an arm on every suite; log to its run `run_id`."""
+    evaluation = _score(spec, data, base, result)
+    _log_evaluation(Tracker(ws, spec.name), run_id, evaluation, prefix="")
     return evaluation.metrics
+
+
+@task(name="evaluate-base", cache_policy=NO_CACHE)
+def evaluate_base_task(
+    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, parent_id: str
+) -> tuple[dict[str, float], bool]:
+    """Score the base model, or reuse its cached scores (tasks/eval_cache.py) when nothing
+    that decides them changed; log them as `base_*` to the parent run either way.
+    Returns (metrics, reused)."""
+    inputs = base_eval_inputs(
+        spec,
+        base,
+        resolve_device(spec.training.device),
+        data.mixture_id,
+        data.eval_paths,
+        data.eval_dev_paths,
+    )
+    key = base_eval_key(inputs)
+    evaluation = load_base_eval(ws, key)
+    reused = evaluation is not None
+    if evaluation is None:
+        evaluation = _score(spec, data, base, None)
+        save_base_eval(ws, key, inputs, evaluation)
+    tracker = Tracker(ws, spec.name)
+    _log_evaluation(tracker, parent_id, evaluation, prefix="base_")
+    tracker.set_tags(parent_id, {"mlora.base_eval_id": key})
+    return evaluation.metrics, reused
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
@@ -382,7 +417,7 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     if manifest.is_file():
         tracker.log_artifact(parent_id, manifest, "data")
 
-    base_metrics = evaluate_task(ws, spec, data, base, None, parent_id, prefix="base_")
+    base_metrics, base_reused = evaluate_base_task(ws, spec, data, base, parent_id)
 
     arms: list[ArmSummary] = []
     results: dict[str, ArmResult] = {}
@@ -449,6 +484,7 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         champion=str(champion.version) if champion else None,
         decision=decision.as_tags()["promotion.decision"],
         reused_data_stages=list(data.reused_stages),
+        base_evaluation_reused=base_reused,
         ui_command=tracker.ui_command(),
     )
 

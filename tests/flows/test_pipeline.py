@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from mlflow import MlflowClient
 from data_specs.errors import DataError, SpecError, TrainingError
 from data_specs.schema import demo_spec_path
 from tasks.catalog import Catalog
+from tasks.workspace import Workspace
 
 DEMO = demo_spec_path()
 
@@ -41,22 +44,81 @@ def reduced_demo(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+class CountingScorer:
+    """The real `evaluate_model`, wrapped to count its calls per pipeline run (nothing mocked)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[int] = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls[-1] += 1
+        return self.real(*args, **kwargs)
+
+
+class Lines(logging.Handler):
+    """Messages of the Prefect task-run loggers, where the pipeline's tasks log."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class PipelineRuns:
+    """Three runs of the reduced demo in one workspace, and what each did."""
+
+    ws: Workspace
+    first: dict
+    second: dict
+    """The same spec again."""
+    changed: dict
+    """The same spec with another evaluation.max_new_tokens."""
+    scorings: list[int]
+    """Real `evaluate_model` calls per run."""
+    base_evals: list[dict[str, int]]
+    """Cached base evaluations after each run: key -> file mtime in ns."""
+    lines: list[list[str]]
+    """Task-run log messages per run."""
+
+
 @pytest.fixture(scope="module")
-def pipeline_runs(prefect_harness, tmp_path_factory):
-    """Run the reduced demo twice in one workspace; return both summaries."""
-    from flows.pipeline import pipeline_flow
-    from tasks.workspace import Workspace
+def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
+    """Run the reduced demo twice in one workspace, then once with a changed evaluation."""
+    import flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
     spec = reduced_demo(tmp)
+    edited = yaml.safe_load(spec.read_text())
+    edited["evaluation"]["max_new_tokens"] = 4  # decides the generation suite's scores
+    changed = tmp / "changed.yaml"
+    changed.write_text(yaml.safe_dump(edited, sort_keys=False))
     ws = Workspace.resolve(tmp / "workspace")
-    first = pipeline_flow(str(spec), str(ws.root))
-    second = pipeline_flow(str(spec), str(ws.root))
-    return ws, first, second
+    scorer, lines = CountingScorer(pipeline.evaluate_model), Lines()
+    summaries, base_evals, messages = [], [], []
+    task_logger = logging.getLogger("prefect.task_runs")
+    task_logger.addHandler(lines)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "evaluate_model", scorer)
+            for path in (spec, spec, changed):
+                scorer.calls.append(0)
+                lines.messages = []
+                summaries.append(pipeline.pipeline_flow(str(path), str(ws.root)))
+                base_evals.append(
+                    {p.parent.name: p.stat().st_mtime_ns for p in ws.data_dir.glob("base_eval/*/*")}
+                )
+                messages.append(lines.messages)
+    finally:
+        task_logger.removeHandler(lines)
+    return PipelineRuns(ws, *summaries, scorer.calls, base_evals, messages)
 
 
 def test_first_run_goes_through_every_stage(pipeline_runs):
-    ws, first, _ = pipeline_runs
+    first = pipeline_runs.first
     assert first["reused_data_stages"] == []
     assert [a["arm"] for a in first["arms"]] == ["multilora", "lora"]
     assert {a["version"] for a in first["arms"]} == {"1", "2"}
@@ -67,10 +129,11 @@ def test_first_run_goes_through_every_stage(pipeline_runs):
 
 
 def test_catalog_records_sources_stages_mixture_and_runs(pipeline_runs):
-    ws, first, _ = pipeline_runs
+    ws, first = pipeline_runs.ws, pipeline_runs.first
     catalog = Catalog(ws.catalog_path)
     counts = catalog.counts()
-    assert counts["sources"] == 4 and counts["snapshots"] == 7  # 4 sources + 3 suites
+    sources = catalog.query("SELECT name FROM sources WHERE spec_hash = ?", [first["spec_hash"]])
+    assert len(sources) == 4 and counts["snapshots"] == 7  # 4 sources + 3 suites
     assert counts["mixtures"] == 1 and counts["mixture_members"] == 4
     assert counts["dedup_drops"] > 0  # the demo plants duplicates
     stages = {r["stage"] for r in catalog.query("SELECT stage FROM stage_outputs")}
@@ -82,7 +145,7 @@ def test_catalog_records_sources_stages_mixture_and_runs(pipeline_runs):
 
 
 def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
-    ws, first, second = pipeline_runs
+    ws, first, second = pipeline_runs.ws, pipeline_runs.first, pipeline_runs.second
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     parent = client.get_run(first["parent_run_id"])
     assert parent.data.tags["mlora.mixture_id"] == first["mixture_id"]
@@ -105,7 +168,7 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
         assert child.data.metrics["val_loss"] < base_val_loss, child.data.tags["mlora.arm"]
     name = first["registered_model"]
     versions = client.search_model_versions(f"name = '{name}'")
-    assert len(versions) == 2  # the second run registered nothing new
+    assert len(versions) == 2  # the later runs registered nothing new
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == first["champion"]
     assert champion.tags["mixture_id"] == first["mixture_id"]
@@ -113,12 +176,59 @@ def test_mlflow_has_parent_and_child_runs_versions_and_aliases(pipeline_runs):
 
 
 def test_second_run_reuses_every_data_stage_and_trained_arm(pipeline_runs):
-    _, first, second = pipeline_runs
+    first, second = pipeline_runs.first, pipeline_runs.second
     assert set(second["reused_data_stages"]) >= {"normalise", "dedup", "decontaminate", "mixture"}
     assert second["mixture_id"] == first["mixture_id"]
     assert all(a["reused"] for a in second["arms"])
     assert [a["run_id"] for a in second["arms"]] == [a["run_id"] for a in first["arms"]]
     assert second["parent_run_id"] != first["parent_run_id"]
+
+
+def _base_metrics(client, summary) -> dict[str, float]:
+    metrics = client.get_run(summary["parent_run_id"]).data.metrics
+    return {k: v for k, v in metrics.items() if k.startswith("base_")}
+
+
+def _base_predictions(client, summary, folder: Path) -> list:
+    run_id = summary["parent_run_id"]
+    local = client.download_artifacts(run_id, "eval/base_predictions.json", str(folder))
+    return json.loads(Path(local).read_text())
+
+
+def test_second_run_reuses_the_base_evaluation(pipeline_runs, tmp_path):
+    runs = pipeline_runs
+    assert runs.scorings[:2] == [3, 0]  # base + 2 arms, then nothing: no scorer call
+    assert not runs.first["base_evaluation_reused"] and runs.second["base_evaluation_reused"]
+    (key,) = runs.base_evals[0]
+    assert runs.base_evals[1] == runs.base_evals[0]  # the cache file was not rewritten
+    assert any(m.startswith(f"reusing base evaluation {key}") for m in runs.lines[1])
+    assert not any("reusing base evaluation" in m for m in runs.lines[0])
+
+    client = MlflowClient(runs.ws.tracking_uri, runs.ws.tracking_uri)
+    logged = _base_metrics(client, runs.second)
+    assert logged == _base_metrics(client, runs.first)  # same names, same values
+    assert {"base_eval_macro_acc", "base_math_gen_exact_match", "base_val_loss"} <= set(logged)
+    assert runs.second["base_metrics"] == runs.first["base_metrics"]
+    assert _base_predictions(client, runs.second, tmp_path / "2") == _base_predictions(
+        client, runs.first, tmp_path / "1"
+    )
+    for summary in (runs.first, runs.second):
+        assert client.get_run(summary["parent_run_id"]).data.tags["mlora.base_eval_id"] == key
+
+
+def test_changed_evaluation_setting_scores_the_base_model_again(pipeline_runs):
+    runs = pipeline_runs
+    assert runs.scorings[2] == 1  # the base model only: the arms' training is unchanged
+    assert all(a["reused"] for a in runs.changed["arms"])
+    assert not runs.changed["base_evaluation_reused"]
+    assert not any("reusing base evaluation" in m for m in runs.lines[2])
+    (old,) = runs.base_evals[0]
+    (new,) = set(runs.base_evals[2]) - {old}
+    assert runs.base_evals[2][old] == runs.base_evals[0][old]  # the other entry is untouched
+    client = MlflowClient(runs.ws.tracking_uri, runs.ws.tracking_uri)
+    tags = client.get_run(runs.changed["parent_run_id"]).data.tags
+    assert tags["mlora.base_eval_id"] == new
+    assert set(_base_metrics(client, runs.changed)) == set(_base_metrics(client, runs.first))
 
 
 def _assert_nothing_written(ws):
