@@ -88,7 +88,8 @@ def format_summary(summary: dict) -> str:
     return "\n".join(
         [
             f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
-            f"data stages reused: {reused}",
+            f"data stages reused: {reused}; base evaluation "
+            + ("reused" if summary.get("base_evaluation_reused") else "scored"),
             "",
             table,
             "",

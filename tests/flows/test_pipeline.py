@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from data_specs.errors import DataError, SpecError, TrainingError
 from data_specs.schema import demo_spec_path
+from flows.cli import format_summary
 from tasks.catalog import Catalog
 from tasks.workspace import Workspace
 
@@ -214,6 +215,9 @@ def test_second_run_reuses_the_base_evaluation(pipeline_runs, tmp_path):
     )
     for summary in (runs.first, runs.second):
         assert client.get_run(summary["parent_run_id"]).data.tags["mlora.base_eval_id"] == key
+    # What `mlora run` prints says so too.
+    assert "; base evaluation scored" in format_summary(runs.first)
+    assert "; base evaluation reused" in format_summary(runs.second)
 
 
 def test_changed_evaluation_setting_scores_the_base_model_again(pipeline_runs):
