@@ -1,28 +1,39 @@
 """Data stages at scale: a 2-million-row synthetic Alpaca-style source through fetch, normalise,
-exact dedup (within the source) and mixing, with peak memory measured in this process.
+exact dedup (within the source), decontamination and mixing, with peak memory measured in this
+process.
 
-    .venv/bin/python benchmarks/data_scale.py                 # 2M rows (issue 4: peak < 3 GB)
-    .venv/bin/python benchmarks/data_scale.py --rows 200000   # quick look
+    .venv/bin/python benchmarks/data_scale.py                         # 2M rows (issue 4: peak < 3 GB)
+    .venv/bin/python benchmarks/data_scale.py --rows 200000           # quick look
+    .venv/bin/python benchmarks/data_scale.py --source-format jsonl   # fetch parses JSON lines
 
 The source: instruction (6-20 words), input (empty for 60% of rows, else 5-40 words) and
 output (10-80 words) over a 30k-word Zipf vocabulary, about the size of real Alpaca rows;
 5% of the rows repeat an earlier row with changed case and punctuation (exact duplicates
-after normalisation). It is written as Parquet in 100k-row batches before anything is
-measured. The stages are the pipeline's own plain functions (tasks/data_stages.py), so the figures
-include their Parquet writes. Near dedup and decontamination are off: they are measured by
-benchmarks/dedup.py. Peak memory: the process's max RSS (getrusage) and, per stage, the
-highest RSS a 20 ms sampler saw. Prints one JSON object.
+after normalisation). Two evaluation suites of 1,000 items draw their words uniformly from the
+same vocabulary: "math" (gsm8k template, 20-40-word questions) and "instructions" (alpaca
+template, 6-9-word instructions). Each 100k-row batch plants 50 leaks of each kind, each from
+its own eval item, until the items run out: a math question copied into an instruction
+(13-gram), an eval instruction in upper case with a "?" (exact), and one with an extra word
+(near, Jaccard >= 0.8). The source is written as Parquet (or JSON lines) in 100k-row batches
+before anything is measured. The stages are the pipeline's own plain functions
+(tasks/data_stages.py), so the figures include their Parquet writes. Near dedup is off: it is
+measured by benchmarks/dedup.py. Peak memory: the process's max RSS (getrusage) and, per stage,
+the highest RSS a 20 ms sampler saw. Prints one JSON object; `decon_drops_sha256` identifies
+the removed rows, so two runs (before and after a change) can be checked for the same result.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import resource
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +44,22 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_specs.schema import parse_spec  # noqa: E402
-from tasks.data_stages import dedup_stage, mixture_stage, normalise_stage  # noqa: E402
+from tasks.data_stages import (  # noqa: E402
+    decontaminate_stage,
+    dedup_stage,
+    mixture_stage,
+    normalise_stage,
+    read_drops,
+)
 from tasks.fetch import fetch  # noqa: E402
 from tasks.workspace import Workspace  # noqa: E402
 
 BATCH = 100_000  # rows generated and written at a time: generation stays small in memory
 VOCAB = 30_000
 DUPLICATE_SHARE = 0.05
+POOL = 5_000  # the first rows of a batch: later batches duplicate from them, leaks never land here
+EVAL_ITEMS = 1_000  # per suite: about the size of a real test split (GSM8K has 1,319)
+LEAKS_PER_BATCH = 50  # of each kind; every leak uses its own eval item (no leak is a duplicate)
 
 
 def rss_mb() -> float:
@@ -74,23 +94,80 @@ class Sampler:
         self.note()
 
 
-def words_column(rng, vocab: pa.Array, n: int, lo: int, hi: int) -> pa.Array:
-    """n texts of lo..hi Zipf-distributed words, built without per-row Python."""
+def words_column(
+    rng, vocab: pa.Array, n: int, lo: int, hi: int, *, uniform: bool = False
+) -> pa.Array:
+    """n texts of lo..hi words, built without per-row Python: Zipf-distributed like real text,
+    or uniform (eval items: their 13-grams then never occur in the source by chance)."""
     lengths = rng.integers(lo, hi + 1, n)
-    ranks = np.minimum(rng.zipf(1.2, int(lengths.sum())), VOCAB) - 1
+    total = int(lengths.sum())
+    ranks = (
+        rng.integers(0, VOCAB, total) if uniform else np.minimum(rng.zipf(1.2, total), VOCAB) - 1
+    )
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(offsets), vocab.take(pa.array(ranks)))
     return pc.binary_join(lists, " ")
 
 
-def write_source(path: Path, rows: int, seed: int = 0) -> dict:
+def make_suites(vocab: pa.Array, seed: int) -> dict[str, pa.Table]:
+    """The two eval suites' raw rows (their own random stream: the source stays as it was)."""
+    rng = np.random.default_rng(seed + 1)
+    answers = pc.binary_join_element_wise(
+        words_column(rng, vocab, EVAL_ITEMS, 10, 30, uniform=True),
+        pa.array([f"#### {i}" for i in range(EVAL_ITEMS)]),
+        "\n",
+    )
+    return {
+        "math": pa.table(
+            {
+                "question": words_column(rng, vocab, EVAL_ITEMS, 20, 40, uniform=True),
+                "answer": answers,
+            }
+        ),
+        "instructions": pa.table(
+            {
+                "instruction": words_column(rng, vocab, EVAL_ITEMS, 6, 9, uniform=True),
+                "input": pa.array([""] * EVAL_ITEMS),
+                "output": words_column(rng, vocab, EVAL_ITEMS, 15, 30, uniform=True),
+            }
+        ),
+    }
+
+
+def plant_leaks(batch: pa.Table, suites: dict[str, pa.Table], first_item: int) -> pa.Table:
+    """Rows POOL.. of the batch become leaks of the eval items first_item..: a math question
+    in capitals (13-gram), an eval instruction in capitals with "?" (exact), the same with an
+    extra word (near: Jaccard (k + 2) / (k + 3) >= 0.8 for k >= 2 instruction words)."""
+    items = pa.array(range(first_item, first_item + LEAKS_PER_BATCH))
+    question = suites["math"]["question"].take(items)
+    instruction = suites["instructions"]["instruction"].take(items)
+    leaked = pa.concat_arrays(
+        [
+            pc.utf8_upper(question).combine_chunks(),
+            pc.binary_join_element_wise(pc.utf8_upper(instruction), "?", "").combine_chunks(),
+            pc.binary_join_element_wise(instruction, "extra", " ").combine_chunks(),
+        ]
+    )
+    m = len(leaked)
+    leaks = pa.table(
+        {
+            "instruction": leaked,
+            "input": pa.array([""] * m),
+            "output": batch["output"].slice(POOL, m),
+        },
+        schema=batch.schema,
+    )
+    return pa.concat_tables([batch.slice(0, POOL), leaks, batch.slice(POOL + m)])
+
+
+def write_source(path: Path, rows: int, suites: dict[str, pa.Table], seed: int = 0) -> dict:
     """The synthetic source as Parquet, in batches; returns what was planted."""
     rng = np.random.default_rng(seed)
     vocab = pa.array([f"w{i}" for i in range(VOCAB)])
     schema = pa.schema(
         [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())]
     )
-    planted = 0
+    planted, leaks = 0, 0
     with pq.ParquetWriter(path, schema) as writer:
         kept: pa.Table | None = None  # a small pool of earlier rows to duplicate from
         for start in range(0, rows, BATCH):
@@ -105,8 +182,11 @@ def write_source(path: Path, rows: int, seed: int = 0) -> dict:
                 },
                 schema=schema,
             )
+            k = int(n * DUPLICATE_SHARE) if kept is not None else 0
+            if leaks + LEAKS_PER_BATCH <= EVAL_ITEMS and POOL + 3 * LEAKS_PER_BATCH <= n - k:
+                batch = plant_leaks(batch, suites, leaks)
+                leaks += LEAKS_PER_BATCH
             if kept is not None:
-                k = int(n * DUPLICATE_SHARE)
                 dup = kept.take(pa.array(rng.integers(0, kept.num_rows, k)))
                 dup = pa.table(  # same words, different case and punctuation
                     {
@@ -121,11 +201,36 @@ def write_source(path: Path, rows: int, seed: int = 0) -> dict:
                 batch = pa.concat_tables([batch.slice(0, n - k), dup])
                 planted += k
             writer.write_table(batch)
-            kept = batch.slice(0, 5_000)
-    return {"rows": rows, "planted_duplicates": planted, "bytes": path.stat().st_size}
+            kept = batch.slice(0, POOL)
+    return {
+        "rows": rows,
+        "planted_duplicates": planted,
+        "planted_leaks": {"ngram": leaks, "exact": leaks, "near": leaks},
+        "bytes": path.stat().st_size,
+    }
 
 
-def spec_for(source: Path, suite: Path):
+def as_jsonl(source: Path) -> Path:
+    """The same rows as JSON lines (one object per line), converted batch by batch."""
+    out = source.with_suffix(".jsonl")
+    with out.open("w", encoding="utf-8") as fh:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=BATCH):
+            # pandas ends every batch with a line break: no blank lines between batches
+            batch.to_pandas().to_json(fh, orient="records", lines=True, force_ascii=False)
+    return out
+
+
+def write_suites(root: Path, suites: dict[str, pa.Table]) -> dict[str, Path]:
+    """Each suite as a JSON lines file next to the source."""
+    paths = {}
+    for name, table in suites.items():
+        paths[name] = root / f"{name}.jsonl"
+        lines = (json.dumps(row) for row in table.to_pylist())
+        paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths
+
+
+def spec_for(source: Path, suites: dict[str, Path]):
     data = {
         "name": "scale",
         "sources": [
@@ -138,16 +243,23 @@ def spec_for(source: Path, suite: Path):
         ],
         "eval_suites": [
             {
-                "name": "tiny",
-                "path": str(suite),
+                "name": "math",
+                "path": str(suites["math"]),
                 "template": "gsm8k",
                 "kind": "generation",
                 "category": "math",
-            }
+            },
+            {
+                "name": "instructions",
+                "path": str(suites["instructions"]),
+                "template": "alpaca",
+                "kind": "generation",
+                "category": "instruction",
+            },
         ],
         # prompt + response key only: this measures one exact pass over 2M rows
         "dedup": {"exact": True, "key_by_category": {}, "near": {"enabled": False}},
-        "decontamination": {"enabled": False},
+        "decontamination": {"enabled": True},
         "mixture": {"strategy": "proportional", "validation_fraction": 0.01},
         "base_model": {"tiny": {}},
         "arms": [{"name": "lora", "kind": "lora"}],
@@ -155,35 +267,51 @@ def spec_for(source: Path, suite: Path):
     return parse_spec(data, source.with_name("spec.yaml"))
 
 
+def drops_digest(drops: pa.Table) -> str:
+    """sha256 of the removed rows (id, suite, eval item, kind, similarity), order-independent."""
+    rows = sorted(json.dumps(r, sort_keys=True) for r in drops.to_pylist())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--source-format", choices=("parquet", "jsonl"), default="parquet")
     parser.add_argument("--dir", help="working folder (default: a temp folder)")
     args = parser.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="mlora-scale-"))
     root.mkdir(parents=True, exist_ok=True)
-    source, suite = root / "synthetic.parquet", root / "suite.jsonl"
-    suite.write_text('{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\\n#### 4"}\n')
 
     t0 = time.perf_counter()
-    made = write_source(source, args.rows)
+    suites = make_suites(pa.array([f"w{i}" for i in range(VOCAB)]), seed=0)
+    made = write_source(root / "synthetic.parquet", args.rows, suites)
+    source = root / "synthetic.parquet"
+    if args.source_format == "jsonl":
+        source = as_jsonl(source)
     generate_s = time.perf_counter() - t0
-    spec = spec_for(source, suite)
+    spec = spec_for(source, write_suites(root, suites))
     item = spec.sources[0]
     ws = Workspace.resolve(root / "workspace").ensure()
     sampler = Sampler()
     baseline_mb = rss_mb()
-    times = {}
+    times, cpu = {}, {}
 
     def timed(stage, fn):
         sampler.enter(stage)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = fn()
         times[stage] = round(time.perf_counter() - start, 2)
+        cpu[stage] = round(time.process_time() - cpu_start, 2)
         print(
             f"{stage}: {times[stage]:.1f}s, peak so far {sampler.peaks[stage]:.0f} MB",
             file=sys.stderr,
         )
+        return out
+
+    def prepare_suites():
+        out = {}
+        for suite in spec.eval_suites:
+            out[suite.name] = normalise_stage(ws, fetch(suite, suite.name, root, ws), suite)
         return out
 
     snap = timed("fetch", lambda: fetch(item, item.name, root, ws))
@@ -192,25 +320,35 @@ def main() -> None:
         "exact_dedup",
         lambda: dedup_stage(ws, "dedup_source", [normalised], spec.dedup, {}, [item.name]),
     )
-    mixed = timed("mix", lambda: mixture_stage(ws, deduped, spec))
+    suite_outputs = timed("suites", prepare_suites)
+    clean = timed("decontaminate", lambda: decontaminate_stage(ws, deduped, suite_outputs, spec))
+    mixed = timed("mix", lambda: mixture_stage(ws, clean, spec))
     sampler.stop()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    drops = pq.read_metadata(Path(deduped.path).with_name("drops.parquet")).num_rows
+    drops = read_drops(deduped).num_rows
+    decon = read_drops(clean)
     total_s = sum(times.values())
     print(
         json.dumps(
             {
                 "rows": args.rows,
-                "source_mb": round(made["bytes"] / 2**20),
+                "source_format": args.source_format,
+                "source_mb": round(source.stat().st_size / 2**20),
                 "planted_duplicates": made["planted_duplicates"],
                 "exact_drops": drops,
+                "planted_leaks": made["planted_leaks"],
+                "decon_drops": dict(sorted(Counter(decon["kind"].to_pylist()).items())),
+                "decon_drops_sha256": drops_digest(decon),
                 "rows_in_mixture": mixed.rows,
                 "seconds": {
                     "generate_source": round(generate_s, 1),
                     **times,
                     "stages_total": round(total_s, 1),
                 },
+                # CPU seconds of all threads: steadier than wall time when others share the cores
+                "cpu_seconds": cpu,
                 "rows_per_s": round(args.rows / total_s),
+                "load_average_1min": round(os.getloadavg()[0], 1),
                 "rss_mb_before_stages": round(baseline_mb),
                 "peak_rss_mb_by_stage": {k: round(v) for k, v in sampler.peaks.items()},
                 "peak_rss_mb": round(peak_mb),

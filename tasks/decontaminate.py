@@ -17,6 +17,10 @@ is visible in the demo: three templated math rows whose rationale has the same n
 eval rationale ("each friend has 14 - 5 = 9 cookies left ...") are removed although their
 questions differ; data_specs/demo/PLANTED.json lists them as `incidental_leaks`. Templated
 answers shared by many items are not affected: boilerplate n-grams are ignored.
+
+Memory: each suite is indexed once and whole (sorted 64-bit hashes of its content n-grams,
+its short prompts): the small side. The training rows, the big side, stream past the indexes
+BATCH_ROWS at a time, their n-grams hashed once per batch for all suites.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_specs.record import RECORD_SCHEMA
 from data_specs.schema import DecontaminationSpec
@@ -168,19 +173,36 @@ def _group_boilerplate(
     return out
 
 
-def _ngram_hits(table: pa.Table, index: SuiteIndex, n: int) -> dict[int, int]:
-    """Row -> eval item for rows sharing a content n-gram with the suite."""
-    if len(index.ngram_hashes) == 0 or table.num_rows == 0:
+@dataclass(frozen=True)
+class RowNgrams:
+    """The full n-grams of a batch of training rows, hashed once and probed against every
+    suite: prompt and response apart (n-grams never span the two), in row order, each
+    field's own n-grams in text order."""
+
+    hashes: np.ndarray  # uint64
+    rows: np.ndarray  # batch row of each hash
+
+    @classmethod
+    def of(cls, batch: pa.Table, n: int) -> RowNgrams:
+        texts, owner = _field_docs(batch)
+        sh = word_shingles(texts, n, full_hash=True)
+        doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+        full = sh.lengths[doc_of] >= n  # a shorter field's one shingle is no n-gram
+        return cls(sh.hashes[full], owner[doc_of[full]])
+
+
+def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, int]:
+    """Row -> eval item for rows sharing a content n-gram with the suite (the row's first
+    such n-gram, prompt before response, names the item)."""
+    if len(index.ngram_hashes) == 0 or len(ngrams.hashes) == 0:
         return {}
-    texts, owner = _field_docs(table)
-    sh = word_shingles(texts, n, full_hash=True)
-    doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
-    pos = np.searchsorted(index.ngram_hashes, sh.hashes)
+    pos = np.searchsorted(index.ngram_hashes, ngrams.hashes)
     pos = np.minimum(pos, len(index.ngram_hashes) - 1)
-    hit = (index.ngram_hashes[pos] == sh.hashes) & (sh.lengths[doc_of] >= n)
+    hit = np.flatnonzero(index.ngram_hashes[pos] == ngrams.hashes)
     out: dict[int, int] = {}
-    for k in np.flatnonzero(hit).tolist():
-        out.setdefault(int(owner[doc_of[k]]), int(index.ngram_item[pos[k]]))
+    items = index.ngram_item[pos[hit]].tolist()
+    for row, item in zip(ngrams.rows[hit].tolist(), items, strict=True):
+        out.setdefault(row, item)
     return out
 
 
@@ -206,46 +228,81 @@ def _short_prompt_hit(words: list[str], index: SuiteIndex, threshold: float):
     return best
 
 
+# Training rows checked at a time. Their n-gram arrays cost ~50-60 bytes per word (~200 MB for
+# 50k Alpaca-sized rows) and only their short prompts become Python lists: memory stays flat
+# however big the training table, while each suite's index (the small side) stays whole.
+BATCH_ROWS = 50_000
+
+Hit = tuple[str, str, float, str]  # (suite, kind, similarity, eval id)
+
+
 def decontaminate(
     train: pa.Table, suites: dict[str, pa.Table], config: DecontaminationSpec
 ) -> DecontaminationResult:
-    """Remove training rows that overlap any eval suite (dict in spec order)."""
+    """Remove training rows that overlap any eval suite (dict in spec order).
+
+    The suites are indexed once; the training rows stream past the indexes BATCH_ROWS at a
+    time. A row is reported against the first suite it matches, n-gram before exact/near.
+    """
     train = train.select(RECORD_SCHEMA.names)
     n = train.num_rows
-    hits: dict[int, tuple[str, str, float, str]] = {}  # row -> (suite, kind, sim, eval id)
+    hits: dict[int, Hit] = {}  # training row -> its match
     if config.enabled and n:
-        prompt_words = normalised_words(train.column("prompt")).to_pylist()
-        short_rows = [i for i, w in enumerate(prompt_words) if len(w) < config.ngram]
-        for name, items in suites.items():
-            index = build_suite_index(name, items.select(RECORD_SCHEMA.names), config)
-            for row, item in _ngram_hits(train, index, config.ngram).items():
-                hits.setdefault(row, (name, "ngram", 1.0, index.ids[item]))
-            for row in short_rows:
-                if row in hits:
-                    continue
-                found = _short_prompt_hit(prompt_words[row], index, config.near_threshold)
-                if found:
-                    kind, item, sim = found
-                    hits[row] = (name, kind, sim, index.ids[item])
+        indexes = [
+            build_suite_index(name, items.select(RECORD_SCHEMA.names), config)
+            for name, items in suites.items()
+        ]
+        for start in range(0, n, BATCH_ROWS):
+            found = _batch_hits(train.slice(start, BATCH_ROWS), indexes, config)
+            hits.update((start + row, hit) for row, hit in found.items())
     keep = np.ones(n, dtype=bool)
     keep[list(hits)] = False
-    ids, srcs, metas = (train.column(c).to_pylist() for c in ("id", "source", "meta"))
-    drops = pa.Table.from_pylist(
+    return DecontaminationResult(train.filter(pa.array(keep)), _drops_table(train, hits))
+
+
+def _batch_hits(
+    batch: pa.Table, indexes: list[SuiteIndex], config: DecontaminationSpec
+) -> dict[int, Hit]:
+    """Batch row -> match, suites in spec order: n-gram overlap first, then (prompts shorter
+    than n words) an exact or near-identical eval prompt."""
+    ngrams = RowNgrams.of(batch, config.ngram)
+    prompt_words = normalised_words(batch.column("prompt"))
+    short = np.flatnonzero(pc.list_value_length(prompt_words).to_numpy() < config.ngram)
+    short_words = prompt_words.take(pa.array(short, pa.int64())).to_pylist()
+    hits: dict[int, Hit] = {}
+    for index in indexes:
+        for row, item in _ngram_hits(ngrams, index).items():
+            hits.setdefault(row, (index.name, "ngram", 1.0, index.ids[item]))
+        for row, words in zip(short.tolist(), short_words, strict=True):
+            if row in hits:
+                continue
+            found = _short_prompt_hit(words, index, config.near_threshold)
+            if found:
+                kind, item, sim = found
+                hits[row] = (index.name, kind, sim, index.ids[item])
+    return hits
+
+
+def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
+    """One row per removed training row, in table order (only those rows reach Python)."""
+    rows = sorted(hits)
+    removed = train.take(pa.array(rows, pa.int64()))
+    ids, srcs, metas = (removed.column(c).to_pylist() for c in ("id", "source", "meta"))
+    return pa.Table.from_pylist(
         [
             {
-                "id": ids[r],
-                "source": srcs[r],
-                "row": source_row(metas[r]),
-                "suite": s,
-                "eval_id": eid,
+                "id": ids[i],
+                "source": srcs[i],
+                "row": source_row(metas[i]),
+                "suite": suite,
+                "eval_id": eval_id,
                 "kind": kind,
                 "similarity": round(sim, 6),
             }
-            for r, (s, kind, sim, eid) in sorted(hits.items())
+            for i, (suite, kind, sim, eval_id) in enumerate(hits[r] for r in rows)
         ],
         schema=DECON_DROP_SCHEMA,
     )
-    return DecontaminationResult(train.filter(pa.array(keep)), drops)
 
 
 def drops_per_source_suite(drops: pa.Table) -> list[dict]:

@@ -10,6 +10,11 @@ The content hash identifies the snapshot: the sha256 of the raw bytes combined
 with the read options that change the result (format, max_rows, column names).
 An unchanged source is not parsed again: when the snapshot for its hash exists
 it is reused. Bad input raises `DataError` naming the file, line, row or field.
+
+Local files and downloads stream: the file is hashed in one pass, then read a block at a
+time (tasks/read_file.py) and written row group by row group to a temp file that is renamed
+into place, so memory stays at a few blocks whatever the file's size. Hub datasets are
+loaded through `datasets` (memory-mapped; a `streaming` split is collected in memory).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +39,27 @@ import pyarrow.parquet as pq
 
 from data_specs.errors import DataError
 from data_specs.schema import DataLocation
-from tasks.read_file import CHUNK, ROW_COLUMN, detect_format, inspect_file, read_table
+from tasks.parquet_io import ROW_GROUP_ROWS, write_batches, write_parquet
+from tasks.read_file import (
+    CHUNK,
+    ROW_COLUMN,
+    detect_format,
+    inspect_file,
+    read_batches,
+    read_table,
+)
 from tasks.templates import csv_columns_for
 from tasks.workspace import Workspace
 
-__all__ = ["ROW_COLUMN", "Snapshot", "detect_format", "fetch", "inspect_file", "read_table"]
+__all__ = [
+    "ROW_COLUMN",
+    "Snapshot",
+    "detect_format",
+    "fetch",
+    "inspect_file",
+    "read_batches",
+    "read_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,31 +162,49 @@ def _fetch_file(
         )
         return Snapshot(name, out, content_hash, rows, origin, facts.sha256, reused=True)
     start = time.perf_counter()
-    table = read_table(path, fmt, columns=columns, blank_lines=facts.blank_lines)
-    if location.max_rows is not None:
-        table = table.slice(0, location.max_rows)
-    _write_parquet(table, out)
+    source = read_batches(path, fmt, columns=columns, blank_lines=facts.blank_lines)
+    # write_batches writes a temp file and renames it: a failure never leaves a half snapshot
+    rows = write_batches(
+        _row_groups(_first_rows(source.tables, location.max_rows)), out, source.schema
+    )
     log.info(
         "fetch %s: %d rows from %s in %.2fs -> %s",
         name,
-        table.num_rows,
+        rows,
         origin,
         time.perf_counter() - start,
         out.name,
     )
-    return Snapshot(name, out, content_hash, table.num_rows, origin, facts.sha256)
+    return Snapshot(name, out, content_hash, rows, origin, facts.sha256)
 
 
-def _write_parquet(table: pa.Table, out: Path) -> None:
-    """Write next to the target, then rename: a crash never leaves a half snapshot."""
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _first_rows(tables: Iterator[pa.Table], max_rows: int | None) -> Iterator[pa.Table]:
+    """The first `max_rows` rows (all when None). The rest is still read: a bad row anywhere
+    in the file fails the fetch, with or without max_rows."""
+    left = max_rows
+    for table in tables:
+        if left is None:
+            yield table
+        elif left > 0:
+            yield table.slice(0, left)
+            left -= min(left, table.num_rows)
+
+
+def _row_groups(tables: Iterator[pa.Table], rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+    """The same rows in tables of whole row groups (the last may be short): each table the
+    writer gets becomes its own row groups, so the reader's small pieces are joined first."""
+    pending: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        pending.append(table)
+        count += table.num_rows
+        if count >= rows:
+            joined = pa.concat_tables(pending)  # zero-copy: chunks are kept
+            whole = count - count % rows
+            yield joined.slice(0, whole)
+            pending, count = [joined.slice(whole)], count - whole
+    if count:
+        yield pa.concat_tables(pending)
 
 
 def _digest(*parts) -> str:
@@ -273,7 +313,7 @@ def _fetch_hub(location: DataLocation, name: str, raw_dir: Path, workspace: Work
         raise DataError("the dataset split is empty", where=origin, fix="check the split name")
     table = table.append_column(ROW_COLUMN, pa.array(range(1, table.num_rows + 1), pa.int64()))
     out = raw_dir / f"{content_hash}.parquet"
-    _write_parquet(table, out)
+    write_parquet(table, out)
     log.info(
         "fetch %s: %d rows from %s in %.2fs",
         name,

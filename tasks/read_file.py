@@ -1,4 +1,4 @@
-"""Read a local data file into Arrow, with the 1-based source row of each record.
+"""Read a local data file into Arrow a piece at a time, with the 1-based source row of each record.
 
 ``__row__`` holds where each record sits in the original file, so every later error can
 point at it:
@@ -10,9 +10,22 @@ point at it:
 - parquet: the row number.
 
 Before parsing, `inspect_file` hashes the file in one streaming pass and rejects what cannot
-be data (missing, empty, a Git LFS pointer, an HTML page, text that is not UTF-8). Bad input
-raises `DataError` naming the file, line, row or field. tasks/fetch.py turns the result into
-a snapshot.
+be data (missing, empty, a Git LFS pointer, an HTML page, text that is not UTF-8). Then
+`read_batches` settles the schema and yields the records as tables of bounded size, so a
+writer can stream them to disk (tasks/fetch.py turns them into a snapshot):
+
+    jsonl    pass 1: Arrow infers each BLOCK_BYTES block, the block types are merged as
+                     Arrow merges them within a file  ──► schema
+             pass 2: each block parsed again with that schema                ──► tables
+             (blank lines, type clashes, dates read as timestamps: the line-by-line reader,
+             BATCH_RECORDS records at a time, also in two passes)
+    csv/tsv  Arrow's streaming reader, every column text, CSV_BLOCK_BYTES at a time
+    parquet  BATCH_ROWS rows at a time
+    json     one JSON document: parsed whole (use jsonl for big data)
+
+The tables equal what reading the whole file at once gives (same columns, types, values
+and row numbers), so snapshots keep their content. Bad input raises `DataError` naming the
+file, line, row or field; errors in later rows surface while the tables are read.
 """
 
 from __future__ import annotations
@@ -22,10 +35,13 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
@@ -38,6 +54,14 @@ log = logging.getLogger("tasks.fetch")
 
 ROW_COLUMN = "__row__"
 CHUNK = 1 << 20  # bytes read per step when hashing / checking a file: bounded memory on big files
+# Bytes of JSON lines parsed at a time: Arrow splits a block into 1 MiB pieces for its threads,
+# and a block's bytes and table cost a few times its size (8 MiB: ~130 MB peak in all).
+BLOCK_BYTES = 8 << 20
+# Bytes per CSV block: Arrow's streaming CSV reader reads a few dozen blocks ahead, so its
+# default 1 MiB (~40 MB in flight) rather than BLOCK_BYTES (~200 MB).
+CSV_BLOCK_BYTES = 1 << 20
+BATCH_RECORDS = 20_000  # records per batch on the line-by-line path: a Python dict costs ~1 KB
+BATCH_ROWS = 65_536  # Parquet rows read at a time
 SNIFF = 4096  # leading bytes inspected for LFS pointers and HTML pages
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
 SUFFIX_FORMAT = {
@@ -149,47 +173,173 @@ def _reject_non_data(head: bytes, path: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class FileRows:
+    """A file's records: the schema (source columns, then ``__row__``) and the records as
+    tables in file order. The tables are read lazily: each is parsed when it is asked for."""
+
+    schema: pa.Schema
+    tables: Iterator[pa.Table]
+
+
+def read_batches(
+    path: Path,
+    fmt: str,
+    *,
+    columns: list[str] | None = None,
+    blank_lines: bool = False,
+    block_bytes: int | None = None,
+) -> FileRows:
+    """Read a local file piece by piece into Arrow tables with a ``__row__`` column.
+
+    `columns` names the columns of a headerless CSV/TSV; `blank_lines` (from `inspect_file`)
+    sends JSON lines to the line-by-line reader, which numbers lines as an editor does.
+    `block_bytes` overrides BLOCK_BYTES / CSV_BLOCK_BYTES (tests cross many blocks with it).
+    Malformed input is a DataError, raised here or while the tables are read.
+    """
+    if fmt == "jsonl":
+        return _read_jsonl(path, blank_lines, block_bytes or BLOCK_BYTES)
+    if fmt == "json":
+        return _read_json(path)
+    if fmt in ("csv", "tsv"):
+        delimiter = "\t" if fmt == "tsv" else ","
+        return _read_delimited(path, delimiter, columns, block_bytes or CSV_BLOCK_BYTES)
+    if fmt == "parquet":
+        return _read_parquet(path)
+    raise DataError(f"unknown format {fmt!r}", where=str(path), fix=f"use one of {FORMATS}")
+
+
 def read_table(
     path: Path, fmt: str, *, columns: list[str] | None = None, blank_lines: bool = False
 ) -> pa.Table:
-    """Read a local file into Arrow with a ``__row__`` column; malformed input is a DataError."""
-    if fmt == "jsonl":
-        table, rows = _read_jsonl(path, blank_lines)
-    elif fmt == "json":
-        table = _read_json(path)
-        rows = None
-    elif fmt in ("csv", "tsv"):
-        table, first = _read_delimited(path, "\t" if fmt == "tsv" else ",", columns)
-        rows = pa.array(range(first, first + table.num_rows), pa.int64())
-    elif fmt == "parquet":
-        try:
-            table = pq.read_table(path)
-        except Exception as err:  # pyarrow raises several types for corrupt files
-            raise DataError(
-                f"cannot open as Parquet: {err}",
-                where=str(path),
-                fix="the file is corrupt or not Parquet; re-export it or set format",
-            ) from None
-        rows = None
-    else:
-        raise DataError(f"unknown format {fmt!r}", where=str(path), fix=f"use one of {FORMATS}")
-    if rows is None:
-        rows = pa.array(range(1, table.num_rows + 1), pa.int64())
+    """The whole file as one table (`read_batches` joined): for small files and tests."""
+    rows = read_batches(path, fmt, columns=columns, blank_lines=blank_lines)
+    return pa.Table.from_batches(
+        [batch for table in rows.tables for batch in table.to_batches()], schema=rows.schema
+    )
+
+
+def _with_row_column(schema: pa.Schema) -> pa.Schema:
+    """The source columns (a source column named ``__row__`` gives way), then ``__row__``."""
+    if ROW_COLUMN in schema.names:
+        schema = schema.remove(schema.get_field_index(ROW_COLUMN))
+    return schema.append(pa.field(ROW_COLUMN, pa.int64()))
+
+
+def _numbered(table: pa.Table, rows: Iterable[int] | np.ndarray) -> pa.Table:
     if ROW_COLUMN in table.column_names:
         table = table.drop_columns([ROW_COLUMN])
-    return table.append_column(ROW_COLUMN, rows)
+    return table.append_column(ROW_COLUMN, pa.array(rows, pa.int64()))
 
 
-def _read_jsonl(path: Path, blank_lines: bool) -> tuple[pa.Table, pa.Array | None]:
-    if not blank_lines:
-        try:  # fast path: Arrow's multithreaded reader; record k is line k
-            table = pa_json.read_json(path)
-            # Arrow turns ISO-date-looking strings into timestamps; keep the source's text instead
-            if not any("timestamp" in str(f.type) for f in table.schema):
-                return table, None
+def _counted(tables: Iterator[pa.Table], first: int) -> Iterator[pa.Table]:
+    """Number the rows of consecutive tables first, first + 1, ..."""
+    for table in tables:
+        yield _numbered(table, np.arange(first, first + table.num_rows))
+        first += table.num_rows
+
+
+# ---------------------------------------------------------------- JSON lines, Arrow's reader
+
+
+def _read_jsonl(path: Path, blank_lines: bool, block_bytes: int) -> FileRows:
+    if not blank_lines:  # with blank lines record k is not line k: the line reader counts them
+        schema = _arrow_jsonl_schema(path, block_bytes)
+        if schema is not None:
+            tables = _arrow_jsonl_tables(path, schema, block_bytes)
+            return FileRows(_with_row_column(schema), _counted(tables, 1))
+    return _records_to_tables(path, lambda: _jsonl_records(path), "line")
+
+
+def _line_blocks(path: Path, block_bytes: int) -> Iterator[pa.Buffer]:
+    """The file in pieces of about `block_bytes` that end at a line break (the last may not).
+
+    Each piece is one read, handed to Arrow without a copy; the file position then steps back
+    to the start of the cut line. A line longer than a block gets a bigger read.
+    """
+    size = block_bytes
+    with path.open("rb") as fh:
+        while data := fh.read(size):
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) == size:  # no line break yet: read the line whole
+                fh.seek(-len(data), os.SEEK_CUR)
+                size *= 2
+                continue
+            if cut == 0:  # the last line, without a line break
+                if data.strip():  # Arrow rejects an empty buffer; trailing spaces are no record
+                    yield pa.py_buffer(data)
+                return
+            fh.seek(cut - len(data), os.SEEK_CUR)
+            size = block_bytes
+            yield pa.py_buffer(data).slice(0, cut)
+
+
+def _arrow_jsonl_schema(path: Path, block_bytes: int) -> pa.Schema | None:
+    """The schema Arrow infers for the whole file, found one block at a time. None when Arrow
+    cannot read the file or reads dates as timestamps: the line-by-line reader takes over
+    (it says which line is bad, and keeps the source's text)."""
+    merged: pa.DataType | None = None
+    for block in _line_blocks(path, block_bytes):
+        try:
+            part = pa.struct(list(pa_json.read_json(pa.BufferReader(block)).schema))
         except pa.ArrowInvalid:
-            pass  # fall through to the line-by-line reader, which says which line is bad
-    objects, line_numbers = [], []
+            return None
+        merged = part if merged is None else _merged_type(merged, part)
+        if merged is None:
+            return None
+    if merged is None or any("timestamp" in str(f.type) for f in merged):
+        return None
+    return pa.schema(list(merged))
+
+
+def _arrow_jsonl_tables(path: Path, schema: pa.Schema, block_bytes: int) -> Iterator[pa.Table]:
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    for block in _line_blocks(path, block_bytes):
+        try:
+            yield pa_json.read_json(pa.BufferReader(block), parse_options=options)
+        except pa.ArrowInvalid as err:  # pass 1 read this block: only a file changed meanwhile
+            raise DataError(
+                f"cannot parse as JSON lines with the schema found before: {err}",
+                where=str(path),
+                fix="was the file changed while it was read? fetch it again",
+            ) from None
+
+
+def _merged_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type Arrow's JSON and Python inference give a column whose values read as `a` in
+    one part of a file and as `b` in another: null widens to anything, int64 to double, a
+    timestamp to text, structs merge their fields and lists their items. None: no common
+    type, reading the whole file fails."""
+    if a == b or pa.types.is_null(b):
+        return a
+    if pa.types.is_null(a):
+        return b
+    if {a, b} == {pa.int64(), pa.float64()}:
+        return pa.float64()
+    if pa.string() in (a, b) and (pa.types.is_timestamp(a) or pa.types.is_timestamp(b)):
+        return pa.string()
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        fields = {f.name: f.type for f in a}  # first appearance decides the order
+        for f in b:
+            fields[f.name] = _merged_type(fields[f.name], f.type) if f.name in fields else f.type
+            if fields[f.name] is None:
+                return None
+        return pa.struct(list(fields.items()))
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        item = _merged_type(a.value_type, b.value_type)
+        return None if item is None else pa.list_(item)
+    return None
+
+
+# ---------------------------------------------------------------- records parsed by Python
+
+Records = Callable[[], Iterator[tuple[list[dict], list[int]]]]
+"""Starts a pass over a file's records: batches of (records, their line or element numbers)."""
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[list[dict], list[int]]]:
+    """The lines as dicts, BATCH_RECORDS at a time, with their line numbers; blank lines skipped."""
+    records, numbers = [], []
     with path.open(encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -208,12 +358,17 @@ def _read_jsonl(path: Path, blank_lines: bool) -> tuple[pa.Table, pa.Array | Non
                     where=f"{path}, line {number}",
                     fix="write one object per line",
                 )
-            objects.append(obj)
-            line_numbers.append(number)
-    return _objects_to_table(objects, path, line_numbers), pa.array(line_numbers, pa.int64())
+            records.append(obj)
+            numbers.append(number)
+            if len(records) == BATCH_RECORDS:
+                yield records, numbers
+                records, numbers = [], []
+    if records:
+        yield records, numbers
 
 
-def _read_json(path: Path) -> pa.Table:
+def _read_json(path: Path) -> FileRows:
+    """One JSON document (a list of objects, or {"data": [...]}): parsed whole."""
     try:
         with path.open(encoding="utf-8-sig") as fh:
             data = json.load(fh)
@@ -239,75 +394,156 @@ def _read_json(path: Path) -> pa.Table:
                 where=f"{path}, row {index}",
                 fix="every element must be a JSON object",
             )
-    return _objects_to_table(data, path, None)
+
+    def records() -> Iterator[tuple[list[dict], list[int]]]:
+        for start in range(0, len(data), BATCH_RECORDS):
+            part = data[start : start + BATCH_RECORDS]
+            yield part, list(range(start + 1, start + 1 + len(part)))
+
+    return _records_to_tables(path, records, "row")
 
 
-def _objects_to_table(objects: list[dict], path: Path, line_numbers: list[int] | None) -> pa.Table:
-    """Records -> Arrow. A scalar field whose type changes between records (True in one
-    line, "true" in the next) is kept as text, with a warning; nested clashes are errors."""
-    coerced: set[str] = set()
-    while True:
-        try:
-            return pa.Table.from_pylist(objects)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            field, row = _first_type_clash(objects)
-            if field and field not in coerced and _as_text(objects, field):
-                log.warning("%s: field %r mixes value types; kept as text", path, field)
-                coerced.add(field)
-                continue
-            unit = "line" if line_numbers else "row"
-            at = line_numbers[row - 1] if line_numbers and row else row
-            where = f"{path}, {unit} {at}, field {field!r}" if field else str(path)
-            raise DataError(
-                f"a field changes type between records ({err})",
-                where=where,
-                fix="give the field one type in every record",
-            ) from None
+def _records_to_tables(path: Path, records: Records, unit: str) -> FileRows:
+    """Records -> Arrow as pa.Table.from_pylist(every record) would do it, a batch at a time:
+    the columns are the first record's fields. A scalar field whose type changes between
+    records (True in one line, "true" in the next) is kept as text, with a warning; nested
+    clashes are errors. Passes: infer the column types, find the clashes (only when a column
+    has no common type), build the tables."""
+    columns = _infer_columns(records, path, unit)
+    text = _text_fields(columns, _find_clashes(records), path, unit) if columns.errors else []
+    schema = pa.schema(
+        [(name, pa.string() if name in text else columns.types[name]) for name in columns.names]
+    )
+    return FileRows(_with_row_column(schema), _record_tables(records, schema, text))
 
 
-def _as_text(objects: list[dict], field: str) -> bool:
-    """Turn every scalar value of `field` into text (JSON spelling for bools); False if nested."""
-    values = [obj.get(field) for obj in objects]
-    if any(isinstance(v, (dict, list)) for v in values):
-        return False
-    for obj in objects:
-        value = obj.get(field)
-        if value is not None and not isinstance(value, str):
-            obj[field] = json.dumps(value)
-    return True
+@dataclass
+class _Columns:
+    """Each column's type over all records so far (from_pylist's inference, batch by batch)."""
+
+    names: list[str] = field(default_factory=list)
+    types: dict[str, pa.DataType] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    """Columns whose values have no common type, and Arrow's reason."""
 
 
-def _first_type_clash(objects: list[dict]) -> tuple[str | None, int | None]:
-    seen: dict[str, str] = {}
-    for index, obj in enumerate(objects, start=1):
-        for key, value in obj.items():
-            if value is None:
-                continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            kind = "number" if number else type(value).__name__  # ints and floats mix fine
-            if seen.setdefault(key, kind) != kind:
-                return key, index
-    return None, None
+def _infer_columns(records: Records, path: Path, unit: str) -> _Columns:
+    """Pass 1: the first record's fields, each with its type over every record."""
+    columns: _Columns | None = None
+    for batch, numbers in records():
+        if columns is None:
+            columns = _Columns(names=list(batch[0]))
+            if not columns.names:
+                raise DataError(
+                    "the first record is empty ({}): the columns are taken from it",
+                    where=f"{path}, {unit} {numbers[0]}",
+                    fix="delete that record or give it the fields",
+                )
+        for name in columns.names:
+            if name not in columns.errors:
+                _add_values(columns, name, [record.get(name) for record in batch])
+    return columns or _Columns()
 
 
-def _read_delimited(path: Path, delimiter: str, columns: list[str] | None) -> tuple[pa.Table, int]:
+def _add_values(columns: _Columns, name: str, values: list) -> None:
+    """Widen a column's type by one batch of its values (or note why they do not fit)."""
+    try:
+        found = pa.array(values).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        columns.errors[name] = str(err)
+        return
+    known = columns.types.get(name, found)
+    merged = _merged_type(known, found)
+    if merged is None:
+        columns.errors[name] = f"{known} in one part of the file, {found} in another"
+    else:
+        columns.types[name] = merged
+
+
+@dataclass
+class _Clashes:
+    """Where each field's values first change kind, in record order, and which fields hold
+    nested values (those cannot become text)."""
+
+    at: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """field -> (record index, position of the field in that record, line or element)."""
+    nested: set[str] = field(default_factory=set)
+
+
+def _find_clashes(records: Records) -> _Clashes:
+    """Pass 2, only when a column has no type: every field's first change of kind."""
+    clashes, first_kind, index = _Clashes(), {}, 0
+    for batch, numbers in records():
+        for record, number in zip(batch, numbers, strict=True):
+            index += 1
+            for position, (key, value) in enumerate(record.items()):
+                if value is None:
+                    continue
+                if isinstance(value, (dict, list)):
+                    clashes.nested.add(key)
+                number_like = isinstance(value, (int, float)) and not isinstance(value, bool)
+                kind = "number" if number_like else type(value).__name__  # ints and floats mix
+                if first_kind.setdefault(key, kind) != kind:
+                    clashes.at.setdefault(key, (index, position, number))
+    return clashes
+
+
+def _text_fields(columns: _Columns, clashes: _Clashes, path: Path, unit: str) -> list[str]:
+    """The fields to keep as text, taken in the order their first clash appears, until every
+    column has a type; a column that still has none is a DataError at its first clash."""
+    text: list[str] = []
+    while failing := [n for n in columns.names if n in columns.errors and n not in text]:
+        pending = {key: at for key, at in clashes.at.items() if key not in text}
+        first = min(pending, key=pending.__getitem__) if pending else None
+        if first and first not in clashes.nested:
+            log.warning("%s: field %r mixes value types; kept as text", path, first)
+            text.append(first)
+            continue
+        where = f"{path}, {unit} {pending[first][2]}, field {first!r}" if first else str(path)
+        raise DataError(
+            f"a field changes type between records ({columns.errors[failing[0]]})",
+            where=where,
+            fix="give the field one type in every record",
+        )
+    return text
+
+
+def _record_tables(records: Records, schema: pa.Schema, text: list[str]) -> Iterator[pa.Table]:
+    """Last pass: each batch as a table of the settled schema."""
+    for batch, numbers in records():
+        for record in batch:
+            for name in text:
+                value = record.get(name)
+                if value is not None and not isinstance(value, str):
+                    record[name] = json.dumps(value)  # JSON spelling: true, not True
+        yield _numbered(pa.Table.from_pylist(batch, schema=schema), numbers)
+
+
+# ---------------------------------------------------------------- CSV / TSV
+
+
+def _read_delimited(
+    path: Path, delimiter: str, columns: list[str] | None, block_bytes: int
+) -> FileRows:
     """CSV/TSV with every column read as text (no lossy number parsing of e.g. "1.50")."""
     header = columns is None
     names = list(columns) if columns else _header_names(path, delimiter)
     tsv = delimiter == "\t"
     # TSV exports (GLUE and friends) do not quote fields and contain stray quotes.
     parse = dict(delimiter=delimiter, quote_char=False if tsv else '"', newlines_in_values=not tsv)
-    clash: list = []
 
-    def on_invalid_row(row) -> str:
-        clash.append(row)
-        return "error"
+    def reader(threads: bool, clash: list) -> pa_csv.CSVStreamingReader:
+        def on_invalid_row(row) -> str:
+            clash.append(row)
+            return "error"
 
-    def read(threads: bool) -> pa.Table:
-        return pa_csv.read_csv(
+        return pa_csv.open_csv(
             path,
             read_options=pa_csv.ReadOptions(
-                column_names=names, skip_rows=1 if header else 0, use_threads=threads
+                column_names=names,
+                skip_rows=1 if header else 0,
+                use_threads=threads,
+                block_size=block_bytes,
             ),
             parse_options=pa_csv.ParseOptions(**parse, invalid_row_handler=on_invalid_row),
             convert_options=pa_csv.ConvertOptions(
@@ -315,29 +551,39 @@ def _read_delimited(path: Path, delimiter: str, columns: list[str] | None) -> tu
             ),
         )
 
-    try:
-        return read(threads=True), 2 if header else 1
-    except pa.ArrowInvalid as err:
-        if not clash or clash[0].number is None:
-            clash.clear()
-            try:  # single-threaded parsing knows row numbers
-                read(threads=False)
-            except pa.ArrowInvalid:
-                pass
-        if clash:
-            bad = clash[0]
-            number = bad.number if bad.number is not None else "?"
-            raise DataError(
-                f"expected {bad.expected_columns} columns, got {bad.actual_columns}: "
-                f"{bad.text[:80]!r}",
-                where=f"{path}, row {number}",
-                fix="quote fields that contain the delimiter, or fix the row",
-            ) from None
-        raise DataError(
-            f"cannot parse as {'TSV' if tsv else 'CSV'}: {err}",
-            where=str(path),
-            fix="check the delimiter and quoting, or set format",
-        ) from None
+    def tables() -> Iterator[pa.Table]:
+        clash: list = []
+        try:
+            for batch in reader(threads=True, clash=clash):
+                yield pa.Table.from_batches([batch])
+        except pa.ArrowInvalid as err:
+            if not clash or clash[0].number is None:
+                clash.clear()
+                try:  # single-threaded parsing knows row numbers
+                    for _ in reader(threads=False, clash=clash):
+                        pass
+                except pa.ArrowInvalid:
+                    pass
+            raise _delimited_error(path, tsv, err, clash) from None
+
+    schema = pa.schema([(n, pa.string()) for n in names])
+    return FileRows(_with_row_column(schema), _counted(tables(), 2 if header else 1))
+
+
+def _delimited_error(path: Path, tsv: bool, err: pa.ArrowInvalid, clash: list) -> DataError:
+    if clash:
+        bad = clash[0]
+        number = bad.number if bad.number is not None else "?"
+        return DataError(
+            f"expected {bad.expected_columns} columns, got {bad.actual_columns}: {bad.text[:80]!r}",
+            where=f"{path}, row {number}",
+            fix="quote fields that contain the delimiter, or fix the row",
+        )
+    return DataError(
+        f"cannot parse as {'TSV' if tsv else 'CSV'}: {err}",
+        where=str(path),
+        fix="check the delimiter and quoting, or set format",
+    )
 
 
 def _header_names(path: Path, delimiter: str) -> list[str]:
@@ -351,3 +597,37 @@ def _header_names(path: Path, delimiter: str) -> list[str]:
             fix="add a header, or use a template that declares headerless columns",
         )
     return [n.strip() for n in names]
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+def _read_parquet(path: Path) -> FileRows:
+    try:
+        # pre_buffer would keep every row group read so far cached until the file's end
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        schema = parquet.schema_arrow
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise _parquet_error(path, err) from None
+
+    def tables() -> Iterator[pa.Table]:
+        with parquet:
+            batches = parquet.iter_batches(batch_size=BATCH_ROWS)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except Exception as err:  # a corrupt page or row group further in
+                    raise _parquet_error(path, err) from None
+                if batch is None:
+                    return
+                yield pa.Table.from_batches([batch])
+
+    return FileRows(_with_row_column(schema), _counted(tables(), 1))
+
+
+def _parquet_error(path: Path, err: Exception) -> DataError:
+    return DataError(
+        f"cannot open as Parquet: {err}",
+        where=str(path),
+        fix="the file is corrupt or not Parquet; re-export it or set format",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pytest
 
 from data_specs.record import make_record, records_to_table
 from data_specs.schema import DecontaminationSpec, load_spec
+from tasks import decontaminate as decontaminate_module
 from tasks.decontaminate import decontaminate, drops_per_source_suite
 
 TEMPLATE = (
@@ -171,3 +173,79 @@ def test_group_templates_are_boilerplate_within_their_subject():
     grouped = decontaminate(row, {"mmlu": suite}, DecontaminationSpec())
     suite_wide = decontaminate(row, {"mmlu": suite}, DecontaminationSpec(boilerplate_group=None))
     assert grouped.drops.num_rows == 0 and suite_wide.drops.num_rows == 1
+
+
+# ---------------------------------------------------------------- training rows stream in batches
+
+
+def qa_suite(prompts: list[str], responses: list[str]) -> pa.Table:
+    """The given items plus 20 unrelated ones (an n-gram in every item would be boilerplate)."""
+    prompts = prompts + [f"unrelated question {i} about topic {i}" for i in range(20)]
+    responses = responses + [f" unrelated answer {i}" for i in range(20)]
+    return records_to_table([item(p, r) for p, r in zip(prompts, responses, strict=True)])
+
+
+LONG_ANSWER = (
+    "the answer walks through every step of the long derivation one careful line at a time"
+)
+
+
+def test_first_suite_wins_and_ngram_beats_exact_whatever_the_batch_size(monkeypatch):
+    first = qa_suite(["What is the capital of France?"], [" Paris."])
+    second = qa_suite(["Name the capital of Peru please"], [f" {LONG_ANSWER}"])
+    rows = [
+        train("what is the capital of france", row=1),  # exact in the first suite
+        train(
+            "what is the capital of france", f"{LONG_ANSWER}.", row=2
+        ),  # and a 13-gram in the 2nd
+        train("something else entirely", row=3),
+        train("name the capital of peru please", f"So: {LONG_ANSWER}", row=4),  # both in 2nd
+    ]
+    table = records_to_table(rows)
+    suites = {"first": first, "second": second}
+    expected = {1: ("first", "exact"), 2: ("first", "exact"), 4: ("second", "ngram")}
+    for batch_rows in (1, 3, 50_000):
+        monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", batch_rows)
+        result = decontaminate(table, suites, DecontaminationSpec())
+        got = {d["row"]: (d["suite"], d["kind"]) for d in result.drops.to_pylist()}
+        assert got == expected, batch_rows
+        assert [json.loads(m)["row"] for m in result.kept.column("meta").to_pylist()] == [3]
+
+
+def test_demo_drops_are_the_same_in_small_batches(monkeypatch, tmp_path):
+    from tasks.fetch import fetch
+    from tasks.normalise import normalise
+    from tasks.workspace import Workspace
+
+    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo.yaml")
+    ws = Workspace.resolve(tmp_path).ensure()
+
+    def load(item):
+        snap = fetch(item, item.name, base_dir, ws)
+        return normalise(snap, source=item.name, template=item.template, category=item.category)
+
+    training = pa.concat_tables([load(s) for s in spec.sources])
+    suites = {s.name: load(s) for s in spec.eval_suites}
+    whole = decontaminate(training, suites, spec.decontamination)
+    monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", 97)  # cuts sources at odd rows
+    batched = decontaminate(training, suites, spec.decontamination)
+    assert whole.drops.num_rows > 0
+    assert batched.drops.equals(whole.drops) and batched.kept.equals(whole.kept)
+
+
+def test_memory_follows_the_batch_not_the_training_table(monkeypatch):
+    suite = qa_suite([f"eval question {i} " * 5 for i in range(20)], [" yes"] * 20)
+    words = " ".join(f"w{i % 997}" for i in range(150))
+    table = records_to_table([train(f"prompt {i} {words}", words, row=i) for i in range(4_000)])
+
+    def traced_peak(batch_rows: int) -> int:
+        monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", batch_rows)
+        tracemalloc.start()  # numpy's arrays are traced (the n-gram hashes), Arrow's are not
+        try:
+            decontaminate(table, {"s": suite}, DecontaminationSpec())
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole, batched = traced_peak(len(table)), traced_peak(250)
+    assert batched < whole / 4, (batched, whole)

@@ -9,14 +9,18 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import pytest
 
 from data_specs.errors import DataError
 from data_specs.schema import DataLocation, EvalSuiteSpec, HubDataset, SourceSpec
 from tasks import fetch as fetch_module
+from tasks import read_file
 from tasks.fetch import ROW_COLUMN, fetch
 from tasks.normalise import normalise
+from tasks.read_file import read_batches
 
 BAD = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 CASES = json.loads((BAD / "CASES.json").read_text())["cases"]
@@ -117,6 +121,164 @@ def test_mixed_scalar_types_are_kept_as_text(tmp_path, workspace):
     assert [
         r["label"] for r in rows_of(fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace))
     ] == ["true", "false"]
+
+
+# ---------------------------------------------------------------- streaming: blocks change nothing
+
+TINY_BLOCK = 64  # bytes: every few lines start a new block (and long lines get a bigger read)
+
+
+def streamed(path: Path, fmt: str, block_bytes: int, **options) -> pa.Table:
+    rows = read_batches(path, fmt, block_bytes=block_bytes, **options)
+    parts = list(rows.tables)
+    assert all(part.schema.equals(rows.schema) for part in parts)  # the schema came first
+    return pa.Table.from_batches([b for part in parts for b in part.to_batches()], rows.schema)
+
+
+def numbered(table: pa.Table, first: int = 1) -> pa.Table:
+    return table.append_column(
+        ROW_COLUMN, pa.array(range(first, first + table.num_rows), pa.int64())
+    )
+
+
+# Each file's types are settled by a line after the first tiny block; Arrow reading the
+# whole file at once is the reference.
+ARROW_TYPE_CASES = {
+    "null, then text": [{"a": None, "b": 1}] * 5 + [{"a": "x", "b": 2}],
+    "int, then float": [{"a": 1}] * 5 + [{"a": 2.5}],
+    "date-like, then text": [{"when": "2021-01-01"}] * 5 + [{"when": "soon"}],
+    "struct fields merge": [{"m": {"x": 1}}] * 5 + [{"m": {"y": "s"}}, {"m": None}],
+    "empty list, then ints": [{"l": []}] * 5 + [{"l": [1, 2]}],
+    "a field appears late": [{"a": 1}] * 5 + [{"a": 2, "late": "x"}],
+    "a text field named timestamp": [{"timestamp": "noon"}] * 5 + [{"timestamp": "x", "n": 1}],
+    "a line longer than a block": [{"a": "word " * 40}] * 3 + [{"a": "short"}],
+}
+
+
+@pytest.mark.parametrize("records", ARROW_TYPE_CASES.values(), ids=ARROW_TYPE_CASES.keys())
+def test_jsonl_in_tiny_blocks_equals_arrow_reading_the_whole_file(tmp_path, records):
+    path = write(tmp_path / "a.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    whole = numbered(pa_json.read_json(path))
+    assert streamed(path, "jsonl", TINY_BLOCK).equals(whole)
+    assert streamed(path, "jsonl", 1 << 20).equals(whole)
+
+
+def test_jsonl_without_a_final_line_break_or_with_trailing_spaces(tmp_path):
+    for tail in ("", "   "):
+        path = write(tmp_path / "a.jsonl", '{"a": 1}\n{"a": 2}' + tail)
+        assert streamed(path, "jsonl", TINY_BLOCK).to_pylist() == [
+            {"a": 1, ROW_COLUMN: 1},
+            {"a": 2, ROW_COLUMN: 2},
+        ]
+
+
+LINE_READER_CASES = {  # blank lines: the line reader, BATCH_RECORDS at a time
+    "int, then float": [{"a": 1}] * 5 + [{"a": 2.5}],
+    "null, then text; struct fields merge": [{"a": None, "m": {"x": 1}}] * 5
+    + [{"a": "x", "m": {"y": "s"}}],
+    "columns come from the first record": [{"a": 1}] * 5 + [{"a": 2, "late": "x"}],
+    "dates stay text": [{"when": "2021-01-01"}] * 6,
+}
+
+
+@pytest.mark.parametrize("records", LINE_READER_CASES.values(), ids=LINE_READER_CASES.keys())
+def test_line_reader_in_small_batches_equals_from_pylist_of_all_records(
+    tmp_path, monkeypatch, records
+):
+    lines = [json.dumps(r) for r in records]
+    path = write(tmp_path / "a.jsonl", "\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    monkeypatch.setattr(read_file, "BATCH_RECORDS", 2)
+    got = streamed(path, "jsonl", TINY_BLOCK, blank_lines=True)
+    line_numbers = [1, 2] + list(range(4, len(records) + 2))
+    expected = pa.Table.from_pylist(records)
+    assert got.equals(expected.append_column(ROW_COLUMN, pa.array(line_numbers, pa.int64())))
+
+
+def test_mixed_types_across_batches_become_text_and_a_nested_clash_names_its_line(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(read_file, "BATCH_RECORDS", 2)
+    path = write(
+        tmp_path / "a.jsonl",
+        '{"label": true, "n": 1}\n{"label": false, "n": 2}\n\n{"label": "maybe", "n": 3}\n',
+    )
+    with caplog.at_level("WARNING", logger="tasks.fetch"):
+        rows = streamed(path, "jsonl", TINY_BLOCK, blank_lines=True).to_pylist()
+    assert [r["label"] for r in rows] == ["true", "false", "maybe"]  # JSON spelling
+    assert [r["n"] for r in rows] == [1, 2, 3] and [r[ROW_COLUMN] for r in rows] == [1, 2, 4]
+    assert "field 'label' mixes value types; kept as text" in caplog.text
+    write(path, '{"tags": ["a"]}\n{"tags": ["b"]}\n{"tags": "c"}\n')
+    with pytest.raises(DataError, match="line 3, field 'tags'") as caught:
+        streamed(path, "jsonl", TINY_BLOCK)
+    assert caught.value.fix
+
+
+def test_csv_rows_count_on_across_blocks_and_a_late_bad_row_is_named(tmp_path):
+    body = "".join(f'"text, {i}",{i}\n' for i in range(200))
+    path = write(tmp_path / "a.csv", "text,n\n" + body)
+    got = streamed(path, "csv", 256)
+    assert got.num_rows == 200 and got.column(ROW_COLUMN).to_pylist() == list(range(2, 202))
+    assert got.slice(150, 1).to_pylist() == [{"text": "text, 150", "n": "150", ROW_COLUMN: 152}]
+    write(path, "text,n\n" + body + "only one field\n")
+    with pytest.raises(DataError, match="row 202") as caught:
+        streamed(path, "csv", 256)
+    assert "expected 2 columns, got 1" in str(caught.value)
+
+
+def test_parquet_is_read_in_batches_with_row_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(read_file, "BATCH_ROWS", 7)
+    table = pa.table({"x": range(50), ROW_COLUMN: ["source's own"] * 50})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=9)
+    rows = read_batches(tmp_path / "a.parquet", "parquet")
+    parts = list(rows.tables)
+    assert len(parts) == 8 and max(p.num_rows for p in parts) == 7
+    got = pa.Table.from_batches([b for p in parts for b in p.to_batches()], rows.schema)
+    assert got.equals(numbered(table.drop_columns([ROW_COLUMN])))
+
+
+def jsonl_file(path: Path, rows: int) -> Path:
+    return write(
+        path, "".join(json.dumps({"q": f"question {i} " * 8, "n": i}) + "\n" for i in range(rows))
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_reading_holds_a_few_blocks_not_the_file(tmp_path, monkeypatch, fmt):
+    monkeypatch.setattr(read_file, "BATCH_ROWS", 1_000)  # Parquet batches, in rows
+    path = jsonl_file(tmp_path / "a.jsonl", 40_000)  # ~4 MB of text
+    whole = pa_json.read_json(path)
+    if fmt == "csv":
+        path = tmp_path / "a.csv"
+        pa_csv.write_csv(whole, path)
+    elif fmt == "parquet":
+        path = tmp_path / "a.parquet"
+        pq.write_table(whole, path, row_group_size=2_000)
+    rows = read_batches(path, fmt, block_bytes=16 << 10)  # CSV reads ~40 blocks ahead
+    before, most, count = pa.total_allocated_bytes(), 0, 0
+    for part in rows.tables:
+        most = max(most, pa.total_allocated_bytes() - before)
+        count += part.num_rows
+    assert count == whole.num_rows
+    assert most < whole.nbytes / 5, (most, whole.nbytes)  # reading it whole: > whole.nbytes
+
+
+def test_fetch_streams_into_row_groups_and_max_rows_still_checks_every_line(
+    tmp_path, workspace, monkeypatch
+):
+    monkeypatch.setattr(read_file, "BLOCK_BYTES", 64 << 10)  # ~40 blocks
+    jsonl_file(tmp_path / "a.jsonl", 25_000)
+    snap = fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace)
+    meta = pq.ParquetFile(snap.path).metadata
+    assert snap.rows == 25_000 and meta.num_row_groups == 3  # 10k, 10k, 5k
+    assert meta.row_group(2).num_rows == 5_000
+    assert pq.read_table(snap.path).equals(numbered(pa_json.read_json(tmp_path / "a.jsonl")))
+    capped = fetch(DataLocation(path="a.jsonl", max_rows=12_345), "a", tmp_path, workspace)
+    assert capped.rows == 12_345
+    assert pq.read_table(capped.path).column(ROW_COLUMN)[-1].as_py() == 12_345
+    with (tmp_path / "a.jsonl").open("a") as fh:
+        fh.write('{"q": "cut off\n')
+    with pytest.raises(DataError, match="line 25001"):  # as before streaming: the whole file
+        fetch(DataLocation(path="a.jsonl", max_rows=10), "a", tmp_path, workspace)
 
 
 # ---------------------------------------------------------------- bad inputs
