@@ -19,16 +19,30 @@ import os
 import sys
 
 from data_specs.errors import PipelineError
+from data_specs.schema import load_spec
 from tasks.workspace import ENV_VAR, Workspace
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlora", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workspace", help=f"workspace root (default ${ENV_VAR} or ./workspace)")
+    # --workspace is accepted before or after the command (`mlora --workspace W ui` and
+    # `mlora ui --workspace W`); SUPPRESS keeps a sub-command from resetting the other.
+    workspace = argparse.ArgumentParser(add_help=False)
+    workspace.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help=f"workspace root (default ${ENV_VAR} or ./workspace)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mlora", description=__doc__.split("\n\n")[0], parents=[workspace]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline on a spec")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[workspace], **kwargs)
+
+    run = command("run", help="run the whole pipeline on a spec")
     run.add_argument("spec", help="path to a YAML spec, e.g. data_specs/demo.yaml")
-    data = sub.add_parser("data", help="run the data stages only and print the per-source table")
+    data = command("data", help="run the data stages only and print the per-source table")
     data.add_argument("spec")
     data.add_argument(
         "--task-runner",
@@ -36,14 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         default="threads",
         help="threads (default) or a local Dask cluster (prefect-dask)",
     )
-    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
+    ui = command("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
-    promote = sub.add_parser("promote", help="make VERSION the champion of registered model NAME")
+    promote = command("promote", help="make VERSION the champion of registered model NAME")
     promote.add_argument("name")
     promote.add_argument("version")
-    rollback = sub.add_parser("rollback", help="restore the previous champion of NAME")
+    rollback = command("rollback", help="restore the previous champion of NAME")
     rollback.add_argument("name")
-    serve = sub.add_parser(
+    serve = command(
         "serve",
         help="serve the pipeline on SPEC as a Prefect deployment with a cron schedule",
         description="Blocks and executes the deployment's runs until stopped (SIGTERM or "
@@ -111,11 +125,17 @@ def _tracker(ws: Workspace, name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    ws = Workspace.resolve(args.workspace).activate()
+    ws = Workspace.resolve(getattr(args, "workspace", None)).activate()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
     )
+    # One line per request to Prefect's local API (some 422s by design) would bury ours.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        if args.command in ("run", "data", "serve"):
+            # A spec mistake is reported in a second, before Prefect and torch are imported
+            # and Prefect's temporary server is started (~20 s).
+            load_spec(args.spec)
         if args.command == "run":
             from flows.pipeline import pipeline_flow
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
@@ -52,6 +53,7 @@ def build_deployment(
     the deployment is named after the spec unless `name` is given.
     """
     spec, _ = load_spec(spec_path)
+    _check_timezone(timezone)
     try:
         schedule = Cron(cron, timezone=timezone)
     except ValueError as err:
@@ -72,6 +74,19 @@ def build_deployment(
         tags=["mlora", spec.name],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+
+
+def _check_timezone(timezone: str | None) -> None:
+    if timezone is None:
+        return
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PipelineError(
+            f"unknown timezone {timezone!r}",
+            where="--timezone",
+            fix='give an IANA name such as "Europe/Berlin" or "America/New_York" (default UTC)',
+        ) from None
 
 
 def serve_pipeline(

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from data_specs.errors import PipelineError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlora.catalog")
 
 SCHEMA_VERSION = 2
 # Changes since version 1, applied in order to an older catalog (each idempotent).

@@ -37,14 +37,14 @@ from tasks.workspace import Workspace
 
 # Bump when scoring code changes the numbers it gives for the same inputs: every cached
 # base evaluation is then scored again.
-EVAL_CODE_VERSION = 1
+EVAL_CODE_VERSION = 2  # 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match)
 STAGE, FILE = "base_eval", "evaluation.json"
 
 # Where a suite's rows come from: their content hash is keyed instead, so moving a
 # file does not re-score and editing one does.
 _LOCATION_FIELDS = set(DataLocation.model_fields) | {"dev"}
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlora.eval_cache")
 
 
 def base_eval_inputs(

@@ -61,7 +61,7 @@ __all__ = [
     "read_table",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlora.fetch")
 
 SNAPSHOT_VERSION = 1  # bump when the snapshot layout changes: old snapshots are then not reused
 URL_ATTEMPTS = 4  # one try plus three retries on network errors and 5xx/429 answers

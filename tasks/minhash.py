@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlora.minhash")
 
 # Anything that is not a letter, a number, a combining mark or whitespace is punctuation.
 PUNCT_RE = r"[^\p{L}\p{N}\p{M}\s]"

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from data_specs.errors import DataError
 
 # Reading a file is part of fetching it: its warnings keep the fetch logger's name.
-log = logging.getLogger("tasks.fetch")
+log = logging.getLogger("mlora.fetch")
 
 ROW_COLUMN = "__row__"
 CHUNK = 1 << 20  # bytes read per step when hashing / checking a file: bounded memory on big files

@@ -74,7 +74,7 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
 
         return get_run_logger()
     except Exception:  # called outside a flow or task run
-        return logging.getLogger(__name__)
+        return logging.getLogger("mlora.stages")
 
 
 def stage_id(stage: str, input_ids: list[str], params: dict) -> str:

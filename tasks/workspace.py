@@ -94,5 +94,10 @@ class Workspace:
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # One "Downloading artifacts" bar per artifact read is noise in a pipeline log.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # The project's own log lines (training steps, fetch counts, registry) also go to
+        # Prefect's log store, so a scheduled run shows them in its Prefect UI page.
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mlora")
         os.environ.setdefault("HF_HOME", str(self.hf_home))
         return self

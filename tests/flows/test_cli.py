@@ -62,6 +62,36 @@ def test_promote_and_rollback(mlora, workspace_with_versions, capsys):
     assert _champion(ws) == "1"
 
 
+def test_workspace_may_follow_the_command(mlora, workspace_with_versions, capsys):
+    # The form `mlora run` prints at its end ("see it in the MLflow UI: mlora ui --workspace W").
+    ws = workspace_with_versions
+    assert mlora("promote", NAME, 2, "--workspace", ws.root) == 0
+    assert _champion(ws) == "2"
+    assert mlora("rollback", NAME, "--workspace", ws.root) == 0
+    assert "rolled back to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["run", "data", "serve"])
+def test_a_bad_spec_fails_in_one_line_before_prefect_or_torch_load(command, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "data_specs" / "demo.yaml").read_text() + "\nsurprise: 1\n")
+    probe = (
+        "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted({'prefect', 'torch', 'mlflow'} & set(sys.modules))); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, command, str(bad), "--workspace", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout.strip() == "[]"  # nothing heavy was imported to find the mistake
+    assert done.stderr.startswith(f"error: {bad}: invalid spec")
+    assert "surprise: unknown key" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_serve_rejects_a_bad_cron(tmp_path):
     # A subprocess: `serve` sets up Prefect's logging, which must not bind to pytest's capture.
     done = subprocess.run(
@@ -135,3 +165,29 @@ def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_run_with_a_missing_base_model_prints_one_error_line(
+    mlora, prefect_harness, tmp_path, capsys
+):
+    """Checked before any work: one `error:` line naming the spec, the field and the fix."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "data_specs" / "demo.yaml").read_text())
+    for item in spec["sources"] + spec["eval_suites"]:
+        item["path"] = str(REPO / "data_specs" / item["path"])
+    spec["base_model"] = {"name_or_path": str(tmp_path / "nomodel")}
+    path = tmp_path / "nomodel.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ws = tmp_path / "ws"
+
+    assert mlora("--workspace", ws, "run", path) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: spec {path}, base_model.name_or_path '{tmp_path / 'nomodel'}': "
+        f"no folder {tmp_path / 'nomodel'} -- the folder must exist and hold config.json "
+        "(a relative path starts from the directory mlora runs in), "
+        "or give a hub id such as Qwen/Qwen2.5-0.5B"
+    ]
+    assert not (ws / "catalog.duckdb").exists() and not (ws / "mlflow.db").exists()
+    assert not list((ws / "data").iterdir())

@@ -82,6 +82,9 @@ def test_build_deployment_rejects_a_bad_cron_and_a_bad_spec(tmp_path):
     spec = write_reduced_spec(tmp_path)
     with pytest.raises(PipelineError, match="--cron.*invalid cron schedule 'every night'"):
         build_deployment(spec, tmp_path / "ws", cron="every night")
+    with pytest.raises(PipelineError, match="--timezone: unknown timezone 'Mars/Base'"):
+        build_deployment(spec, tmp_path / "ws", timezone="Mars/Base")
+    assert build_deployment(spec, tmp_path / "ws", timezone="Europe/Berlin").schedules
     with pytest.raises(SpecError, match="spec file not found"):
         build_deployment(tmp_path / "missing.yaml", tmp_path / "ws")
 
@@ -128,6 +131,18 @@ def _api(base: str, path: str, body: dict | None = None):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read() or b"null")
+
+
+def _run_logs(base: str, flow_run_id: str) -> list[dict]:
+    """Every log entry of a flow run (the API pages them, 200 at a time)."""
+    entries: list[dict] = []
+    while page := _api(
+        base,
+        "/logs/filter",
+        {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": len(entries)},
+    ):
+        entries += page
+    return entries
 
 
 def _wait_for(what: str, probe, timeout: float, procs: dict[str, tuple]):
@@ -272,6 +287,9 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         assert _wait_for("the triggered run", finished, 150, procs) == "COMPLETED", (
             serve_log.read_text()[-4000:]
         )
+        # The project's own lines (training progress, registry) are in the run's Prefect logs.
+        loggers = {entry["name"] for entry in _run_logs(base, flow_run["id"])}
+        assert {"mlora.train", "mlora.registry"} <= loggers, sorted(loggers)
     finally:
         for proc, _ in reversed(list(procs.values())):
             _stop(proc)

@@ -163,7 +163,7 @@ def _hold(tmp_path, seconds: float) -> subprocess.Popen:
 
 def test_a_locked_catalog_is_waited_for_with_a_clear_message(tmp_path, caplog):
     holder = _hold(tmp_path, 1.5)
-    with caplog.at_level(logging.WARNING, logger="tasks.catalog"):
+    with caplog.at_level(logging.WARNING, logger="mlora.catalog"):
         Catalog(tmp_path / "catalog.duckdb", timeout_s=30).commit(batch())
     holder.wait(timeout=30)
     assert "catalog locked by another process, retrying in" in caplog.text

@@ -98,7 +98,7 @@ def test_unchanged_file_is_reused_and_a_change_is_not(tmp_path, workspace, caplo
     path = write(tmp_path / "a.jsonl", '{"q": "one"}\n')
     first = fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace)
     mtime = first.path.stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="tasks.fetch"):
+    with caplog.at_level("INFO", logger="mlora.fetch"):
         again = fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace)
     assert again.reused and not first.reused
     assert again.path == first.path and again.path.stat().st_mtime_ns == mtime
@@ -202,7 +202,7 @@ def test_mixed_types_across_batches_become_text_and_a_nested_clash_names_its_lin
         tmp_path / "a.jsonl",
         '{"label": true, "n": 1}\n{"label": false, "n": 2}\n\n{"label": "maybe", "n": 3}\n',
     )
-    with caplog.at_level("WARNING", logger="tasks.fetch"):
+    with caplog.at_level("WARNING", logger="mlora.fetch"):
         rows = streamed(path, "jsonl", TINY_BLOCK, blank_lines=True).to_pylist()
     assert [r["label"] for r in rows] == ["true", "false", "maybe"]  # JSON spelling
     assert [r["n"] for r in rows] == [1, 2, 3] and [r[ROW_COLUMN] for r in rows] == [1, 2, 4]
