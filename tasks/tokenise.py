@@ -61,8 +61,10 @@ def tokenise_records(
     prompts = render_prompts(table.column("prompt").to_pylist(), tokenizer, use_chat_template)
     responses = table.column("response").to_pylist()
     # Batched calls go through the Rust tokenizer in one go: ~50x faster than a Python loop.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    # verbose=False: truncation to max_length happens below, so transformers' "longer than
+    # the model's maximum ... will result in indexing errors" warning would only alarm.
+    prompt_ids = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     # Chat templates such as Llama 3's already open with the BOS text: do not add a second one.
     if bos and prompts and tokenizer.bos_token and prompts[0].startswith(tokenizer.bos_token):

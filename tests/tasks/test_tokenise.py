@@ -63,6 +63,16 @@ def test_truncation_cuts_the_response_end_and_drops_untrainable_rows(char_tokeni
     assert len(ex.input_ids) == 7 and ex.labels[-1] != IGNORE  # kept, cut inside the response
 
 
+def test_texts_longer_than_the_model_maximum_raise_no_indexing_warning(char_tokenizer, monkeypatch):
+    # tokenise_records truncates itself; transformers' "will result in indexing errors"
+    # warning (recorded in deprecation_warnings when it fires) would only alarm users.
+    monkeypatch.setattr(char_tokenizer, "model_max_length", 4)
+    monkeypatch.setattr(char_tokenizer, "deprecation_warnings", {})
+    examples, _ = tokenise_records(_table([("abcde:", " ijklmn")]), char_tokenizer, max_length=8)
+    assert len(examples[0].input_ids) == 8
+    assert not char_tokenizer.deprecation_warnings
+
+
 def test_packing_restarts_positions_and_never_splits_an_example():
     exs = [
         TokenisedExample([1, 5, 6], [IGNORE, 5, 6]),
