@@ -17,7 +17,7 @@ import pytest
 from data_specs.errors import DataError
 from data_specs.schema import DataLocation, EvalSuiteSpec, HubDataset, SourceSpec
 from tasks import fetch as fetch_module
-from tasks import read_file
+from tasks import read_json, read_parquet
 from tasks.fetch import ROW_COLUMN, fetch
 from tasks.normalise import normalise
 from tasks.read_file import read_batches
@@ -135,6 +135,11 @@ def streamed(path: Path, fmt: str, block_bytes: int, **options) -> pa.Table:
     return pa.Table.from_batches([b for part in parts for b in part.to_batches()], rows.schema)
 
 
+def batch_sizes(path: Path, fmt: str, **options) -> list[int]:
+    """Rows in each table the reader yields, with the block and batch sizes read at call time."""
+    return [part.num_rows for part in read_batches(path, fmt, **options).tables]
+
+
 def numbered(table: pa.Table, first: int = 1) -> pa.Table:
     return table.append_column(
         ROW_COLUMN, pa.array(range(first, first + table.num_rows), pa.int64())
@@ -187,8 +192,9 @@ def test_line_reader_in_small_batches_equals_from_pylist_of_all_records(
 ):
     lines = [json.dumps(r) for r in records]
     path = write(tmp_path / "a.jsonl", "\n".join(lines[:2] + [""] + lines[2:]) + "\n")
-    monkeypatch.setattr(read_file, "BATCH_RECORDS", 2)
+    monkeypatch.setattr(read_json, "BATCH_RECORDS", 2)
     got = streamed(path, "jsonl", TINY_BLOCK, blank_lines=True)
+    assert batch_sizes(path, "jsonl", blank_lines=True) == [2, 2, 2]
     line_numbers = [1, 2] + list(range(4, len(records) + 2))
     expected = pa.Table.from_pylist(records)
     assert got.equals(expected.append_column(ROW_COLUMN, pa.array(line_numbers, pa.int64())))
@@ -197,7 +203,7 @@ def test_line_reader_in_small_batches_equals_from_pylist_of_all_records(
 def test_mixed_types_across_batches_become_text_and_a_nested_clash_names_its_line(
     tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(read_file, "BATCH_RECORDS", 2)
+    monkeypatch.setattr(read_json, "BATCH_RECORDS", 2)
     path = write(
         tmp_path / "a.jsonl",
         '{"label": true, "n": 1}\n{"label": false, "n": 2}\n\n{"label": "maybe", "n": 3}\n',
@@ -206,6 +212,7 @@ def test_mixed_types_across_batches_become_text_and_a_nested_clash_names_its_lin
         rows = streamed(path, "jsonl", TINY_BLOCK, blank_lines=True).to_pylist()
     assert [r["label"] for r in rows] == ["true", "false", "maybe"]  # JSON spelling
     assert [r["n"] for r in rows] == [1, 2, 3] and [r[ROW_COLUMN] for r in rows] == [1, 2, 4]
+    assert batch_sizes(path, "jsonl", blank_lines=True) == [2, 1]  # the clash spans batches
     assert "field 'label' mixes value types; kept as text" in caplog.text
     write(path, '{"tags": ["a"]}\n{"tags": ["b"]}\n{"tags": "c"}\n')
     with pytest.raises(DataError, match="line 3, field 'tags'") as caught:
@@ -226,7 +233,7 @@ def test_csv_rows_count_on_across_blocks_and_a_late_bad_row_is_named(tmp_path):
 
 
 def test_parquet_is_read_in_batches_with_row_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr(read_file, "BATCH_ROWS", 7)
+    monkeypatch.setattr(read_parquet, "BATCH_ROWS", 7)
     table = pa.table({"x": range(50), ROW_COLUMN: ["source's own"] * 50})
     pq.write_table(table, tmp_path / "a.parquet", row_group_size=9)
     rows = read_batches(tmp_path / "a.parquet", "parquet")
@@ -244,7 +251,7 @@ def jsonl_file(path: Path, rows: int) -> Path:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_reading_holds_a_few_blocks_not_the_file(tmp_path, monkeypatch, fmt):
-    monkeypatch.setattr(read_file, "BATCH_ROWS", 1_000)  # Parquet batches, in rows
+    monkeypatch.setattr(read_parquet, "BATCH_ROWS", 1_000)  # Parquet batches, in rows
     path = jsonl_file(tmp_path / "a.jsonl", 40_000)  # ~4 MB of text
     whole = pa_json.read_json(path)
     if fmt == "csv":
@@ -265,8 +272,9 @@ def test_reading_holds_a_few_blocks_not_the_file(tmp_path, monkeypatch, fmt):
 def test_fetch_streams_into_row_groups_and_max_rows_still_checks_every_line(
     tmp_path, workspace, monkeypatch
 ):
-    monkeypatch.setattr(read_file, "BLOCK_BYTES", 64 << 10)  # ~40 blocks
+    monkeypatch.setattr(read_json, "BLOCK_BYTES", 64 << 10)  # ~50 blocks
     jsonl_file(tmp_path / "a.jsonl", 25_000)
+    assert len(batch_sizes(tmp_path / "a.jsonl", "jsonl")) > 1  # fetch joins small tables
     snap = fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace)
     meta = pq.ParquetFile(snap.path).metadata
     assert snap.rows == 25_000 and meta.num_row_groups == 3  # 10k, 10k, 5k
