@@ -13,17 +13,58 @@ import json
 import re
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from data_specs.errors import SpecError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
 SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
+# The normalisation templates tasks/templates.py registers. They are named here so a spec with
+# an unknown template fails when it loads (data_specs cannot import tasks/: imports point down);
+# tasks/templates.py registers only these names, and a test checks it registers every one.
+TEMPLATE_NAMES = (
+    "alpaca",
+    "dolly",
+    "chat",
+    "gsm8k",
+    "generic",
+    "superglue_boolq",
+    "superglue_rte",
+    "superglue_cb",
+    "superglue_wic",
+    "superglue_multirc",
+    "superglue_copa",
+    "mmlu",
+    "arc",
+)
+
+
+def _known_template(name: str) -> str:
+    """`name` if it is a template, else a ValueError with the closest name and all of them."""
+    if name in TEMPLATE_NAMES:
+        return name
+    # "rte" means superglue_rte: a suffix match catches what spelling similarity misses.
+    hint = [t for t in TEMPLATE_NAMES if t.endswith(f"_{name}")]
+    hint = hint or get_close_matches(name, TEMPLATE_NAMES, n=1)
+    guess = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ValueError(
+        f"unknown template {name!r}{guess} (use one of: {', '.join(sorted(TEMPLATE_NAMES))})"
+    )
+
+
+TemplateName = Annotated[str, AfterValidator(_known_template)]
 
 
 class Strict(BaseModel):
@@ -94,9 +135,10 @@ class SourceSpec(DataLocation):
 
     name: str = Field(pattern=NAME_RE)
     """Unique short name (lowercase, digits, _ or -); used in ids, tables and reports."""
-    template: str
-    """Normalisation template: alpaca, dolly, chat, superglue_boolq, superglue_rte, superglue_wic,
-    superglue_multirc, superglue_cb, superglue_copa, mmlu, arc, gsm8k, or generic (with `fields`)."""
+    template: TemplateName
+    """Normalisation template, checked when the spec loads: alpaca, dolly, chat, superglue_boolq,
+    superglue_rte, superglue_wic, superglue_multirc, superglue_cb, superglue_copa, mmlu, arc, gsm8k,
+    or generic (with `fields`)."""
     category: str = "instruction"
     """Task family, used for balancing and per-category metrics (instruction, nlu, knowledge, math)."""
     priority: int = 0
@@ -110,7 +152,7 @@ class EvalSuiteSpec(DataLocation):
 
     name: str = Field(pattern=NAME_RE)
     """Unique short name; metrics are logged as ``<name>_<metric>`` (e.g. ``mmlu_acc``)."""
-    template: str
+    template: TemplateName
     """Normalisation template (as for sources); it must keep choices and label for multiple_choice."""
     kind: Literal["multiple_choice", "generation"] = "multiple_choice"
     """multiple_choice: log-likelihood over choices (acc, acc_norm); generation: greedy decode + exact match."""
@@ -183,7 +225,11 @@ class MixtureSpec(Strict):
     temperature: float = Field(default=2.0, gt=0)
     """T for strategy=temperature; 1 is proportional, larger flattens towards uniform."""
     size: int | None = Field(default=None, gt=0)
-    """Target mixture size in examples; None takes every available row once."""
+    """Target mixture size in examples. None: proportional takes every available row once and
+    capped every row up to its cap; weights and temperature take the largest mixture in which
+    no source repeats rows, so a small source with a large share limits the whole mixture (the
+    mixture stage logs a warning naming it; set size with allow_upsampling: true to repeat its
+    rows instead)."""
     size_tokens: int | None = Field(default=None, gt=0)
     """Target size in (whitespace) tokens instead of examples."""
     allow_upsampling: bool = False
@@ -339,6 +385,11 @@ class EvaluationSpec(Strict):
     """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
 
 
+# What tasks/evaluate.py logs for a gsm8k generation suite beside `<suite>_exact_match`
+# (lm-eval's two gsm8k scores); named here so registry.primary_metric may pick one.
+GSM8K_METRICS = ("strict_match", "flexible_extract")
+
+
 class RegistrySpec(Strict):
     """MLflow registry and the champion/challenger gate."""
 
@@ -347,9 +398,15 @@ class RegistrySpec(Strict):
     primary_metric: str = "eval_macro_acc"
     """Metric the gate compares (higher is better)."""
     min_improvement: float = Field(default=0.0, ge=0)
-    """A challenger must beat the champion by at least this much."""
+    """A challenger must beat the champion (and the base model, see must_beat_base) by at
+    least this much; 0 asks for a strict gain, so a tie keeps the champion."""
     regression_tolerance: float = Field(default=0.05, ge=0)
     """No per-category metric may drop by more than this versus the champion."""
+    must_beat_base: bool = True
+    """Promote only a challenger whose primary metric beats the base model's (scored in the
+    same run) by min_improvement: an adapter worse than no adapter never becomes champion,
+    even when there is no champion yet. False promotes on the champion comparison alone
+    (the gate's reasons still state the base model's score)."""
 
 
 class PipelineSpec(Strict):
@@ -396,6 +453,8 @@ class PipelineSpec(Strict):
         metrics = {"eval_macro_acc"}
         for suite in self.eval_suites:
             kinds = ("acc", "acc_norm") if suite.kind == "multiple_choice" else ("exact_match",)
+            if suite.kind == "generation" and suite.template == "gsm8k":
+                kinds += GSM8K_METRICS
             metrics |= {f"{suite.name}_{k}" for k in kinds}
             metrics.add(f"category_{suite.category}_score")
         if self.registry.primary_metric not in metrics:

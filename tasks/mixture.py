@@ -10,7 +10,8 @@
 Without upsampling a source gives at most all its rows: its achieved share is then below the
 requested one, and the manifest says so (nothing is silently redistributed). Without a target
 size, proportional and capped take every (capped) row once; weights and temperature take the
-largest mixture that needs no source beyond its size.
+largest mixture that needs no source beyond its size. Either way a source that limits the
+mixture is named in one warning line (`limit_warning`).
 The mixture id hashes input hashes, parameters and seed; the same inputs give the same id and
 byte-identical files (fixed row groups, no timestamps in the Parquet metadata).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ __all__ = ["build_mixture", "load_mixture", "mixture_id", "write_parquet"]
 
 MANIFEST = "manifest.json"
 VALIDATION = "validation.parquet"
+# Under "mlora" so a Prefect run's log page shows it too (PREFECT_LOGGING_EXTRA_LOGGERS).
+log = logging.getLogger("mlora.mixture")
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -256,12 +260,84 @@ def build_mixture(
         "input_hashes": input_hashes,
     }
     write_json(manifest, train_dir / MANIFEST)
+    warning = limit_warning(manifest)
+    if warning:
+        log.warning(warning)
     if out_dir.exists():  # a concurrent or earlier run finished the same content-addressed id
         _remove_tree(tmp)
     else:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out_dir)
     return load_mixture(out_dir)
+
+
+def limit_warning(manifest: dict) -> str | None:
+    """One line naming the source(s) whose size keeps the mixture smaller than the spec asks,
+    and how to change that; None when no source limits it. Reads only the manifest."""
+    short = _short_sources(manifest)
+    if short:
+        return _short_warning(manifest, short)
+    return _unsized_limit_warning(manifest)
+
+
+def _measures(manifest: dict) -> tuple[str, str, str, str]:
+    """(achieved key, requested key, unit word, size field) of the manifest's unit."""
+    if manifest["unit"] == "whitespace_tokens":
+        return "achieved_tokens", "requested_tokens", "tokens", "mixture.size_tokens"
+    return "rows", "requested_rows", "rows", "mixture.size"
+
+
+def _short_sources(manifest: dict) -> list[str]:
+    """Sources that gave fewer rows (tokens) than their share asks for (no upsampling)."""
+    have, want, _, _ = _measures(manifest)
+    return [s for s, m in manifest["sources"].items() if m[have] < m[want]]
+
+
+def _short_warning(manifest: dict, short: list[str]) -> str:
+    """A size was asked for, and the `short` sources ran out before filling their shares."""
+    have, want, unit, size_field = _measures(manifest)
+    members = manifest["sources"]
+    each = ", ".join(f"{s} ({members[s][have]} of {members[s][want]} {unit})" for s in short)
+    achieved = sum(m[have] for m in members.values())
+    requested = sum(m[want] for m in members.values())
+    one = len(short) == 1
+    fix = _smaller_share_fix(manifest["parameters"], size_field, "its" if one else "their")
+    return (
+        f"{'source' if one else 'sources'} {each} cannot fill "
+        f"{'its share' if one else 'their shares'}, so the mixture has {achieved} of the "
+        f"requested {requested} {unit}; set mixture.allow_upsampling: true to repeat rows, "
+        f"or {fix}"
+    )
+
+
+def _unsized_limit_warning(manifest: dict) -> str | None:
+    """No size: weights and temperature stop where the source with the fewest rows per unit of
+    share runs out, leaving the other sources' remaining rows unused."""
+    params, members = manifest["parameters"], manifest["sources"]
+    if params["size"] is not None or params["size_tokens"] is not None:
+        return None
+    if params["strategy"] not in ("weights", "temperature"):
+        return None  # proportional takes every row; capped's cap is the user's own limit
+    mixed = {s: m for s, m in members.items() if m["requested_share"] > 0}
+    available = sum(m["available_rows"] for m in mixed.values())
+    if not mixed or manifest["rows"] >= available:
+        return None
+    limiter = min(mixed, key=lambda s: mixed[s]["available_rows"] / mixed[s]["requested_share"])
+    return (
+        f"source {limiter} ({mixed[limiter]['available_rows']} rows) limits the mixture to "
+        f"{manifest['rows']} of {available} available rows; set mixture.size with "
+        f"mixture.allow_upsampling: true to repeat its rows, or "
+        f"{_smaller_share_fix(params, 'mixture.size', 'its')}"
+    )
+
+
+def _smaller_share_fix(params: dict, size_field: str, its: str) -> str:
+    """The spec change that gives small sources smaller shares under this strategy."""
+    if params["strategy"] == "weights":
+        return f"lower {its} weight in mixture.weights"
+    if params["strategy"] == "temperature":
+        return "lower mixture.temperature (1 is proportional to source size)"
+    return f"lower {size_field}"
 
 
 def _remove_tree(path: Path) -> None:

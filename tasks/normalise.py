@@ -23,7 +23,7 @@ from data_specs.record import RECORD_SCHEMA, record_id
 from tasks.fetch import Snapshot
 from tasks.templates import ROW_COLUMN, Rendered, Rows, get_template
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mlora.normalise")
 
 ID_SLICE = 100_000  # rows per id batch: bounds the Python objects alive at once
 PROGRESS_EVERY = 500_000  # log a progress line this often on big inputs

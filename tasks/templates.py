@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_specs.errors import DataError, SpecError
+from data_specs.schema import TEMPLATE_NAMES
 
 ROW_COLUMN = "__row__"
 # Meta key of the part of an item that tells it apart from items sharing its passage (BoolQ's
@@ -161,6 +162,8 @@ class Template:
     """True when records carry choices and a gold label."""
 
 
+# Holds exactly data_specs.schema.TEMPLATE_NAMES (the names a spec may use; checked when it
+# loads): register() refuses any other name, and a test checks that every one is registered.
 TEMPLATES: dict[str, Template] = {}
 
 
@@ -172,6 +175,11 @@ def register(
     multiple_choice: bool = False,
 ):
     """Decorator: add a render function to TEMPLATES under `name`."""
+    if name not in TEMPLATE_NAMES:
+        raise ValueError(
+            f"template {name!r} is not in data_specs.schema.TEMPLATE_NAMES: add it there, "
+            "or specs naming it fail to load"
+        )
 
     def wrap(render: Callable[[Rows], Rendered]) -> Callable[[Rows], Rendered]:
         TEMPLATES[name] = Template(name, render, required, csv_columns, multiple_choice)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from data_specs.errors import SpecError
-from data_specs.schema import load_spec, parse_spec
+from data_specs.schema import TEMPLATE_NAMES, RegistrySpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo.yaml"
@@ -115,6 +115,30 @@ def test_invalid_combinations_are_explained(demo, path, value, fragment):
     assert fragment in error_of(edited(demo, path, value))
 
 
+def test_unknown_templates_fail_when_the_spec_loads_naming_file_field_and_valid_names(
+    demo, tmp_path
+):
+    data = edited(edited(demo, "sources.1.template", "rte"), "eval_suites.0.template", "mmlux")
+    file = tmp_path / "review.yaml"
+    file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(file)
+    message = str(err.value)
+    valid = ", ".join(sorted(TEMPLATE_NAMES))
+    assert str(file) in message
+    assert (
+        f"sources[1].template: unknown template 'rte'; did you mean 'superglue_rte'? "
+        f"(use one of: {valid})"
+    ) in message
+    assert "eval_suites[0].template: unknown template 'mmlux'; did you mean 'mmlu'?" in message
+
+
+def test_a_template_far_from_every_name_lists_the_valid_ones_without_a_guess(demo):
+    message = error_of(edited(demo, "eval_suites.2.template", "xyz"))
+    assert "eval_suites[2].template: unknown template 'xyz' (use one of: alpaca, arc," in message
+    assert "did you mean" not in message
+
+
 @pytest.mark.parametrize(
     "path,value",
     [
@@ -201,3 +225,25 @@ def test_primary_metric_must_be_one_the_spec_produces(tmp_path):
     data["registry"]["primary_metric"] = "eval_macro_accuracy"
     with pytest.raises(SpecError, match=r"(?s)registry.*eval_macro_accuracy.*knowledge_mc_acc"):
         parse_spec(data, tmp_path / "typo.yaml")
+
+
+def test_gsm8k_suites_offer_strict_and_flexible_scores_as_primary_metric(demo):
+    # math_gen is the demo's gsm8k generation suite; knowledge_mc a multiple-choice one.
+    for metric in ("math_gen_exact_match", "math_gen_strict_match", "math_gen_flexible_extract"):
+        assert parse_spec(edited(demo, "registry.primary_metric", metric), FILE)
+    assert "not a metric this spec produces" in error_of(
+        edited(demo, "registry.primary_metric", "knowledge_mc_flexible_extract")
+    )
+
+
+def test_must_beat_base_defaults_on_and_touches_only_the_registry_section(demo):
+    assert RegistrySpec().must_beat_base is True
+    spec = parse_spec(demo, FILE)  # the demo turns it off: its random base sits at chance
+    on = parse_spec(edited(demo, "registry.must_beat_base", True), FILE)
+    assert on.registry.must_beat_base and not spec.registry.must_beat_base
+    assert on.spec_hash != spec.spec_hash
+    # Trained arms are reused by a hash of base_model, arms, training and seed
+    # (flows/pipeline.py training_hash): none of them moves with a registry setting.
+    changed = {k for k, v in on.canonical().items() if spec.canonical()[k] != v}
+    assert changed == {"registry"}
+    assert "registry.must_beat_base" in error_of(edited(demo, "registry.must_beat_base", "no"))

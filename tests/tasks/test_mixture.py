@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -92,6 +93,71 @@ def test_without_upsampling_a_small_source_is_limited_and_reported(tmp_path):
     assert a["requested_rows"] == 20_000 and a["rows"] == 10_000
     assert a["achieved_share"] < a["requested_share"]
     assert counts(mixture)["a"] == 10_000  # each row once
+
+
+def limit_warnings(tmp_path, caplog, sizes: dict[str, int], **config) -> list[str]:
+    """The warning lines one build of a mixture of `sizes`-row sources logs."""
+    sources = {name: source(name, n) for name, n in sizes.items()}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mlora.mixture"):
+        build_mixture(
+            sources,
+            {name: f"hash-{name}" for name in sizes},
+            MixtureSpec(validation_fraction=0.0, **config),
+            0,
+            tmp_path / f"m{len(list(tmp_path.iterdir()))}",
+        )
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_small_source_that_limits_an_unsized_mixture_is_named(tmp_path, caplog):
+    # A user's case: sqrt(23) is 9% of the temperature shares, but 23 rows are 3% of the data,
+    # so history runs out at 252 rows of mixture and 532 rows of the others go unused.
+    sizes = {"history": 23, "a": 254, "b": 254, "c": 253}
+    assert limit_warnings(tmp_path, caplog, sizes, strategy="temperature") == [
+        "source history (23 rows) limits the mixture to 252 of 784 available rows; set "
+        "mixture.size with mixture.allow_upsampling: true to repeat its rows, or lower "
+        "mixture.temperature (1 is proportional to source size)"
+    ]
+    weighted = limit_warnings(
+        tmp_path, caplog, sizes, strategy="weights", weights={"history": 1, "a": 1, "b": 1, "c": 1}
+    )
+    assert weighted == [
+        "source history (23 rows) limits the mixture to 92 of 784 available rows; set "
+        "mixture.size with mixture.allow_upsampling: true to repeat its rows, or lower its "
+        "weight in mixture.weights"
+    ]
+
+
+def test_sources_too_small_for_a_requested_size_are_named(tmp_path, caplog):
+    sizes = {"a": 10, "b": 100}
+    weights = {"a": 1, "b": 1}
+    assert limit_warnings(
+        tmp_path, caplog, sizes, strategy="weights", weights=weights, size=60
+    ) == [
+        "source a (10 of 30 rows) cannot fill its share, so the mixture has 40 of the requested "
+        "60 rows; set mixture.allow_upsampling: true to repeat rows, or lower its weight in "
+        "mixture.weights"
+    ]
+    assert limit_warnings(tmp_path, caplog, sizes, size_tokens=600) == [  # 4 tokens a row
+        "sources a (40 of 55 tokens), b (400 of 545 tokens) cannot fill their shares, so the "
+        "mixture has 440 of the requested 600 tokens; set mixture.allow_upsampling: true to "
+        "repeat rows, or lower mixture.size_tokens"
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},  # proportional: every row once
+        {"strategy": "capped", "cap": 20},  # the cap is the user's own limit
+        {"strategy": "weights", "weights": {"a": 1, "b": 0}},  # b left out on purpose
+        {"strategy": "temperature", "size": 200, "allow_upsampling": True},
+        {"strategy": "weights", "weights": {"a": 1, "b": 10}, "size": 100},  # every share fits
+    ],
+)
+def test_nothing_is_logged_when_no_source_limits_the_mixture(tmp_path, caplog, config):
+    assert limit_warnings(tmp_path, caplog, {"a": 10, "b": 100}, **config) == []
 
 
 def test_upsampling_repeats_rows_when_allowed(tmp_path):

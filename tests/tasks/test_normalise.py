@@ -10,10 +10,10 @@ import pytest
 
 from data_specs.errors import DataError, SpecError
 from data_specs.record import RECORD_SCHEMA, make_record
-from data_specs.schema import load_spec
+from data_specs.schema import TEMPLATE_NAMES, load_spec
 from tasks.fetch import fetch
 from tasks.normalise import normalise
-from tasks.templates import TEMPLATES
+from tasks.templates import TEMPLATES, register
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs" / "demo.yaml"
 
@@ -412,6 +412,15 @@ def test_every_registered_template_is_covered_and_unknown_is_a_spec_error(tmp_pa
     snap = fetch(SourceSpecLike("a.jsonl", "alpaca"), "a", tmp_path, workspace)
     with pytest.raises(SpecError, match="unknown template 'alpacca'"):
         normalise(snap, source="a", template="alpacca", category="c")
+
+
+def test_the_registry_holds_exactly_the_template_names_a_spec_may_use():
+    # The schema checks spec templates against TEMPLATE_NAMES; the registry must agree both
+    # ways, or a spec passes its load and then fails at normalise (or cannot name a template).
+    assert set(TEMPLATES) == set(TEMPLATE_NAMES)
+    with pytest.raises(ValueError, match=r"'rte' is not in data_specs\.schema\.TEMPLATE_NAMES"):
+        register("rte", ("premise",))
+    assert "rte" not in TEMPLATES
 
 
 # ---------------------------------------------------------------- the demo data
