@@ -97,7 +97,9 @@ class _CausalLM:
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # verbose=False: long contexts are left-truncated to the model's window by the
+        # scorer, so transformers' "will result in indexing errors" warning would only alarm.
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 @contextmanager

@@ -48,7 +48,8 @@ class SuiteFormat:
     stop_sequences: tuple[str, ...] = ()
     """Generation stops at the first of these (the tokenizer's eos always stops too)."""
     answer_extraction: Literal["gsm8k", "last_number", "text"] = "text"
-    """gsm8k: `#### N` then the last number; last_number: the last number; text: stripped text."""
+    """gsm8k: only the number after `#### ` (lm-eval's strict-match; the evaluator also reports
+    flexible-extract beside it); last_number: the last number; text: stripped text."""
     lm_eval_few_shot: int = 0
     """The shot count lm-eval's leaderboard setting uses (informational; the spec decides)."""
 
@@ -181,8 +182,8 @@ def extract_answer(text: str, method: str) -> str:
     if method == "text":
         return normalise_answer(text)
     if method == "gsm8k":
+        # Strict: no fallback to a stray number, or garbage like "sy3" would read as 3.
         strict = _STRICT.search(text)
-        if strict:
-            return normalise_answer(strict.group(1))
+        return normalise_answer(strict.group(1)) if strict else ""
     number = last_number(text)
     return normalise_answer(number) if number is not None else ""

@@ -4,7 +4,8 @@
 contexts (`build_contexts`, lm-eval's deterministic exemplars), scores
 multiple-choice suites by log-likelihood (tasks/eval_scoring.py: acc and
 acc_norm as lm-evaluation-harness computes them) and generation suites by
-greedy decoding and answer extraction (tasks/eval_generate.py: exact match),
+greedy decoding and answer extraction (tasks/eval_generate.py; GSM8K scored as
+lm-eval's strict-match and flexible-extract),
 then assembles flat MLflow metrics (per suite, per category, the macro mean)
 and one prediction row per item. `compare_arms` turns the metrics of several
 arms into the parent run's comparison table.
@@ -268,9 +269,27 @@ def _score_suite(
                     fix="GSM8K-style answers end with '#### <number>'",
                 )
             pred = extract_answer(out, fmt.answer_extraction)
-            records.append(_prediction(spec, row, gold, pred, float(pred == gold), None, out))
+            record = _prediction(spec, row, gold, pred, float(pred == gold), None, out)
+            if fmt.answer_extraction == "gsm8k":  # lm-eval's second reading: the last number
+                loose = extract_answer(out, "last_number")
+                record.update(predicted_flexible=loose, correct_flexible=loose == gold)
+            records.append(record)
         metrics = {f"{spec.name}_exact_match": float(np.mean([r["correct"] for r in records]))}
+        if fmt.answer_extraction == "gsm8k":
+            metrics.update(_gsm8k_metrics(spec.name, records))
     return metrics, pd.DataFrame.from_records(records)
+
+
+def _gsm8k_metrics(suite: str, records: list[dict]) -> dict[str, float]:
+    """lm-eval's two gsm8k scores of the same outputs: strict-match (only the `#### N`
+    answer; the same number as `<suite>_exact_match`, the headline) and flexible-extract
+    (the last number anywhere, so a model that skips the `####` format still shows its
+    arithmetic; it also reads a stray digit in garbage as an answer, hence not the headline).
+    The names are data_specs/schema.py's GSM8K_METRICS, which registry.primary_metric accepts."""
+    return {
+        f"{suite}_strict_match": float(np.mean([r["correct"] for r in records])),
+        f"{suite}_flexible_extract": float(np.mean([r["correct_flexible"] for r in records])),
+    }
 
 
 def _prediction(
@@ -286,6 +305,9 @@ def _prediction(
         "correct": bool(correct),
         "predicted_norm": predicted if pred_norm is None else pred_norm,
         "correct_norm": bool(correct if correct_norm is None else correct_norm),
+        # GSM8K's flexible-extract reading (the last number); other suites have one reading.
+        "predicted_flexible": predicted,
+        "correct_flexible": bool(correct),
         # JSON text, not a list: MLflow tables and Parquet both take it as is.
         "choice_loglik": json.dumps([round(x, 6) for x in loglik]) if loglik is not None else "",
         "output": output,
@@ -306,7 +328,9 @@ def evaluate_model(
     """Score a model on every suite and on held-out rows; flat metrics plus a prediction table.
 
     Metrics: `<suite>_acc` and `<suite>_acc_norm` (multiple choice),
-    `<suite>_exact_match` (generation), `category_<category>_score` (mean headline
+    `<suite>_exact_match` (generation; for GSM8K the `#### N` answer only, as lm-eval's
+    strict-match, logged again as `<suite>_strict_match`, with the last-number reading
+    as `<suite>_flexible_extract`), `category_<category>_score` (mean headline
     score of the category's suites), `eval_macro_acc` (mean headline score over
     suites), and from `validation_path`: `val_loss`, `val_ppl` (token-weighted over
     all sources) and `val_loss_<source>`. `max_length` and `use_chat_template`

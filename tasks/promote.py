@@ -4,7 +4,11 @@ The challenger replaces the champion only if it beats it on the primary
 metric by at least `min_improvement` (strictly, when that is 0) and no
 category score (`category_*` metrics) drops by more than
 `regression_tolerance`. With no champion yet, the first eligible challenger
-(one that has a finite primary metric) is promoted.
+(one that has a finite primary metric) is promoted. Given the base model's
+metrics, the reasons state the challenger's primary metric against the
+base's, and with `must_beat_base` (the spec's `registry.must_beat_base`,
+default true) a challenger that does not beat the base by the same margin is
+never promoted, champion or not: an adapter worse than no adapter is no win.
 
 The decision and its reasons become tags on the version (`run_gate`) and on
 the pipeline's parent run (`record_decision`), and the pipeline publishes
@@ -24,7 +28,8 @@ from tasks.tracking import Tracker
 
 CATEGORY_PREFIX = "category_"
 PREVIOUS_TAG = "mlora.previous_champion"
-PROMOTED, KEPT = "promoted", "kept_champion"
+# The gate's verdicts; "not_promoted" when there was no champion to keep.
+PROMOTED, KEPT, NOT_PROMOTED = "promoted", "kept_champion", "not_promoted"
 
 
 @dataclass
@@ -38,14 +43,23 @@ class GateDecision:
     challenger_score: float | None
     champion_score: float | None
     reasons: list[str] = field(default_factory=list)
+    base_score: float | None = None
+    """The base model's primary metric, when the gate was given the base's metrics."""
+
+    @property
+    def verdict(self) -> str:
+        if self.promote:
+            return PROMOTED
+        return KEPT if self.champion is not None else NOT_PROMOTED
 
     def as_tags(self) -> dict[str, str]:
         """The decision as MLflow tags (the same on the version and on the parent run)."""
         return {
-            "promotion.decision": PROMOTED if self.promote else KEPT,
+            "promotion.decision": self.verdict,
             "promotion.reasons": "; ".join(self.reasons),
             "promotion.challenger": self.challenger,
             "promotion.compared_with": self.champion or "none",
+            "promotion.base_score": _fmt(self.base_score),
         }
 
     def markdown(self) -> str:
@@ -57,7 +71,7 @@ class GateDecision:
             f"- primary metric `{self.primary_metric}`: challenger "
             f"{_fmt(self.challenger_score)}, champion "
             f"{'none' if self.champion is None else 'v' + self.champion} "
-            f"{_fmt(self.champion_score)}",
+            f"{_fmt(self.champion_score)}, base model {_fmt(self.base_score)}",
         ]
         lines += [f"- {reason}" for reason in self.reasons]
         return "\n".join(lines)
@@ -71,6 +85,49 @@ def _finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _gains(gain: float, min_improvement: float) -> bool:
+    # min_improvement 0 still asks for a strict gain: a tie keeps the champion (no churn).
+    return gain > 0 if min_improvement == 0 else gain >= min_improvement
+
+
+def _needed(min_improvement: float) -> str:
+    return "a gain > 0" if min_improvement == 0 else f"a gain >= {min_improvement:.4f}"
+
+
+def _versus_base(
+    decision: GateDecision,
+    base_metrics: dict[str, float] | None,
+    min_improvement: float,
+    must_beat_base: bool,
+) -> tuple[str | None, bool]:
+    """The reason line comparing the challenger with the base model, and whether it blocks.
+
+    With `must_beat_base`, a base score that is missing blocks too: the check was asked
+    for and cannot be made, so the gate fails closed rather than crowning blindly.
+    """
+    metric, score = decision.primary_metric, decision.challenger_score
+    base = (base_metrics or {}).get(metric)
+    if not _finite(base):
+        if must_beat_base:
+            return (
+                f"base model has no finite {metric!r} (got {base!r}), so "
+                "registry.must_beat_base cannot be checked; score the base model on the same "
+                "suites, or set registry.must_beat_base: false",
+                True,
+            )
+        if base_metrics is None:  # the caller gave no base model: nothing to compare
+            return None, False
+        return f"base model has no finite {metric!r} (got {base!r}): not compared", False
+    decision.base_score = base
+    gain = score - base
+    line = f"{metric} {score:.4f} vs base model {base:.4f}: gain {gain:+.4f}"
+    if _gains(gain, min_improvement):
+        return line, False
+    if must_beat_base:
+        return f"{line}, needs {_needed(min_improvement)} (registry.must_beat_base)", True
+    return f"{line}: no better than the base model (registry.must_beat_base is off)", False
+
+
 def decide(
     challenger: str,
     challenger_metrics: dict[str, float],
@@ -80,8 +137,15 @@ def decide(
     primary_metric: str,
     min_improvement: float,
     regression_tolerance: float,
+    base_metrics: dict[str, float] | None = None,
+    must_beat_base: bool = False,
 ) -> GateDecision:
-    """Pure gate logic: metrics in, decision and reasons out (higher is better everywhere)."""
+    """Pure gate logic: metrics in, decision and reasons out (higher is better everywhere).
+
+    `base_metrics` are the base model's metrics from the same evaluation; with them the
+    reasons always state the challenger's primary metric against the base's, and
+    `must_beat_base` refuses a challenger that does not beat the base by `min_improvement`.
+    """
     score = challenger_metrics.get(primary_metric)
     decision = GateDecision(False, challenger, champion, primary_metric, score, None)
     if not _finite(score):
@@ -89,45 +153,59 @@ def decide(
             f"not eligible: challenger has no finite {primary_metric!r} (got {score!r})"
         )
         return decision
-    if champion is None or champion_metrics is None:
-        decision.promote = True
-        decision.reasons.append("no champion yet: the first eligible version becomes champion")
+    base_line, base_blocks = _versus_base(decision, base_metrics, min_improvement, must_beat_base)
+    base_reasons = [base_line] if base_line else []
+    if champion is not None and champion_metrics is not None and challenger == champion:
+        decision.champion_score = champion_metrics.get(primary_metric)
+        decision.reasons = ["challenger is already the champion", *base_reasons]
         return decision
-    best = decision.champion_score = champion_metrics.get(primary_metric)
-    if challenger == champion:
-        decision.reasons.append("challenger is already the champion")
-        return decision
-    if not _finite(best):
-        decision.promote = True
-        decision.reasons.append(
-            f"champion has no finite {primary_metric!r}: challenger replaces it"
-        )
-        return decision
+    blockers, verdict = _versus_champion(
+        decision, challenger_metrics, champion_metrics, min_improvement, regression_tolerance
+    )
+    if base_blocks:
+        blockers.insert(0, base_line)
+    decision.promote = not blockers
+    decision.reasons = blockers or [verdict]
+    if not base_blocks:  # the base comparison is always stated: as a blocker, or after the rest
+        decision.reasons += base_reasons
+    return decision
 
+
+def _versus_champion(
+    decision: GateDecision,
+    challenger_metrics: dict[str, float],
+    champion_metrics: dict[str, float] | None,
+    min_improvement: float,
+    regression_tolerance: float,
+) -> tuple[list[str], str]:
+    """What stops the challenger replacing the champion, and the reason to promote if nothing does."""
+    metric, score = decision.primary_metric, decision.challenger_score
+    if decision.champion is None or champion_metrics is None:
+        return [], "no champion yet: the first eligible version becomes champion"
+    best = decision.champion_score = champion_metrics.get(metric)
+    if not _finite(best):
+        return [], f"champion has no finite {metric!r}: challenger replaces it"
+
+    blockers = []
     gain = score - best
-    # min_improvement 0 still asks for a strict gain: a tie keeps the champion (no churn).
-    improved = gain > 0 if min_improvement == 0 else gain >= min_improvement
-    if not improved:
-        need = "a gain > 0" if min_improvement == 0 else f"a gain >= {min_improvement:.4f}"
-        decision.reasons.append(
-            f"{primary_metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f}, needs {need}"
+    if not _gains(gain, min_improvement):
+        blockers.append(
+            f"{metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f}, "
+            f"needs {_needed(min_improvement)}"
         )
     for key in sorted(challenger_metrics):
         if not key.startswith(CATEGORY_PREFIX) or not _finite(champion_metrics.get(key)):
             continue
         drop = champion_metrics[key] - challenger_metrics[key]
         if drop > regression_tolerance:
-            decision.reasons.append(
+            blockers.append(
                 f"{key} regressed {champion_metrics[key]:.4f} -> {challenger_metrics[key]:.4f} "
                 f"(drop {drop:.4f} > tolerance {regression_tolerance:.4f})"
             )
-    if not decision.reasons:
-        decision.promote = True
-        decision.reasons.append(
-            f"{primary_metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}; "
-            f"no category dropped more than {regression_tolerance:.4f}"
-        )
-    return decision
+    return blockers, (
+        f"{metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}; "
+        f"no category dropped more than {regression_tolerance:.4f}"
+    )
 
 
 def run_gate(
@@ -138,13 +216,16 @@ def run_gate(
     primary_metric: str,
     min_improvement: float,
     regression_tolerance: float,
+    base_metrics: dict[str, float] | None = None,
+    must_beat_base: bool = False,
 ) -> GateDecision:
-    """Compare a registered challenger with the current champion; move the alias if it wins.
+    """Compare a registered challenger with the current champion (and the base model, given
+    `base_metrics`); move the alias if it wins.
 
-    Metrics are read from each version's run. The decision is tagged on the
-    challenger version, unless it is already the champion (a rerun), so the
-    version keeps the record of why it was promoted; `record_decision` tags
-    the parent run.
+    Metrics are read from each version's run; the base model has no version, so the
+    caller passes its metrics (the pipeline's base evaluation). The decision is tagged
+    on the challenger version, unless it is already the champion (a rerun), so the
+    version keeps the record of why it was promoted; `record_decision` tags the parent run.
     """
     challenger = get_version(tracker, name, challenger_version)
     champion = version_by_alias(tracker, name, CHAMPION)
@@ -156,6 +237,8 @@ def run_gate(
         primary_metric=primary_metric,
         min_improvement=min_improvement,
         regression_tolerance=regression_tolerance,
+        base_metrics=base_metrics,
+        must_beat_base=must_beat_base,
     )
     if decision.challenger != decision.champion:
         # A rerun that finds its challenger already champion keeps the tags of the

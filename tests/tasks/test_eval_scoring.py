@@ -187,6 +187,16 @@ def test_scorer_left_truncates_contexts_longer_than_the_model(bpe):
     assert batched[0] == pytest.approx(reference[0], abs=1e-4)
 
 
+def test_long_contexts_raise_no_indexing_warning(bpe, monkeypatch):
+    # The scorer truncates itself; transformers' "will result in indexing errors" warning
+    # (recorded in deprecation_warnings when it fires) would only alarm users.
+    monkeypatch.setattr(bpe, "model_max_length", 8)
+    monkeypatch.setattr(bpe, "deprecation_warnings", {})
+    model = tiny_llama(len(bpe))
+    score_choices(model, bpe, ["The passage says the river is long. " * 4], [["yes", "no"]])
+    assert not bpe.deprecation_warnings
+
+
 def test_length_groups_split_only_where_padding_saved_exceeds_the_overhead():
     lengths = [2, 30, 3, 29, 2]
     assert _length_groups(lengths, overhead=10_000) == [[1, 3, 2, 0, 4]]

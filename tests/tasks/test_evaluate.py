@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from data_specs.errors import DataError, SpecError
 from data_specs.record import make_record, records_to_table
-from data_specs.schema import EvalSuiteSpec, EvaluationSpec
+from data_specs.schema import GSM8K_METRICS, EvalSuiteSpec, EvaluationSpec
 from tasks.eval_scoring import score_choices
 from tasks.eval_suites import BUILTIN_SUITES, extract_answer, suite_format
 from tasks.evaluate import (
@@ -133,34 +135,35 @@ def test_few_shot_contexts_are_deterministic_and_never_show_the_item():
 
 
 @pytest.mark.parametrize(
-    ("text", "answer"),
+    ("text", "strict", "flexible"),
     [
         (
             "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 "
             "clips altogether in April and May.\n#### 72",
             "72",
+            "72",
         ),
-        ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n#### 10", "10"),
-        ("The total is 1,000 + 200 = <<1000+200=1200>>1,200 dollars.\n#### 1,200", "1200"),
-        ("He loses 5 - 8 = -3 points.\n#### -3", "-3"),
-        ("#### 7\n#### 9", "7"),  # strict-match takes the first
-        ("So she pays $18.", "18"),  # no ####: the last number, $ and trailing dot dropped
-        ("It costs $1,234.50 in total", "1234.50"),
-        ("First 3 apples, then 4 more, so 7 apples.", "7"),
-        ("I don't know...", ""),
-        ("The answer is 3.5 hours.", "3.5"),
+        ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n#### 10", "10", "10"),
+        ("The total is 1,000 + 200 = <<1000+200=1200>>1,200 dollars.\n#### 1,200", "1200", "1200"),
+        ("He loses 5 - 8 = -3 points.\n#### -3", "-3", "-3"),
+        ("#### 7\n#### 9", "7", "9"),  # strict-match takes the first, flexible the last number
+        ("#### 12. Then 5 more", "12", "5"),
+        # The review's case: a random model's garbage with a stray digit is no answer.
+        (" custom whvevelop~ sy3 itup", "", "3"),
+        ("So she pays $18.", "", "18"),  # no ####: strict finds nothing; $ and dot dropped
+        ("It costs $1,234.50 in total", "", "1234.50"),
+        ("It is -12 degrees", "", "-12"),
+        ("####72", "", "72"),  # lm-eval's strict pattern needs the space after ####
+        ("I don't know...", "", ""),
+        ("The answer is 3.5 hours.", "", "3.5"),
     ],
 )
-def test_gsm8k_answer_extraction(text, answer):
-    assert extract_answer(text, "gsm8k") == answer
+def test_gsm8k_strict_and_flexible_answer_extraction(text, strict, flexible):
+    assert extract_answer(text, "gsm8k") == strict
+    assert extract_answer(text, "last_number") == flexible
 
 
-def test_generation_suite_exact_match(tmp_path, chars):
-    nl = chars.encode("\n", add_special_tokens=False)[0]
-    space = chars.encode(" ", add_special_tokens=False)[0]
-    ids = chars.convert_tokens_to_ids
-    table = {ids(":"): space, space: ids("4"), ids("4"): ids("2"), ids("2"): nl, nl: nl}
-    model = BigramLM(len(chars), table=table)
+def _gsm_suite(tmp_path, answers=("42", "41", "4,2")):
     rows = [
         make_record(
             source="gsm",
@@ -169,17 +172,67 @@ def test_generation_suite_exact_match(tmp_path, chars):
             prompt=f"Question: item {i}?\nAnswer:",
             response=f"Think.\n#### {ans}",
         )
-        for i, ans in enumerate(["42", "41", "4,2"])
+        for i, ans in enumerate(answers)
     ]
     path = _write(tmp_path / "gsm.parquet", rows)
     spec = EvalSuiteSpec(name="gsm", path="x", template="gsm8k", kind="generation", category="math")
+    return SuiteData(spec, path)
+
+
+def test_generation_suite_counts_a_bare_number_only_as_flexible_extract(tmp_path, chars):
+    nl = chars.encode("\n", add_special_tokens=False)[0]
+    space = chars.encode(" ", add_special_tokens=False)[0]
+    ids = chars.convert_tokens_to_ids
+    table = {ids(":"): space, space: ids("4"), ids("4"): ids("2"), ids("2"): nl, nl: nl}
+    model = BigramLM(len(chars), table=table)
     result = evaluate_model(
-        model, chars, [SuiteData(spec, path)], None, EvaluationSpec(max_new_tokens=12)
+        model, chars, [_gsm_suite(tmp_path)], None, EvaluationSpec(max_new_tokens=12)
     )
-    assert result.metrics["gsm_exact_match"] == pytest.approx(2 / 3)
-    assert result.metrics["category_math_score"] == pytest.approx(2 / 3)
-    assert list(result.predictions["gold"]) == ["42", "41", "42"]
-    assert set(result.predictions["output"]) == {" 42"}
+    # " 42" has no "#### 42": the headline (strict) gives no credit, flexible-extract does.
+    assert result.metrics["gsm_exact_match"] == result.metrics["gsm_strict_match"] == 0.0
+    assert result.metrics["gsm_flexible_extract"] == pytest.approx(2 / 3)
+    assert result.metrics["category_math_score"] == result.metrics["eval_macro_acc"] == 0.0
+    preds = result.predictions
+    assert list(preds["gold"]) == ["42", "41", "42"]
+    assert set(preds["output"]) == {" 42"} and set(preds["predicted"]) == {""}
+    assert list(preds["predicted_flexible"]) == ["42"] * 3
+    assert list(preds["correct_flexible"]) == [True, False, True]
+
+
+class ScriptLM(nn.Module):
+    """A causal LM that writes `script` (token ids) after a prompt whose last token sits at
+    position `last`, then eos: the same answer for every prompt of that length."""
+
+    def __init__(self, vocab: int, script: list[int], last: int, eos: int):
+        super().__init__()
+        self.vocab, self.last, self.eos = vocab, last, eos
+        self.script = torch.tensor(script)
+        self.dummy = nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        step = position_ids - self.last  # 0 at the prompt's last token
+        written = (step >= 0) & (step < len(self.script))
+        nxt = torch.full_like(input_ids, self.eos)
+        nxt[written] = self.script[step[written]]
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        return CausalLMOutputWithPast(logits=logits.scatter(-1, nxt[..., None], 20.0))
+
+
+def test_generation_suite_reads_the_first_hash_answer_strictly_and_the_last_number_flexibly(
+    tmp_path, chars
+):
+    suite = _gsm_suite(tmp_path)
+    prompt_tokens = len(chars.encode("Question: item 0?\nAnswer:", add_special_tokens=False))
+    answer = chars.encode(" #### 42 (or 41)", add_special_tokens=False)
+    # bos sits at position 0, so the prompt's last token is at position len(prompt).
+    model = ScriptLM(len(chars), answer, prompt_tokens, chars.eos_token_id)
+    result = evaluate_model(model, chars, [suite], None, EvaluationSpec(max_new_tokens=24))
+    assert set(result.predictions["output"]) == {" #### 42 (or 41)"}
+    assert result.metrics["gsm_exact_match"] == pytest.approx(2 / 3)  # 42 and 4,2
+    assert result.metrics["gsm_strict_match"] == pytest.approx(2 / 3)
+    assert result.metrics["gsm_flexible_extract"] == pytest.approx(1 / 3)  # 41
+    # The spec accepts exactly these names as registry.primary_metric.
+    assert {f"gsm_{m}" for m in GSM8K_METRICS} <= set(result.metrics)
 
 
 # --- held-out loss ------------------------------------------------------------------------
@@ -239,7 +292,7 @@ def test_bad_label_names_file_row_and_field(tmp_path, chars):
 def test_template_kind_mismatch_is_a_spec_error():
     with pytest.raises(SpecError, match="generation"):
         suite_format(EvalSuiteSpec(name="g", path="x", template="gsm8k", kind="multiple_choice"))
-    generic = suite_format(EvalSuiteSpec(name="c", path="x", template="custom", kind="generation"))
+    generic = suite_format(EvalSuiteSpec(name="c", path="x", template="generic", kind="generation"))
     assert generic.headline_metric == "exact_match"
 
 

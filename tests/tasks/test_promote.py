@@ -9,6 +9,7 @@ import pytest
 from data_specs.errors import RegistryError
 from tasks.promote import (
     KEPT,
+    NOT_PROMOTED,
     PREVIOUS_TAG,
     PROMOTED,
     decide,
@@ -183,3 +184,143 @@ def test_manual_promotion_and_rollback(registry):
     assert _champion(tracker, name) == v2
     with pytest.raises(RegistryError, match="no registered model named 'nope'"):
         rollback(tracker, "nope")
+
+
+# --- against the base model --------------------------------------------------------------------
+
+# The review's case: v1 scored below the base model and was crowned because there was no champion.
+BASE = {"eval_macro_acc": 0.2712}
+BELOW_BASE = {"eval_macro_acc": 0.2538}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "gate", "promoted", "reasons"),
+    [
+        (
+            BELOW_BASE,
+            None,
+            {"must_beat_base": True},
+            False,
+            [
+                "eval_macro_acc 0.2538 vs base model 0.2712: gain -0.0174, needs a gain > 0 "
+                "(registry.must_beat_base)"
+            ],
+        ),
+        (
+            BELOW_BASE,
+            None,
+            {"must_beat_base": False},
+            True,
+            [
+                "no champion yet: the first eligible version becomes champion",
+                "eval_macro_acc 0.2538 vs base model 0.2712: gain -0.0174: no better than the "
+                "base model (registry.must_beat_base is off)",
+            ],
+        ),
+        (
+            {"eval_macro_acc": 0.30},
+            None,
+            {"must_beat_base": True},
+            True,
+            [
+                "no champion yet: the first eligible version becomes champion",
+                "eval_macro_acc 0.3000 vs base model 0.2712: gain +0.0288",
+            ],
+        ),
+        (  # a tie with the base is no gain, as a tie with the champion is none
+            {"eval_macro_acc": 0.2712},
+            None,
+            {"must_beat_base": True},
+            False,
+            ["eval_macro_acc 0.2712 vs base model 0.2712: gain +0.0000, needs a gain > 0"],
+        ),
+        (  # the gate's margin applies to the base as to the champion
+            {"eval_macro_acc": 0.30},
+            {"eval_macro_acc": 0.20},
+            {"must_beat_base": True, "min_improvement": 0.05},
+            False,
+            ["eval_macro_acc 0.3000 vs base model 0.2712: gain +0.0288, needs a gain >= 0.0500"],
+        ),
+        (  # beats the champion, not the base: both reasons would be wrong to hide
+            {"eval_macro_acc": 0.26},
+            {"eval_macro_acc": 0.20},
+            {"must_beat_base": True},
+            False,
+            ["eval_macro_acc 0.2600 vs base model 0.2712: gain -0.0112, needs a gain > 0"],
+        ),
+        (  # beats the base, not the champion: the base comparison is still stated
+            {"eval_macro_acc": 0.30},
+            {"eval_macro_acc": 0.35},
+            {"must_beat_base": True},
+            False,
+            [
+                "eval_macro_acc 0.3000 vs champion 0.3500: gain -0.0500, needs a gain > 0",
+                "eval_macro_acc 0.3000 vs base model 0.2712: gain +0.0288",
+            ],
+        ),
+        (
+            {"eval_macro_acc": 0.40},
+            {"eval_macro_acc": 0.35},
+            {"must_beat_base": True},
+            True,
+            [
+                "eval_macro_acc 0.4000 beats champion 0.3500 by +0.0500; no category dropped "
+                "more than 0.0500",
+                "eval_macro_acc 0.4000 vs base model 0.2712: gain +0.1288",
+            ],
+        ),
+    ],
+)
+def test_decide_compares_the_challenger_with_the_base_model(
+    challenger, champion, gate, promoted, reasons
+):
+    decision = decide(
+        "2",
+        challenger,
+        "1" if champion else None,
+        champion,
+        **{**GATE, **gate},
+        base_metrics=BASE,
+    )
+    assert decision.promote is promoted
+    assert decision.base_score == BASE["eval_macro_acc"]
+    assert len(decision.reasons) == len(reasons), decision.reasons
+    for got, want in zip(decision.reasons, reasons, strict=True):
+        assert got.startswith(want), decision.reasons
+    assert decision.as_tags()["promotion.base_score"] == "0.2712"
+    assert "base model 0.2712" in decision.markdown()
+
+
+def test_decide_without_a_usable_base_score():
+    # Asked to beat the base but given no base score: refuse, and say how to fix it.
+    blind = decide("1", BELOW_BASE, None, None, **GATE, base_metrics={}, must_beat_base=True)
+    assert not blind.promote
+    assert "base model has no finite 'eval_macro_acc' (got None)" in blind.reasons[0]
+    assert "registry.must_beat_base: false" in blind.reasons[0]
+    assert not decide("1", BELOW_BASE, None, None, **GATE, must_beat_base=True).promote
+    # Not asked: promoted, and the reasons say the base was not compared.
+    unchecked = decide("1", BELOW_BASE, None, None, **GATE, base_metrics={"eval_macro_acc": None})
+    assert unchecked.promote and unchecked.reasons[-1].endswith("not compared")
+    assert unchecked.base_score is None and unchecked.as_tags()["promotion.base_score"] == "n/a"
+    # A rerun whose champion is the challenger still states where it stands against the base.
+    rerun = decide("1", BELOW_BASE, "1", BELOW_BASE, **GATE, base_metrics=BASE)
+    assert not rerun.promote
+    assert rerun.reasons[0] == "challenger is already the champion"
+    assert rerun.reasons[1].startswith("eval_macro_acc 0.2538 vs base model 0.2712")
+
+
+def test_gate_never_crowns_a_version_worse_than_the_base_model(registry):
+    tracker, name, _, add_version = registry
+    worse = add_version(BELOW_BASE)
+    decision = run_gate(tracker, name, worse, **GATE, base_metrics=BASE, must_beat_base=True)
+    assert not decision.promote and version_by_alias(tracker, name, CHAMPION) is None
+    tags = tracker.client.get_model_version(name, worse).tags
+    assert tags["promotion.decision"] == NOT_PROMOTED and tags["promotion.compared_with"] == "none"
+    assert "0.2538 vs base model 0.2712" in tags["promotion.reasons"]
+    assert tags["promotion.base_score"] == "0.2712"
+
+    better = add_version({"eval_macro_acc": 0.30})
+    assert run_gate(tracker, name, better, **GATE, base_metrics=BASE, must_beat_base=True).promote
+    assert _champion(tracker, name) == better
+    reasons = tracker.client.get_model_version(name, better).tags["promotion.reasons"]
+    assert "first eligible version becomes champion" in reasons and "+0.0288" in reasons
