@@ -123,6 +123,18 @@ def _tracker(ws: Workspace, name: str):
     return Tracker(ws, name.removeprefix("mlora-"))
 
 
+class QuietPipelineErrors(logging.Filter):
+    """Drop Prefect's "failed with exception" records, traceback included, for a PipelineError:
+    main prints it once as `error: ...`, and the run's final state line (also in the Prefect
+    UI) still carries its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], PipelineError))
+
+
+QUIET_PIPELINE_ERRORS = QuietPipelineErrors()  # one instance: addFilter skips a repeat
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     ws = Workspace.resolve(getattr(args, "workspace", None)).activate()
@@ -131,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # One line per request to Prefect's local API (some 422s by design) would bury ours.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(QUIET_PIPELINE_ERRORS)
     try:
         if args.command in ("run", "data", "serve"):
             # A spec mistake is reported in a second, before Prefect and torch are imported

@@ -38,7 +38,7 @@ from tasks.analyse import (
     summarise_flatness,
 )
 from tasks.arm_models import arm_deltas, load_for_inference
-from tasks.base_model import prepare_base_model
+from tasks.base_model import check_base_model, prepare_base_model
 from tasks.catalog import Catalog
 from tasks.eval_cache import base_eval_inputs, base_eval_key, load_base_eval, save_base_eval
 from tasks.evaluate import EvalResult, SuiteData, compare_arms, evaluate_model
@@ -384,6 +384,7 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     spec, base_dir = load_spec(spec_path)
     logger.info("spec %s (hash %s), workspace %s", spec.name, spec.spec_hash, ws.root)
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
+    check_base_model(spec, Path(spec_path).resolve())  # so does a base model that cannot be found
 
     data = run_data_stages(spec, base_dir, ws)
     base = prepare_base_model(spec, data, ws)
@@ -466,6 +467,8 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         primary_metric=primary,
         min_improvement=spec.registry.min_improvement,
         regression_tolerance=spec.registry.regression_tolerance,
+        base_metrics=base_metrics,
+        must_beat_base=spec.registry.must_beat_base,
     )
     tracker.set_tags(parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")

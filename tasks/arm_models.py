@@ -8,7 +8,14 @@ from transformers import AutoModelForCausalLM
 from data_specs.schema import PipelineSpec
 from models.multilora import delta_weights, load_adapter, merge_adapters
 from models.multilora.model import matching_module_names
-from tasks.train import ArmResult, load_base, resolve_device, resolve_dtype
+from tasks.train import (
+    BASE_MODEL_FIELD,
+    ArmResult,
+    load_base,
+    model_load_errors,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, *, merge=True):
@@ -22,6 +29,7 @@ def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, 
         revision=None if full else spec.base_model.revision,
         dtype=dtype,
         trust_remote_code=spec.base_model.trust_remote_code,
+        where=_full_fine_tune(result) if full else _base_source(spec),
     )
     if result is not None and not full:
         load_adapter(model, result.adapter_dir)
@@ -38,9 +46,24 @@ def arm_deltas(spec: PipelineSpec, base: str, result: ArmResult) -> dict[str, to
         return delta_weights(model)
     arm = next(a for a in spec.arms if a.name == result.arm)
     base_model, _, _ = load_for_inference(spec, base, None)
-    tuned = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=torch.float32)
+    with model_load_errors(result.adapter_dir, None, _full_fine_tune(result)):
+        tuned = AutoModelForCausalLM.from_pretrained(result.adapter_dir, dtype=torch.float32)
     before, after = dict(base_model.named_modules()), dict(tuned.named_modules())
     return {
         path: after[path].weight.float().cpu() - before[path].weight.float().cpu()
         for path in matching_module_names(base_model, arm.target_modules)
     }
+
+
+def _full_fine_tune(result: ArmResult) -> str:
+    """Where a full fine-tune's weights come from, for load errors."""
+    return f"the saved full fine-tune of arm {result.arm!r}"
+
+
+def _base_source(spec: PipelineSpec) -> str:
+    """Where the base model comes from, for load errors."""
+    return (
+        BASE_MODEL_FIELD
+        if spec.base_model.tiny is None
+        else "the tiny base model (spec base_model.tiny)"
+    )

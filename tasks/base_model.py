@@ -5,6 +5,10 @@ model folder is keyed by the tiny config and the mixture id: a changed
 mixture gets a new tokenizer and model, an unchanged one reuses the folder.
 Either way the train stage loads the result with `from_pretrained`, the same
 path a hub id takes.
+
+A hub id or local path is checked before any work (`check_base_model`): a
+model that cannot be found, or not fetched while offline, fails once, before
+the data stages, with one error naming the spec field and the fix.
 """
 
 from __future__ import annotations
@@ -12,16 +16,48 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from transformers import AutoConfig
 
 from data_specs.schema import PipelineSpec
 from models.tiny import build_tiny_model
-from tasks.train import read_records
+from tasks.train import (
+    BASE_MODEL_FIELD,
+    load_tokenizer,
+    model_load_errors,
+    read_records,
+    require_config,
+)
 from tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.base_model")
+
+
+def check_base_model(spec: PipelineSpec, spec_file: str | Path | None = None) -> None:
+    """Raise a TrainingError naming base_model.name_or_path (and `spec_file`) unless the
+    model's config and tokenizer load.
+
+    Takes seconds: no weights are read, and online only small files the train stage needs
+    anyway are fetched. The tiny model is built later from the mixture: nothing to check.
+    """
+    base = spec.base_model
+    if base.tiny is not None:
+        return
+    where = f"spec {spec_file}, base_model.name_or_path" if spec_file else BASE_MODEL_FIELD
+    require_config(base.name_or_path, where)
+    with model_load_errors(base.name_or_path, base.revision, where):
+        AutoConfig.from_pretrained(
+            base.name_or_path, revision=base.revision, trust_remote_code=base.trust_remote_code
+        )
+    load_tokenizer(
+        base.name_or_path,
+        revision=base.revision,
+        trust_remote_code=base.trust_remote_code,
+        where=where,
+    )
 
 
 def tiny_model_dir(spec: PipelineSpec, mixture_id: str, ws: Workspace):

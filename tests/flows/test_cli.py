@@ -182,7 +182,9 @@ def test_run_with_a_missing_base_model_prints_one_error_line(
     ws = tmp_path / "ws"
 
     assert mlora("--workspace", ws, "run", path) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err
     assert errors == [
         f"error: spec {path}, base_model.name_or_path '{tmp_path / 'nomodel'}': "
         f"no folder {tmp_path / 'nomodel'} -- the folder must exist and hold config.json "

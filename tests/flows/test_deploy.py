@@ -54,6 +54,7 @@ arms:
 training: {{max_steps: 10, batch_size: 4, max_length: 64, warmup_steps: 1,
             save_steps: 10, eval_steps: 10, logging_steps: 5}}
 evaluation: {{batch_size: 8, max_new_tokens: 4}}
+registry: {{must_beat_base: false}}  # a random base: its adapters sit at chance too
 """
     )
     return spec
@@ -287,9 +288,15 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         assert _wait_for("the triggered run", finished, 150, procs) == "COMPLETED", (
             serve_log.read_text()[-4000:]
         )
-        # The project's own lines (training progress, registry) are in the run's Prefect logs.
-        loggers = {entry["name"] for entry in _run_logs(base, flow_run["id"])}
-        assert {"mlora.train", "mlora.registry"} <= loggers, sorted(loggers)
+        # The project's own lines (training progress, registry) reach the run's Prefect logs
+        # (shipped in batches by a background thread: they may land after the final state).
+        wanted = {"mlora.train", "mlora.registry"}
+
+        def project_loggers():
+            names = {entry["name"] for entry in _run_logs(base, flow_run["id"])}
+            return names if wanted <= names else None
+
+        _wait_for("the project's log lines in Prefect's store", project_loggers, 30, procs)
     finally:
         for proc, _ in reversed(list(procs.values())):
             _stop(proc)
