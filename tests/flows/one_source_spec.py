@@ -9,9 +9,10 @@ from data_specs.schema import PipelineSpec, parse_spec
 BAD_INPUTS = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 
 
-def one_source_spec(name: str, source: dict) -> PipelineSpec:
+def one_source_spec(name: str, source: dict, base_model: dict | None = None) -> PipelineSpec:
     """`source` as the only training source, scored against the one-item good suite that
-    tests/data_specs/bad_inputs ships (relative paths resolve from that folder)."""
+    tests/data_specs/bad_inputs ships (relative paths resolve from that folder); the tiny
+    base model unless `base_model` is given."""
     data = {
         "name": name,
         "sources": [source],
@@ -24,7 +25,7 @@ def one_source_spec(name: str, source: dict) -> PipelineSpec:
                 "category": "math",
             }
         ],
-        "base_model": {"tiny": {}},
+        "base_model": base_model or {"tiny": {}},
         "arms": [{"name": "lora", "kind": "lora"}],
     }
     return parse_spec(data, BAD_INPUTS / "spec.yaml")

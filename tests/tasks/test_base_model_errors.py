@@ -17,35 +17,19 @@ from huggingface_hub import constants as hf_constants
 from transformers import LlamaConfig
 
 from data_specs.errors import TrainingError
-from data_specs.schema import PipelineSpec, parse_spec
+from data_specs.schema import PipelineSpec
 from models.tiny import build_tiny_model
 from tasks.base_model import check_base_model
 from tasks.train import load_base
+from tests.flows.one_source_spec import one_source_spec
 
-BAD_INPUTS = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 FIELD = "base_model.name_or_path"
 
 
 def spec_with(base_model: dict) -> PipelineSpec:
     """A valid spec whose only interesting part is `base_model`."""
-    data = {
-        "name": "base-model-errors",
-        "sources": [
-            {"name": "good", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
-        ],
-        "eval_suites": [
-            {
-                "name": "good",
-                "path": "good.jsonl",
-                "template": "gsm8k",
-                "kind": "generation",
-                "category": "math",
-            }
-        ],
-        "base_model": base_model,
-        "arms": [{"name": "lora", "kind": "lora"}],
-    }
-    return parse_spec(data, BAD_INPUTS / "spec.yaml")
+    good = {"name": "good", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
+    return one_source_spec("base-model-errors", good, base_model)
 
 
 def load(name_or_path: str, revision: str | None = None):

@@ -91,12 +91,16 @@ def test_disabled_keeps_everything(suite):
     assert result.kept.num_rows == 1 and result.drops.num_rows == 0
 
 
-def test_demo_planted_leaks_are_removed(tmp_path):
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs/demo.yaml"
+
+
+def demo_training_and_suites(tmp_path):
+    """The demo spec's sources (one table) and eval suites, fetched and normalised."""
     from tasks.fetch import fetch
     from tasks.normalise import normalise
     from tasks.workspace import Workspace
 
-    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo.yaml")
+    spec, base_dir = load_spec(DEMO_SPEC)
     ws = Workspace.resolve(tmp_path).ensure()
 
     def load(item):
@@ -104,7 +108,11 @@ def test_demo_planted_leaks_are_removed(tmp_path):
         return normalise(snap, source=item.name, template=item.template, category=item.category)
 
     training = pa.concat_tables([load(s) for s in spec.sources])
-    suites = {s.name: load(s) for s in spec.eval_suites}
+    return spec, training, {s.name: load(s) for s in spec.eval_suites}
+
+
+def test_demo_planted_leaks_are_removed(tmp_path):
+    spec, training, suites = demo_training_and_suites(tmp_path)
     result = decontaminate(training, suites, spec.decontamination)
     eval_row = {
         i: json.loads(m)["row"]
@@ -115,7 +123,7 @@ def test_demo_planted_leaks_are_removed(tmp_path):
         (d["source"], d["row"]): (d["suite"], eval_row[d["eval_id"]])
         for d in result.drops.to_pylist()
     }
-    record = json.loads((base_dir / "demo/PLANTED.json").read_text())
+    record = json.loads((DEMO_SPEC.parent / "demo/PLANTED.json").read_text())
     leaks = [p for p in record["planted"] if p["kind"].startswith("leak")]
     incidental = record["incidental_leaks"]  # templated rationales sharing an eval answer 13-gram
     assert leaks and incidental
@@ -213,19 +221,7 @@ def test_first_suite_wins_and_ngram_beats_exact_whatever_the_batch_size(monkeypa
 
 
 def test_demo_drops_are_the_same_in_small_batches(monkeypatch, tmp_path):
-    from tasks.fetch import fetch
-    from tasks.normalise import normalise
-    from tasks.workspace import Workspace
-
-    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo.yaml")
-    ws = Workspace.resolve(tmp_path).ensure()
-
-    def load(item):
-        snap = fetch(item, item.name, base_dir, ws)
-        return normalise(snap, source=item.name, template=item.template, category=item.category)
-
-    training = pa.concat_tables([load(s) for s in spec.sources])
-    suites = {s.name: load(s) for s in spec.eval_suites}
+    spec, training, suites = demo_training_and_suites(tmp_path)
     whole = decontaminate(training, suites, spec.decontamination)
     monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", 97)  # cuts sources at odd rows
     batched = decontaminate(training, suites, spec.decontamination)
