@@ -134,8 +134,8 @@ result["ok"] = (
     and result["adapter_grad_dtype"] == "torch.float32"
     and all(
         result[key + "fused_vs_reference_max_abs_diff"] <= 2e-2 * max(1.0, result["output_max_abs"])
-        and result[key + "scale_grad_rel_diff"] < 2e-2
-        for key in ("", "autocast_")
+        and result[key + "scale_grad_rel_diff"] < limit
+        for key, limit in (("", 1e-2), ("autocast_", 2e-2))  # autocast: bf16 GEMMs on both sides
     )
 )
 json.dump(result, open(out_path, "w"), indent=2)

@@ -275,10 +275,15 @@ class TinyModelSpec(Strict):
         return self
 
 
+def _expand_home(path: str | None) -> str | None:
+    return str(Path(path).expanduser()) if path and path.startswith("~") else path
+
+
 class BaseModelSpec(Strict):
     """The frozen base model: a hub id / local path, or the tiny demo builder."""
 
-    name_or_path: str | None = None
+    # from_pretrained does not expand ~ and would read "~/m" as a malformed hub id.
+    name_or_path: Annotated[str | None, AfterValidator(_expand_home)] = None
     """Hub model id (e.g. ``Qwen/Qwen2.5-0.5B``) or a local model directory."""
     revision: str | None = None
     """Pinned hub revision of the model."""

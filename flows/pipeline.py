@@ -40,7 +40,13 @@ from tasks.analyse import (
 from tasks.arm_models import arm_deltas, load_for_inference
 from tasks.base_model import check_base_model, prepare_base_model
 from tasks.catalog import Catalog
-from tasks.eval_cache import base_eval_inputs, base_eval_key, load_base_eval, save_base_eval
+from tasks.eval_cache import (
+    EVAL_ID_TAG,
+    base_eval_inputs,
+    base_eval_key,
+    load_base_eval,
+    save_base_eval,
+)
 from tasks.evaluate import EvalResult, SuiteData, compare_arms, evaluate_model
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
@@ -50,6 +56,7 @@ from tasks.registry import (
     attach_run_artifacts,
     register_adapter,
     set_alias,
+    update_version_scores,
     version_by_alias,
 )
 from tasks.tracking import Tracker, code_version
@@ -250,21 +257,34 @@ def _log_evaluation(tracker: Tracker, run_id: str, evaluation: EvalResult, prefi
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult, run_id: str
-) -> dict[str, float]:
-    """Score an arm on every suite; log to its run `run_id`."""
+    ws: Workspace,
+    spec: PipelineSpec,
+    data: DataOutputs,
+    base: str,
+    result: ArmResult,
+    run_id: str,
+    eval_id: str,
+) -> tuple[dict[str, float], bool]:
+    """An arm's scores on every suite, logged to its run `run_id`, and whether they were
+    reused. A reused arm keeps its logged scores only if they were made under `eval_id`
+    (the base evaluation's key: same suites, settings and scoring code); otherwise it is
+    scored again, so the arms and the base row always compare like with like."""
+    tracker = Tracker(ws, spec.name)
+    if tracker.client.get_run(run_id).data.tags.get(EVAL_ID_TAG) == eval_id:
+        return tracker.metrics(run_id), True
     evaluation = _score(spec, data, base, result)
-    _log_evaluation(Tracker(ws, spec.name), run_id, evaluation, prefix="")
-    return evaluation.metrics
+    _log_evaluation(tracker, run_id, evaluation, prefix="")
+    tracker.set_tags(run_id, {EVAL_ID_TAG: eval_id})
+    return evaluation.metrics, False
 
 
 @task(name="evaluate-base", cache_policy=NO_CACHE)
 def evaluate_base_task(
     ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, parent_id: str
-) -> tuple[dict[str, float], bool]:
+) -> tuple[dict[str, float], bool, str]:
     """Score the base model, or reuse its cached scores (tasks/eval_cache.py) when nothing
     that decides them changed; log them as `base_*` to the parent run either way.
-    Returns (metrics, reused)."""
+    Returns (metrics, reused, the evaluation's key)."""
     inputs = base_eval_inputs(
         spec,
         base,
@@ -282,7 +302,7 @@ def evaluate_base_task(
     tracker = Tracker(ws, spec.name)
     _log_evaluation(tracker, parent_id, evaluation, prefix="base_")
     tracker.set_tags(parent_id, {"mlora.base_eval_id": key})
-    return evaluation.metrics, reused
+    return evaluation.metrics, reused, key
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
@@ -327,7 +347,10 @@ def register_task(
     result: ArmResult,
     run_id: str,
     metrics: dict[str, float],
+    rescored: bool = False,
 ):
+    """Register the arm's adapter (once per run key); a version registered earlier whose arm
+    was just `rescored` under new evaluation settings gets the new headline scores."""
     tracker = Tracker(ws, spec.name)
     manifest = Path(data.train_dir) / "manifest.json"
     extra = {"mixture_manifest": str(manifest)} if manifest.is_file() else {}
@@ -363,6 +386,8 @@ def register_task(
             **headline,
         },
     )
+    if version.reused and rescored:
+        update_version_scores(tracker, version.name, version.version, headline)
     tracker.finish(run_id)
     Catalog(ws.catalog_path).record_run(
         spec_hash=spec.spec_hash,
@@ -418,18 +443,16 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     if manifest.is_file():
         tracker.log_artifact(parent_id, manifest, "data")
 
-    base_metrics, base_reused = evaluate_base_task(ws, spec, data, base, parent_id)
+    base_metrics, base_reused, eval_id = evaluate_base_task(ws, spec, data, base, parent_id)
 
     arms: list[ArmSummary] = []
     results: dict[str, ArmResult] = {}
     for arm in spec.arms:  # sequential: arms compete for the same cores / GPU
         result, run_id, reused = train_arm_task(ws, spec, data, base, arm, parent_id)
-        metrics = (
-            tracker.metrics(run_id)
-            if reused
-            else evaluate_task(ws, spec, data, base, result, run_id)
+        metrics, scores_reused = evaluate_task(ws, spec, data, base, result, run_id, eval_id)
+        version = register_task(
+            ws, spec, data, base, arm, result, run_id, metrics, rescored=not scores_reused
         )
-        version = register_task(ws, spec, data, base, arm, result, run_id, metrics)
         results[arm.name] = result
         arms.append(
             ArmSummary(

@@ -4,9 +4,11 @@ Scoring a real base model (1B+) on every suite takes minutes to hours, and a
 scheduled pipeline would repeat it on every run with nothing changed. The base
 scores are a function of
 
-    the base model      spec.base_model and what is loaded (a hub id or path; for the
-                        tiny demo model its folder, named by tiny config, mixture, seed)
+    the base model      spec.base_model and what is loaded (a hub id or path, and a local
+                        folder's file names, sizes and times; for the tiny demo model its
+                        folder, named by tiny config, mixture, seed)
     the device          cpu or cuda: other kernels, and dtype 'auto' differs
+    the libraries       torch and transformers versions (kernels, generation)
     the suites          spec.evaluation, each suite's scoring fields, and the content
                         hash of each suite's (and dev split's) normalised Parquet
     the held-out rows   the mixture id, and the tokenisation (max_length, chat template)
@@ -26,6 +28,7 @@ import logging
 import os
 import uuid
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +42,9 @@ from tasks.workspace import Workspace
 # base evaluation is then scored again.
 EVAL_CODE_VERSION = 2  # 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match)
 STAGE, FILE = "base_eval", "evaluation.json"
+# On an arm's run: the key of the evaluation its logged scores come from. A reused arm
+# is scored again when the current key differs, so arms and base compare like with like.
+EVAL_ID_TAG = "mlora.eval_id"
 
 # Where a suite's rows come from: their content hash is keyed instead, so moving a
 # file does not re-score and editing one does.
@@ -62,7 +68,9 @@ def base_eval_inputs(
         # The tiny model's folder name hashes its config, the mixture and the seed (its
         # tokenizer is trained on the mixture); the workspace around it does not matter.
         "model": Path(base).name if tiny else base,
+        "model_files": None if tiny else _folder_fingerprint(base),
         "device": device,
+        "libraries": {name: version(name) for name in ("torch", "transformers")},
         "evaluation": spec.evaluation.model_dump(mode="json"),
         "suites": [
             {
@@ -79,6 +87,20 @@ def base_eval_inputs(
         "chat_template": spec.training.chat_template,
         "code": EVAL_CODE_VERSION,
     }
+
+
+def _folder_fingerprint(model: str) -> list | None:
+    """A local model folder's files by name, size and modification time: a folder retrained or
+    replaced in place is scored again (hashing gigabytes of weights per run would cost more
+    than it saves). None for a hub id, which base_model.revision pins."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None
+    return [
+        [str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    ]
 
 
 def base_eval_key(inputs: dict) -> str:

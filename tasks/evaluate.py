@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_specs.errors import DataError
+from data_specs.schema import GSM8K_METRICS
 from tasks.eval_generate import generate_greedy
 from tasks.eval_scoring import (
     _CausalLM,
@@ -286,9 +287,10 @@ def _gsm8k_metrics(suite: str, records: list[dict]) -> dict[str, float]:
     (the last number anywhere, so a model that skips the `####` format still shows its
     arithmetic; it also reads a stray digit in garbage as an answer, hence not the headline).
     The names are data_specs/schema.py's GSM8K_METRICS, which registry.primary_metric accepts."""
+    strict, flexible = GSM8K_METRICS
     return {
-        f"{suite}_strict_match": float(np.mean([r["correct"] for r in records])),
-        f"{suite}_flexible_extract": float(np.mean([r["correct_flexible"] for r in records])),
+        f"{suite}_{strict}": float(np.mean([r["correct"] for r in records])),
+        f"{suite}_{flexible}": float(np.mean([r["correct_flexible"] for r in records])),
     }
 
 

@@ -250,6 +250,13 @@ def _infer_columns(records: Records, path: Path, unit: str) -> _Columns:
 
 def _add_values(columns: _Columns, name: str, values: list) -> None:
     """Widen a column's type by one batch of its values (or note why they do not fit)."""
+    kinds = {type(v) for v in values if v is not None}
+    if bool in kinds and kinds & {int, float}:
+        # Arrow reads [0.5, True] as doubles (True -> 1.0) but rejects [True, 0.5]: the
+        # type would depend on record order and batch edges. Booleans mixed with numbers
+        # are a clash, so the column is kept as text wherever the batches fall.
+        columns.errors[name] = "booleans mixed with numbers"
+        return
     try:
         found = pa.array(values).type
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:

@@ -201,6 +201,16 @@ def _log_serving_model(
     )
 
 
+def update_version_scores(tracker: Tracker, name: str, version: str, scores: dict[str, str]):
+    """New headline score tags (and the description built from them) on an existing version:
+    its arm was scored again under new evaluation settings. The arm run holds the full metrics."""
+    for key, value in scores.items():
+        tracker.client.set_model_version_tag(name, version, key, value)
+    tags = tracker.client.get_model_version(name, version).tags
+    tracker.client.update_model_version(name, version, description=describe_version(tags))
+    log.info("version %s of %s: scores updated after re-evaluation", version, name)
+
+
 def describe_version(tags: dict[str, str]) -> str:
     """One markdown line for the version page: what was trained on what, and how it scored."""
     what = f"**{tags.get('arm', '?')}** ({tags.get('adapter_kind', '?')})"

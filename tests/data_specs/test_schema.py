@@ -247,3 +247,9 @@ def test_must_beat_base_defaults_on_and_touches_only_the_registry_section(demo):
     changed = {k for k, v in on.canonical().items() if spec.canonical()[k] != v}
     assert changed == {"registry"}
     assert "registry.must_beat_base" in error_of(edited(demo, "registry.must_beat_base", "no"))
+
+
+def test_a_home_relative_model_folder_is_expanded(demo, monkeypatch):
+    monkeypatch.setenv("HOME", "/home/someone")
+    spec = parse_spec(edited(demo, "base_model", {"name_or_path": "~/models/m"}), FILE)
+    assert spec.base_model.name_or_path == "/home/someone/models/m"

@@ -102,6 +102,17 @@ def test_every_deciding_input_changes_the_key(key_of, tmp_path):
     assert key_of(eval_dev_paths={suite: str(dev)}) not in (baseline, key_of())
 
 
+def test_a_local_model_folder_changed_in_place_changes_the_key(key_of, tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    before = key_of(base=str(folder))
+    assert key_of(base=str(folder)) == before
+    (folder / "model.safetensors").write_bytes(b"weights v2, retrained")
+    assert key_of(base=str(folder)) != before
+
+
 def _tiny(spec):
     """The demo's own base model: the tiny one built in the workspace."""
     return load_spec(DEMO)[0]

@@ -17,6 +17,7 @@ from data_specs.errors import DataError, SpecError, TrainingError
 from data_specs.schema import demo_spec_path
 from flows.cli import format_summary
 from tasks.catalog import Catalog
+from tasks.eval_cache import EVAL_ID_TAG
 from tasks.workspace import Workspace
 
 DEMO = demo_spec_path()
@@ -220,9 +221,11 @@ def test_second_run_reuses_the_base_evaluation(pipeline_runs, tmp_path):
     assert "; base evaluation reused" in format_summary(runs.second)
 
 
-def test_changed_evaluation_setting_scores_the_base_model_again(pipeline_runs):
+def test_changed_evaluation_setting_scores_base_and_arms_again(pipeline_runs):
     runs = pipeline_runs
-    assert runs.scorings[2] == 1  # the base model only: the arms' training is unchanged
+    # The arms' training is reused, but their scores came from the old settings: the base
+    # and both arms are scored again, so the comparison and the gate stay like with like.
+    assert runs.scorings[2] == 3
     assert all(a["reused"] for a in runs.changed["arms"])
     assert not runs.changed["base_evaluation_reused"]
     assert not any("reusing base evaluation" in m for m in runs.lines[2])
@@ -233,6 +236,14 @@ def test_changed_evaluation_setting_scores_the_base_model_again(pipeline_runs):
     tags = client.get_run(runs.changed["parent_run_id"]).data.tags
     assert tags["mlora.base_eval_id"] == new
     assert set(_base_metrics(client, runs.changed)) == set(_base_metrics(client, runs.first))
+    for arm in runs.changed["arms"]:
+        run = client.get_run(arm["run_id"])
+        assert run.data.tags[EVAL_ID_TAG] == new
+        primary = runs.changed["primary_metric"]
+        assert run.data.metrics[primary] == arm["metrics"][primary]
+        version = client.get_model_version(runs.changed["registered_model"], arm["version"])
+        assert version.tags[primary] == f"{arm['metrics'][primary]:.4f}"
+        assert f"{primary} {arm['metrics'][primary]:.4f}" in version.description
 
 
 def _assert_nothing_written(ws):

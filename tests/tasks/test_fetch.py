@@ -20,7 +20,7 @@ from tasks import fetch as fetch_module
 from tasks import read_json, read_parquet
 from tasks.fetch import ROW_COLUMN, fetch
 from tasks.normalise import normalise
-from tasks.read_file import read_batches
+from tasks.read_file import read_batches, read_table
 
 BAD = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 CASES = json.loads((BAD / "CASES.json").read_text())["cases"]
@@ -121,6 +121,17 @@ def test_mixed_scalar_types_are_kept_as_text(tmp_path, workspace):
     assert [
         r["label"] for r in rows_of(fetch(DataLocation(path="a.jsonl"), "a", tmp_path, workspace))
     ] == ["true", "false"]
+
+
+@pytest.mark.parametrize("batch_records", [1, 20_000])
+def test_booleans_mixed_with_numbers_are_text_wherever_batches_fall(
+    tmp_path, monkeypatch, batch_records
+):
+    # Arrow alone reads [0.5, True] as doubles (True -> 1.0) but rejects [True, 0.5].
+    monkeypatch.setattr(read_json, "BATCH_RECORDS", batch_records)
+    (tmp_path / "a.json").write_text('[{"s": 0.5}, {"s": true}, {"s": 0.25}]')
+    table = read_table(tmp_path / "a.json", "json")
+    assert table.column("s").to_pylist() == ["0.5", "true", "0.25"]
 
 
 # ---------------------------------------------------------------- streaming: blocks change nothing
