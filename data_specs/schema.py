@@ -296,9 +296,10 @@ class BaseModelSpec(Strict):
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] | None = (
         None
     )
-    """Attention kernel; None is transformers' default (sdpa). Packed batches need a
-    block-diagonal mask, which sdpa runs without its flash kernel: on a GPU, flex_attention
-    (torch >= 2.5) or flash_attention_2 (the flash-attn package) keep packing fast."""
+    """Attention kernel for training; None is transformers' default (sdpa). Packed batches
+    need a block-diagonal mask, which sdpa runs without its flash kernel: on a GPU,
+    flex_attention (torch >= 2.5) or flash_attention_2 (the flash-attn package) keep packing
+    fast. Evaluation (padded batches, KV cache) always uses transformers' default."""
 
     @model_validator(mode="after")
     def _one_model(self):
