@@ -580,7 +580,8 @@ def train_arm(
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with compile_errors(training.compile):
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     resumed_steps = int(resume.name.split("-")[1]) if resume else 0
     train_loss = float(output.training_loss)
@@ -619,6 +620,24 @@ def train_arm(
     if trainer.is_world_process_zero():  # under data parallelism only rank 0 writes
         _write_outputs(model, tokenizer, arm, result, base_model_name or model_path)
     return result
+
+
+@contextmanager
+def compile_errors(compiling: bool):
+    """torch.compile compiles at the first step: its failure (no C++ compiler on a CPU, a
+    Triton problem on a GPU) becomes a TrainingError that points at the spec switch."""
+    try:
+        yield
+    except torch._dynamo.exc.BackendCompilerFailed as exc:  # InductorError is one too
+        if not compiling:
+            raise
+        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise TrainingError(
+            f"torch.compile failed at the first step: {first_line}",
+            where="spec training.compile",
+            fix="set training.compile: false (on a CPU, inductor needs a working C++ compiler; "
+            "on a GPU, a Triton that matches torch)",
+        ) from exc
 
 
 def _write_outputs(model, tokenizer, arm: ArmSpec, result: ArmResult, base_name: str) -> None:

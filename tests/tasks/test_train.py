@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 from transformers import TrainerCallback
 
 from data_specs.errors import TrainingError
 from data_specs.record import make_record, records_to_table
 from data_specs.schema import ArmSpec, TrainingSpec
 from models.tiny import BLOCK_LINEARS, build_tiny_model
+from models.training_speed import compile_blocks
 from tasks.train import resolve_device, train_arm
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "otter", "piano", "quartz"]
@@ -276,3 +279,51 @@ def test_attention_kernel_is_configurable_and_equivalent(setup, tmp_path):
     assert [h["loss"] for h in eager.history if "loss" in h] == pytest.approx(
         [h["loss"] for h in sdpa.history if "loss" in h], rel=1e-4
     )
+
+
+def test_compiled_training_follows_the_eager_loss_curve(setup, tmp_path, monkeypatch):
+    # training.compile wired end to end; aot_eager traces like inductor without its C++ build.
+    import tasks.train as train_module
+
+    root, base = setup
+    kwargs = dict(
+        arm=ARMS["multilora"], model_path=base, train_path=root / "mix", validation_path=None
+    )
+    eager = train_arm(**kwargs, training=TRAINING, output_dir=tmp_path / "eager")
+    monkeypatch.setattr(
+        train_module, "compile_blocks", partial(compile_blocks, backend="aot_eager")
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train_arm(
+        **kwargs,
+        training=TRAINING.model_copy(update={"compile": True}),
+        output_dir=tmp_path / "compiled",
+    )
+    assert counters["stats"]["unique_graphs"] >= 1  # the blocks really ran compiled
+    torch._dynamo.reset()
+    assert [h["loss"] for h in compiled.history if "loss" in h] == pytest.approx(
+        [h["loss"] for h in eager.history if "loss" in h], rel=1e-4
+    )
+
+
+def test_a_failing_compile_is_a_training_error(setup, tmp_path, monkeypatch):
+    import tasks.train as train_module
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    root, base = setup
+    monkeypatch.setattr(
+        train_module, "compile_blocks", partial(compile_blocks, backend=broken_backend)
+    )
+    with pytest.raises(TrainingError, match="training.compile: torch.compile failed"):
+        train_arm(
+            arm=ARMS["lora"],
+            training=TRAINING.model_copy(update={"compile": True}),
+            model_path=base,
+            train_path=root / "mix",
+            validation_path=None,
+            output_dir=tmp_path / "broken",
+        )
+    torch._dynamo.reset()
