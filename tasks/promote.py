@@ -260,6 +260,7 @@ def promote(tracker: Tracker, name: str, version: str) -> str | None:
 
     Returns the previous champion's version (None when there was none).
     """
+    _registered_model(tracker, name)  # an unknown model is named as such, not as a version
     get_version(tracker, name, version)  # fails clearly on an unknown version
     current = version_by_alias(tracker, name, CHAMPION)
     if current is not None and str(current.version) != str(version):

@@ -59,6 +59,8 @@ def test_promote_and_rollback(mlora, workspace_with_versions, capsys):
     assert _champion(ws) == "1"
     assert mlora("--workspace", ws.root, "promote", NAME, 7) == 2
     assert "has no version 7" in capsys.readouterr().err
+    assert mlora("--workspace", ws.root, "promote", "mlora-nosuch", 1) == 2
+    assert "no registered model named 'mlora-nosuch'" in capsys.readouterr().err
     assert _champion(ws) == "1"
 
 
