@@ -589,6 +589,27 @@ def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
     return parse_spec(data, file), file.parent
 
 
+def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> None:
+    """Every local `path` of the spec exists, or one SpecError names each missing one by its
+    field (sources[3].path) before any stage runs (instead of mid-run, after the others)."""
+    locations = [(f"sources[{i}]", s) for i, s in enumerate(spec.sources)]
+    for i, suite in enumerate(spec.eval_suites):
+        locations.append((f"eval_suites[{i}]", suite))
+        if suite.dev is not None:
+            locations.append((f"eval_suites[{i}].dev", suite.dev))
+    missing = [
+        f"  {field}.path: no file {base_dir / loc.path}"
+        for field, loc in locations
+        if loc.path is not None and not (base_dir / loc.path).is_file()
+    ]
+    if missing:
+        raise SpecError(
+            "missing data files:\n" + "\n".join(missing),
+            where=str(spec_file),
+            fix="relative paths start from the spec file's folder; fix them and run again",
+        )
+
+
 def demo_spec_path() -> Path:
     """The bundled demo spec (works from a source checkout and an installed package)."""
     return Path(__file__).with_name("demo.yaml")

@@ -17,9 +17,10 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from data_specs.errors import PipelineError
-from data_specs.schema import load_spec
+from data_specs.schema import check_local_files, load_spec
 from tasks.workspace import ENV_VAR, Workspace
 
 
@@ -141,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
     )
-    # One line per request to Prefect's local API (some 422s by design) would bury ours.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One line per request to Prefect's local API (some 422s by design) and MLflow's
+    # bookkeeping (system-metrics monitor start/stop, table creation) would bury ours.
+    for noisy in ("httpx", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(QUIET_PIPELINE_ERRORS)
     try:
         if args.command in ("run", "data", "serve"):
             # A spec mistake is reported in a second, before Prefect and torch are imported
             # and Prefect's temporary server is started (~20 s).
-            load_spec(args.spec)
+            spec, base_dir = load_spec(args.spec)
+            if args.command != "serve":  # a scheduled run may find files that appear later
+                check_local_files(spec, Path(args.spec).resolve(), base_dir)
         if args.command == "run":
             from flows.pipeline import pipeline_flow
 

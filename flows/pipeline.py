@@ -495,6 +495,12 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
     )
     tracker.set_tags(parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")
+    log.info(
+        "promotion gate: version %s %s (%s)",
+        best.version,
+        decision.verdict,
+        "; ".join(decision.reasons),
+    )
     champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
     return PipelineSummary(
         spec=spec.name,

@@ -73,16 +73,19 @@ def test_workspace_may_follow_the_command(mlora, workspace_with_versions, capsys
     assert "rolled back to" in capsys.readouterr().out
 
 
+# Runs `mlora ARGS` and prints which heavy modules it imported before exiting.
+PROBE = (
+    "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+    "print(sorted({'prefect', 'torch', 'mlflow'} & set(sys.modules))); sys.exit(rc)"
+)
+
+
 @pytest.mark.parametrize("command", ["run", "data", "serve"])
 def test_a_bad_spec_fails_in_one_line_before_prefect_or_torch_load(command, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "data_specs" / "demo.yaml").read_text() + "\nsurprise: 1\n")
-    probe = (
-        "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
-        "print(sorted({'prefect', 'torch', 'mlflow'} & set(sys.modules))); sys.exit(rc)"
-    )
     done = subprocess.run(
-        [sys.executable, "-c", probe, command, str(bad), "--workspace", str(tmp_path / "ws")],
+        [sys.executable, "-c", PROBE, command, str(bad), "--workspace", str(tmp_path / "ws")],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -92,6 +95,25 @@ def test_a_bad_spec_fails_in_one_line_before_prefect_or_torch_load(command, tmp_
     assert done.stdout.strip() == "[]"  # nothing heavy was imported to find the mistake
     assert done.stderr.startswith(f"error: {bad}: invalid spec")
     assert "surprise: unknown key" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_missing_data_file_is_named_by_its_field_before_prefect_starts(tmp_path):
+    demo = REPO / "data_specs" / "demo"
+    spec = (REPO / "data_specs" / "demo.yaml").read_text().replace("path: demo/", f"path: {demo}/")
+    bad = tmp_path / "missing.yaml"
+    bad.write_text(spec.replace("math_train.jsonl", "nosuch.jsonl"))
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", str(bad), "--workspace", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout.strip() == "[]"
+    assert done.stderr.startswith(f"error: {bad}: missing data files:")
+    # The demo's fourth source is the math one.
+    assert f"sources[3].path: no file {demo / 'nosuch.jsonl'}" in done.stderr
+    assert not (tmp_path / "ws" / "catalog.duckdb").exists()
 
 
 def test_serve_rejects_a_bad_cron(tmp_path):

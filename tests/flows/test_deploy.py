@@ -290,7 +290,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         )
         # The project's own lines (training progress, registry) reach the run's Prefect logs
         # (shipped in batches by a background thread: they may land after the final state).
-        wanted = {"mlora.train", "mlora.registry"}
+        wanted = {"mlora.train", "mlora.registry", "mlora.pipeline"}  # pipeline: the gate line
 
         def project_loggers():
             names = {entry["name"] for entry in _run_logs(base, flow_run["id"])}
