@@ -28,7 +28,7 @@ import logging
 import os
 import uuid
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
@@ -70,7 +70,7 @@ def base_eval_inputs(
         "model": Path(base).name if tiny else base,
         "model_files": None if tiny else _folder_fingerprint(base),
         "device": device,
-        "libraries": {name: version(name) for name in ("torch", "transformers")},
+        "libraries": {name: _version(name) for name in ("torch", "transformers")},
         "evaluation": spec.evaluation.model_dump(mode="json"),
         "suites": [
             {
@@ -87,6 +87,13 @@ def base_eval_inputs(
         "chat_template": spec.training.chat_template,
         "code": EVAL_CODE_VERSION,
     }
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # e.g. a source build without installed metadata
+        return "unknown"
 
 
 def _folder_fingerprint(model: str) -> list | None:
