@@ -108,7 +108,20 @@ def _worker(args_file: str) -> None:
 
         tracker = Tracker(Workspace.resolve(tracking["workspace"]), tracking["experiment"])
         callbacks.append(tracker.training_callback(tracking["run_id"]))
-    train_arm(arm=arm, training=training, callbacks=callbacks, **args)
+    try:
+        train_arm(arm=arm, training=training, callbacks=callbacks, **args)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter shutdown,
+    gloo's threads can be destroyed unjoined and the rank aborts ("terminate called without
+    an active exception", SIGABRT) after an otherwise finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
