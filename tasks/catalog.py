@@ -98,6 +98,12 @@ class CatalogBatch:
         return sum(map(len, self.rows.values())) + sum(map(len, self.drops.values()))
 
 
+# A DuckDB file opens with a 4 KiB file header and two 4 KiB database headers.
+DUCKDB_HEADER_BYTES = 3 * 4096
+# How long a header-less catalog file counts as being created by another process.
+NEW_FILE_GRACE_S = 10.0
+
+
 class Catalog:
     """The pipeline's DuckDB catalog file (created with its schema on first use)."""
 
@@ -136,8 +142,13 @@ class Catalog:
                 con = duckdb.connect(str(self.path))
                 break
             except duckdb.IOException as err:
-                if "lock" not in str(err).lower():
-                    raise
+                if "lock" not in str(err).lower() and not self._being_created(err):
+                    raise PipelineError(
+                        f"cannot open the catalog: {err}",
+                        where=str(self.path),
+                        fix="if the file is damaged, move it aside: the next run starts a new "
+                        "catalog (stage outputs are recomputed once, runs stay in MLflow)",
+                    ) from err
                 waited = time.monotonic() - start
                 if waited + delay > self.timeout_s:
                     raise PipelineError(
@@ -152,6 +163,19 @@ class Catalog:
             yield con
         finally:
             con.close()
+
+    def _being_created(self, err: duckdb.IOException) -> bool:
+        """Another process has just created the file and not yet written DuckDB's header:
+        for a moment the file exists but is "not a valid DuckDB database file". A file that is
+        older or already header-sized is really something else, and the error stands."""
+        if "not a valid duckdb database file" not in str(err).lower():
+            return False
+        try:
+            facts = self.path.stat()
+        except FileNotFoundError:
+            return True
+        young = time.time() - facts.st_mtime < NEW_FILE_GRACE_S
+        return young and facts.st_size < DUCKDB_HEADER_BYTES
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -6,6 +6,8 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -168,6 +170,33 @@ def test_a_locked_catalog_is_waited_for_with_a_clear_message(tmp_path, caplog):
     holder.wait(timeout=30)
     assert "catalog locked by another process, retrying in" in caplog.text
     assert Catalog(tmp_path / "catalog.duckdb").counts()["stage_outputs"] == 1
+
+
+def test_a_catalog_still_being_created_by_another_process_is_waited_for(tmp_path):
+    # For a moment after another process creates it, the file exists without DuckDB's header.
+    path = tmp_path / "catalog.duckdb"
+    path.touch()
+
+    def finish_creating():
+        time.sleep(0.5)
+        path.unlink()
+        Catalog(path).commit(batch())
+
+    creator = threading.Thread(target=finish_creating)
+    creator.start()
+    try:
+        assert Catalog(path, timeout_s=30).counts()["stage_outputs"] == 1
+    finally:
+        creator.join()
+
+
+def test_a_damaged_catalog_fails_at_once_and_says_what_to_do(tmp_path, caplog):
+    path = tmp_path / "catalog.duckdb"
+    path.write_bytes(b"not a database" * 2000)  # header-sized: not one being created
+    with caplog.at_level(logging.WARNING, logger="mlora.catalog"):
+        with pytest.raises(PipelineError, match="cannot open the catalog.*move it aside"):
+            Catalog(path, timeout_s=30).counts()
+    assert "retrying" not in caplog.text  # failed at once, no waiting out the timeout
 
 
 def test_a_catalog_locked_too_long_fails_clearly(tmp_path):
