@@ -74,6 +74,12 @@ def setup(tmp_path_factory):
     return root, str(model)
 
 
+def on_mix(setup) -> dict:
+    """train_arm's data arguments: the tiny base model on the test mixture, no validation."""
+    root, base = setup
+    return dict(model_path=base, train_path=root / "mix", validation_path=None)
+
+
 TRAINING = TrainingSpec(
     max_steps=8,
     batch_size=4,
@@ -124,13 +130,10 @@ class _Crash(TrainerCallback):
 
 
 def test_resume_from_checkpoint_gives_the_same_adapter(setup, tmp_path):
-    root, base = setup
     kwargs = dict(
         arm=ARMS["multilora"],
         training=TRAINING,
-        model_path=base,
-        train_path=root / "mix",
-        validation_path=None,
+        **on_mix(setup),
     )
     train_arm(**kwargs, output_dir=tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -161,8 +164,7 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path
     """Data parallelism over 2 CPU processes == one process with the same global batch."""
     from tasks.train_launch import launch_arm
 
-    root, base = setup
-    kwargs = dict(arm=ARMS["lora"], model_path=base, train_path=root / "mix", validation_path=None)
+    kwargs = dict(arm=ARMS["lora"], **on_mix(setup))
     single = launch_arm(
         training=TRAINING.model_copy(update={"batch_size": 4}),
         output_dir=tmp_path / "one",
@@ -184,14 +186,12 @@ def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_pat
     from data_specs.schema import PipelineSpec
     from tasks.arm_models import arm_deltas, load_for_inference
 
-    root, base = setup
+    _, base = setup
     arm = ArmSpec(name="full", kind="full", target_modules=["q_proj", "v_proj"])
     result = train_arm(
         arm=arm,
         training=TRAINING.model_copy(update={"learning_rate": 1e-3}),
-        model_path=base,
-        train_path=root / "mix",
-        validation_path=None,
+        **on_mix(setup),
         output_dir=tmp_path / "full",
     )
     assert result.trainable_share == 1.0 and result.peft_dir is None
@@ -248,9 +248,7 @@ def test_epochs_and_gradient_checkpointing(setup, tmp_path):
     result = train_arm(
         arm=ARMS["lora"],
         training=training,
-        model_path=base,
-        train_path=root / "mix",
-        validation_path=None,
+        **on_mix(setup),
         output_dir=tmp_path / "e",
     )
     from transformers import AutoTokenizer
@@ -265,13 +263,10 @@ def test_epochs_and_gradient_checkpointing(setup, tmp_path):
 
 
 def test_attention_kernel_is_configurable_and_equivalent(setup, tmp_path):
-    root, base = setup
     kwargs = dict(
         arm=ARMS["lora"],
         training=TRAINING,
-        model_path=base,
-        train_path=root / "mix",
-        validation_path=None,
+        **on_mix(setup),
     )
     sdpa = train_arm(**kwargs, output_dir=tmp_path / "sdpa")
     eager = train_arm(**kwargs, output_dir=tmp_path / "eager", attn_implementation="eager")
@@ -285,10 +280,7 @@ def test_compiled_training_follows_the_eager_loss_curve(setup, tmp_path, monkeyp
     # training.compile wired end to end; aot_eager traces like inductor without its C++ build.
     import tasks.train as train_module
 
-    root, base = setup
-    kwargs = dict(
-        arm=ARMS["multilora"], model_path=base, train_path=root / "mix", validation_path=None
-    )
+    kwargs = dict(arm=ARMS["multilora"], **on_mix(setup))
     eager = train_arm(**kwargs, training=TRAINING, output_dir=tmp_path / "eager")
     monkeypatch.setattr(
         train_module, "compile_blocks", partial(compile_blocks, backend="aot_eager")
@@ -313,7 +305,6 @@ def test_a_failing_compile_is_a_training_error(setup, tmp_path, monkeypatch):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    root, base = setup
     monkeypatch.setattr(
         train_module, "compile_blocks", partial(compile_blocks, backend=broken_backend)
     )
@@ -321,9 +312,7 @@ def test_a_failing_compile_is_a_training_error(setup, tmp_path, monkeypatch):
         train_arm(
             arm=ARMS["lora"],
             training=TRAINING.model_copy(update={"compile": True}),
-            model_path=base,
-            train_path=root / "mix",
-            validation_path=None,
+            **on_mix(setup),
             output_dir=tmp_path / "broken",
         )
     torch._dynamo.reset()
