@@ -10,17 +10,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from models.tiny import tiny_config
 from tasks.eval_scoring import (
     _length_groups,
     choice_metrics,
@@ -65,19 +58,7 @@ def chars():
 
 def tiny_llama(vocab: int, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(tiny_config("llama", vocab_size=vocab, max_position=256)).eval()
 
 
 class BigramLM(nn.Module):
@@ -116,34 +97,8 @@ def test_acc_norm_is_loglik_over_characters_on_hand_examples():
 
 def _family(name: str, vocab: int):
     torch.manual_seed(1)
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if name == "llama":
-        return tiny_llama(vocab, seed=1)
-    if name == "qwen2":
-        return Qwen2ForCausalLM(
-            Qwen2Config(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=256,
-                **common,
-            )
-        ).eval()
-    return GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=32,
-            n_inner=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=256,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            **common,
-        )
-    ).eval()
+    config = tiny_config(name, vocab_size=vocab, max_position=256)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.mark.parametrize(
