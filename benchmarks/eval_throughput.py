@@ -66,22 +66,11 @@ def mmlu_prompt(item: dict) -> str:
 
 
 def build_model(texts: list[str], vocab: int, seed: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    from models.tiny import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(texts, vocab, max_length=1024)
     torch.manual_seed(seed)
     # ~4M parameters: hidden 256, 4 layers (the "few M params" small model of the issue).
     config = LlamaConfig(
