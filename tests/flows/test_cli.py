@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from flows.cli import main
 from tasks.registry import CHAMPION, version_by_alias
 from tasks.tracking import Tracker
 from tasks.workspace import Workspace
+from tests.flows.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "mlora-cli"
@@ -179,16 +179,7 @@ def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
             models = json.loads(response.read())["registered_models"]
         assert [m["name"] for m in models] == [NAME]  # the workspace's store, not ./mlflow.db
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        try:  # mlflow's workers, should any outlive it
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(proc)
 
 
 def test_run_with_a_missing_base_model_prints_one_error_line(

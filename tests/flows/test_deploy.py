@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from data_specs.errors import PipelineError, SpecError
 from tasks.registry import CHAMPION, version_by_alias
 from tasks.tracking import Tracker
 from tasks.workspace import Workspace
+from tests.flows.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo"
@@ -105,21 +105,6 @@ def _start(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess
         return subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM (Prefect shuts down gracefully on it), wait, then SIGKILL what is left."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    try:  # children that outlived their parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _api(base: str, path: str, body: dict | None = None):
@@ -299,7 +284,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         _wait_for("the project's log lines in Prefect's store", project_loggers, 30, procs)
     finally:
         for proc, _ in reversed(list(procs.values())):
-            _stop(proc)
+            stop_process_group(proc)
     # The run did the real work in the served workspace: a registered champion.
     tracker = Tracker(Workspace.resolve(ws), "reduced")
     champion = version_by_alias(tracker, "mlora-reduced", CHAMPION)
