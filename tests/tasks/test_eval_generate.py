@@ -3,20 +3,8 @@ gives the same text as one prompt at a time, on tiny in-memory models."""
 
 from __future__ import annotations
 
-import pytest
-
 from tasks.eval_generate import generate_greedy
-from tests.tasks.test_eval_scoring import BigramLM, make_tokenizer, tiny_llama
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    return make_tokenizer(300)  # ~40 merges on top of the 256 bytes
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return make_tokenizer(259)  # bytes + 3 specials: exactly one token per ASCII character
+from tests.tasks.scoring_models import BigramLM, tiny_llama
 
 
 def test_greedy_generation_stops_at_stop_sequences_and_eos(chars):

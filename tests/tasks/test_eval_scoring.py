@@ -1,17 +1,13 @@
 """Multiple-choice scoring: lm-eval's acc / acc_norm on hand examples, and the batched
 scorer against the one-at-a-time reference, on tiny in-memory models.
 
-The tiny tokenizers and models here are shared with tests/tasks/test_eval_generate.py
-and tests/tasks/test_evaluate.py."""
+The tiny tokenizers and models are in tests/tasks/scoring_models.py (fixtures: conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from torch import nn
-from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import AutoModelForCausalLM
 
 from models.tiny import tiny_config
 from tasks.eval_scoring import (
@@ -20,63 +16,7 @@ from tasks.eval_scoring import (
     score_choices,
     score_choices_reference,
 )
-
-CORPUS = [
-    "Question: What is the capital of France?\nA. Paris\nB. Rome\nC. Oslo\nD. Bern\nAnswer: A",
-    "The passage says the river is long.\nQuestion: is the river long?\nAnswer: yes",
-    "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer: 3 + 4 = 7\n#### 7",
-    "A dog ran across the field. True or False? Answer: True",
-] * 3
-
-
-def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE; vocab_size 260 gives one token per byte (no merges)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    return make_tokenizer(300)  # ~40 merges on top of the 256 bytes
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return make_tokenizer(259)  # bytes + 3 specials: exactly one token per ASCII character
-
-
-def tiny_llama(vocab: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_config("llama", vocab_size=vocab, max_position=256)).eval()
-
-
-class BigramLM(nn.Module):
-    """A causal LM whose next token depends only on the current one: preferences by construction."""
-
-    def __init__(self, vocab: int, table: dict[int, int] | None = None, bias=None):
-        super().__init__()
-        self.vocab, self.table = vocab, table or {}
-        self.bias = torch.zeros(vocab) if bias is None else bias
-        self.dummy = nn.Parameter(torch.zeros(1))  # gives the module a device
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
-        logits = self.bias.expand(*input_ids.shape, self.vocab).clone()
-        for token, nxt in self.table.items():
-            logits[input_ids == token] = 0.0
-            logits[..., nxt] += 20.0 * (input_ids == token)  # near-certain next token
-        return CausalLMOutputWithPast(logits=logits)
-
+from tests.tasks.scoring_models import tiny_llama
 
 # --- acc / acc_norm --------------------------------------------------------------------
 

@@ -25,17 +25,7 @@ from tasks.evaluate import (
     evaluate_model,
     heldout_loss,
 )
-from tests.tasks.test_eval_scoring import BigramLM, make_tokenizer, tiny_llama
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    return make_tokenizer(300)  # ~40 merges on top of the 256 bytes
-
-
-@pytest.fixture(scope="module")
-def chars():
-    return make_tokenizer(259)  # bytes + 3 specials: exactly one token per ASCII character
+from tests.tasks.scoring_models import BigramLM, tiny_llama
 
 
 def _write(path, rows):
