@@ -11,6 +11,11 @@ this computes the singular values σ₁ ≥ σ₂ ≥ … in fp32 and from them:
 MultiLoRA's claim ("more democratic unitary transforms") is a flatter spectrum
 than LoRA of the same total rank: a higher effective rank and a lower top-k
 energy share. A zero ΔW (an untrained adapter) gets zeros everywhere, never NaN.
+
+An adapter's ΔW = B·A (B: out × k, A: k × in, k = n·r) is passed factored
+(``LowRankDelta``) and never formed: with thin QRs B = Q_b R_b and Aᵀ = Q_a R_a,
+ΔW = Q_b (R_b R_aᵀ) Q_aᵀ, so σ(ΔW) = σ(R_b R_aᵀ), a k × k SVD instead of out × in.
+Both paths give min(out, in) values (the factored one padded with exact zeros).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from data_specs.errors import TrainingError  # noqa: E402
+from models.multilora.layer import LowRankDelta  # noqa: E402
 
 # Metrics averaged by the aggregates and the summary.
 _SUMMARY_COLUMNS = ("effective_rank", "stable_rank")
@@ -70,34 +76,76 @@ def spectrum_metrics(singular_values: np.ndarray, top_k: Sequence[int] = (1, 4, 
     return out
 
 
+def low_rank_singular_values(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Singular values of b @ a (descending, min(out, in) of them) without forming it.
+
+    b: (out × k), a: (k × in). Costs two thin QRs and a k × k SVD, O((out + in)·k²),
+    where the dense SVD costs O(out·in·min(out, in)). Past the rank the values are exact
+    zeros (the dense SVD gives round-off there).
+    """
+    if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
+        raise ValueError(
+            f"a low-rank ΔW needs b (out × k) and a (k × in), got {tuple(b.shape)} and "
+            f"{tuple(a.shape)}"
+        )
+    r_b = torch.linalg.qr(b, mode="r").R  # (min(out, k) × k)
+    r_a = torch.linalg.qr(a.t(), mode="r").R  # (min(in, k) × k)
+    sigma = torch.linalg.svdvals(r_b @ r_a.t())
+    full = min(b.shape[0], a.shape[1])
+    return torch.cat([sigma, sigma.new_zeros(full - sigma.numel())])
+
+
+def _singular_values(module: str, delta) -> tuple[int, int, np.ndarray]:
+    """(rows, cols, fp32 σ) of a dense ΔW or a ``LowRankDelta``, on the tensors' device."""
+    if isinstance(delta, tuple):
+        b, a = (f.detach().float() for f in delta)
+        _check_finite(module, b, a)
+        sigma = low_rank_singular_values(b, a)
+        _check_finite(module, sigma)  # finite factors whose product overflows fp32
+        rows, cols = b.shape[0], a.shape[1]
+    else:
+        matrix = delta.detach().float()
+        if matrix.ndim != 2:
+            matrix = matrix.reshape(matrix.shape[0], -1)  # conv-style weights: out x (in * k)
+        _check_finite(module, matrix)
+        sigma = torch.linalg.svdvals(matrix)
+        rows, cols = matrix.shape
+    return int(rows), int(cols), sigma.cpu().numpy().astype(np.float32)
+
+
+def _check_finite(module: str, *tensors: torch.Tensor) -> None:
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise TrainingError(
+            "the weight update has NaN or infinite values",
+            where=f"ΔW of {module}",
+            fix="training diverged: lower the learning rate or enable gradient clipping",
+        )
+
+
 def analyse_deltas(
-    deltas: Mapping[str, torch.Tensor], top_k: Sequence[int] = (1, 4, 8), progress: bool = False
+    deltas: Mapping[str, torch.Tensor | LowRankDelta],
+    top_k: Sequence[int] = (1, 4, 8),
+    progress: bool = False,
 ) -> pd.DataFrame:
     """One row per adapted matrix: module, layer_type, depth, shape, singular values (fp32),
     normalised spectrum, top-k energy shares, effective rank, stable rank.
 
-    The SVD runs on the tensor's own device (a GPU makes large models quick).
+    A value is a dense ΔW (out × in) or a ``LowRankDelta`` (b, a) with ΔW = b @ a; both give
+    the same row (rows × cols = out × in, min(out, in) singular values), the factored one
+    without ever forming ΔW. The SVD runs on the tensor's own device (a GPU makes large
+    dense updates quick).
     """
     rows = []
     for module, delta in tqdm(deltas.items(), desc="svd", disable=not progress, mininterval=2):
-        matrix = delta.detach().float()
-        if matrix.ndim != 2:
-            matrix = matrix.reshape(matrix.shape[0], -1)  # conv-style weights: out x (in * k)
-        if not torch.isfinite(matrix).all():
-            raise TrainingError(
-                "the weight update has NaN or infinite values",
-                where=f"ΔW of {module}",
-                fix="training diverged: lower the learning rate or enable gradient clipping",
-            )
-        sigma = torch.linalg.svdvals(matrix).cpu().numpy().astype(np.float32)
+        n_rows, n_cols, sigma = _singular_values(module, delta)
         layer_type, depth = parse_module_path(module)
         rows.append(
             {
                 "module": module,
                 "layer_type": layer_type,
                 "depth": depth,
-                "rows": int(matrix.shape[0]),
-                "cols": int(matrix.shape[1]),
+                "rows": n_rows,
+                "cols": n_cols,
                 "singular_values": sigma,
                 **spectrum_metrics(sigma, top_k),
             }

@@ -20,11 +20,12 @@ from .config import (
     TargetNotFoundError,
 )
 from .export import export_peft, peft_state_dict, peft_target_modules
-from .layer import MultiLoRALinear
+from .layer import LowRankDelta, MultiLoRALinear
 from .model import (
     InjectionReport,
     adapter_parameter_groups,
     adapter_state_dict,
+    delta_factors,
     delta_weights,
     inject_multilora,
     linear_layer_names,
@@ -44,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "AdapterFormatError",
     "InjectionReport",
+    "LowRankDelta",
     "MultiLoRAConfig",
     "MultiLoRAConfigError",
     "MultiLoRAError",
@@ -51,6 +53,7 @@ __all__ = [
     "TargetNotFoundError",
     "adapter_parameter_groups",
     "adapter_state_dict",
+    "delta_factors",
     "delta_weights",
     "export_peft",
     "inject_multilora",

@@ -25,6 +25,7 @@ optimizer still updates the fp32 parameters.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,6 +35,20 @@ from .config import MultiLoRAConfig, MultiLoRAError
 
 # nn.Linear's own init: kaiming_uniform_(a=sqrt(5)) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _KAIMING_A = math.sqrt(5)
+
+
+class LowRankDelta(NamedTuple):
+    """A weight update kept factored: ΔW = b @ a, never formed as a dense matrix.
+
+    b is (out × k) and a is (k × in), k = n·r for an adapter, so the pair costs
+    (out + in)·k numbers instead of out·in, and ΔW's singular values come from a
+    k × k problem (``tasks.analyse``).
+    """
+
+    b: torch.Tensor
+    """(out × k) fp32: the up-projections with every scale folded in."""
+    a: torch.Tensor
+    """(k × in) fp32: the down-projections."""
 
 
 class MultiLoRALinear(nn.Module):
@@ -123,9 +138,18 @@ class MultiLoRALinear(nn.Module):
         """B ⊙ S: the up-projection with scales and alpha/r folded in, (out, n·r) fp32."""
         return self.lora_B * self.column_scale()
 
+    def delta_factors(self) -> LowRankDelta:
+        """ΔW factored as (B ⊙ S, A): fp32 (out × n·r) and (n·r × in), whatever the base layout.
+
+        The scales and alpha/r (alpha/sqrt(r) with rsLoRA) are all in the first factor,
+        so ``b @ a`` is exactly ``delta_weight()``. ``a`` is the lora_A parameter itself.
+        """
+        return LowRankDelta(self.effective_B(), self.lora_A)
+
     def delta_weight(self) -> torch.Tensor:
         """ΔW as a dense fp32 (out × in) matrix, whatever the base layout."""
-        return self.effective_B() @ self.lora_A
+        b, a = self.delta_factors()
+        return b @ a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)

@@ -1,7 +1,7 @@
 """Put MultiLoRA into any causal LM, and take it out again.
 
 inject (freeze the base, wrap the target linears) · save / load (safetensors +
-versioned JSON) · merge / unmerge · ΔW per layer · optimizer parameter groups.
+versioned JSON) · merge / unmerge · ΔW per layer (dense or factored) · optimizer parameter groups.
 Module paths are always the *base model's* paths ("model.layers.0.self_attn.q_proj"),
 so saved adapters do not depend on how the wrapper names its children.
 """
@@ -27,7 +27,7 @@ from .config import (
     MultiLoRAError,
     TargetNotFoundError,
 )
-from .layer import MultiLoRALinear
+from .layer import LowRankDelta, MultiLoRALinear
 
 ADAPTER_WEIGHTS_NAME = "adapter.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -286,6 +286,19 @@ def unmerge_adapters(model: nn.Module) -> None:
 def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Module path -> dense fp32 ΔW (out × in), on the CPU; for SVD analysis."""
     return {path: layer.delta_weight().cpu() for path, layer in multilora_layers(model)}
+
+
+@torch.no_grad()
+def delta_factors(model: nn.Module) -> dict[str, LowRankDelta]:
+    """Module path -> ΔW factored as fp32 (b: out × n·r, a: n·r × in), b @ a = ΔW; CPU copies.
+
+    What ``delta_weights`` gives without ever forming out × in: for spectrum analysis of
+    large models (``tasks.analyse.analyse_deltas`` takes these pairs as they are).
+    """
+    return {
+        path: LowRankDelta(*(f.detach().to("cpu", copy=True) for f in layer.delta_factors()))
+        for path, layer in multilora_layers(model)
+    }
 
 
 def set_reference_forward(model: nn.Module, enabled: bool) -> None:

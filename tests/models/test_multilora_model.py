@@ -15,6 +15,7 @@ from models.multilora import (
     TargetNotFoundError,
     adapter_parameter_groups,
     adapter_state_dict,
+    delta_factors,
     delta_weights,
     inject_multilora,
     load_adapter,
@@ -162,6 +163,22 @@ def test_delta_weights_are_out_by_in():
         for path, delta in delta_weights(model).items():
             layer = model.get_submodule(path)
             assert delta.shape == (layer.out_features, layer.in_features), path
+
+
+@pytest.mark.parametrize("scale_shape", ["scalar", "vector"])
+def test_delta_factors_multiply_to_delta_weights(scale_shape):
+    for family in ("llama", "gpt2"):
+        model, _ = adapted(family, scale_shape=scale_shape)
+        perturb_adapters(model)
+        dense, factors = delta_weights(model), delta_factors(model)
+        assert list(factors) == list(dense)
+        for path, (b, a) in factors.items():
+            layer = model.get_submodule(path)
+            assert b.shape == (layer.out_features, 12) and a.shape == (12, layer.in_features)
+            assert b.dtype == a.dtype == torch.float32 and not (b.requires_grad or a.requires_grad)
+            torch.testing.assert_close(b @ a, dense[path], **TOL)
+            a.zero_()  # copies: the caller may write to them
+        assert all(torch.count_nonzero(layer.lora_A) for _, layer in multilora_layers(model))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

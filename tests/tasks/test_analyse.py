@@ -7,11 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from data_specs.errors import TrainingError
+from models.multilora import LowRankDelta, MultiLoRAConfig, MultiLoRALinear
 from tasks.analyse import (
     aggregate_analysis,
     analyse_deltas,
+    low_rank_singular_values,
     parse_module_path,
     plot_effective_rank,
     plot_spectra,
@@ -117,3 +120,84 @@ def test_plots_and_summary_name_the_flatter_arm(tmp_path):
     assert "| untrained | 1 |" in text  # the zero arm is listed, with finite numbers
     assert "nan" not in text.lower()
     assert summarise_flatness({}) == "No adapted matrices to analyse."
+
+
+def _adapter_layer(out_features, in_features, seed=0, **config):
+    """A MultiLoRA layer whose A, B and (learnable) scales are all random and non-zero."""
+    torch.manual_seed(seed)
+    layer = MultiLoRALinear(nn.Linear(in_features, out_features), MultiLoRAConfig(**config))
+    with torch.no_grad():
+        for tensor in (layer.lora_A, layer.lora_B, layer.lora_scale):
+            if tensor.requires_grad:
+                tensor.copy_(torch.randn(tensor.shape))
+    return layer
+
+
+# (out, in, config): n·r = 12 or 16 against out and in on both sides of it.
+ADAPTERS = {
+    "multilora_scalar": (40, 24, dict(n_modules=3, rank=4, alpha=8)),
+    "multilora_vector": (40, 24, dict(n_modules=3, rank=4, alpha=8, scale_shape="vector")),
+    "multilora_rslora": (40, 24, dict(n_modules=4, rank=4, alpha=8, use_rslora=True)),
+    "lora": (40, 24, dict(n_modules=1, rank=12, alpha=24, init="lora")),
+    "out_below_nr": (6, 24, dict(n_modules=4, rank=4, scale_shape="vector")),
+    "in_below_nr": (40, 5, dict(n_modules=4, rank=4)),
+    "both_below_nr": (9, 7, dict(n_modules=1, rank=16, init="lora")),
+}
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_factored_singular_values_equal_the_dense_svd(name):
+    out_features, in_features, config = ADAPTERS[name]
+    layer = _adapter_layer(out_features, in_features, **config)
+    with torch.no_grad():
+        b, a = layer.delta_factors()
+        dense = torch.linalg.svdvals(layer.delta_weight())
+        factored = low_rank_singular_values(b, a)
+    assert torch.count_nonzero(b) == b.numel()  # the scales really are folded in
+    assert factored.shape == (min(out_features, in_features),)
+    torch.testing.assert_close(factored, dense, rtol=1e-4, atol=1e-5 * float(dense[0]))
+    rank = min(out_features, in_features, layer.n_modules * layer.rank)
+    assert torch.count_nonzero(factored) == rank  # exact zeros past the rank
+
+
+def test_factored_zero_update_gives_zeros_not_nan():
+    layer = _adapter_layer(16, 8, n_modules=1, rank=4, init="lora")
+    with torch.no_grad():
+        layer.lora_B.zero_()
+        factors = layer.delta_factors()
+    assert torch.equal(low_rank_singular_values(*factors), torch.zeros(8))
+    row = analyse_deltas({"model.layers.0.mlp.up_proj": factors}).iloc[0]
+    assert (row.rows, row.cols, len(row.singular_values)) == (16, 8, 8)
+    values = [row.effective_rank, row.stable_rank, row.top1_energy, row.sigma_max]
+    assert values == [0.0, 0.0, 0.0, 0.0]
+    assert not np.isnan(row.spectrum_normalised).any()
+
+
+def test_dense_and_factored_deltas_give_the_same_table():
+    dense, factored = {}, {}
+    for depth, name in enumerate(ADAPTERS):
+        out_features, in_features, config = ADAPTERS[name]
+        layer = _adapter_layer(out_features, in_features, seed=depth, **config)
+        path = f"model.layers.{depth}.self_attn.{name}"
+        with torch.no_grad():
+            dense[path] = layer.delta_weight()
+            factored[path] = LowRankDelta(*layer.delta_factors())
+    want, got = analyse_deltas(dense), analyse_deltas(factored)
+    assert list(got.columns) == list(want.columns)
+    exact = ["module", "layer_type", "depth", "rows", "cols"]
+    assert got[exact].equals(want[exact])
+    for column in want.columns.difference(exact):
+        for w, g in zip(want[column], got[column], strict=True):
+            assert np.shape(g) == np.shape(w), column
+            assert g == pytest.approx(w, rel=1e-4, abs=1e-5 * (float(np.max(w)) or 1.0)), column
+    assert all(s.dtype == np.float32 for s in got["singular_values"])
+
+
+def test_non_finite_or_mismatched_factors_are_errors():
+    b, a = torch.ones(6, 2), torch.ones(2, 4)
+    bad = a.clone()
+    bad[1, 3] = float("inf")
+    with pytest.raises(TrainingError, match="layers.2.v_proj"):
+        analyse_deltas({"model.layers.2.v_proj": LowRankDelta(b, bad)})
+    with pytest.raises(ValueError, match=r"\(6, 2\) and \(3, 4\)"):
+        low_rank_singular_values(b, torch.ones(3, 4))
