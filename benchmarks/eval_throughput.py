@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.prompt_format import PromptFormat  # noqa: E402
 from tasks.eval_scoring import score_choices, score_choices_reference  # noqa: E402
 
 DEFAULT_MMLU = Path("/work/shared/data/real/mmlu")
@@ -117,6 +118,7 @@ def main() -> None:
         contexts + [o for it in items for o in it["options"]], args.vocab, args.seed
     )
     model.to(args.device)
+    fmt = PromptFormat(tokenizer, "plain")
     ctx_tokens = [len(ids) for ids in tokenizer(contexts, add_special_tokens=False)["input_ids"]]
     n_ref = min(args.reference_items, len(items))
 
@@ -136,7 +138,7 @@ def main() -> None:
     for mode in ("letters", "texts"):
         choices = [LETTERS if mode == "letters" else it["options"] for it in items]
         # Warm-up: first calls pay for kernel selection and allocator growth.
-        score_choices(model, tokenizer, contexts[:4], choices[:4], batch_size=4, device=args.device)
+        score_choices(model, fmt, contexts[:4], choices[:4], batch_size=4, device=args.device)
         t_batched = t_ref = 0.0
         diff = 0.0
         # Interleave the two scorers in rounds, so load from other processes on a shared
@@ -147,7 +149,7 @@ def main() -> None:
             batched, dt = timed(
                 lambda a=lo, b=hi, c=choices: score_choices(
                     model,
-                    tokenizer,
+                    fmt,
                     contexts[a:b],
                     c[a:b],
                     batch_size=args.batch_size,
@@ -157,7 +159,7 @@ def main() -> None:
             t_batched += dt
             reference, dt = timed(
                 lambda a=lo, b=ref_hi, c=choices: score_choices_reference(
-                    model, tokenizer, contexts[a:b], c[a:b], device=args.device
+                    model, fmt, contexts[a:b], c[a:b], device=args.device
                 )
             )
             t_ref += dt

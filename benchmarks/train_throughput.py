@@ -90,10 +90,17 @@ class StepTimer(TrainerCallback):
         return time.perf_counter() - self.start
 
 
-def run_arm(name, config, data, args, device, dtype):
-    torch.manual_seed(0)
+def random_model(config, device, dtype):
+    """A randomly initialised Llama of `config` (no download)."""
     with torch.device(device):  # initialise on the device: ~10x faster than on CPU for 1B params
-        model = LlamaForCausalLM(config).to(dtype=dtype)
+        return LlamaForCausalLM(config).to(dtype=dtype)
+
+
+def run_arm(name, config, data, args, device, dtype, make_model=random_model):
+    """Train arm `name` on `data` and time the steps after the warm-up; `make_model(config,
+    device, dtype)` builds the base (benchmarks/real_model.py loads a pretrained one)."""
+    torch.manual_seed(0)
+    model = make_model(config, device, dtype)
     model.config.use_cache = False
     targets = BLOCK_LINEARS["llama"]
     training = TrainingSpec(

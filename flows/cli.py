@@ -14,6 +14,7 @@ PREFECT_HOME once, at import time.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", help="run the whole pipeline on a spec")
     run.add_argument("spec", help="path to a YAML spec, e.g. data_specs/demo.yaml")
+    run.add_argument(
+        "--summary-json", help="also write the run's summary (metrics, stage times) to this file"
+    )
     data = command("data", help="run the data stages only and print the per-source table")
     data.add_argument("spec")
     data.add_argument(
@@ -105,12 +109,16 @@ def format_summary(summary: dict) -> str:
             f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
             f"data stages reused: {reused}; base evaluation "
             + ("reused" if summary.get("base_evaluation_reused") else "scored"),
+            f"prompt format (base and arms): {summary['prompt_format']}",
             "",
             table,
             "",
             f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
             f"champion {'v' + summary['champion'] if summary['champion'] else 'none'} "
             f"({summary['decision']})",
+            *[f"  gate: {reason}" for reason in summary["decision_reasons"]],
+            "stage times: "
+            + ", ".join(f"{k} {v:.0f}s" for k, v in summary["stage_seconds"].items()),
             f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
             f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
         ]
@@ -158,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from flows.pipeline import pipeline_flow
 
-            print(format_summary(pipeline_flow(args.spec, str(ws.root))))
+            summary = pipeline_flow(args.spec, str(ws.root))
+            if args.summary_json:
+                Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+            print(format_summary(summary))
         elif args.command == "data":
             from flows.data import data_flow, format_source_table
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from tasks.analyse import (
     summarise_flatness,
 )
 from tasks.arm_models import arm_deltas, load_for_inference
-from tasks.base_model import check_base_model, prepare_base_model
+from tasks.base_model import check_base_model, load_revision, prepare_base_model, prompt_format
 from tasks.catalog import Catalog
 from tasks.eval_cache import (
     EVAL_ID_TAG,
@@ -48,6 +49,7 @@ from tasks.eval_cache import (
     save_base_eval,
 )
 from tasks.evaluate import EvalResult, SuiteData, compare_arms, evaluate_model
+from tasks.gguf_base import gguf_origin
 from tasks.plots import plot_loss_curves
 from tasks.promote import run_gate
 from tasks.registry import (
@@ -60,7 +62,7 @@ from tasks.registry import (
     version_by_alias,
 )
 from tasks.tracking import Tracker, code_version
-from tasks.train import ArmResult, load_result, resolve_device
+from tasks.train import ArmResult, load_result, resolve_device, resolve_prompt_format
 from tasks.train_launch import launch_arm
 from tasks.workspace import Workspace
 
@@ -91,14 +93,42 @@ class PipelineSummary:
     challenger: str
     champion: str | None
     decision: str
+    decision_reasons: list[str]
+    """Why the gate decided as it did (the base model's score among them)."""
+    prompt_format: str
+    """The one prompt format of the run (base and arms alike), in words."""
+    stage_seconds: dict[str, float]
+    """Wall time of each stage of this run (data, base_model, evaluate_base, train_<arm>, ...)."""
     reused_data_stages: list[str]
     base_evaluation_reused: bool
     """The base model's scores came from the workspace cache (tasks/eval_cache.py)."""
     ui_command: str
 
 
+@contextmanager
+def timed(stage_seconds: dict[str, float], stage: str):
+    """Add the block's wall time to stage_seconds[stage] (the summary's stage times)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def base_tags(spec: PipelineSpec, base: str, fmt_tags: dict[str, str]) -> dict[str, str]:
+    """What every run and version records of its base model and prompt format: the spec's
+    base model, the GGUF file it was converted from (if it was), the format's tags."""
+    origin = gguf_origin(base) if spec.base_model.gguf_file else None
+    return {
+        "mlora.base_model": spec.base_model.label,
+        **(origin.as_tags() if origin else {}),
+        **fmt_tags,
+    }
+
+
 def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
-    """Hash of what decides an arm's weights: base model, the arm, training settings.
+    """Hash of what decides an arm's weights: base model, the arm, training settings and
+    the prompt format.
 
     Editing a spec's description, evaluation or promotion settings changes its spec
     hash but not this: the trained arms, their runs and versions are reused.
@@ -109,6 +139,7 @@ def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
             arm.model_dump(mode="json"),
             spec.training.model_dump(mode="json"),
             spec.seed,
+            spec.prompt_format,  # the tokens the arm is trained on
         ],
         sort_keys=True,
     )
@@ -158,7 +189,13 @@ def spec_lock(ws: Workspace, spec: PipelineSpec):
 
 @task(name="train-arm", cache_policy=NO_CACHE)
 def train_arm_task(
-    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, arm: ArmSpec, parent_id: str
+    ws: Workspace,
+    spec: PipelineSpec,
+    data: DataOutputs,
+    base: str,
+    arm: ArmSpec,
+    parent_id: str,
+    lineage: dict[str, str],
 ) -> tuple[ArmResult, str, bool]:
     tracker = Tracker(ws, spec.name)
     run_id, finished = tracker.child_run(
@@ -170,8 +207,8 @@ def train_arm_task(
             "mlora.adapter_kind": arm.kind,
             "mlora.spec_hash": spec.spec_hash,
             "mlora.mixture_id": data.mixture_id,
-            "mlora.base_model": spec.base_model.name_or_path or "tiny",
             "mlora.code_version": code_version(),
+            **lineage,
         },
     )
     done_dir = arm_dir(ws, spec, data.mixture_id, arm)
@@ -195,11 +232,14 @@ def train_arm_task(
                 train_path=data.train_dir,
                 validation_path=data.validation_path,
                 output_dir=arm_dir(ws, spec, data.mixture_id, arm),
-                revision=spec.base_model.revision,
+                revision=load_revision(spec),
                 dtype=spec.base_model.dtype,
                 trust_remote_code=spec.base_model.trust_remote_code,
                 attn_implementation=spec.base_model.attn_implementation,
-                base_model_name=spec.base_model.name_or_path,
+                # What PEFT users load the export on: the hub id, or the folder (a converted
+                # GGUF file, the tiny model) the arm was trained on.
+                base_model_name=base,
+                prompt_format=lineage["mlora.prompt_format"],
                 tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
                 callbacks=[tracker.training_callback(run_id)],
             )
@@ -228,8 +268,10 @@ def train_arm_task(
 def _score(
     spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | None
 ) -> EvalResult:
-    """The base model (result None) or an arm on every suite and the held-out rows."""
+    """The base model (result None) or an arm on every suite and the held-out rows, in the
+    run's prompt format (the same for both: like is compared with like)."""
     model, tokenizer, device = load_for_inference(spec, base, result)
+    fmt = resolve_prompt_format(tokenizer, spec.prompt_format, base)
     suites = [
         SuiteData(
             suite,
@@ -240,13 +282,12 @@ def _score(
     ]
     return evaluate_model(
         model,
-        tokenizer,
+        fmt,
         suites,
         Path(data.validation_path),
         spec.evaluation,
         device,
         max_length=spec.training.max_length,
-        use_chat_template=spec.training.chat_template,
     )
 
 
@@ -329,7 +370,7 @@ def analyse_task(
     table = pd.concat([f.assign(arm=name) for name, f in frames.items()], ignore_index=True)
     tracker.log_table(
         parent_id,
-        table.drop(columns=["singular_values", "normalised_spectrum"], errors="ignore"),
+        table.drop(columns=["singular_values", "spectrum_normalised"], errors="ignore"),
         "analysis/spectra.json",
     )
     summary = summarise_flatness(frames)
@@ -347,6 +388,7 @@ def register_task(
     result: ArmResult,
     run_id: str,
     metrics: dict[str, float],
+    lineage: dict[str, str],
     rescored: bool = False,
 ):
     """Register the arm's adapter (once per run key); a version registered earlier whose arm
@@ -370,19 +412,19 @@ def register_task(
         base_is_local=spec.base_model.tiny is not None,
         model_config={
             "kind": arm.kind,
-            "revision": spec.base_model.revision,
+            "revision": load_revision(spec),
             "trust_remote_code": spec.base_model.trust_remote_code,
             "max_new_tokens": spec.evaluation.max_new_tokens,
-            "chat_template": spec.training.chat_template,
+            "prompt_format": lineage["mlora.prompt_format"],
         },
         extra_artifacts=extra,
         tags={
             "spec_hash": spec.spec_hash,
             "mixture_id": data.mixture_id,
-            "base_model": spec.base_model.name_or_path or "tiny",
             "arm": arm.name,
             "adapter_kind": arm.kind,
             "code_version": code_version(),
+            **{k.removeprefix("mlora."): v for k, v in lineage.items()},
             **headline,
         },
     )
@@ -409,10 +451,17 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     spec, base_dir = load_spec(spec_path)
     logger.info("spec %s (hash %s), workspace %s", spec.name, spec.spec_hash, ws.root)
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
-    check_base_model(spec, Path(spec_path).resolve())  # so does a base model that cannot be found
-
-    data = run_data_stages(spec, base_dir, ws)
-    base = prepare_base_model(spec, data, ws)
+    # So does a base model that cannot be found; a GGUF file is converted here, once.
+    stages: dict[str, float] = {}
+    with timed(stages, "base_model"):
+        check_base_model(spec, Path(spec_path).resolve(), ws=ws)
+    with timed(stages, "data"):
+        data = run_data_stages(spec, base_dir, ws)
+    with timed(stages, "base_model"):
+        base = prepare_base_model(spec, data, ws)
+        fmt = prompt_format(spec, base)
+    logger.info("prompt format (training, scoring and serving alike): %s", fmt.describe())
+    lineage = base_tags(spec, base, fmt.as_tags())
 
     tracker = Tracker(ws, spec.name)
     parent_id = tracker.start_parent(
@@ -420,15 +469,20 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
         tags={
             "mlora.spec_hash": spec.spec_hash,
             "mlora.mixture_id": data.mixture_id,
-            "mlora.base_model": spec.base_model.name_or_path or "tiny",
             "mlora.code_version": code_version(),
             "mlora.spec_file": str(Path(spec_path).resolve()),
+            **lineage,
         },
         params=spec.canonical(),
     )
     try:
         with spec_lock(ws, spec):
-            summary = _train_evaluate_register(ws, spec, data, base, tracker, parent_id)
+            summary = _train_evaluate_register(
+                ws, spec, data, base, tracker, parent_id, lineage, fmt.describe(), stages
+            )
+        tracker.log_metrics(
+            parent_id, {f"stage_seconds_{k}": v for k, v in summary.stage_seconds.items()}
+        )
     except BaseException:
         tracker.finish(parent_id, "FAILED")
         tracker.fail_unfinished_children(parent_id)
@@ -437,22 +491,37 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     return asdict(summary)
 
 
-def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> PipelineSummary:
+def _train_evaluate_register(
+    ws, spec, data, base, tracker, parent_id, lineage, format_description, stages
+) -> PipelineSummary:
     tracker.log_json(parent_id, data.source_table, "data/source_table.json")
     manifest = Path(data.train_dir) / "manifest.json"
     if manifest.is_file():
         tracker.log_artifact(parent_id, manifest, "data")
 
-    base_metrics, base_reused, eval_id = evaluate_base_task(ws, spec, data, base, parent_id)
+    with timed(stages, "evaluate_base"):
+        base_metrics, base_reused, eval_id = evaluate_base_task(ws, spec, data, base, parent_id)
 
     arms: list[ArmSummary] = []
     results: dict[str, ArmResult] = {}
     for arm in spec.arms:  # sequential: arms compete for the same cores / GPU
-        result, run_id, reused = train_arm_task(ws, spec, data, base, arm, parent_id)
-        metrics, scores_reused = evaluate_task(ws, spec, data, base, result, run_id, eval_id)
-        version = register_task(
-            ws, spec, data, base, arm, result, run_id, metrics, rescored=not scores_reused
-        )
+        with timed(stages, f"train_{arm.name}"):
+            result, run_id, reused = train_arm_task(ws, spec, data, base, arm, parent_id, lineage)
+        with timed(stages, f"evaluate_{arm.name}"):
+            metrics, scores_reused = evaluate_task(ws, spec, data, base, result, run_id, eval_id)
+        with timed(stages, "register"):
+            version = register_task(
+                ws,
+                spec,
+                data,
+                base,
+                arm,
+                result,
+                run_id,
+                metrics,
+                lineage,
+                rescored=not scores_reused,
+            )
         results[arm.name] = result
         arms.append(
             ArmSummary(
@@ -468,7 +537,8 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         plot_loss_curves({n: r.history for n, r in results.items()}),
         "plots/loss_curves.png",
     )
-    analysis = analyse_task(ws, spec, base, results, parent_id)
+    with timed(stages, "analyse"):
+        analysis = analyse_task(ws, spec, base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
     table = [{"model": "base", **_headline(base_metrics, spec)}] + [
         {"model": a.arm, "version": a.version, **a.metrics} for a in arms
@@ -515,9 +585,12 @@ def _train_evaluate_register(ws, spec, data, base, tracker, parent_id) -> Pipeli
         challenger=best.version,
         champion=str(champion.version) if champion else None,
         decision=decision.as_tags()["promotion.decision"],
+        decision_reasons=list(decision.reasons),
+        prompt_format=format_description,
         reused_data_stages=list(data.reused_stages),
         base_evaluation_reused=base_reused,
         ui_command=tracker.ui_command(),
+        stage_seconds={k: round(v, 1) for k, v in stages.items()},
     )
 
 

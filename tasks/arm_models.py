@@ -6,8 +6,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from data_specs.schema import PipelineSpec
-from models.multilora import delta_weights, load_adapter, merge_adapters
+from models.multilora import LowRankDelta, delta_factors, load_adapter, merge_adapters
 from models.multilora.model import matching_module_names
+from tasks.base_model import load_revision
 from tasks.train import (
     BASE_MODEL_FIELD,
     ArmResult,
@@ -26,7 +27,7 @@ def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, 
     # A full fine-tune was saved whole (weights + tokenizer): load it instead of the base.
     model, tokenizer = load_base(
         result.adapter_dir if full else base,
-        revision=None if full else spec.base_model.revision,
+        revision=None if full else load_revision(spec),
         dtype=dtype,
         trust_remote_code=spec.base_model.trust_remote_code,
         where=_full_fine_tune(result) if full else _base_source(spec),
@@ -39,11 +40,17 @@ def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, 
 
 
 @torch.no_grad()
-def arm_deltas(spec: PipelineSpec, base: str, result: ArmResult) -> dict[str, torch.Tensor]:
-    """Module path -> fp32 ΔW of an arm: B·A folded with scales, or W_ft - W_0 for `full`."""
+def arm_deltas(
+    spec: PipelineSpec, base: str, result: ArmResult
+) -> dict[str, torch.Tensor | LowRankDelta]:
+    """Module path -> fp32 ΔW of an arm, for ``tasks.analyse.analyse_deltas``.
+
+    Adapter arms give the factors (B with scales folded in, A), never the dense out × in
+    matrix; `full` gives the dense W_ft - W_0.
+    """
     if result.kind != "full":
         model, _, _ = load_for_inference(spec, base, result, merge=False)
-        return delta_weights(model)
+        return delta_factors(model)
     arm = next(a for a in spec.arms if a.name == result.arm)
     base_model, _, _ = load_for_inference(spec, base, None)
     with model_load_errors(result.adapter_dir, None, _full_fine_tune(result)):

@@ -1,4 +1,5 @@
-"""The base-model stage: a hub id / local path as given, or the tiny demo model built here.
+"""The base-model stage: a hub id / local path as given, a GGUF file converted once
+(tasks/gguf_base.py), or the tiny demo model built here.
 
 The tiny model's tokenizer is trained on the mixture's own text, so the
 model folder is keyed by the tiny config and the mixture id: a changed
@@ -8,7 +9,12 @@ path a hub id takes.
 
 A hub id or local path is checked before any work (`check_base_model`): a
 model that cannot be found, or not fetched while offline, fails once, before
-the data stages, with one error naming the spec field and the fix.
+the data stages, with one error naming the spec field and the fix. A GGUF base
+model is converted (or its earlier conversion found) at that point: the conversion is
+its check.
+
+Every stage after this one loads the path `base_model_path` returns, at the revision
+`load_revision` gives, and prompts it in the run's prompt format (`prompt_format`).
 """
 
 from __future__ import annotations
@@ -23,28 +29,37 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoConfig
 
 from data_specs.schema import PipelineSpec
+from models.prompt_format import PromptFormat
 from models.tiny import build_tiny_model
+from tasks.gguf_base import converted_folder, locate_gguf
 from tasks.train import (
     BASE_MODEL_FIELD,
     load_tokenizer,
     model_load_errors,
     read_records,
     require_config,
+    resolve_prompt_format,
 )
 from tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.base_model")
 
 
-def check_base_model(spec: PipelineSpec, spec_file: str | Path | None = None) -> None:
+def check_base_model(
+    spec: PipelineSpec, spec_file: str | Path | None = None, *, ws: Workspace | None = None
+) -> None:
     """Raise a TrainingError naming base_model.name_or_path (and `spec_file`) unless the
     model's config and tokenizer load.
 
     Takes seconds: no weights are read, and online only small files the train stage needs
     anyway are fetched. The tiny model is built later from the mixture: nothing to check.
+    A GGUF file is converted into `ws` now (once per file; without `ws` only found).
     """
     base = spec.base_model
     if base.tiny is not None:
+        return
+    if base.gguf_file is not None:
+        converted_folder(base, ws) if ws is not None else locate_gguf(base)
         return
     where = f"spec {spec_file}, base_model.name_or_path" if spec_file else BASE_MODEL_FIELD
     require_config(base.name_or_path, where)
@@ -65,8 +80,25 @@ def tiny_model_dir(spec: PipelineSpec, mixture_id: str, ws: Workspace):
     return ws.models_dir / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def load_revision(spec: PipelineSpec) -> str | None:
+    """The revision to load `base_model_path` at: the spec's for a hub model, None for a
+    folder the pipeline made (a converted GGUF file, whose repo the revision pins, or tiny)."""
+    base = spec.base_model
+    return None if base.gguf_file or base.tiny else base.revision
+
+
+def prompt_format(spec: PipelineSpec, base: str) -> PromptFormat:
+    """The run's prompt format: spec.prompt_format resolved against the base tokenizer."""
+    tokenizer = load_tokenizer(
+        base, revision=load_revision(spec), trust_remote_code=spec.base_model.trust_remote_code
+    )
+    return resolve_prompt_format(tokenizer, spec.prompt_format, base)
+
+
 def base_model_path(spec: PipelineSpec, train_dir: str, mixture_id: str, ws: Workspace) -> str:
     """Path or hub id the train stage loads with from_pretrained."""
+    if spec.base_model.gguf_file is not None:
+        return str(converted_folder(spec.base_model, ws))
     if spec.base_model.tiny is None:
         return spec.base_model.name_or_path
     out = tiny_model_dir(spec, mixture_id, ws)

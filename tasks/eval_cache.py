@@ -40,7 +40,9 @@ from tasks.workspace import Workspace
 
 # Bump when scoring code changes the numbers it gives for the same inputs: every cached
 # base evaluation is then scored again.
-EVAL_CODE_VERSION = 2  # 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match)
+# 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match); 3: every scorer encodes
+# prompts in the run's prompt format (models/prompt_format.py), as training does.
+EVAL_CODE_VERSION = 3
 STAGE, FILE = "base_eval", "evaluation.json"
 # On an arm's run: the key of the evaluation its logged scores come from. A reused arm
 # is scored again when the current key differs, so arms and base compare like with like.
@@ -63,12 +65,14 @@ def base_eval_inputs(
 ) -> dict:
     """Everything that decides the base model's scores, as JSON-able values."""
     tiny = spec.base_model.tiny is not None
+    # Folders the pipeline made are named by what decides them: the tiny model's by its
+    # config, the mixture and the seed (its tokenizer is trained on the mixture), a
+    # converted GGUF file's by the file's sha256. The workspace around them does not matter.
+    made_here = tiny or spec.base_model.gguf_file is not None
     return {
         "base_model": spec.base_model.model_dump(mode="json"),
-        # The tiny model's folder name hashes its config, the mixture and the seed (its
-        # tokenizer is trained on the mixture); the workspace around it does not matter.
-        "model": Path(base).name if tiny else base,
-        "model_files": None if tiny else _folder_fingerprint(base),
+        "model": Path(base).name if made_here else base,
+        "model_files": None if made_here else _folder_fingerprint(base),
         "device": device,
         "libraries": {name: _version(name) for name in ("torch", "transformers")},
         "evaluation": spec.evaluation.model_dump(mode="json"),
@@ -84,7 +88,7 @@ def base_eval_inputs(
         ],
         "validation": mixture_id,
         "max_length": spec.training.max_length,
-        "chat_template": spec.training.chat_template,
+        "prompt_format": spec.prompt_format,
         "code": EVAL_CODE_VERSION,
     }
 

@@ -1,8 +1,10 @@
 """Greedy generation from a causal LM, batched with left padding and a KV cache.
 
-Prompts run longest first in batches (less padding); each row stops at eos or at the
-first of the suite's stop sequences, and its text is returned cut before that
-stop sequence. Generation suites (GSM8K-style exact match, tasks/evaluate.py)
+Prompts are encoded in the run's prompt format (models/prompt_format.py), as training
+encoded them, and run longest first in batches (less padding); each row stops at an
+end-of-turn token (the tokenizer's eos, which training appends to every response, and
+the model's generation_config eos ids: `<|im_end|>` for a ChatML model) or at the first
+of the suite's stop sequences, and its text is returned cut before that stop sequence. Generation suites (GSM8K-style exact match, tasks/evaluate.py)
 are scored from these texts.
 
 The model must already be on `device`; it is put in eval mode for the call
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from models.prompt_format import PromptFormat
 from tasks.eval_scoring import _CausalLM, _eval_mode, _left_pad, _positions
 
 
@@ -26,25 +29,24 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 def generate_greedy(
     model,
-    tokenizer,
+    fmt: PromptFormat,
     prompts: Sequence[str],
     *,
     max_new_tokens: int,
     stop_sequences: Sequence[str] = (),
     batch_size: int = 16,
     device=None,
-    add_bos: bool = True,
     progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
     """Greedy continuations of `prompts`, batched with left padding and a KV cache.
 
-    Each row stops at eos or when its text contains a stop sequence; the text is
-    returned cut before the first stop sequence (eos is never included).
+    Each row stops at an end-of-turn token or when its text contains a stop sequence;
+    the text is returned cut before the first stop sequence (end tokens are never included).
     """
-    lm = _CausalLM(model, tokenizer, device, add_bos)
+    lm = _CausalLM(model, fmt, device)
     budget = None if lm.max_length is None else max(1, lm.max_length - max_new_tokens)
-    encoded = [(lm.prefix + ids) or list(lm.empty_context) for ids in lm.encode(list(prompts))]
+    encoded = [ids or list(lm.empty_context) for ids in fmt.encode(list(prompts))]
     if budget is not None:
         encoded = [ids[-budget:] for ids in encoded]  # keep the question, drop old shots
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -74,7 +76,7 @@ def _generate_batch(
         for row, token in enumerate(next_ids.tolist()):
             if done[row]:
                 continue
-            if token == lm.eos_id:
+            if token in lm.stop_ids:
                 done[row] = True
                 continue
             generated[row].append(token)

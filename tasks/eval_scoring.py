@@ -13,6 +13,10 @@ distribution: single-token choices (MMLU letters, yes/no, True/False) are
 scored from that one forward pass alone. Longer choices reuse the context's KV
 cache (its rows picked per choice, choices grouped by length to limit padding),
 so only their own tokens are run.
+
+Prompts go through the run's prompt format (models/prompt_format.py), exactly as
+training encoded them: with a chat format the context is the user turn plus the
+assistant's generation prompt, and the choice follows it as the trained response did.
 `score_choices_reference` scores one (context, choice) pair per forward pass,
 with no padding and no cache; a test holds the two to the same numbers.
 
@@ -37,6 +41,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.prompt_format import PromptFormat
+
 # --- the model, called the same way whatever its transformers version ----------------
 
 
@@ -52,11 +58,17 @@ def _forward_parameters(model) -> set[str]:
         return set(params)
 
 
+# Largest full-logits tensor a scorer asks the model for (rows x length x vocab x 4 bytes):
+# evaluation memory stays bounded whatever the vocabulary and the batch size.
+LOGITS_BUDGET_BYTES = 256 << 20
+
+
 class _CausalLM:
     """A causal LM plus the few facts the scorers need about it and its tokenizer."""
 
-    def __init__(self, model, tokenizer, device=None, add_bos: bool = True):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, fmt: PromptFormat, device=None):
+        self.model, self.fmt, self.tokenizer = model, fmt, fmt.tokenizer
+        tokenizer = fmt.tokenizer
         params = _forward_parameters(model)
         # transformers >= 5.x names the KV cache `cache`; older versions `past_key_values`.
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -66,11 +78,13 @@ class _CausalLM:
         self.device = torch.device(device)
         config = getattr(model, "config", None)
         self.max_length: int | None = getattr(config, "max_position_embeddings", None)
+        self.vocab_size: int = getattr(config, "vocab_size", None) or len(fmt.tokenizer)
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        self.eos_id: int | None = eos
-        self.prefix: list[int] = [bos] if add_bos and bos is not None else []
+        self.stop_ids = fmt.stop_ids(getattr(model, "generation_config", None))
         # An empty context still needs one token to condition on (lm-eval uses eos).
-        self.empty_context: list[int] = self.prefix or ([eos] if eos is not None else [0])
+        self.empty_context: list[int] = (
+            [bos] if bos is not None else ([eos] if eos is not None else [0])
+        )
         pad = tokenizer.pad_token_id
         # The pad id only fills masked positions, so any valid id will do.
         self.pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
@@ -93,6 +107,11 @@ class _CausalLM:
             if new_cache is None:
                 new_cache = out.get("past_key_values") if isinstance(out, dict) else None
         return out.logits, new_cache
+
+    def rows_within_budget(self, length: int) -> int:
+        """How many rows of `length` tokens one forward pass may hold while its full fp32
+        logits stay within LOGITS_BUDGET_BYTES (at least one)."""
+        return max(1, LOGITS_BUDGET_BYTES // (4 * max(1, length) * self.vocab_size))
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -200,11 +219,14 @@ class _Request:
 def _encode_requests(
     lm: _CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
 ) -> list[_Request]:
-    """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):]."""
+    """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):],
+    the context rendered in the run's prompt format (its prefix added after)."""
     ctx_texts, cont_texts = [], []
-    for context, options in zip(contexts, choices, strict=True):
-        # lm-eval moves the context's trailing whitespace into the continuation.
-        stripped = context.rstrip()
+    chat = lm.fmt.kind == "chat"
+    for context, options in zip(lm.fmt.render(contexts), choices, strict=True):
+        # lm-eval moves the context's trailing whitespace into the continuation. Not in
+        # a chat format: its generation prompt ends the context, as it did in training.
+        stripped = context if chat else context.rstrip()
         moved = context[len(stripped) :]
         ctx_texts.append(stripped)
         cont_texts.append([moved + delimiter + c for c in options])
@@ -214,7 +236,7 @@ def _encode_requests(
     )
     flat_cont = lm.encode([t for conts in cont_texts for t in conts])
     requests, k = [], 0
-    for ctx, conts in zip(ctx_ids, cont_texts, strict=True):
+    for ctx_text, ctx, conts in zip(ctx_texts, ctx_ids, cont_texts, strict=True):
         continuations = []
         for _ in conts:
             whole = flat_whole[k]
@@ -223,7 +245,7 @@ def _encode_requests(
             ok = whole[: len(ctx)] == ctx and len(whole) > len(ctx)
             continuations.append(whole[len(ctx) :] if ok else flat_cont[k])
             k += 1
-        full_ctx = lm.prefix + ctx if ctx else list(lm.empty_context)
+        full_ctx = lm.fmt.prefix(ctx_text) + ctx if ctx else list(lm.empty_context)
         longest = max((len(c) for c in continuations), default=0)
         if lm.max_length is not None and len(full_ctx) + longest > lm.max_length:
             # Too long for the model: drop the context's oldest tokens (as lm-eval does).
@@ -266,31 +288,32 @@ def _score_batch(
         (b, j) for b, r in enumerate(batch) for j, c in enumerate(r.continuations) if len(c) > 1
     ]
     lengths = [len(batch[b].continuations[j]) for b, j in rows]
-    for group in _length_groups(lengths, overhead):
-        part = [rows[g] for g in group]
-        index = torch.tensor([b for b, _ in part])
-        conts = [batch[b].continuations[j] for b, j in part]
-        cont_ids, cont_mask = _right_pad([c[:-1] for c in conts], lm.pad_id)
-        targets, _ = _right_pad([c[1:] for c in conts], 0)
-        positions = ctx_mask.sum(-1)[index][:, None] + torch.arange(cont_ids.shape[1])[None, :]
-        mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
-        logits, _ = lm(cont_ids, mask, positions, cache=_cache_rows(cache, index))
-        logp = _token_logprobs(logits, targets.to(logits.device)).cpu() * cont_mask
-        for (b, j), total in zip(part, logp.sum(-1).tolist(), strict=True):
-            scores[b][j] += total
+    for whole_group in _length_groups(lengths, overhead):
+        step = lm.rows_within_budget(max(lengths[g] for g in whole_group))
+        for at in range(0, len(whole_group), step):  # bounded logits, as in held-out loss
+            part = [rows[g] for g in whole_group[at : at + step]]
+            index = torch.tensor([b for b, _ in part])
+            conts = [batch[b].continuations[j] for b, j in part]
+            cont_ids, cont_mask = _right_pad([c[:-1] for c in conts], lm.pad_id)
+            targets, _ = _right_pad([c[1:] for c in conts], 0)
+            positions = ctx_mask.sum(-1)[index][:, None] + torch.arange(cont_ids.shape[1])[None, :]
+            mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
+            logits, _ = lm(cont_ids, mask, positions, cache=_cache_rows(cache, index))
+            logp = _token_logprobs(logits, targets.to(logits.device)).cpu() * cont_mask
+            for (b, j), total in zip(part, logp.sum(-1).tolist(), strict=True):
+                scores[b][j] += total
     return scores
 
 
 def score_choices(
     model,
-    tokenizer,
+    fmt: PromptFormat,
     contexts: Sequence[str],
     choices: Sequence[Sequence[str]],
     *,
     delimiter: str = " ",
     batch_size: int = 16,
     device=None,
-    add_bos: bool = True,
     progress: bool = False,
     desc: str = "score",
     split_overhead_tokens: int = SPLIT_OVERHEAD_TOKENS,
@@ -301,7 +324,7 @@ def score_choices(
     first (less padding) and returned in input order. Multi-token choices run in
     extra passes grouped by length (`split_overhead_tokens`: see `_length_groups`).
     """
-    lm = _CausalLM(model, tokenizer, device, add_bos)
+    lm = _CausalLM(model, fmt, device)
     requests = _encode_requests(lm, contexts, choices, delimiter)
     order = sorted(
         range(len(requests)),
@@ -327,17 +350,16 @@ def score_choices(
 
 def score_choices_reference(
     model,
-    tokenizer,
+    fmt: PromptFormat,
     contexts: Sequence[str],
     choices: Sequence[Sequence[str]],
     *,
     delimiter: str = " ",
     device=None,
-    add_bos: bool = True,
 ) -> list[list[float]]:
     """The same numbers as `score_choices`, one (context, choice) per forward pass: no padding,
     no cache. Slow; it is the reference the batched scorer is checked against."""
-    lm = _CausalLM(model, tokenizer, device, add_bos)
+    lm = _CausalLM(model, fmt, device)
     requests = _encode_requests(lm, contexts, choices, delimiter)
     results = []
     with _eval_mode(model):

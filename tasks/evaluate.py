@@ -10,9 +10,10 @@ then assembles flat MLflow metrics (per suite, per category, the macro mean)
 and one prediction row per item. `compare_arms` turns the metrics of several
 arms into the parent run's comparison table.
 
-Held-out loss uses the training tokenisation (tasks/tokenise.py: bos + prompt
-+ response + eos, loss on response + eos), so it is the same quantity as the
-training loop's validation loss.
+Every prompt is encoded in the run's prompt format (models/prompt_format.py), the one
+training used: held-out loss uses the training tokenisation itself (tasks/tokenise.py:
+prefix + prompt + response + eos, loss on response + eos), so it is the same quantity as
+the training loop's validation loss, and the scorers encode their contexts the same way.
 
 The model must already be on `device`; it is put in eval mode for the call
 and given back in the mode it came in.
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 
 from data_specs.errors import DataError
 from data_specs.schema import GSM8K_METRICS
+from models.prompt_format import PromptFormat
 from tasks.eval_generate import generate_greedy
 from tasks.eval_scoring import (
     _CausalLM,
@@ -72,20 +74,19 @@ class EvalResult:
 
 def heldout_loss(
     model,
-    tokenizer,
+    fmt: PromptFormat,
     table: pa.Table,
     *,
     batch_size: int = 16,
     device=None,
     max_length: int | None = None,
-    use_chat_template: bool = False,
 ) -> dict[str, tuple[float, int]]:
     """Summed response-token NLL and token count per source: {source: (nll_sum, tokens)}.
 
     Tokenisation is the training one (tasks/tokenise.py), so the mean is the
     same quantity the training loop reports as validation loss.
     """
-    lm = _CausalLM(model, tokenizer, device, add_bos=True)
+    lm = _CausalLM(model, fmt, device)
     max_length = max_length or lm.max_length or 2048  # 2048: a safe default for unknown configs
     totals: dict[str, tuple[float, int]] = {}
     sources = table.column("source").to_pylist()
@@ -93,16 +94,18 @@ def heldout_loss(
         for source in sorted(set(sources)):
             rows = [i for i, s in enumerate(sources) if s == source]
             examples, _ = tokenise_records(
-                table.take(rows),
-                tokenizer,
-                max_length=max_length,
-                loss_on_prompt=False,
-                use_chat_template=use_chat_template,
+                table.take(rows), fmt, max_length=max_length, loss_on_prompt=False
             )
             examples.sort(key=lambda e: -len(e.input_ids))
             nll, count = 0.0, 0
-            for start in range(0, len(examples), batch_size):
-                chunk = examples[start : start + batch_size]
+            start = 0
+            while start < len(examples):
+                # Full logits are rows x length x vocab floats: with a 49k vocabulary 16 rows
+                # of 160 tokens are 0.5 GB (and as much again for the log-softmax), so a batch
+                # runs in as many rows as fit the budget.
+                rows_now = min(batch_size, lm.rows_within_budget(len(examples[start].input_ids)))
+                chunk = examples[start : start + rows_now]
+                start += rows_now
                 ids, mask = _right_pad([e.input_ids for e in chunk], lm.pad_id)
                 labels, _ = _right_pad([e.labels for e in chunk], IGNORE)
                 logits, _ = lm(ids, mask, _positions(mask))
@@ -200,7 +203,7 @@ def build_contexts(
 
 
 def _score_suite(
-    model, tokenizer, suite: SuiteData, settings: EvaluationSpec, device
+    model, prompts: PromptFormat, suite: SuiteData, settings: EvaluationSpec, device
 ) -> tuple[dict[str, float], pd.DataFrame]:
     spec, fmt = suite.spec, suite_format(suite.spec)
     all_rows = _read_rows(Path(suite.path), f"suite {spec.name!r}")
@@ -221,7 +224,7 @@ def _score_suite(
     if fmt.kind == "multiple_choice":
         lls = score_choices(
             model,
-            tokenizer,
+            prompts,
             contexts,
             [r["choices"] for r in rows],
             delimiter=fmt.target_delimiter,
@@ -252,7 +255,7 @@ def _score_suite(
     else:
         outputs = generate_greedy(
             model,
-            tokenizer,
+            prompts,
             contexts,
             max_new_tokens=settings.max_new_tokens,
             stop_sequences=fmt.stop_sequences,
@@ -318,14 +321,13 @@ def _prediction(
 
 def evaluate_model(
     model,
-    tokenizer,
+    fmt: PromptFormat,
     suites: list[SuiteData],
     validation_path: Path | None,
     settings: EvaluationSpec,
     device=None,
     *,
     max_length: int | None = None,
-    use_chat_template: bool = False,
 ) -> EvalResult:
     """Score a model on every suite and on held-out rows; flat metrics plus a prediction table.
 
@@ -335,15 +337,15 @@ def evaluate_model(
     as `<suite>_flexible_extract`), `category_<category>_score` (mean headline
     score of the category's suites), `eval_macro_acc` (mean headline score over
     suites), and from `validation_path`: `val_loss`, `val_ppl` (token-weighted over
-    all sources) and `val_loss_<source>`. `max_length` and `use_chat_template`
-    should match training so the validation loss is the training one.
+    all sources) and `val_loss_<source>`. `fmt` is the run's prompt format and
+    `max_length` the training one, so the validation loss is the training one.
     """
     metrics: dict[str, float] = {}
     frames = []
     by_category: dict[str, list[float]] = defaultdict(list)
     headline = []
     for suite in suites:
-        suite_metrics, frame = _score_suite(model, tokenizer, suite, settings, device)
+        suite_metrics, frame = _score_suite(model, fmt, suite, settings, device)
         metrics.update(suite_metrics)
         frames.append(frame)
         score = suite_metrics[f"{suite.spec.name}_{suite_format(suite.spec).headline_metric}"]
@@ -364,12 +366,11 @@ def evaluate_model(
             )
         totals = heldout_loss(
             model,
-            tokenizer,
+            fmt,
             table,
             batch_size=settings.batch_size,
             device=device,
             max_length=max_length,
-            use_chat_template=use_chat_template,
         )
         for source, (nll, count) in totals.items():
             if count:

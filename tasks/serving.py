@@ -5,7 +5,10 @@
 
 takes a DataFrame with a `prompt` column and returns one with a `completion`
 column (greedy decoding; `params={"max_new_tokens": N}` overrides the version's
-budget, 0 keeps it; generation also stops at the model's context length).
+budget, 0 keeps it; generation also stops at the model's context length). Each
+prompt is encoded in the prompt format the adapter was trained in (the version's
+`prompt_format`, through models/prompt_format.py as in training and scoring), and
+the answer ends at the tokenizer's eos (`<|im_end|>` for a ChatML model).
 
 This file is logged as "model code" (MLflow's models-from-code): the version
 stores this source, not a pickled object, so loading it never unpickles
@@ -29,6 +32,7 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from models.multilora import load_adapter, merge_adapters
+        from models.prompt_format import PromptFormat
 
         config = context.model_config or {}
         artifacts = context.artifacts
@@ -53,10 +57,10 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.max_new_tokens = int(config.get("max_new_tokens", 64))
-        # Prompts are wrapped the way training wrapped them (tasks/tokenise.py render_prompts).
-        self.chat_template = bool(config.get("chat_template")) and bool(
-            getattr(self.tokenizer, "chat_template", None)
-        )
+        # Prompts are encoded the way training encoded them: the same PromptFormat code.
+        self.format = PromptFormat.resolve(self.tokenizer, config.get("prompt_format", "plain"))
+        generation = getattr(self.model, "generation_config", None)
+        self.stop_ids = sorted(self.format.stop_ids(generation))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """One greedy completion per row of `model_input["prompt"]`."""
@@ -67,21 +71,10 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         completions = []
-        for prompt in model_input["prompt"].astype(str).tolist():
-            if self.chat_template:
-                prompt = tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-            ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-            ids = ids.to(self.device)
-            # Training saw <s> first; tokenizers that do not add it themselves get it here.
-            if tok.bos_token_id is not None and (
-                ids.shape[1] == 0 or ids[0, 0] != tok.bos_token_id
-            ):
-                bos = torch.tensor([[tok.bos_token_id]], device=self.device)
-                ids = torch.cat([bos, ids], 1)
+        for encoded in self.format.encode(model_input["prompt"].astype(str).tolist()):
+            if not encoded:  # an empty plain prompt without bos: condition on eos
+                encoded = [pad_id]
+            ids = torch.tensor([encoded], device=self.device)
             budget = max_new if not context_length else min(max_new, context_length - ids.shape[1])
             if budget <= 0:
                 completions.append("")  # the prompt alone fills the context
@@ -93,6 +86,7 @@ class AdapterGenerator(mlflow.pyfunc.PythonModel):
                     max_new_tokens=budget,
                     do_sample=False,
                     pad_token_id=pad_id,
+                    eos_token_id=self.stop_ids or None,
                 )
             completions.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return pd.DataFrame({"completion": completions})

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from models.prompt_format import PromptFormat
+
 IGNORE = -100
 
 
@@ -37,43 +39,29 @@ class TokeniseStats:
     target_tokens: int
 
 
-def render_prompts(prompts: list[str], tokenizer, use_chat_template: bool) -> list[str]:
-    """Apply the tokenizer's chat template (user turn + generation prompt) when asked and present."""
-    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
-        return prompts
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-
-
 def tokenise_records(
     table: pa.Table,
-    tokenizer,
+    fmt: PromptFormat,
     *,
     max_length: int,
     loss_on_prompt: bool = False,
-    use_chat_template: bool = True,
 ) -> tuple[list[TokenisedExample], TokeniseStats]:
-    """Tokenise prompt/response columns of a canonical table into training examples."""
-    prompts = render_prompts(table.column("prompt").to_pylist(), tokenizer, use_chat_template)
+    """Tokenise prompt/response columns of a canonical table into training examples.
+
+    The prompt goes through the run's prompt format (models/prompt_format.py: the chat
+    template or plain text, with bos), exactly as scoring and generation encode it.
+    """
+    tokenizer = fmt.tokenizer
+    prompt_ids = fmt.encode(table.column("prompt").to_pylist())
     responses = table.column("response").to_pylist()
     # Batched calls go through the Rust tokenizer in one go: ~50x faster than a Python loop.
     # verbose=False: truncation to max_length happens below, so transformers' "longer than
     # the model's maximum ... will result in indexing errors" warning would only alarm.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    # Chat templates such as Llama 3's already open with the BOS text: do not add a second one.
-    if bos and prompts and tokenizer.bos_token and prompts[0].startswith(tokenizer.bos_token):
-        bos = []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = fmt.end_ids()
 
     examples, dropped, truncated, tokens, targets = [], 0, 0, 0, 0
-    for p_ids, r_ids in zip(prompt_ids, response_ids, strict=True):
-        head = bos + p_ids
+    for head, r_ids in zip(prompt_ids, response_ids, strict=True):
         tail = r_ids + eos
         ids = head + tail
         labels = list(ids) if loss_on_prompt else [IGNORE] * len(head) + tail

@@ -49,6 +49,7 @@ from models.multilora import (
     save_adapter,
 )
 from models.multilora.model import ADAPTER_WEIGHTS_NAME
+from models.prompt_format import PromptFormat, PromptFormatError
 from models.training_speed import compile_blocks, enable_activation_checkpointing
 from tasks.tokenise import pack_examples, pad_examples, tokenise_records
 
@@ -75,6 +76,21 @@ class ArmResult:
     trainable_share: float
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int = 0
+    prompt_format: str = "plain"
+    """The prompt format the arm was trained in (models/prompt_format.py): chat or plain."""
+
+
+def resolve_prompt_format(tokenizer, requested: str, model_path: str) -> PromptFormat:
+    """The run's PromptFormat for `tokenizer`; `chat` without a chat template is a TrainingError."""
+    try:
+        return PromptFormat.resolve(tokenizer, requested)
+    except PromptFormatError as exc:
+        raise TrainingError(
+            str(exc),
+            where=f"spec prompt_format (base model {model_path!r})",
+            fix="use prompt_format: auto or plain, or a base model whose tokenizer has a chat "
+            "template (instruct models do)",
+        ) from None
 
 
 def resolve_device(requested: str) -> str:
@@ -323,7 +339,7 @@ def read_records(path: str | Path):
     return pq.ParquetDataset(files).read() if files else None
 
 
-def build_dataset(path, tokenizer, training: TrainingSpec) -> tuple[_Blocks, dict]:
+def build_dataset(path, fmt: PromptFormat, training: TrainingSpec) -> tuple[_Blocks, dict]:
     table = read_records(path)
     if table is None or table.num_rows == 0:
         raise TrainingError(
@@ -332,13 +348,9 @@ def build_dataset(path, tokenizer, training: TrainingSpec) -> tuple[_Blocks, dic
             fix="check the mixture: every source may have been filtered out",
         )
     examples, stats = tokenise_records(
-        table,
-        tokenizer,
-        max_length=training.max_length,
-        loss_on_prompt=training.loss_on_prompt,
-        use_chat_template=training.chat_template,
+        table, fmt, max_length=training.max_length, loss_on_prompt=training.loss_on_prompt
     )
-    pad_id = tokenizer.pad_token_id
+    pad_id = fmt.tokenizer.pad_token_id
     rows = (pack_examples if training.pack else pad_examples)(examples, training.max_length, pad_id)
     return _Blocks(rows), {**asdict(stats), "sequences": len(rows)}
 
@@ -488,6 +500,7 @@ def train_arm(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     base_model_name: str | None = None,
+    prompt_format: str = "auto",
     callbacks: list[TrainerCallback] | tuple = (),
 ) -> ArmResult:
     """Train one arm to completion, resuming from the last checkpoint in `output_dir` if any."""
@@ -508,6 +521,7 @@ def train_arm(
     # Without this transformers builds a KV cache in training and then ignores the packed
     # position ids: examples in one block would attend to each other (see tests/tasks/test_tokenise.py).
     model.config.use_cache = False
+    fmt = resolve_prompt_format(tokenizer, prompt_format, model_path)
     trainable, share = prepare_arm_model(model, arm)
     if training.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -518,17 +532,19 @@ def train_arm(
             raise TrainingError(
                 str(exc), where=model_path, fix="set training.compile: false"
             ) from exc
-    train_set, data_stats = build_dataset(train_path, tokenizer, training)
+    train_set, data_stats = build_dataset(train_path, fmt, training)
     eval_set = None
     if validation_path is not None and read_records(validation_path).num_rows:
-        eval_set, _ = build_dataset(validation_path, tokenizer, training)
+        eval_set, _ = build_dataset(validation_path, fmt, training)
     log.info(
-        "[%s] %s trainable parameters (%.3f%% of the base), %d sequences, device %s",
+        "[%s] %s trainable parameters (%.3f%% of the base), %d sequences, device %s, "
+        "prompt format: %s",
         arm.name,
         f"{trainable:,}",
         100 * share,
         data_stats["sequences"],
         device,
+        fmt.describe(),
     )
 
     args = TrainingArguments(
@@ -588,7 +604,17 @@ def train_arm(
     if output.global_step == resumed_steps:  # killed after the last checkpoint: nothing left to run
         logged = [h["loss"] for h in progress.history if "loss" in h]
         train_loss = logged[-1] if logged else float(output.training_loss)
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+    eval_loss = None
+    if eval_set is not None:
+        # A scheduled evaluation at the last step already measured the final weights: a
+        # second pass over the validation blocks would cost as much again for the same number.
+        # (trainer.state's log is kept on every rank, so all ranks take the same branch.)
+        final = [
+            h
+            for h in trainer.state.log_history
+            if "eval_loss" in h and h.get("step") == output.global_step
+        ]
+        eval_loss = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
 
     adapter_dir = output_dir / "adapter"
     peft_dir = None if arm.kind == "full" else output_dir / "peft"
@@ -610,6 +636,7 @@ def train_arm(
         trainable_share=share,
         history=progress.history,
         resumed_from_step=resumed_steps,
+        prompt_format=fmt.kind,
     )
     if math.isnan(result.train_loss):
         raise TrainingError(
@@ -618,7 +645,7 @@ def train_arm(
             fix="lower the learning rate or check the data",
         )
     if trainer.is_world_process_zero():  # under data parallelism only rank 0 writes
-        _write_outputs(model, tokenizer, arm, result, base_model_name or model_path)
+        _write_outputs(model, fmt, arm, result, base_model_name or model_path)
     return result
 
 
@@ -640,15 +667,18 @@ def compile_errors(compiling: bool):
         ) from exc
 
 
-def _write_outputs(model, tokenizer, arm: ArmSpec, result: ArmResult, base_name: str) -> None:
-    """The finished adapter (and PEFT export), then result.json last: its presence means done."""
+def _write_outputs(model, fmt: PromptFormat, arm: ArmSpec, result: ArmResult, base_name: str):
+    """The finished adapter (and PEFT export), each with its prompt format, then result.json
+    last: its presence means done."""
     output_dir = Path(result.output_dir)
     if arm.kind == "full":
         model.save_pretrained(result.adapter_dir)
-        tokenizer.save_pretrained(result.adapter_dir)
+        fmt.tokenizer.save_pretrained(result.adapter_dir)
     else:
         save_adapter(model, result.adapter_dir)
         export_peft(model, result.peft_dir, base_name)
+        fmt.write(result.peft_dir)
+    fmt.write(result.adapter_dir)
     tmp = output_dir / (DONE_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(result), indent=2))
     tmp.rename(output_dir / DONE_FILE)

@@ -13,7 +13,7 @@ from data_specs.errors import SpecError
 from data_specs.schema import TEMPLATE_NAMES, RegistrySpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "data_specs" / "demo.yaml"
+DEMO = REPO / "data_specs" / "demo_tiny.yaml"
 PAPER = REPO / "data_specs" / "paper_mixture.yaml"
 FILE = Path("spec.yaml")
 
@@ -106,7 +106,7 @@ def test_wrong_types_and_values_fail_with_path_and_value(demo, path, value, frag
         (
             "base_model.name_or_path",
             "Qwen/Qwen2.5-0.5B",
-            "give exactly one of name_or_path or tiny",
+            "give exactly one of name_or_path, package or tiny",
         ),
         ("base_model.tiny.num_heads", 3, "hidden_size 128 must be divisible by num_heads 3"),
     ],
@@ -160,8 +160,11 @@ def test_specs_cannot_hold_secrets(demo, path, value):
 
 def test_demo_and_paper_mixture_load_without_network():
     demo, _ = load_spec(DEMO)
+    real, _ = load_spec(DEMO.with_name("demo.yaml"))
     paper, base = load_spec(PAPER)
-    assert base == PAPER.parent and demo.name == "demo"
+    assert base == PAPER.parent and demo.name == "demo-tiny" and real.name == "demo"
+    assert real.base_model.gguf_file and real.registry.must_beat_base  # the real-model demo
+    assert [s.name for s in real.sources] == [s.name for s in demo.sources]
     categories = {s.category for s in paper.sources}
     assert categories == {"instruction", "nlu", "knowledge", "math"}
     hub_ids = {s.hf.id for s in paper.sources}
@@ -221,7 +224,7 @@ def test_primary_metric_must_be_one_the_spec_produces(tmp_path):
 
     from data_specs.schema import demo_spec_path
 
-    data = yaml.safe_load(demo_spec_path().read_text())
+    data = yaml.safe_load(demo_spec_path(tiny=True).read_text())
     data["registry"]["primary_metric"] = "eval_macro_accuracy"
     with pytest.raises(SpecError, match=r"(?s)registry.*eval_macro_accuracy.*knowledge_mc_acc"):
         parse_spec(data, tmp_path / "typo.yaml")

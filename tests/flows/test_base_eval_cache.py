@@ -84,7 +84,7 @@ DECIDING = {
     "suite category": dict(change=_with_suite(category="other")),
     "validation rows": dict(mixture_id="mix2"),
     "max_length": dict(change=_with("training", max_length=64)),
-    "chat_template": dict(change=_with("training", chat_template=False)),
+    "prompt_format": dict(change=lambda s: s.model_copy(update={"prompt_format": "plain"})),
 }
 
 

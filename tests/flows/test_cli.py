@@ -83,7 +83,7 @@ PROBE = (
 @pytest.mark.parametrize("command", ["run", "data", "serve"])
 def test_a_bad_spec_fails_in_one_line_before_prefect_or_torch_load(command, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((REPO / "data_specs" / "demo.yaml").read_text() + "\nsurprise: 1\n")
+    bad.write_text((REPO / "data_specs" / "demo_tiny.yaml").read_text() + "\nsurprise: 1\n")
     done = subprocess.run(
         [sys.executable, "-c", PROBE, command, str(bad), "--workspace", str(tmp_path / "ws")],
         capture_output=True,
@@ -99,7 +99,11 @@ def test_a_bad_spec_fails_in_one_line_before_prefect_or_torch_load(command, tmp_
 
 def test_a_missing_data_file_is_named_by_its_field_before_prefect_starts(tmp_path):
     demo = REPO / "data_specs" / "demo"
-    spec = (REPO / "data_specs" / "demo.yaml").read_text().replace("path: demo/", f"path: {demo}/")
+    spec = (
+        (REPO / "data_specs" / "demo_tiny.yaml")
+        .read_text()
+        .replace("path: demo/", f"path: {demo}/")
+    )
     bad = tmp_path / "missing.yaml"
     bad.write_text(spec.replace("math_train.jsonl", "nosuch.jsonl"))
     done = subprocess.run(
@@ -126,7 +130,7 @@ def test_serve_rejects_a_bad_cron(tmp_path):
             "--workspace",
             str(tmp_path / "ws"),
             "serve",
-            str(REPO / "data_specs" / "demo.yaml"),
+            str(REPO / "data_specs" / "demo_tiny.yaml"),
             "--cron",
             "61 * * * *",
         ],
@@ -188,7 +192,7 @@ def test_run_with_a_missing_base_model_prints_one_error_line(
     """Checked before any work: one `error:` line naming the spec, the field and the fix."""
     import yaml
 
-    spec = yaml.safe_load((REPO / "data_specs" / "demo.yaml").read_text())
+    spec = yaml.safe_load((REPO / "data_specs" / "demo_tiny.yaml").read_text())
     for item in spec["sources"] + spec["eval_suites"]:
         item["path"] = str(REPO / "data_specs" / item["path"])
     spec["base_model"] = {"name_or_path": str(tmp_path / "nomodel")}

@@ -13,7 +13,7 @@ from data_specs.record import RECORD_SCHEMA
 from tasks.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "data_specs" / "demo.yaml"
+DEMO = REPO / "data_specs" / "demo_tiny.yaml"
 
 
 @pytest.fixture(scope="module")

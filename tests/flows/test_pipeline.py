@@ -20,7 +20,7 @@ from tasks.catalog import Catalog
 from tasks.eval_cache import EVAL_ID_TAG
 from tasks.workspace import Workspace
 
-DEMO = demo_spec_path()
+DEMO = demo_spec_path(tiny=True)
 
 
 def reduced_demo(tmp_path: Path, **overrides) -> Path:

@@ -88,9 +88,9 @@ def test_killed_training_resumes_to_the_same_adapter(tmp_path):
 
     uri = f"sqlite:///{killed / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "demo"]
+    (experiment,) = [e for e in client.search_experiments() if e.name == "demo-tiny"]
     arm_runs = client.search_runs([experiment.experiment_id], "tags.`mlora.arm` = 'multilora'")
     assert len(arm_runs) == 1 and arm_runs[0].info.status == "FINISHED"
-    assert len(client.search_model_versions("name = 'mlora-demo'")) == 1
+    assert len(client.search_model_versions("name = 'mlora-demo-tiny'")) == 1
     parents = client.search_runs([experiment.experiment_id], "tags.`mlora.role` = 'pipeline'")
     assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]

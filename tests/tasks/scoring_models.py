@@ -8,6 +8,7 @@ from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from models.prompt_format import PromptFormat
 from models.tiny import tiny_config
 
 CORPUS = [
@@ -55,3 +56,8 @@ class BigramLM(nn.Module):
             logits[input_ids == token] = 0.0
             logits[..., nxt] += 20.0 * (input_ids == token)  # near-certain next token
         return CausalLMOutputWithPast(logits=logits)
+
+
+def plain(tokenizer) -> PromptFormat:
+    """The plain prompt format (no chat template) for `tokenizer`."""
+    return PromptFormat(tokenizer, "plain")

@@ -91,7 +91,7 @@ def test_disabled_keeps_everything(suite):
     assert result.kept.num_rows == 1 and result.drops.num_rows == 0
 
 
-DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs/demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml"
 
 
 def demo_training_and_suites(tmp_path):

@@ -162,7 +162,7 @@ def demo_tables(tmp_path_factory):
     from tasks.normalise import normalise
     from tasks.workspace import Workspace
 
-    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo.yaml")
+    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml")
     ws = Workspace.resolve(tmp_path_factory.mktemp("dedup_demo")).ensure()
     tables = {}
     for item in [*spec.sources, *spec.eval_suites]:

@@ -16,7 +16,7 @@ from tasks.eval_scoring import (
     score_choices,
     score_choices_reference,
 )
-from tests.tasks.scoring_models import tiny_llama
+from tests.tasks.scoring_models import plain, tiny_llama
 
 # --- acc / acc_norm --------------------------------------------------------------------
 
@@ -63,9 +63,9 @@ def test_batched_scorer_matches_one_at_a_time(bpe, family, overhead):
         ["A", "B"],
     ]
     batched = score_choices(
-        model, bpe, contexts, choices, batch_size=3, split_overhead_tokens=overhead
+        model, plain(bpe), contexts, choices, batch_size=3, split_overhead_tokens=overhead
     )
-    reference = score_choices_reference(model, bpe, contexts, choices)
+    reference = score_choices_reference(model, plain(bpe), contexts, choices)
     for got, want in zip(batched, reference, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     assert all(ll < 0 for lls in batched for ll in lls)
@@ -75,9 +75,9 @@ def test_scorer_left_truncates_contexts_longer_than_the_model(bpe):
     model = tiny_llama(len(bpe))
     model.config.max_position_embeddings = 32  # far shorter than the context below
     long_context = "The passage says the river is long. " * 20 + "Answer:"
-    batched = score_choices(model, bpe, [long_context, "Q?"], [["yes", "no"], ["a", "bb"]])
+    batched = score_choices(model, plain(bpe), [long_context, "Q?"], [["yes", "no"], ["a", "bb"]])
     reference = score_choices_reference(
-        model, bpe, [long_context, "Q?"], [["yes", "no"], ["a", "bb"]]
+        model, plain(bpe), [long_context, "Q?"], [["yes", "no"], ["a", "bb"]]
     )
     assert batched[0] == pytest.approx(reference[0], abs=1e-4)
 
@@ -88,7 +88,7 @@ def test_long_contexts_raise_no_indexing_warning(bpe, monkeypatch):
     monkeypatch.setattr(bpe, "model_max_length", 8)
     monkeypatch.setattr(bpe, "deprecation_warnings", {})
     model = tiny_llama(len(bpe))
-    score_choices(model, bpe, ["The passage says the river is long. " * 4], [["yes", "no"]])
+    score_choices(model, plain(bpe), ["The passage says the river is long. " * 4], [["yes", "no"]])
     assert not bpe.deprecation_warnings
 
 

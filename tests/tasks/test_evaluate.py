@@ -25,7 +25,7 @@ from tasks.evaluate import (
     evaluate_model,
     heldout_loss,
 )
-from tests.tasks.scoring_models import BigramLM, tiny_llama
+from tests.tasks.scoring_models import BigramLM, plain, tiny_llama
 
 
 def _write(path, rows):
@@ -54,7 +54,7 @@ def test_uniform_model_gives_known_logliks_acc_and_acc_norm(tmp_path, chars):
         model.lm_head.weight.zero_()
     vocab = model.config.vocab_size
     choices = ["a", "bbbb", "cc"]
-    lls = score_choices(model, chars, ["Q: pick one\nAnswer:"], [choices])[0]
+    lls = score_choices(model, plain(chars), ["Q: pick one\nAnswer:"], [choices])[0]
     expected = [-(len(c) + 1) * math.log(vocab) for c in choices]
     assert lls == pytest.approx(expected, abs=1e-4)
 
@@ -69,7 +69,7 @@ def test_uniform_model_gives_known_logliks_acc_and_acc_norm(tmp_path, chars):
     )
     spec = EvalSuiteSpec(name="toy", path="x", template="arc", kind="multiple_choice")
     result = evaluate_model(
-        model, chars, [SuiteData(spec, path)], None, EvaluationSpec(batch_size=3)
+        model, plain(chars), [SuiteData(spec, path)], None, EvaluationSpec(batch_size=3)
     )
     assert result.metrics["toy_acc"] == pytest.approx(0.5)
     assert result.metrics["toy_acc_norm"] == pytest.approx(0.25)
@@ -92,7 +92,7 @@ def test_constructed_preference_for_yes_gives_expected_acc(tmp_path, chars):
     ]
     path = _write(tmp_path / "boolq.parquet", rows)
     spec = EvalSuiteSpec(name="boolq", path="x", template="superglue_boolq", category="nlu")
-    result = evaluate_model(model, chars, [SuiteData(spec, path)], None, EvaluationSpec())
+    result = evaluate_model(model, plain(chars), [SuiteData(spec, path)], None, EvaluationSpec())
     assert result.metrics["boolq_acc"] == pytest.approx(0.75)
     assert set(result.predictions["predicted"]) == {"yes"}
 
@@ -176,7 +176,7 @@ def test_generation_suite_counts_a_bare_number_only_as_flexible_extract(tmp_path
     table = {ids(":"): space, space: ids("4"), ids("4"): ids("2"), ids("2"): nl, nl: nl}
     model = BigramLM(len(chars), table=table)
     result = evaluate_model(
-        model, chars, [_gsm_suite(tmp_path)], None, EvaluationSpec(max_new_tokens=12)
+        model, plain(chars), [_gsm_suite(tmp_path)], None, EvaluationSpec(max_new_tokens=12)
     )
     # " 42" has no "#### 42": the headline (strict) gives no credit, flexible-extract does.
     assert result.metrics["gsm_exact_match"] == result.metrics["gsm_strict_match"] == 0.0
@@ -216,7 +216,7 @@ def test_generation_suite_reads_the_first_hash_answer_strictly_and_the_last_numb
     answer = chars.encode(" #### 42 (or 41)", add_special_tokens=False)
     # bos sits at position 0, so the prompt's last token is at position len(prompt).
     model = ScriptLM(len(chars), answer, prompt_tokens, chars.eos_token_id)
-    result = evaluate_model(model, chars, [suite], None, EvaluationSpec(max_new_tokens=24))
+    result = evaluate_model(model, plain(chars), [suite], None, EvaluationSpec(max_new_tokens=24))
     assert set(result.predictions["output"]) == {" #### 42 (or 41)"}
     assert result.metrics["gsm_exact_match"] == pytest.approx(2 / 3)  # 42 and 4,2
     assert result.metrics["gsm_strict_match"] == pytest.approx(2 / 3)
@@ -251,11 +251,11 @@ def test_heldout_loss_equals_hand_computation(tmp_path, bpe):
                 per_source.setdefault(source, []).append(-float(logp[len(head) + k - 1, token]))
     everything = [x for v in per_source.values() for x in v]
 
-    totals = heldout_loss(model, bpe, table, batch_size=2)
+    totals = heldout_loss(model, plain(bpe), table, batch_size=2)
     assert {s: n for s, (_, n) in totals.items()} == {s: len(v) for s, v in per_source.items()}
     path = tmp_path / "val.parquet"
     pq.write_table(table, path)
-    metrics = evaluate_model(model, bpe, [], path, EvaluationSpec(batch_size=2)).metrics
+    metrics = evaluate_model(model, plain(bpe), [], path, EvaluationSpec(batch_size=2)).metrics
     assert metrics["val_loss"] == pytest.approx(sum(everything) / len(everything), abs=1e-5)
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]), rel=1e-6)
     for source, losses in per_source.items():
@@ -275,7 +275,7 @@ def test_bad_label_names_file_row_and_field(tmp_path, chars):
     spec = EvalSuiteSpec(name="bad", path="x", template="arc")
     with pytest.raises(DataError, match=r"bad\.parquet: row 1, field label"):
         evaluate_model(
-            tiny_llama(len(chars)), chars, [SuiteData(spec, path)], None, EvaluationSpec()
+            tiny_llama(len(chars)), plain(chars), [SuiteData(spec, path)], None, EvaluationSpec()
         )
 
 

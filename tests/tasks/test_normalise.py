@@ -15,7 +15,7 @@ from tasks.fetch import fetch
 from tasks.normalise import normalise
 from tasks.templates import TEMPLATES, register
 
-DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs" / "demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs" / "demo_tiny.yaml"
 
 
 def records(tmp_path, workspace, rows: list[dict], template: str, fields=None) -> list[dict]:

@@ -9,8 +9,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from data_specs.record import make_record, records_to_table
+from models.prompt_format import PromptFormat
 from models.tiny import tiny_config
 from tasks.tokenise import IGNORE, TokenisedExample, pack_examples, tokenise_records
+from tests.tasks.scoring_models import plain
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,9 @@ def _table(pairs):
 
 
 def test_labels_cover_the_response_and_eos_only(char_tokenizer):
-    examples, stats = tokenise_records(_table([("ab:", " cd")]), char_tokenizer, max_length=32)
+    examples, stats = tokenise_records(
+        _table([("ab:", " cd")]), plain(char_tokenizer), max_length=32
+    )
     (ex,) = examples
     assert len(ex.input_ids) == 1 + 3 + 3 + 1  # bos, prompt, response, eos
     assert ex.labels[:4] == [IGNORE] * 4
@@ -50,14 +54,14 @@ def test_labels_cover_the_response_and_eos_only(char_tokenizer):
 
 def test_loss_on_prompt_trains_everything_but_the_first_token(char_tokenizer):
     (ex,), _ = tokenise_records(
-        _table([("ab:", " cd")]), char_tokenizer, max_length=32, loss_on_prompt=True
+        _table([("ab:", " cd")]), plain(char_tokenizer), max_length=32, loss_on_prompt=True
     )
     assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
 
 
 def test_truncation_cuts_the_response_end_and_drops_untrainable_rows(char_tokenizer):
     table = _table([("abc:", " defgh"), ("abcdefghij", " k")])
-    examples, stats = tokenise_records(table, char_tokenizer, max_length=7)
+    examples, stats = tokenise_records(table, plain(char_tokenizer), max_length=7)
     assert stats.truncated == 2 and stats.dropped_no_target == 1
     (ex,) = examples
     assert len(ex.input_ids) == 7 and ex.labels[-1] != IGNORE  # kept, cut inside the response
@@ -68,7 +72,9 @@ def test_texts_longer_than_the_model_maximum_raise_no_indexing_warning(char_toke
     # warning (recorded in deprecation_warnings when it fires) would only alarm users.
     monkeypatch.setattr(char_tokenizer, "model_max_length", 4)
     monkeypatch.setattr(char_tokenizer, "deprecation_warnings", {})
-    examples, _ = tokenise_records(_table([("abcde:", " ijklmn")]), char_tokenizer, max_length=8)
+    examples, _ = tokenise_records(
+        _table([("abcde:", " ijklmn")]), plain(char_tokenizer), max_length=8
+    )
     assert len(examples[0].input_ids) == 8
     assert not char_tokenizer.deprecation_warnings
 
@@ -134,10 +140,11 @@ def test_chat_template_wraps_the_prompt_when_the_tokenizer_has_one(char_tokenize
         "{% if add_generation_prompt %}a:{% endif %}"
     )
     table = _table([("ab", " cd")])
-    (plain,), _ = tokenise_records(table, char_tokenizer, max_length=32, use_chat_template=False)
-    (chat,), _ = tokenise_records(table, char_tokenizer, max_length=32, use_chat_template=True)
+    assert PromptFormat.resolve(char_tokenizer).kind == "chat"  # auto: the template is there
+    (bare,), _ = tokenise_records(table, plain(char_tokenizer), max_length=32)
+    (chat,), _ = tokenise_records(table, PromptFormat.resolve(char_tokenizer), max_length=32)
     text = char_tokenizer.decode(chat.input_ids, skip_special_tokens=True)
     assert text.replace(" ", "") == "#ab\na:cd".replace(" ", "")
-    assert len(chat.input_ids) == len(plain.input_ids) + 4  # "#", "\n", "a", ":"
+    assert len(chat.input_ids) == len(bare.input_ids) + 4  # "#", "\n", "a", ":"
     assert chat.labels[-4:] == chat.input_ids[-4:]  # response + eos still the only targets
     char_tokenizer.chat_template = None

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from data_specs.errors import TrainingError
 from data_specs.record import make_record, records_to_table
 from data_specs.schema import ArmSpec, TrainingSpec
+from models.prompt_format import PromptFormat
 from models.tiny import BLOCK_LINEARS, build_tiny_model
 from models.training_speed import compile_blocks
 from tasks.train import resolve_device, train_arm
@@ -227,7 +228,7 @@ def test_scales_get_their_own_learning_rate_and_weight_decay(setup):
     )
     model, tokenizer = load_base(base, revision=None, dtype=torch.float32, trust_remote_code=False)
     prepare_arm_model(model, arm)
-    data, _ = build_dataset(root / "mix", tokenizer, TRAINING)
+    data, _ = build_dataset(root / "mix", PromptFormat.resolve(tokenizer), TRAINING)
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
@@ -256,7 +257,8 @@ def test_epochs_and_gradient_checkpointing(setup, tmp_path):
     from tasks.train import build_dataset
 
     # One epoch = every packed sequence once at batch 4, activations recomputed in backward.
-    _, stats = build_dataset(root / "mix", AutoTokenizer.from_pretrained(base), training)
+    fmt = PromptFormat.resolve(AutoTokenizer.from_pretrained(base))
+    _, stats = build_dataset(root / "mix", fmt, training)
     assert result.steps == math.ceil(stats["sequences"] / training.batch_size) != TRAINING.max_steps
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert len(losses) == result.steps and not any(math.isnan(x) for x in losses)

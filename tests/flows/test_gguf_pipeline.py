@@ -1,0 +1,116 @@
+"""The whole DAG on a GGUF base model whose tokenizer has a chat template (a tiny one,
+written here): converted once, prompted in one format everywhere, recorded in MLflow, and
+usable from its PEFT export and, in a fresh process, from the registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from models.tiny import build_tiny_model
+from tasks.gguf_base import gguf_origin
+from tests.flows.test_pipeline import reduced_demo
+from tests.gguf_fixture import write_llama_gguf
+from tests.tasks.test_prompt_format import CHAT_TEMPLATE, TEXTS
+
+PROMPT = "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
+
+
+@pytest.fixture(scope="module")
+def gguf_run(prefect_harness, tmp_path_factory):
+    """One pipeline run of the reduced demo on a tiny chat model given as a GGUF file."""
+    import flows.pipeline as pipeline
+
+    tmp = tmp_path_factory.mktemp("gguf-pipeline")
+    build_tiny_model(tmp / "hf", TEXTS, vocab_size=320, hidden_size=32, intermediate_size=64,
+                     num_layers=2, num_heads=2, max_position=256, seed=0)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "hf")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(tmp / "hf")
+    gguf_file = write_llama_gguf(model, tokenizer, tmp / "gguf" / "tiny-chat-f32.gguf")
+
+    path = reduced_demo(tmp)
+    spec = yaml.safe_load(path.read_text())
+    spec["name"] = "gguf-demo"
+    spec["base_model"] = {"name_or_path": str(gguf_file.parent), "gguf_file": gguf_file.name}
+    spec["registry"]["must_beat_base"] = False  # a random base: the gate is not the subject
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    ws_root = tmp / "workspace"
+    summary = pipeline.pipeline_flow(str(path), str(ws_root))
+    (folder,) = (ws_root / "models").glob("gguf-*")
+    return summary, folder, gguf_file, f"sqlite:///{ws_root / 'mlflow.db'}"
+
+
+def test_the_run_prompts_in_the_chat_format_and_records_the_gguf_origin(gguf_run):
+    summary, folder, gguf_file, uri = gguf_run
+    assert "chat template" in summary["prompt_format"]
+    assert set(summary["stage_seconds"]) >= {"base_model", "data", "evaluate_base", "analyse"}
+    origin = gguf_origin(folder)
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"]).data.tags
+    assert parent["mlora.prompt_format"] == "chat"
+    assert parent["mlora.gguf.sha256"] == origin.sha256
+    assert parent["mlora.base_model"] == f"{gguf_file.parent}/{gguf_file.name}"
+    for arm in summary["arms"]:
+        version = client.get_model_version(summary["registered_model"], arm["version"])
+        assert version.tags["prompt_format"] == "chat"
+        assert version.tags["gguf.sha256"] == origin.sha256
+        assert version.tags["gguf.gguf_file"] == gguf_file.name
+        run = client.get_run(arm["run_id"]).data.tags
+        assert run["mlora.prompt_format"] == "chat"
+
+
+def test_the_peft_export_loads_on_the_converted_folder(gguf_run, tmp_path):
+    from peft import PeftModel
+
+    summary, folder, _, uri = gguf_run
+    arm = summary["arms"][1]  # the lora arm
+    client = MlflowClient(uri)
+    local = client.download_artifacts(arm["run_id"], "peft_adapter", str(tmp_path))
+    config = json.loads((tmp_path / "peft_adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), local)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        assert not torch.allclose(peft_model(ids).logits, base(ids).logits)  # the update is there
+    assert (
+        json.loads((tmp_path / "peft_adapter" / "prompt_format.json").read_text())["prompt_format"]
+        == "chat"
+    )
+
+
+def test_a_fresh_process_answers_through_the_challenger_alias(gguf_run, tmp_path):
+    summary, _, _, uri = gguf_run
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "model = mlflow.pyfunc.load_model(f'models:/{sys.argv[2]}@challenger')\n"
+        "out = model.predict(pd.DataFrame({'prompt': [sys.argv[3]]}), params={'max_new_tokens': 4})\n"
+        "print('RESULT' + json.dumps(out['completion'].tolist()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, uri, summary["registered_model"], PROMPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "HF_HUB_OFFLINE": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "TOKENIZERS_PARALLELISM": "false",
+        },  # fmt: skip
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+    (completion,) = json.loads(line.removeprefix("RESULT"))
+    assert isinstance(completion, str)

@@ -1,0 +1,152 @@
+"""One prompt format per run: training, held-out loss, multiple choice, generation and the
+served model put the same tokens in front of the model.
+
+The tiny tokenizer here has a ChatML-like chat template, so a stage that scored the raw
+prompt (as multiple choice and generation once did while training used the template)
+feeds different ids and fails these tests.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from data_specs.record import make_record, records_to_table
+from models.multilora import MultiLoRAConfig, inject_multilora, save_adapter
+from models.prompt_format import FORMAT_FILE, PromptFormat, PromptFormatError
+from models.tiny import build_tiny_model
+from tasks.eval_generate import generate_greedy
+from tasks.eval_scoring import _CausalLM, _encode_requests
+from tasks.evaluate import heldout_loss
+from tasks.serving import AdapterGenerator
+from tasks.tokenise import tokenise_records
+from tests.tasks.scoring_models import BigramLM, plain
+
+# Opens with the bos text (<s>), as SmolLM2's and Llama 3's templates do.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+PROMPT, CHOICES, LABEL = "The sky is blue.\nQuestion: is the sky blue?\nAnswer:", ["no", "yes"], 1
+TEXTS = [PROMPT + " yes", "Question: Tom has 3 apples.\nAnswer: 3 #### 3"] * 20
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    """A tiny model folder whose tokenizer has a chat template."""
+    folder = tmp_path_factory.mktemp("chat") / "model"
+    build_tiny_model(folder, TEXTS, vocab_size=320, hidden_size=32, intermediate_size=64,
+                     num_layers=2, num_heads=2, max_position=256, seed=0)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class FirstInput:
+    """Records the input_ids of every forward call of a module."""
+
+    def __init__(self, module):
+        self.calls: list[list[int]] = []
+        module.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.calls.append(ids[0].tolist())
+
+
+def _trained_ids(fmt: PromptFormat) -> tuple[list[int], list[int]]:
+    """(prompt ids, prompt + response ids) of the row as training tokenises it."""
+    table = records_to_table(
+        [
+            make_record(
+                source="s", task="t", prompt=PROMPT, response=" " + CHOICES[LABEL], category="nlu"
+            )
+        ]
+    )
+    (example,), _ = tokenise_records(table, fmt, max_length=256)
+    response = fmt.tokenizer(" " + CHOICES[LABEL], add_special_tokens=False)["input_ids"]
+    whole = example.input_ids[: -len(fmt.end_ids())]  # without the eos training appends
+    return whole[: len(whole) - len(response)], whole
+
+
+def test_every_stage_feeds_the_tokens_training_fed(chat_folder, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    fmt = PromptFormat.resolve(tokenizer)  # auto: the tokenizer has a template
+    assert fmt.kind == "chat"
+    prompt_ids, trained = _trained_ids(fmt)
+    assert trained[0] == tokenizer.bos_token_id and trained.count(tokenizer.bos_token_id) == 2
+
+    # Multiple choice: context + the gold continuation are the trained sequence.
+    (request,) = _encode_requests(_CausalLM(model, fmt), [PROMPT], [CHOICES], " ")
+    assert request.context + request.continuations[LABEL] == trained
+    # The raw prompt would be another sequence: this test tells the formats apart.
+    (raw,) = _encode_requests(_CausalLM(model, plain(tokenizer)), [PROMPT], [CHOICES], " ")
+    assert raw.context != request.context
+
+    # Generation: the first forward sees the trained prompt.
+    seen = FirstInput(model)
+    generate_greedy(model, fmt, [PROMPT], max_new_tokens=1)
+    assert seen.calls[0] == prompt_ids
+
+    # Held-out loss scores exactly the training example (same ids, same targets).
+    seen.calls.clear()
+    table = records_to_table(
+        [make_record(source="s", task="t", prompt=PROMPT, response=" yes", category="nlu")]
+    )
+    heldout_loss(model, fmt, table)
+    assert seen.calls[0] == trained + fmt.end_ids()
+
+    # The served model (MLflow pyfunc) encodes the prompt the same way.
+    adapted = AutoModelForCausalLM.from_pretrained(chat_folder)
+    inject_multilora(adapted, MultiLoRAConfig(n_modules=2, rank=2, target_modules=["q_proj"]))
+    save_adapter(adapted, tmp_path / "adapter")
+    served = AdapterGenerator()
+    served.load_context(
+        SimpleNamespace(
+            artifacts={"base_model": str(chat_folder), "adapter": str(tmp_path / "adapter")},
+            model_config={"kind": "multilora", "prompt_format": "chat", "max_new_tokens": 2},
+        )
+    )
+    seen = FirstInput(served.model)
+    import pandas as pd
+
+    served.predict(None, pd.DataFrame({"prompt": [PROMPT]}))
+    assert seen.calls[0] == prompt_ids
+
+
+def test_plain_format_adds_bos_once_and_chat_needs_a_template(chat_folder, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    (ids,) = plain(tokenizer).encode([PROMPT])
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    tokenizer.chat_template = None
+    assert PromptFormat.resolve(tokenizer).kind == "plain"  # auto without a template
+    with pytest.raises(PromptFormatError, match="no chat template"):
+        PromptFormat.resolve(tokenizer, "chat")
+    # Recorded beside adapters: what lm-eval needs to prompt the same way.
+    written = PromptFormat(AutoTokenizer.from_pretrained(chat_folder), "chat").write(tmp_path)
+    assert written.name == FORMAT_FILE and "--apply_chat_template" in written.read_text()
+
+
+def test_generation_stops_at_every_end_of_turn_token(chars):
+    ids = chars.convert_tokens_to_ids
+    end_of_turn = ids("|")  # stands for <|im_end|>: not the tokenizer's eos
+    model = BigramLM(len(chars), table={ids(":"): ids("7"), ids("7"): end_of_turn})
+    model.generation_config = GenerationConfig(eos_token_id=[chars.eos_token_id, end_of_turn])
+    assert generate_greedy(model, plain(chars), ["Answer:"], max_new_tokens=6) == ["7"]
+    model.generation_config = GenerationConfig(eos_token_id=chars.eos_token_id)
+    assert generate_greedy(model, plain(chars), ["Answer:"], max_new_tokens=3)[0].startswith("7|")
+
+
+def test_multiple_choice_scores_are_finite_in_both_formats(chat_folder):
+    from tasks.eval_scoring import score_choices
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    for fmt in (PromptFormat.resolve(tokenizer), plain(tokenizer)):
+        (lls,) = score_choices(model, fmt, [PROMPT], [CHOICES])
+        assert all(torch.isfinite(torch.tensor(lls)))
