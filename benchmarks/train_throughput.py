@@ -23,7 +23,14 @@ from datetime import date
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from data_specs.schema import ArmSpec, TrainingSpec
 from models.tiny import BLOCK_LINEARS
@@ -161,6 +168,7 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
         callbacks=[timer],
         **extra,
     )
+    trainer.remove_callback(PrinterCallback)  # stdout is the JSON report only
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

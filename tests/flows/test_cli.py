@@ -143,6 +143,7 @@ def test_serve_rejects_a_bad_cron(tmp_path):
     assert "invalid cron schedule '61 * * * *'" in done.stderr
 
 
+@pytest.mark.slow
 def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -157,6 +157,7 @@ def _deployment(base: str, name: str) -> dict | None:
     return found[0] if found else None
 
 
+@pytest.mark.slow
 def test_served_deployment_runs_on_a_real_server(tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}/api"

@@ -5,8 +5,6 @@ usable from its PEFT export and, in a fresh process, from the registry."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,8 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from models.tiny import build_tiny_model
 from tasks.gguf_base import gguf_origin
 from tests.flows.test_pipeline import reduced_demo
+from tests.fresh_process import run_fresh
 from tests.gguf_fixture import write_llama_gguf
 from tests.tasks.test_prompt_format import CHAT_TEMPLATE, TEXTS
+
+pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
 PROMPT = "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
 
@@ -96,21 +97,5 @@ def test_a_fresh_process_answers_through_the_challenger_alias(gguf_run, tmp_path
         "out = model.predict(pd.DataFrame({'prompt': [sys.argv[3]]}), params={'max_new_tokens': 4})\n"
         "print('RESULT' + json.dumps(out['completion'].tolist()))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, uri, summary["registered_model"], PROMPT],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "HF_HUB_OFFLINE": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "TOKENIZERS_PARALLELISM": "false",
-        },  # fmt: skip
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
-    (completion,) = json.loads(line.removeprefix("RESULT"))
+    (completion,) = run_fresh(script, [uri, summary["registered_model"], PROMPT], tmp_path)
     assert isinstance(completion, str)

@@ -20,6 +20,8 @@ from tasks.catalog import Catalog
 from tasks.eval_cache import EVAL_ID_TAG
 from tasks.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
+
 DEMO = demo_spec_path(tiny=True)
 
 

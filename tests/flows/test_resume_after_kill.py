@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -17,6 +18,8 @@ from safetensors.torch import load_file
 from data_specs.schema import load_spec
 from tasks.train import train_arm
 from tests.flows.test_pipeline import reduced_demo
+
+pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
 
 def _spec(tmp_path: Path) -> Path:

@@ -6,12 +6,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaF
 
 from models.tiny import build_tiny_model
 from tests.gguf_fixture import write_llama_gguf
+from tests.models.test_tiny_builder import TEXTS
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Question: what is 12 plus 30?\nAnswer: 42",
-    "MultiLoRA scales LoRA horizontally with learnable scales.",
-] * 20
 SIZES = dict(
     vocab_size=320,  # more than the corpus fills: the token list gets padded
     hidden_size=32,

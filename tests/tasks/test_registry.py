@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -35,6 +33,7 @@ from tasks.registry import (
 )
 from tasks.tracking import RUN_KEY_TAG, Tracker
 from tasks.workspace import Workspace
+from tests.fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "mlora-tiny"
@@ -244,23 +243,7 @@ def test_fresh_process_loads_champion_and_generates(registered, tiny_adapter, tm
         "print('RESULT' + json.dumps(out['completion'].tolist()))\n"
     )
     # A bare environment outside the repo: the registry alone must be enough to load it.
-    done = subprocess.run(
-        [sys.executable, "-c", script, tracker.uri, json.dumps(PROMPTS)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "HF_HUB_OFFLINE": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "TOKENIZERS_PARALLELISM": "false",
-        },
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
-    completions = json.loads(line.removeprefix("RESULT"))
+    completions = run_fresh(script, [tracker.uri, json.dumps(PROMPTS)], tmp_path, timeout=120)
     assert completions == _reference_generation(tiny_adapter, with_adapter=True)
     assert completions != _reference_generation(tiny_adapter, with_adapter=False)
     assert all(completions)

@@ -161,6 +161,7 @@ def _weights(folder):
     return load_file(str(folder / "adapter" / "adapter.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path):
     """Data parallelism over 2 CPU processes == one process with the same global batch."""
     from tasks.train_launch import launch_arm
