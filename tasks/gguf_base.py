@@ -120,11 +120,11 @@ def _existing_file(folder: Path, name: str, base: BaseModelSpec) -> Path:
         return path
     found = sorted(p.name for p in folder.glob("*.gguf"))
     listing = f"it holds: {', '.join(found)}" if found else "it holds no .gguf file"
+    elsewhere = "" if base.package else ", or point name_or_path at the folder that holds it"
     raise TrainingError(
         f"no file {name!r} in {folder} ({listing})",
         where="spec base_model.gguf_file",
-        fix=f"set gguf_file to one of the files there, or point {_field(base).split()[-1]} "
-        "at the folder that holds it",
+        fix=f"set gguf_file to one of the files there{elsewhere}",
     )
 
 
