@@ -59,7 +59,10 @@ def check_base_model(
     if base.tiny is not None:
         return
     if base.gguf_file is not None:
-        converted_folder(base, ws) if ws is not None else locate_gguf(base)
+        if ws is None:
+            locate_gguf(base)
+        else:
+            converted_folder(base, ws)
         return
     where = f"spec {spec_file}, base_model.name_or_path" if spec_file else BASE_MODEL_FIELD
     require_config(base.name_or_path, where)

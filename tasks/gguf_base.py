@@ -219,9 +219,6 @@ def _convert(path: Path, out: Path, base: BaseModelSpec) -> None:
     # A GGUF load leaves a quantizer marker behind that makes save_pretrained refuse; the
     # weights themselves are already plain fp32 tensors.
     model.hf_quantizer = None
-    model.config.quantization_config = None
     del model.config.quantization_config
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -12,12 +12,11 @@ import yaml
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.tiny import build_tiny_model
 from tasks.gguf_base import gguf_origin
 from tests.flows.test_pipeline import reduced_demo
 from tests.fresh_process import run_fresh
 from tests.gguf_fixture import write_llama_gguf
-from tests.tasks.test_prompt_format import CHAT_TEMPLATE, TEXTS
+from tests.tasks.test_prompt_format import build_chat_model
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
@@ -30,10 +29,8 @@ def gguf_run(prefect_harness, tmp_path_factory):
     import flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("gguf-pipeline")
-    build_tiny_model(tmp / "hf", TEXTS, vocab_size=320, hidden_size=32, intermediate_size=64,
-                     num_layers=2, num_heads=2, max_position=256, seed=0)  # fmt: skip
+    build_chat_model(tmp / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp / "hf")
-    tokenizer.chat_template = CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(tmp / "hf")
     gguf_file = write_llama_gguf(model, tokenizer, tmp / "gguf" / "tiny-chat-f32.gguf")
 

@@ -34,16 +34,19 @@ PROMPT, CHOICES, LABEL = "The sky is blue.\nQuestion: is the sky blue?\nAnswer:"
 TEXTS = [PROMPT + " yes", "Question: Tom has 3 apples.\nAnswer: 3 #### 3"] * 20
 
 
-@pytest.fixture(scope="module")
-def chat_folder(tmp_path_factory):
-    """A tiny model folder whose tokenizer has a chat template."""
-    folder = tmp_path_factory.mktemp("chat") / "model"
+def build_chat_model(folder):
+    """A tiny model folder whose tokenizer has CHAT_TEMPLATE; returns the folder."""
     build_tiny_model(folder, TEXTS, vocab_size=320, hidden_size=32, intermediate_size=64,
                      num_layers=2, num_heads=2, max_position=256, seed=0)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    return build_chat_model(tmp_path_factory.mktemp("chat") / "model")
 
 
 class FirstInput:
