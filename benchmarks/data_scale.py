@@ -16,7 +16,7 @@ its own eval item, until the items run out: a math question copied into an instr
 (13-gram), an eval instruction in upper case with a "?" (exact), and one with an extra word
 (near, Jaccard >= 0.8). The source is written as Parquet (or JSON lines) in 100k-row batches
 before anything is measured. The stages are the pipeline's own plain functions
-(tasks/data_stages.py), so the figures include their Parquet writes. Near dedup is off: it is
+(tasks/data/stages.py), so the figures include their Parquet writes. Near dedup is off: it is
 measured by benchmarks/dedup.py. Peak memory: the process's max RSS (getrusage) and, per stage,
 the highest RSS a 20 ms sampler saw. Prints one JSON object; `decon_drops_sha256` identifies
 the removed rows, so two runs (before and after a change) can be checked for the same result.
@@ -41,18 +41,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_specs.schema import parse_spec  # noqa: E402
-from tasks.data_stages import (  # noqa: E402
+from multilora_pipeline.data_specs.schema import parse_spec
+from multilora_pipeline.tasks.data.fetch import fetch
+from multilora_pipeline.tasks.data.stages import (
     decontaminate_stage,
     dedup_stage,
     mixture_stage,
     normalise_stage,
     read_drops,
 )
-from tasks.fetch import fetch  # noqa: E402
-from tasks.workspace import Workspace  # noqa: E402
+from multilora_pipeline.tasks.workspace import Workspace
 
 BATCH = 100_000  # rows generated and written at a time: generation stays small in memory
 VOCAB = 30_000

@@ -1,4 +1,4 @@
-"""Near-dedup benchmark: tasks.minhash against datasketch (MinHash.bulk + MinHashLSH), same run.
+"""Near-dedup benchmark: tasks.data.minhash against datasketch (MinHash.bulk + MinHashLSH), same run.
 
     .venv/bin/python benchmarks/dedup.py                # 200k documents (issue 4 target)
     .venv/bin/python benchmarks/dedup.py --docs 20000   # quick look
@@ -19,15 +19,16 @@ import json
 import multiprocessing as mp
 import random
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.minhash import lsh_params, near_duplicates, normalised_text, normalised_words  # noqa: E402
+from multilora_pipeline.tasks.data.minhash import (
+    lsh_params,
+    near_duplicates,
+    normalised_text,
+    normalised_words,
+)
 
 SHINGLE, NUM_PERM, THRESHOLD = 5, 128, 0.8
 BINS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0001)]

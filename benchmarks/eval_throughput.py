@@ -20,16 +20,13 @@ import argparse
 import csv
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.prompt_format import PromptFormat  # noqa: E402
-from tasks.eval_scoring import score_choices, score_choices_reference  # noqa: E402
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.tasks.evaluation.scoring import score_choices, score_choices_reference
 
 DEFAULT_MMLU = Path("/work/shared/data/real/mmlu")
 LETTERS = ["A", "B", "C", "D"]
@@ -69,7 +66,7 @@ def mmlu_prompt(item: dict) -> str:
 def build_model(texts: list[str], vocab: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from models.tiny import train_bpe_tokenizer
+    from multilora_pipeline.models.tiny import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(texts, vocab, max_length=1024)
     torch.manual_seed(seed)

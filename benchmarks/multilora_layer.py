@@ -22,7 +22,7 @@ from datetime import date
 import torch
 from torch import nn
 
-from models.multilora import MultiLoRAConfig, MultiLoRALinear
+from multilora_pipeline.models.multilora import MultiLoRAConfig, MultiLoRALinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

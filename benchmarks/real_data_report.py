@@ -25,14 +25,12 @@ import argparse
 import csv
 import json
 import os
-import sys
 import tempfile
 import textwrap
 from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "real"
 WIDTH = 100
 
@@ -158,13 +156,13 @@ def main() -> None:
     }.items():
         os.environ.setdefault(key, value)
     work = Path(tempfile.mkdtemp(prefix="mlora-real-"))
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.workspace import Workspace
 
     ws = Workspace.resolve(work / "workspace").activate()  # before Prefect is imported
     spec_path = write_spec(Path(args.data), work)
 
-    from flows.data import data_flow, format_source_table
-    from tasks.catalog import Catalog
+    from multilora_pipeline.flows.data import data_flow, format_source_table
+    from multilora_pipeline.tasks.catalog import Catalog
 
     outputs = data_flow(str(spec_path), str(ws.root))
     records = records_by_id(ws.root)

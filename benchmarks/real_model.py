@@ -33,13 +33,13 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.train_throughput import run_arm
-from data_specs.schema import demo_spec_path, load_spec
-from models.prompt_format import PromptFormat
-from tasks.eval_scoring import score_choices
-from tasks.gguf_base import converted_folder
-from tasks.tokenise import pack_examples, tokenise_records
-from tasks.train import _Blocks, read_records
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.schema import demo_spec_path, load_spec
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.tasks.evaluation.scoring import score_choices
+from multilora_pipeline.tasks.training.gguf import converted_folder
+from multilora_pipeline.tasks.training.tokenise import pack_examples, tokenise_records
+from multilora_pipeline.tasks.training.train import _Blocks, read_records
+from multilora_pipeline.tasks.workspace import Workspace
 
 
 def training_blocks(train_dir: str, fmt: PromptFormat, n_blocks: int, seq: int) -> _Blocks:
@@ -89,7 +89,7 @@ def main():
 
     root = args.workspace or Path(tempfile.gettempdir()) / "mlora-real-model"
     ws = Workspace.resolve(root).activate()  # before Prefect is imported
-    from flows.data import data_flow
+    from multilora_pipeline.flows.data import data_flow
 
     spec, _ = load_spec(demo_spec_path())
     data = data_flow(str(demo_spec_path()), str(ws.root))  # the demo's mixture and suites

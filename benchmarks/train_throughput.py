@@ -5,7 +5,7 @@
 
 Every arm trains the same randomly initialised Llama-architecture model (built
 from a config, no download) on the same packed synthetic batches, through the
-pipeline's own training path (tasks/train.py: ArmTrainer, packing with
+pipeline's own training path (tasks/training/train.py: ArmTrainer, packing with
 restarting position ids). Steps after the warm-up are timed. Model FLOPs per
 token follow the usual accounting: 4 per frozen parameter (forward + input
 gradient), 6 per trained one (plus the weight gradient), plus attention
@@ -32,11 +32,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from data_specs.schema import ArmSpec, TrainingSpec
-from models.tiny import BLOCK_LINEARS
-from models.training_speed import compile_blocks, enable_activation_checkpointing
-from tasks.tokenise import IGNORE, TokenisedExample, pack_examples
-from tasks.train import ArmTrainer, _Blocks, _stack, prepare_arm_model
+from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
+from multilora_pipeline.models.tiny import BLOCK_LINEARS
+from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
+from multilora_pipeline.tasks.training.tokenise import IGNORE, TokenisedExample, pack_examples
+from multilora_pipeline.tasks.training.train import ArmTrainer, _Blocks, _stack, prepare_arm_model
 
 H100_BF16_FLOPS = 989e12
 SIZES = {

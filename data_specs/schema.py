@@ -26,14 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from data_specs.errors import SpecError
+from multilora_pipeline.data_specs.errors import SpecError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
 SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
-# The normalisation templates tasks/templates.py registers. They are named here so a spec with
+# The normalisation templates tasks/data/templates.py registers. They are named here so a spec with
 # an unknown template fails when it loads (data_specs cannot import tasks/: imports point down);
-# tasks/templates.py registers only these names, and a test checks it registers every one.
+# tasks/data/templates.py registers only these names, and a test checks it registers every one.
 TEMPLATE_NAMES = (
     "alpaca",
     "dolly",
@@ -431,7 +431,7 @@ class EvaluationSpec(Strict):
     """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
 
 
-# What tasks/evaluate.py logs for a gsm8k generation suite beside `<suite>_exact_match`
+# What tasks/evaluation/evaluate.py logs for a gsm8k generation suite beside `<suite>_exact_match`
 # (lm-eval's two gsm8k scores); named here so registry.primary_metric may pick one.
 GSM8K_METRICS = ("strict_match", "flexible_extract")
 

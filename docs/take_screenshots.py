@@ -61,8 +61,8 @@ def mlora(workspace: Path, *args: str) -> list[str]:
 
 
 def finished_pipeline_runs(workspace: Path) -> list:
-    from tasks.tracking import Tracker
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.registry.tracking import Tracker
+    from multilora_pipeline.tasks.workspace import Workspace
 
     tracker = Tracker(Workspace.resolve(workspace), "demo")
     return tracker.client.search_runs(
@@ -234,13 +234,11 @@ def main() -> None:
     workspace = args.workspace.resolve()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    sys.path.insert(0, str(REPO))
-
     ensure_two_runs(workspace)
     parents = finished_pipeline_runs(workspace)
     experiment = parents[0].info.experiment_id
-    from tasks.tracking import Tracker
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.registry.tracking import Tracker
+    from multilora_pipeline.tasks.workspace import Workspace
 
     tracker = Tracker(Workspace.resolve(workspace), "demo")
     arms = tracker.client.search_runs(

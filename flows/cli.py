@@ -20,9 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from data_specs.errors import PipelineError
-from data_specs.schema import check_local_files, load_spec
-from tasks.workspace import ENV_VAR, Workspace
+from multilora_pipeline.data_specs.errors import PipelineError
+from multilora_pipeline.data_specs.schema import check_local_files, load_spec
+from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +126,7 @@ def format_summary(summary: dict) -> str:
 
 
 def _tracker(ws: Workspace, name: str):
-    from tasks.tracking import Tracker
+    from multilora_pipeline.tasks.registry.tracking import Tracker
 
     # The registry is shared by all experiments of the workspace; any experiment name works.
     return Tracker(ws, name.removeprefix("mlora-"))
@@ -164,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.command != "serve":  # a scheduled run may find files that appear later
                 check_local_files(spec, Path(args.spec).resolve(), base_dir)
         if args.command == "run":
-            from flows.pipeline import pipeline_flow
+            from multilora_pipeline.flows.pipeline import pipeline_flow
 
             summary = pipeline_flow(args.spec, str(ws.root))
             if args.summary_json:
                 Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
             print(format_summary(summary))
         elif args.command == "data":
-            from flows.data import data_flow, format_source_table
+            from multilora_pipeline.flows.data import data_flow, format_source_table
 
             outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
             print(format_source_table(outputs))
@@ -197,18 +197,18 @@ def main(argv: list[str] | None = None) -> int:
             # Become the server (exec): a signal to `mlora ui` then reaches MLflow itself.
             os.execve(sys.executable, cmd, os.environ.copy())
         elif args.command == "promote":
-            from tasks.promote import promote
+            from multilora_pipeline.tasks.registry.promote import promote
 
             previous = promote(_tracker(ws, args.name), args.name, args.version)
             print(f"{args.name}: champion is now v{args.version} (was v{previous})")
         elif args.command == "serve":
-            from flows.deploy import serve_pipeline
+            from multilora_pipeline.flows.deploy import serve_pipeline
 
             serve_pipeline(
                 args.spec, str(ws.root), cron=args.cron, name=args.name, timezone=args.timezone
             )
         elif args.command == "rollback":
-            from tasks.promote import rollback
+            from multilora_pipeline.tasks.registry.promote import rollback
 
             restored = rollback(_tracker(ws, args.name), args.name)
             print(f"{args.name}: champion rolled back to v{restored}")

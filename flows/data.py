@@ -5,11 +5,11 @@
     then:                 dedup across sources ──► decontaminate (all suites) ──► mix
 
 This module is the Prefect composition only: the @task wrappers, mapping, the flows, the task
-runner and the artifacts. The stages themselves are plain functions in tasks/data_stages.py
-over content-addressed outputs (tasks/stage_outputs.py): every stage output is a folder,
+runner and the artifacts. The stages themselves are plain functions in tasks/data/stages.py
+over content-addressed outputs (tasks/data/outputs.py): every stage output is a folder,
 workspace.stage_dir(stage, id), whose id hashes the input ids and the parameters; a stage
 whose output the catalog knows and whose files exist is skipped ("reusing <stage> output
-<id>"). Catalog rows (tasks/data_summary.py) are gathered during the run and written in ONE
+<id>"). Catalog rows (tasks/data/summary.py) are gathered during the run and written in ONE
 transaction after every stage succeeded, so bad input anywhere leaves no catalog row behind.
 
     mlora data data_specs/demo.yaml          # the flow below, then the per-source table
@@ -28,17 +28,29 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from data_specs.errors import SpecError
-from data_specs.schema import DedupSpec, EvalSuiteSpec, PipelineSpec, SourceSpec, load_spec
-from tasks import data_stages
-from tasks.catalog import Catalog
-from tasks.data_stages import Prepared, read_drops
-from tasks.data_summary import catalog_batch, source_table
-from tasks.decontaminate import drops_per_source_suite
-from tasks.dedup import drops_per_source_pair
-from tasks.mixture import load_mixture
-from tasks.stage_outputs import NotReusable, ReuseOnly, StageOutput, known_outputs, stage_logger
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import SpecError
+from multilora_pipeline.data_specs.schema import (
+    DedupSpec,
+    EvalSuiteSpec,
+    PipelineSpec,
+    SourceSpec,
+    load_spec,
+)
+from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.data import stages as data_stages
+from multilora_pipeline.tasks.data.decontaminate import drops_per_source_suite
+from multilora_pipeline.tasks.data.dedup import drops_per_source_pair
+from multilora_pipeline.tasks.data.mixture import load_mixture
+from multilora_pipeline.tasks.data.outputs import (
+    NotReusable,
+    ReuseOnly,
+    StageOutput,
+    known_outputs,
+    stage_logger,
+)
+from multilora_pipeline.tasks.data.stages import Prepared, read_drops
+from multilora_pipeline.tasks.data.summary import catalog_batch, source_table
+from multilora_pipeline.tasks.workspace import Workspace
 
 # Threads for the mapped per-source tasks: the work is Arrow/numpy (releases the GIL) and I/O.
 DEFAULT_THREADS = 4
@@ -88,7 +100,7 @@ def prepare_suite(suite: EvalSuiteSpec, base_dir: str, ws_root: str, known: dict
 def dedup_across_task(
     ws_root: str, within: list[StageOutput], spec: PipelineSpec, known: dict
 ) -> StageOutput:
-    """Dedup across sources (tasks/data_stages.py:dedup_across)."""
+    """Dedup across sources (tasks/data/stages.py:dedup_across)."""
     return data_stages.dedup_across(Workspace.resolve(ws_root), within, spec, known)
 
 
@@ -100,13 +112,13 @@ def decontaminate_task(
     spec: PipelineSpec,
     known: dict,
 ) -> StageOutput:
-    """Decontaminate against every eval suite (tasks/data_stages.py:decontaminate_stage)."""
+    """Decontaminate against every eval suite (tasks/data/stages.py:decontaminate_stage)."""
     return data_stages.decontaminate_stage(Workspace.resolve(ws_root), deduped, suites, spec, known)
 
 
 @task(name="mix", cache_policy=NO_CACHE, persist_result=False)
 def mixture_task(ws_root: str, clean: StageOutput, spec: PipelineSpec, known: dict) -> StageOutput:
-    """Build the mixture (tasks/data_stages.py:mixture_stage)."""
+    """Build the mixture (tasks/data/stages.py:mixture_stage)."""
     return data_stages.mixture_stage(Workspace.resolve(ws_root), clean, spec, known)
 
 

@@ -11,7 +11,7 @@ Two ways to run it (the README shows both):
   serving process executes it. `prefect.yaml` declares the same deployment for
   a work pool instead (`prefect deploy`, then `prefect worker start`).
 
-The deployment's entrypoint is the module path `flows.pipeline.pipeline_flow`,
+The deployment's entrypoint is the module path `multilora_pipeline.flows.pipeline.pipeline_flow`,
 so any process where the project is installed can execute it, whatever its
 working directory.
 """
@@ -28,10 +28,10 @@ from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
-from data_specs.errors import PipelineError
-from data_specs.schema import load_spec
-from flows.pipeline import pipeline_flow
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import PipelineError
+from multilora_pipeline.data_specs.schema import load_spec
+from multilora_pipeline.flows.pipeline import pipeline_flow
+from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.deploy")
 

@@ -7,7 +7,7 @@ MLflow holds one parent run per pipeline run and one child run per arm. The
 data stages run before any MLflow write, so a spec with bad data leaves no
 run and no version behind. Each stage is idempotent: a rerun of an unchanged
 spec reuses the data stages (catalog), the base model's evaluation (a JSON file
-keyed by everything that decides it, tasks/eval_cache.py), the trained arms
+keyed by everything that decides it, tasks/evaluation/cache.py), the trained arms
 (result.json + the arm's finished MLflow run) and the registered versions
 (run-key tag).
 """
@@ -28,31 +28,34 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_specs.errors import TrainingError
-from data_specs.schema import ArmSpec, PipelineSpec, load_spec
-from flows.data import DataOutputs, run_data_stages
-from tasks.analyse import (
+from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, load_spec
+from multilora_pipeline.flows.data import DataOutputs, run_data_stages
+from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
+from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
     analyse_deltas,
     plot_effective_rank,
     plot_spectra,
     summarise_flatness,
 )
-from tasks.arm_models import arm_deltas, load_for_inference
-from tasks.base_model import check_base_model, load_revision, prepare_base_model, prompt_format
-from tasks.catalog import Catalog
-from tasks.eval_cache import (
+from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.evaluation.cache import (
     EVAL_ID_TAG,
     base_eval_inputs,
     base_eval_key,
     load_base_eval,
     save_base_eval,
 )
-from tasks.evaluate import EvalResult, SuiteData, compare_arms, evaluate_model
-from tasks.gguf_base import gguf_origin
-from tasks.plots import plot_loss_curves
-from tasks.promote import run_gate
-from tasks.registry import (
+from multilora_pipeline.tasks.evaluation.evaluate import (
+    EvalResult,
+    SuiteData,
+    compare_arms,
+    evaluate_model,
+)
+from multilora_pipeline.tasks.registry.promote import run_gate
+from multilora_pipeline.tasks.registry.tracking import Tracker, code_version
+from multilora_pipeline.tasks.registry.versions import (
     CHALLENGER,
     CHAMPION,
     attach_run_artifacts,
@@ -61,10 +64,22 @@ from tasks.registry import (
     update_version_scores,
     version_by_alias,
 )
-from tasks.tracking import Tracker, code_version
-from tasks.train import ArmResult, load_result, resolve_device, resolve_prompt_format
-from tasks.train_launch import launch_arm
-from tasks.workspace import Workspace
+from multilora_pipeline.tasks.training.arm_models import arm_deltas, load_for_inference
+from multilora_pipeline.tasks.training.base_model import (
+    check_base_model,
+    load_revision,
+    prepare_base_model,
+    prompt_format,
+)
+from multilora_pipeline.tasks.training.gguf import gguf_origin
+from multilora_pipeline.tasks.training.launch import launch_arm
+from multilora_pipeline.tasks.training.train import (
+    ArmResult,
+    load_result,
+    resolve_device,
+    resolve_prompt_format,
+)
+from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")
 
@@ -101,7 +116,7 @@ class PipelineSummary:
     """Wall time of each stage of this run (data, base_model, evaluate_base, train_<arm>, ...)."""
     reused_data_stages: list[str]
     base_evaluation_reused: bool
-    """The base model's scores came from the workspace cache (tasks/eval_cache.py)."""
+    """The base model's scores came from the workspace cache (tasks/evaluation/cache.py)."""
     ui_command: str
 
 
@@ -323,7 +338,7 @@ def evaluate_task(
 def evaluate_base_task(
     ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, parent_id: str
 ) -> tuple[dict[str, float], bool, str]:
-    """Score the base model, or reuse its cached scores (tasks/eval_cache.py) when nothing
+    """Score the base model, or reuse its cached scores (tasks/evaluation/cache.py) when nothing
     that decides them changed; log them as `base_*` to the parent run either way.
     Returns (metrics, reused, the evaluation's key)."""
     inputs = base_eval_inputs(

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from data_specs.errors import PipelineError
+from multilora_pipeline.data_specs.errors import PipelineError
 
 log = logging.getLogger("mlora.catalog")
 

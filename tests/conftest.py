@@ -25,7 +25,7 @@ for key, value in {
 }.items():
     os.environ[key] = value
 
-from tasks.workspace import Workspace  # noqa: E402
+from multilora_pipeline.tasks.workspace import Workspace  # noqa: E402
 
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="mlora-tests-"))
 SESSION_WORKSPACE = Workspace.resolve(SESSION_ROOT / "workspace").activate()

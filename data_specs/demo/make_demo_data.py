@@ -411,7 +411,7 @@ def pick_distractors(rng: random.Random, gold, pool, k: int = 3) -> list:
     return rng.sample(options, k)
 
 
-# Renderings of the canonical prompt + response (tasks/templates.py formats), used only to
+# Renderings of the canonical prompt + response (tasks/data/templates.py formats), used only to
 # measure overlaps here; data_specs must not import tasks/, so they are restated.
 def text_alpaca(row: dict) -> str:
     block = f"\n\n### Input:\n{row['input']}" if row["input"].strip() else ""
@@ -875,7 +875,7 @@ def eval_grams(source: str, items: list) -> set:
 
 
 def pipeline_words(text: str) -> list[str]:
-    """Words as tasks/minhash.py normalises them: punctuation is deleted inside a token, so
+    """Words as tasks/data/minhash.py normalises them: punctuation is deleted inside a token, so
     a GSM8K annotation like ``<<27/9=3>>3`` is one word (27933), not four."""
     return [w for w in (re.sub(r"[^\w\s]|_", "", t) for t in text.lower().split()) if w]
 

@@ -1,6 +1,6 @@
 """MultiLoRA (arXiv 2311.11501) for Hugging Face causal LMs, in plain torch.
 
-    from models.multilora import MultiLoRAConfig, inject_multilora, save_adapter, export_peft
+    from multilora_pipeline.models.multilora import MultiLoRAConfig, inject_multilora, save_adapter, export_peft
 
     report = inject_multilora(model, MultiLoRAConfig(n_modules=4, rank=8))
     ...train...

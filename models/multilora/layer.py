@@ -42,7 +42,7 @@ class LowRankDelta(NamedTuple):
 
     b is (out × k) and a is (k × in), k = n·r for an adapter, so the pair costs
     (out + in)·k numbers instead of out·in, and ΔW's singular values come from a
-    k × k problem (``tasks.analyse``).
+    k × k problem (``tasks.analysis.spectra``).
     """
 
     b: torch.Tensor

@@ -293,7 +293,7 @@ def delta_factors(model: nn.Module) -> dict[str, LowRankDelta]:
     """Module path -> ΔW factored as fp32 (b: out × n·r, a: n·r × in), b @ a = ΔW; CPU copies.
 
     What ``delta_weights`` gives without ever forming out × in: for spectrum analysis of
-    large models (``tasks.analyse.analyse_deltas`` takes these pairs as they are).
+    large models (``tasks.analysis.spectra.analyse_deltas`` takes these pairs as they are).
     """
     return {
         path: LowRankDelta(*(f.detach().to("cpu", copy=True) for f in layer.delta_factors()))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_specs.errors import SpecError
-from data_specs.schema import TEMPLATE_NAMES, RegistrySpec, load_spec, parse_spec
+from multilora_pipeline.data_specs.errors import SpecError
+from multilora_pipeline.data_specs.schema import TEMPLATE_NAMES, RegistrySpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo_tiny.yaml"
@@ -179,7 +179,7 @@ def test_demo_and_paper_mixture_load_without_network():
     assert all(s.hf.revision for s in [*paper.sources, *paper.eval_suites])
     assert {s.hf.split for s in paper.eval_suites} <= {"validation", "test"}
     assert paper.base_model.name_or_path and paper.base_model.tiny is None
-    from tasks.templates import TEMPLATES
+    from multilora_pipeline.tasks.data.templates import TEMPLATES
 
     assert {s.template for s in [*paper.sources, *paper.eval_suites]} <= set(TEMPLATES)
 
@@ -222,7 +222,7 @@ def test_file_level_errors(tmp_path):
 def test_primary_metric_must_be_one_the_spec_produces(tmp_path):
     import yaml
 
-    from data_specs.schema import demo_spec_path
+    from multilora_pipeline.data_specs.schema import demo_spec_path
 
     data = yaml.safe_load(demo_spec_path(tiny=True).read_text())
     data["registry"]["primary_metric"] = "eval_macro_accuracy"

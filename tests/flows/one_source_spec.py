@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_specs.schema import PipelineSpec, parse_spec
+from multilora_pipeline.data_specs.schema import PipelineSpec, parse_spec
 
 BAD_INPUTS = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 

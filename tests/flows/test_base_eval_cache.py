@@ -1,4 +1,4 @@
-"""The base evaluation cache (tasks/eval_cache.py): its key, input by input, and its file.
+"""The base evaluation cache (tasks/evaluation/cache.py): its key, input by input, and its file.
 
 The pipeline's use of it (an unchanged rerun reuses the scores, a changed evaluation
 setting re-scores) is tested on the shared pipeline runs in tests/flows/test_pipeline.py.
@@ -12,15 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_specs.schema import load_spec
-from tasks.eval_cache import (
+from multilora_pipeline.data_specs.schema import load_spec
+from multilora_pipeline.tasks.evaluation.cache import (
     base_eval_inputs,
     base_eval_key,
     base_eval_path,
     load_base_eval,
     save_base_eval,
 )
-from tasks.evaluate import EvalResult
+from multilora_pipeline.tasks.evaluation.evaluate import EvalResult
 from tests.flows.test_pipeline import DEMO
 
 # ----------------------------------------------------------------- the key, input by input

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from tasks.registry import CHAMPION, version_by_alias
-from tasks.tracking import Tracker
-from tasks.workspace import Workspace
+from multilora_pipeline.flows.cli import main
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
+from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]

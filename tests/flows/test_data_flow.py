@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.errors import DataError
-from data_specs.record import RECORD_SCHEMA
-from tasks.catalog import Catalog
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.tasks.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo_tiny.yaml"
@@ -19,7 +19,7 @@ DEMO = REPO / "data_specs" / "demo_tiny.yaml"
 @pytest.fixture(scope="module")
 def demo_runs(prefect_harness, tmp_path_factory):
     """The demo data flow run twice in one fresh workspace."""
-    from flows.data import data_flow
+    from multilora_pipeline.flows.data import data_flow
 
     root = tmp_path_factory.mktemp("data_flow") / "workspace"
     first = data_flow(str(DEMO), str(root))
@@ -83,21 +83,21 @@ def test_catalog_holds_the_run(demo_runs):
 
 
 def test_format_source_table(demo_runs):
-    from flows.data import format_source_table
+    from multilora_pipeline.flows.data import format_source_table
 
     text = format_source_table(demo_runs[1])
     assert "instructions" in text and "rows in" in text and demo_runs[1].mixture_id in text
 
 
 def test_dask_runner_gives_the_same_mixture(demo_runs, tmp_path):
-    from flows.data import data_flow
+    from multilora_pipeline.flows.data import data_flow
 
     outputs = data_flow(str(DEMO), str(tmp_path / "workspace"), task_runner="dask")
     assert outputs.mixture_id == demo_runs[1].mixture_id
 
 
 def test_bad_input_leaves_no_catalog_row(prefect_harness, tmp_path):
-    from flows.data import data_flow
+    from multilora_pipeline.flows.data import data_flow
 
     spec_dir = tmp_path / "spec"
     shutil.copytree(REPO / "data_specs" / "demo", spec_dir / "demo")
@@ -117,7 +117,7 @@ def test_bad_input_leaves_no_catalog_row(prefect_harness, tmp_path):
 
 
 def test_a_changed_source_is_recomputed(prefect_harness, tmp_path):
-    from flows.data import data_flow
+    from multilora_pipeline.flows.data import data_flow
 
     spec_dir = tmp_path / "spec"
     shutil.copytree(REPO / "data_specs" / "demo", spec_dir / "demo")
@@ -137,10 +137,10 @@ def test_a_changed_source_is_recomputed(prefect_harness, tmp_path):
 def test_a_suite_dev_split_is_normalised_and_used_for_few_shot(prefect_harness, tmp_path):
     import yaml
 
-    from data_specs.schema import load_spec
-    from flows.data import data_flow
-    from tasks.eval_suites import suite_format
-    from tasks.evaluate import build_contexts
+    from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.data import data_flow
+    from multilora_pipeline.tasks.evaluation.evaluate import build_contexts
+    from multilora_pipeline.tasks.evaluation.suites import suite_format
 
     spec = yaml.safe_load(DEMO.read_text())
     for item in spec["sources"] + spec["eval_suites"]:

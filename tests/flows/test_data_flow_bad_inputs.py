@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.errors import DataError
-from tasks.catalog import Catalog
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.one_source_spec import one_source_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def outcomes(prefect_harness, tmp_path_factory) -> dict[str, tuple[Path, Excepti
     stages themselves fail in milliseconds), each in its own fresh workspace."""
     from prefect import flow
 
-    from flows.data import run_data_stages
+    from multilora_pipeline.flows.data import run_data_stages
 
     root = tmp_path_factory.mktemp("bad_inputs")
 

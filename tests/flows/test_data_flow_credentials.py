@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.errors import DataError
-from tasks.catalog import TABLES, Catalog
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.tasks.catalog import TABLES, Catalog
+from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.one_source_spec import one_source_spec
 
 TOKEN = "hf_SeCrEtT0kenThatMustNeverLeak123"
@@ -52,7 +52,7 @@ def token(monkeypatch):
 def run_in_flow(spec, ws: Workspace):
     from prefect import flow
 
-    from flows.data import run_data_stages
+    from multilora_pipeline.flows.data import run_data_stages
 
     @flow(name="hub-token")
     def run():

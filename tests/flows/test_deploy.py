@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.errors import PipelineError, SpecError
-from tasks.registry import CHAMPION, version_by_alias
-from tasks.tracking import Tracker
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import PipelineError, SpecError
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
+from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +61,12 @@ registry: {{must_beat_base: false}}  # a random base: its adapters sit at chance
 
 
 def test_build_deployment_carries_the_schedule_and_parameters(tmp_path):
-    from flows.deploy import build_deployment
+    from multilora_pipeline.flows.deploy import build_deployment
 
     spec = write_reduced_spec(tmp_path)
     deployment = build_deployment(spec, tmp_path / "ws", cron="15 2 * * 1", timezone="Europe/Paris")
     assert deployment.name == "reduced"
-    assert deployment.entrypoint == "flows.pipeline.pipeline_flow"
+    assert deployment.entrypoint == "multilora_pipeline.flows.pipeline.pipeline_flow"
     assert deployment.parameters == {
         "spec_path": str(spec.resolve()),
         "workspace_root": str((tmp_path / "ws").resolve()),
@@ -78,7 +78,7 @@ def test_build_deployment_carries_the_schedule_and_parameters(tmp_path):
 
 
 def test_build_deployment_rejects_a_bad_cron_and_a_bad_spec(tmp_path):
-    from flows.deploy import build_deployment
+    from multilora_pipeline.flows.deploy import build_deployment
 
     spec = write_reduced_spec(tmp_path)
     with pytest.raises(PipelineError, match="--cron.*invalid cron schedule 'every night'"):
@@ -261,7 +261,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         pooled = _deployment(base, "demo")
         assert pooled["work_pool_name"] == "mlora-process"
-        assert pooled["entrypoint"] == "flows.pipeline.pipeline_flow"
+        assert pooled["entrypoint"] == "multilora_pipeline.flows.pipeline.pipeline_flow"
         assert pooled["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         assert pooled["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}

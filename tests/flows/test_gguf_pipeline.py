@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.gguf_base import gguf_origin
+from multilora_pipeline.tasks.training.gguf import gguf_origin
 from tests.flows.test_pipeline import reduced_demo
 from tests.fresh_process import run_fresh
 from tests.gguf_fixture import write_llama_gguf
@@ -26,7 +26,7 @@ PROMPT = "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
 @pytest.fixture(scope="module")
 def gguf_run(prefect_harness, tmp_path_factory):
     """One pipeline run of the reduced demo on a tiny chat model given as a GGUF file."""
-    import flows.pipeline as pipeline
+    import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("gguf-pipeline")
     build_chat_model(tmp / "hf")

@@ -13,12 +13,12 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from data_specs.errors import DataError, SpecError, TrainingError
-from data_specs.schema import demo_spec_path
-from flows.cli import format_summary
-from tasks.catalog import Catalog
-from tasks.eval_cache import EVAL_ID_TAG
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.errors import DataError, SpecError, TrainingError
+from multilora_pipeline.data_specs.schema import demo_spec_path
+from multilora_pipeline.flows.cli import format_summary
+from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
+from multilora_pipeline.tasks.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
@@ -92,7 +92,7 @@ class PipelineRuns:
 @pytest.fixture(scope="module")
 def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
     """Run the reduced demo twice in one workspace, then once with a changed evaluation."""
-    import flows.pipeline as pipeline
+    import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
     spec = reduced_demo(tmp)
@@ -256,7 +256,7 @@ def _assert_nothing_written(ws):
 
 
 def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from multilora_pipeline.flows.pipeline import pipeline_flow
 
     spec = reduced_demo(tmp_path, training={"max_steps": 5, "learning_rat": 0.1})
     with pytest.raises(SpecError, match=r"(?s)reduced\.yaml.*training\.learning_rat: unknown key"):
@@ -266,7 +266,7 @@ def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_spec_demanding_a_gpu_fails_before_any_work(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from multilora_pipeline.flows.pipeline import pipeline_flow
 
     spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
     spec["training"]["device"] = "cuda"
@@ -279,8 +279,8 @@ def test_spec_demanding_a_gpu_fails_before_any_work(prefect_harness, tmp_path):
 
 
 def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
-    from tasks.workspace import Workspace
+    from multilora_pipeline.flows.pipeline import pipeline_flow
+    from multilora_pipeline.tasks.workspace import Workspace
 
     spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
     spec["sources"][3]["path"] = str(tmp_path / "nowhere.jsonl")
@@ -305,9 +305,9 @@ def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tm
 
 
 def test_a_second_concurrent_run_of_a_spec_is_refused(tmp_path):
-    from data_specs.schema import load_spec
-    from flows.pipeline import spec_lock
-    from tasks.workspace import Workspace
+    from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.pipeline import spec_lock
+    from multilora_pipeline.tasks.workspace import Workspace
 
     ws = Workspace.resolve(tmp_path / "ws").ensure()
     spec = load_spec(DEMO)[0]

@@ -15,8 +15,8 @@ import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from data_specs.schema import load_spec
-from tasks.train import train_arm
+from multilora_pipeline.data_specs.schema import load_spec
+from multilora_pipeline.tasks.training.train import train_arm
 from tests.flows.test_pipeline import reduced_demo
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"

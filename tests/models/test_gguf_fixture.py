@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from models.tiny import build_tiny_model
+from multilora_pipeline.models.tiny import build_tiny_model
 from tests.gguf_fixture import write_llama_gguf
 from tests.models.test_tiny_builder import TEXTS
 

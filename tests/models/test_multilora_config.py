@@ -4,7 +4,11 @@ import math
 
 import pytest
 
-from models.multilora import FORMAT_VERSION, MultiLoRAConfig, MultiLoRAConfigError
+from multilora_pipeline.models.multilora import (
+    FORMAT_VERSION,
+    MultiLoRAConfig,
+    MultiLoRAConfigError,
+)
 
 
 def test_defaults_and_derived_values():

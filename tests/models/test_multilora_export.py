@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from models.multilora import (
+from multilora_pipeline.models.multilora import (
     MultiLoRAConfig,
     MultiLoRAError,
     export_peft,
@@ -15,7 +15,7 @@ from models.multilora import (
     merge_adapters,
     multilora_layers,
 )
-from models.tiny import BLOCK_LINEARS
+from multilora_pipeline.models.tiny import BLOCK_LINEARS
 from tests.models.test_multilora_model import (
     FAMILIES,
     TOL,

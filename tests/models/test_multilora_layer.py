@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from models.multilora import MultiLoRAConfig, MultiLoRALinear
+from multilora_pipeline.models.multilora import MultiLoRAConfig, MultiLoRALinear
 
 IN, OUT, TOKENS = 24, 40, 6
 

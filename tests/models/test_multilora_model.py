@@ -7,7 +7,7 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM
 
-from models.multilora import (
+from multilora_pipeline.models.multilora import (
     FORMAT_VERSION,
     AdapterFormatError,
     MultiLoRAConfig,
@@ -27,8 +27,8 @@ from models.multilora import (
     unload_multilora,
     unmerge_adapters,
 )
-from models.tiny import BLOCK_LINEARS, tiny_config
-from models.training_speed import compile_blocks, enable_activation_checkpointing
+from multilora_pipeline.models.tiny import BLOCK_LINEARS, tiny_config
+from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
 
 FAMILIES = ["llama", "gpt2", "qwen2", "opt"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -14,13 +14,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_specs.record import make_record, records_to_table
-from data_specs.schema import ArmSpec, BaseModelSpec, EvalSuiteSpec, EvaluationSpec, TrainingSpec
-from models.prompt_format import PromptFormat
-from tasks.evaluate import SuiteData, evaluate_model
-from tasks.gguf_base import converted_folder, gguf_origin
-from tasks.train import train_arm
-from tasks.workspace import Workspace
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.data_specs.schema import (
+    ArmSpec,
+    BaseModelSpec,
+    EvalSuiteSpec,
+    EvaluationSpec,
+    TrainingSpec,
+)
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.tasks.evaluation.evaluate import SuiteData, evaluate_model
+from multilora_pipeline.tasks.training.gguf import converted_folder, gguf_origin
+from multilora_pipeline.tasks.training.train import train_arm
+from multilora_pipeline.tasks.workspace import Workspace
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +48,7 @@ def smollm2(tmp_path_factory):
 
 
 def test_the_converted_model_answers_through_its_chat_template_and_stops(smollm2):
-    from tasks.eval_generate import generate_greedy
+    from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 
     folder, fmt = smollm2
     origin = gguf_origin(folder)

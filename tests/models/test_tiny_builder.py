@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.tiny import FAMILIES, TinyModelError, build_tiny_model, tiny_config
+from multilora_pipeline.models.tiny import FAMILIES, TinyModelError, build_tiny_model, tiny_config
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

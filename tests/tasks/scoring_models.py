@@ -8,8 +8,8 @@ from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from models.prompt_format import PromptFormat
-from models.tiny import tiny_config
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.tiny import tiny_config
 
 CORPUS = [
     "Question: What is the capital of France?\nA. Paris\nB. Rome\nC. Oslo\nD. Bern\nAnswer: A",

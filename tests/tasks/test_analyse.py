@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from data_specs.errors import TrainingError
-from models.multilora import LowRankDelta, MultiLoRAConfig, MultiLoRALinear
-from tasks.analyse import (
+from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.models.multilora import LowRankDelta, MultiLoRAConfig, MultiLoRALinear
+from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
     analyse_deltas,
     low_rank_singular_values,

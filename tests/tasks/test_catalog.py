@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from data_specs.errors import PipelineError
-from tasks.catalog import Catalog, CatalogBatch
+from multilora_pipeline.data_specs.errors import PipelineError
+from multilora_pipeline.tasks.catalog import Catalog, CatalogBatch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,8 +111,7 @@ def test_record_run_keeps_lineage_and_fills_registry_fields(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {repo!r})
-    from tasks.catalog import Catalog, CatalogBatch
+    from multilora_pipeline.tasks.catalog import Catalog, CatalogBatch
     catalog = Catalog({path!r}, timeout_s=60)
     for i in range(15):
         b = CatalogBatch()
@@ -127,7 +126,7 @@ WRITER = textwrap.dedent("""
 def test_two_processes_writing_at_once_both_finish(tmp_path):
     path = tmp_path / "catalog.duckdb"
     script = tmp_path / "writer.py"
-    script.write_text(WRITER.format(repo=str(REPO), path=str(path)))
+    script.write_text(WRITER.format(path=str(path)))
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), name],

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from data_specs.record import make_record, records_to_table
-from data_specs.schema import DecontaminationSpec, load_spec
-from tasks import decontaminate as decontaminate_module
-from tasks.decontaminate import decontaminate, drops_per_source_suite
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.data_specs.schema import DecontaminationSpec, load_spec
+from multilora_pipeline.tasks.data import decontaminate as decontaminate_module
+from multilora_pipeline.tasks.data.decontaminate import decontaminate, drops_per_source_suite
 
 TEMPLATE = (
     "Read the passage below carefully and then answer the question that follows it with yes or no"
@@ -96,9 +96,9 @@ DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml"
 
 def demo_training_and_suites(tmp_path):
     """The demo spec's sources (one table) and eval suites, fetched and normalised."""
-    from tasks.fetch import fetch
-    from tasks.normalise import normalise
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.data.fetch import fetch
+    from multilora_pipeline.tasks.data.normalise import normalise
+    from multilora_pipeline.tasks.workspace import Workspace
 
     spec, base_dir = load_spec(DEMO_SPEC)
     ws = Workspace.resolve(tmp_path).ensure()

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_specs.record import make_record, records_to_table
-from data_specs.schema import DedupSpec, NearDedupSpec, load_spec
-from tasks.dedup import dedup, drops_per_source_pair, exact_keys
-from tasks.minhash import (
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.data_specs.schema import DedupSpec, NearDedupSpec, load_spec
+from multilora_pipeline.tasks.data.dedup import dedup, drops_per_source_pair, exact_keys
+from multilora_pipeline.tasks.data.minhash import (
     MinHasher,
     candidate_pairs,
     exact_jaccard,
@@ -158,9 +158,9 @@ SOURCE_FILES = {
 @pytest.fixture(scope="module")
 def demo_tables(tmp_path_factory):
     """The demo's training sources, fetched and normalised (B1's stages)."""
-    from tasks.fetch import fetch
-    from tasks.normalise import normalise
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.data.fetch import fetch
+    from multilora_pipeline.tasks.data.normalise import normalise
+    from multilora_pipeline.tasks.workspace import Workspace
 
     spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml")
     ws = Workspace.resolve(tmp_path_factory.mktemp("dedup_demo")).ensure()

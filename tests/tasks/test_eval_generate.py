@@ -3,7 +3,7 @@ gives the same text as one prompt at a time, on tiny in-memory models."""
 
 from __future__ import annotations
 
-from tasks.eval_generate import generate_greedy
+from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from tests.tasks.scoring_models import BigramLM, plain, tiny_llama
 
 

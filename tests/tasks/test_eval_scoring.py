@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from models.tiny import tiny_config
-from tasks.eval_scoring import (
+from multilora_pipeline.models.tiny import tiny_config
+from multilora_pipeline.tasks.evaluation.scoring import (
     _length_groups,
     choice_metrics,
     score_choices,

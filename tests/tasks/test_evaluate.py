@@ -13,18 +13,18 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from data_specs.errors import DataError, SpecError
-from data_specs.record import make_record, records_to_table
-from data_specs.schema import GSM8K_METRICS, EvalSuiteSpec, EvaluationSpec
-from tasks.eval_scoring import score_choices
-from tasks.eval_suites import BUILTIN_SUITES, extract_answer, suite_format
-from tasks.evaluate import (
+from multilora_pipeline.data_specs.errors import DataError, SpecError
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.data_specs.schema import GSM8K_METRICS, EvalSuiteSpec, EvaluationSpec
+from multilora_pipeline.tasks.evaluation.evaluate import (
     SuiteData,
     build_contexts,
     compare_arms,
     evaluate_model,
     heldout_loss,
 )
+from multilora_pipeline.tasks.evaluation.scoring import score_choices
+from multilora_pipeline.tasks.evaluation.suites import BUILTIN_SUITES, extract_answer, suite_format
 from tests.tasks.scoring_models import BigramLM, plain, tiny_llama
 
 

@@ -14,13 +14,14 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.errors import DataError
-from data_specs.schema import DataLocation, EvalSuiteSpec, HubDataset, SourceSpec
-from tasks import fetch as fetch_module
-from tasks import read_json, read_parquet
-from tasks.fetch import ROW_COLUMN, fetch
-from tasks.normalise import normalise
-from tasks.read_file import read_batches, read_table
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.data_specs.schema import DataLocation, EvalSuiteSpec, HubDataset, SourceSpec
+from multilora_pipeline.tasks.data import fetch as fetch_module
+from multilora_pipeline.tasks.data.fetch import ROW_COLUMN, fetch
+from multilora_pipeline.tasks.data.files import json_rows as read_json
+from multilora_pipeline.tasks.data.files import parquet_rows as read_parquet
+from multilora_pipeline.tasks.data.files.read import read_batches, read_table
+from multilora_pipeline.tasks.data.normalise import normalise
 
 BAD = Path(__file__).resolve().parents[1] / "data_specs" / "bad_inputs"
 CASES = json.loads((BAD / "CASES.json").read_text())["cases"]

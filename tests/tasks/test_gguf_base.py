@@ -12,11 +12,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_specs.errors import SpecError, TrainingError
-from data_specs.schema import BaseModelSpec, parse_spec
-from models.tiny import build_tiny_model
-from tasks.base_model import base_model_path, check_base_model, load_revision
-from tasks.gguf_base import SOURCE_FILE, converted_folder, gguf_origin
+from multilora_pipeline.data_specs.errors import SpecError, TrainingError
+from multilora_pipeline.data_specs.schema import BaseModelSpec, parse_spec
+from multilora_pipeline.models.tiny import build_tiny_model
+from multilora_pipeline.tasks.training.base_model import (
+    base_model_path,
+    check_base_model,
+    load_revision,
+)
+from multilora_pipeline.tasks.training.gguf import SOURCE_FILE, converted_folder, gguf_origin
 from tests.gguf_fixture import write_llama_gguf
 
 TEXTS = ["Question: is the sky blue?\nAnswer: yes", "The river is long. #### 42"] * 20

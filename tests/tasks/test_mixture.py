@@ -9,9 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.record import RECORD_SCHEMA
-from data_specs.schema import MixtureSpec
-from tasks.mixture import build_mixture, mixture_id, requested_shares, split_validation
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.data_specs.schema import MixtureSpec
+from multilora_pipeline.tasks.data.mixture import (
+    build_mixture,
+    mixture_id,
+    requested_shares,
+    split_validation,
+)
 
 
 def source(name: str, n: int, words: int = 3) -> pa.Table:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.errors import DataError, SpecError
-from data_specs.record import RECORD_SCHEMA, make_record
-from data_specs.schema import TEMPLATE_NAMES, load_spec
-from tasks.fetch import fetch
-from tasks.normalise import normalise
-from tasks.templates import TEMPLATES, register
+from multilora_pipeline.data_specs.errors import DataError, SpecError
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA, make_record
+from multilora_pipeline.data_specs.schema import TEMPLATE_NAMES, load_spec
+from multilora_pipeline.tasks.data.fetch import fetch
+from multilora_pipeline.tasks.data.normalise import normalise
+from multilora_pipeline.tasks.data.templates import TEMPLATES, register
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs" / "demo_tiny.yaml"
 
@@ -28,7 +28,7 @@ def records(tmp_path, workspace, rows: list[dict], template: str, fields=None) -
 
 
 def SourceSpecLike(path: str, template: str):  # noqa: N802 (reads like the spec class it builds)
-    from data_specs.schema import SourceSpec
+    from multilora_pipeline.data_specs.schema import SourceSpec
 
     return SourceSpec(name="src", path=path, template=template)
 
@@ -414,7 +414,7 @@ def test_the_registry_holds_exactly_the_template_names_a_spec_may_use():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Every demo source and suite fetched and normalised once."""
-    from tasks.workspace import Workspace
+    from multilora_pipeline.tasks.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("demo_ws")).ensure()
     spec, base = load_spec(DEMO_SPEC)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from data_specs.errors import RegistryError
-from tasks.promote import (
+from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.tasks.registry.promote import (
     KEPT,
     NOT_PROMOTED,
     PREVIOUS_TAG,
@@ -18,9 +18,9 @@ from tasks.promote import (
     rollback,
     run_gate,
 )
-from tasks.registry import CHAMPION, version_by_alias
-from tasks.tracking import Tracker
-from tasks.workspace import Workspace
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
+from multilora_pipeline.tasks.workspace import Workspace
 
 GATE = {"primary_metric": "eval_macro_acc", "min_improvement": 0.0, "regression_tolerance": 0.05}
 CHAMP = {"eval_macro_acc": 0.50, "category_nlu_score": 0.60, "category_math_score": 0.40}

@@ -14,15 +14,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from data_specs.record import make_record, records_to_table
-from models.multilora import MultiLoRAConfig, inject_multilora, save_adapter
-from models.prompt_format import FORMAT_FILE, PromptFormat, PromptFormatError
-from models.tiny import build_tiny_model
-from tasks.eval_generate import generate_greedy
-from tasks.eval_scoring import _CausalLM, _encode_requests
-from tasks.evaluate import heldout_loss
-from tasks.serving import AdapterGenerator
-from tasks.tokenise import tokenise_records
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.models.multilora import MultiLoRAConfig, inject_multilora, save_adapter
+from multilora_pipeline.models.prompt_format import FORMAT_FILE, PromptFormat, PromptFormatError
+from multilora_pipeline.models.tiny import build_tiny_model
+from multilora_pipeline.tasks.evaluation.evaluate import heldout_loss
+from multilora_pipeline.tasks.evaluation.generate import generate_greedy
+from multilora_pipeline.tasks.evaluation.scoring import _CausalLM, _encode_requests
+from multilora_pipeline.tasks.registry.serving import AdapterGenerator
+from multilora_pipeline.tasks.training.tokenise import tokenise_records
 from tests.tasks.scoring_models import BigramLM, plain
 
 # Opens with the bos text (<s>), as SmolLM2's and Llama 3's templates do.
@@ -146,7 +146,7 @@ def test_generation_stops_at_every_end_of_turn_token(chars):
 
 
 def test_multiple_choice_scores_are_finite_in_both_formats(chat_folder):
-    from tasks.eval_scoring import score_choices
+    from multilora_pipeline.tasks.evaluation.scoring import score_choices
 
     tokenizer = AutoTokenizer.from_pretrained(chat_folder)
     model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()

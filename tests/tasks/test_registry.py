@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_specs.errors import RegistryError
-from models.multilora import (
+from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.models.multilora import (
     MultiLoRAConfig,
     export_peft,
     inject_multilora,
@@ -21,8 +21,9 @@ from models.multilora import (
     save_adapter,
     scale_parameters,
 )
-from models.tiny import build_tiny_model
-from tasks.registry import (
+from multilora_pipeline.models.tiny import build_tiny_model
+from multilora_pipeline.tasks.registry.tracking import RUN_KEY_TAG, Tracker
+from multilora_pipeline.tasks.registry.versions import (
     CHAMPION,
     attach_run_artifacts,
     find_version,
@@ -31,8 +32,7 @@ from tasks.registry import (
     set_alias,
     version_by_alias,
 )
-from tasks.tracking import RUN_KEY_TAG, Tracker
-from tasks.workspace import Workspace
+from multilora_pipeline.tasks.workspace import Workspace
 from tests.fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,10 +149,12 @@ def test_version_holds_every_artifact(registered):
         "artifacts/evaluation/predictions.json",
         "analysis/plots/spectra.png",
         "analysis/summary.md",
-        "code/models/multilora/layer.py",
+        "code/multilora_pipeline/models/multilora/layer.py",
     ]:
         assert expected in files, f"{expected} missing from the version's model"
-    assert not any(f.startswith("code/tasks") or f.endswith(".pkl") for f in files)
+    # The code ships inside the project's namespace: a serving environment gets no top-level
+    # `models` (or `tasks`) module.
+    assert not any(f.startswith(("code/models", "code/tasks")) or f.endswith(".pkl") for f in files)
     metrics = json.loads(
         (
             tracker.workspace.artifacts_dir
@@ -240,10 +242,13 @@ def test_fresh_process_loads_champion_and_generates(registered, tiny_adapter, tm
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         f"model = mlflow.pyfunc.load_model('models:/{NAME}@{CHAMPION}')\n"
         "out = model.predict(pd.DataFrame({'prompt': json.loads(sys.argv[2])}))\n"
-        "print('RESULT' + json.dumps(out['completion'].tolist()))\n"
+        "import multilora_pipeline.models.prompt_format as code\n"
+        "print('RESULT' + json.dumps([out['completion'].tolist(), code.__file__]))\n"
     )
     # A bare environment outside the repo: the registry alone must be enough to load it.
-    completions = run_fresh(script, [tracker.uri, json.dumps(PROMPTS)], tmp_path, timeout=120)
+    completions, code = run_fresh(script, [tracker.uri, json.dumps(PROMPTS)], tmp_path, timeout=120)
+    # The layer and prompt code came from the version, not from the repo the test runs in.
+    assert "/code/multilora_pipeline/models/" in code and not code.startswith(str(REPO))
     assert completions == _reference_generation(tiny_adapter, with_adapter=True)
     assert completions != _reference_generation(tiny_adapter, with_adapter=False)
     assert all(completions)

@@ -8,10 +8,15 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from data_specs.record import make_record, records_to_table
-from models.prompt_format import PromptFormat
-from models.tiny import tiny_config
-from tasks.tokenise import IGNORE, TokenisedExample, pack_examples, tokenise_records
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.tiny import tiny_config
+from multilora_pipeline.tasks.training.tokenise import (
+    IGNORE,
+    TokenisedExample,
+    pack_examples,
+    tokenise_records,
+)
 from tests.tasks.scoring_models import plain
 
 

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 from transformers import TrainerCallback
 
-from data_specs.errors import TrainingError
-from data_specs.record import make_record, records_to_table
-from data_specs.schema import ArmSpec, TrainingSpec
-from models.prompt_format import PromptFormat
-from models.tiny import BLOCK_LINEARS, build_tiny_model
-from models.training_speed import compile_blocks
-from tasks.train import resolve_device, train_arm
+from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.data_specs.record import make_record, records_to_table
+from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
+from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.tiny import BLOCK_LINEARS, build_tiny_model
+from multilora_pipeline.models.training_speed import compile_blocks
+from multilora_pipeline.tasks.training.train import resolve_device, train_arm
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "otter", "piano", "quartz"]
 
@@ -164,7 +164,7 @@ def _weights(folder):
 @pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path):
     """Data parallelism over 2 CPU processes == one process with the same global batch."""
-    from tasks.train_launch import launch_arm
+    from multilora_pipeline.tasks.training.launch import launch_arm
 
     kwargs = dict(arm=ARMS["lora"], **on_mix(setup))
     single = launch_arm(
@@ -185,8 +185,8 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path
 
 
 def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_path):
-    from data_specs.schema import PipelineSpec
-    from tasks.arm_models import arm_deltas, load_for_inference
+    from multilora_pipeline.data_specs.schema import PipelineSpec
+    from multilora_pipeline.tasks.training.arm_models import arm_deltas, load_for_inference
 
     _, base = setup
     arm = ArmSpec(name="full", kind="full", target_modules=["q_proj", "v_proj"])
@@ -221,7 +221,12 @@ def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_pat
 
 
 def test_scales_get_their_own_learning_rate_and_weight_decay(setup):
-    from tasks.train import ArmTrainer, build_dataset, load_base, prepare_arm_model
+    from multilora_pipeline.tasks.training.train import (
+        ArmTrainer,
+        build_dataset,
+        load_base,
+        prepare_arm_model,
+    )
 
     root, base = setup
     arm = ARMS["multilora"].model_copy(
@@ -255,7 +260,7 @@ def test_epochs_and_gradient_checkpointing(setup, tmp_path):
     )
     from transformers import AutoTokenizer
 
-    from tasks.train import build_dataset
+    from multilora_pipeline.tasks.training.train import build_dataset
 
     # One epoch = every packed sequence once at batch 4, activations recomputed in backward.
     fmt = PromptFormat.resolve(AutoTokenizer.from_pretrained(base))
@@ -281,7 +286,7 @@ def test_attention_kernel_is_configurable_and_equivalent(setup, tmp_path):
 
 def test_compiled_training_follows_the_eager_loss_curve(setup, tmp_path, monkeypatch):
     # training.compile wired end to end; aot_eager traces like inductor without its C++ build.
-    import tasks.train as train_module
+    import multilora_pipeline.tasks.training.train as train_module
 
     kwargs = dict(arm=ARMS["multilora"], **on_mix(setup))
     eager = train_arm(**kwargs, training=TRAINING, output_dir=tmp_path / "eager")
@@ -303,7 +308,7 @@ def test_compiled_training_follows_the_eager_loss_curve(setup, tmp_path, monkeyp
 
 
 def test_a_failing_compile_is_a_training_error(setup, tmp_path, monkeypatch):
-    import tasks.train as train_module
+    import multilora_pipeline.tasks.training.train as train_module
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")

@@ -1,0 +1,1 @@
+"""Analysis of trained adapters: ΔW spectra and the plots the parent run shows."""

@@ -1,0 +1,317 @@
+"""Decontaminate: drop training rows that overlap an evaluation suite.
+
+Three tests, against every suite (first matching suite in spec order is reported):
+- n-gram: the row shares a word n-gram (13 by default, GPT-3 / lm-eval practice) with an
+  eval item's prompt or response, ignoring n-grams found in more than `boilerplate_fraction`
+  of the suite's items (instructions and answer templates, not content), or in more than that
+  share of one group's items (`boilerplate_group`, MMLU's subject: "Construct a complete truth
+  table ..." opens many formal_logic items and no others);
+- exact: a prompt shorter than n words equals an eval prompt after normalisation;
+- near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one.
+Words are normalised as in dedup (case folded, punctuation stripped).
+
+Why the eval item's response counts too: GPT-3 and lm-eval decontaminate against an eval
+item's full text, and a training row that reproduces a gold answer (a GSM8K rationale, a
+passage quoted in an answer) teaches the answer even when the question is reworded. The price
+is visible in the demo: three templated math rows whose rationale has the same numbers as an
+eval rationale ("each friend has 14 - 5 = 9 cookies left ...") are removed although their
+questions differ; data_specs/demo/PLANTED.json lists them as `incidental_leaks`. Templated
+answers shared by many items are not affected: boilerplate n-grams are ignored.
+
+Memory: each suite is indexed once and whole (sorted 64-bit hashes of its content n-grams,
+its short prompts): the small side. The training rows, the big side, stream past the indexes
+BATCH_ROWS at a time, their n-grams hashed once per batch for all suites.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.data_specs.schema import DecontaminationSpec
+from multilora_pipeline.tasks.data.dedup import source_row
+from multilora_pipeline.tasks.data.minhash import normalised_words, word_shingles
+
+DECON_DROP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64()),
+        pa.field("suite", pa.string(), nullable=False),
+        pa.field("eval_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # ngram | exact | near
+        pa.field("similarity", pa.float64(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DecontaminationResult:
+    """Rows kept (input order) and rows removed with the eval item they match."""
+
+    kept: pa.Table
+    drops: pa.Table
+
+
+@dataclass
+class SuiteIndex:
+    """What one suite offers for matching: its content n-grams and its short prompts."""
+
+    name: str
+    ngram_hashes: np.ndarray  # sorted uint64, boilerplate removed
+    ngram_item: np.ndarray  # eval item index of each hash (first item that has it)
+    ids: list[str]
+    prompts: dict[str, int]  # normalised prompt -> item index
+    word_sets: list[frozenset]  # per item: set of prompt words
+    by_word: dict[str, list[int]]  # word -> items whose prompt has it
+
+
+def _field_docs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Prompt and response of every row as separate texts, and the row each came from:
+    n-grams never span the boundary between two fields."""
+    n = table.num_rows
+    texts = pa.concat_arrays(
+        [table.column("prompt").combine_chunks(), table.column("response").combine_chunks()]
+    )
+    return texts, np.concatenate([np.arange(n), np.arange(n)])
+
+
+def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -> SuiteIndex:
+    """Index one eval suite (canonical records) for the three tests."""
+    n_items = items.num_rows
+    texts, owner = _field_docs(items)
+    sh = word_shingles(texts, config.ngram, full_hash=True)
+    doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+    full = sh.lengths[doc_of] >= config.ngram  # short fields are for the exact/near tests
+    hashes, item = sh.hashes[full], owner[doc_of[full]]
+    # Count each n-gram once per item, then drop the ones too many items share.
+    pair = np.unique(np.stack([hashes, item.astype(np.uint64)], axis=1), axis=0)
+    uniq, first, inverse, counts = np.unique(
+        pair[:, 0], return_index=True, return_inverse=True, return_counts=True
+    )
+    content = counts <= config.boilerplate_fraction * n_items
+    if config.boilerplate_group:
+        content &= ~_group_boilerplate(items, config, pair, inverse.reshape(-1), len(uniq))
+    # An n-gram occurrence counts only if most of its words lie outside template spans:
+    # "... as of 2020? Scenario 1 | I asked" is template plus two words, not a leak.
+    occurrence = np.searchsorted(uniq, hashes)
+    start = _word_positions(sh, doc_of, full, config.ngram)
+    covered = _template_words(start[~content[occurrence]], int(sh.lengths.sum()), config.ngram)
+    own = config.ngram - (covered[start + config.ngram] - covered[start])
+    keep = content[occurrence] & (own >= MIN_OWN_WORDS_SHARE * config.ngram)
+    kept_hashes, first_at = np.unique(hashes[keep], return_index=True)
+    words = normalised_words(items.column("prompt")).to_pylist()
+    word_sets = [frozenset(w) for w in words]
+    by_word: dict[str, list[int]] = defaultdict(list)
+    for i, ws in enumerate(word_sets):
+        for w in ws:
+            by_word[w].append(i)
+    prompts = {}
+    for i, w in enumerate(words):
+        prompts.setdefault(" ".join(w), i)
+    return SuiteIndex(
+        name=name,
+        ngram_hashes=kept_hashes,
+        ngram_item=item[keep][first_at].astype(np.int64),
+        ids=items.column("id").to_pylist(),
+        prompts=prompts,
+        word_sets=word_sets,
+        by_word=dict(by_word),
+    )
+
+
+# A matching n-gram must have at least this share of its words outside template spans.
+MIN_OWN_WORDS_SHARE = 0.5
+
+
+def _word_positions(sh, doc_of: np.ndarray, full: np.ndarray, n: int) -> np.ndarray:
+    """Flat word index (over all documents) where each kept n-gram occurrence starts."""
+    word_start = np.concatenate([[0], np.cumsum(sh.lengths)])[:-1]
+    within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k of its document = word k
+    return (word_start[doc_of] + within)[full]
+
+
+def _template_words(starts: np.ndarray, total_words: int, n: int) -> np.ndarray:
+    """Prefix sums (length total_words + 1) of "this word lies in a boilerplate n-gram"."""
+    diff = np.zeros(total_words + 1, dtype=np.int64)
+    np.add.at(diff, starts, 1)
+    np.add.at(diff, starts + n, -1)
+    inside = np.cumsum(diff)[:total_words] > 0
+    return np.concatenate([[0], np.cumsum(inside)])
+
+
+# A group template is shared by at least this many items of the group: two items sharing a
+# passage (MMLU history questions, BoolQ) is content, not a template.
+GROUP_TEMPLATE_MIN_ITEMS = 3
+
+
+def _group_boilerplate(
+    items: pa.Table, config: DecontaminationSpec, pair: np.ndarray, ngram: np.ndarray, n: int
+) -> np.ndarray:
+    """Per distinct n-gram: True when it is the template of one group of items (more than
+    boilerplate_fraction of the group, and at least GROUP_TEMPLATE_MIN_ITEMS items)."""
+    values = [json.loads(m).get(config.boilerplate_group) for m in items.column("meta").to_pylist()]
+    if all(v is None for v in values):
+        return np.zeros(n, dtype=bool)
+    codes, labels = pd.factorize(np.array([str(v) for v in values], dtype=object))
+    sizes = np.bincount(codes)
+    group = codes[pair[:, 1].astype(np.int64)]
+    cells, cell_counts = np.unique(np.stack([ngram, group], axis=1), axis=0, return_counts=True)
+    template = (cell_counts >= GROUP_TEMPLATE_MIN_ITEMS) & (
+        cell_counts > config.boilerplate_fraction * sizes[cells[:, 1]]
+    )
+    out = np.zeros(n, dtype=bool)
+    out[cells[template, 0]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class RowNgrams:
+    """The full n-grams of a batch of training rows, hashed once and probed against every
+    suite: prompt and response apart (n-grams never span the two), in row order, each
+    field's own n-grams in text order."""
+
+    hashes: np.ndarray  # uint64
+    rows: np.ndarray  # batch row of each hash
+
+    @classmethod
+    def of(cls, batch: pa.Table, n: int) -> RowNgrams:
+        texts, owner = _field_docs(batch)
+        sh = word_shingles(texts, n, full_hash=True)
+        doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+        full = sh.lengths[doc_of] >= n  # a shorter field's one shingle is no n-gram
+        return cls(sh.hashes[full], owner[doc_of[full]])
+
+
+def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, int]:
+    """Row -> eval item for rows sharing a content n-gram with the suite (the row's first
+    such n-gram, prompt before response, names the item)."""
+    if len(index.ngram_hashes) == 0 or len(ngrams.hashes) == 0:
+        return {}
+    pos = np.searchsorted(index.ngram_hashes, ngrams.hashes)
+    pos = np.minimum(pos, len(index.ngram_hashes) - 1)
+    hit = np.flatnonzero(index.ngram_hashes[pos] == ngrams.hashes)
+    out: dict[int, int] = {}
+    items = index.ngram_item[pos[hit]].tolist()
+    for row, item in zip(ngrams.rows[hit].tolist(), items, strict=True):
+        out.setdefault(row, item)
+    return out
+
+
+def _short_prompt_hit(words: list[str], index: SuiteIndex, threshold: float):
+    """(kind, item, similarity) for a short prompt that equals or nearly equals an eval prompt."""
+    key = " ".join(words)
+    if key and key in index.prompts:
+        return "exact", index.prompts[key], 1.0
+    mine = frozenset(words)
+    if not mine:
+        return None
+    # Prefix filter: Jaccard >= t needs |A & B| >= t|A|, so B must share one of any
+    # |A| - ceil(t|A|) + 1 words of A; take A's rarest words to keep the candidate list short.
+    prefix = len(mine) - math.ceil(threshold * len(mine)) + 1
+    rarest = sorted(mine, key=lambda w: (len(index.by_word.get(w, ())), w))[:prefix]
+    candidates = {item for w in rarest for item in index.by_word.get(w, ())}
+    best = None
+    for item in sorted(candidates):
+        other = index.word_sets[item]
+        jac = len(mine & other) / len(mine | other)
+        if jac >= threshold and (best is None or jac > best[2]):
+            best = ("near", item, jac)
+    return best
+
+
+# Training rows checked at a time. Their n-gram arrays cost ~50-60 bytes per word (~200 MB for
+# 50k Alpaca-sized rows) and only their short prompts become Python lists: memory stays flat
+# however big the training table, while each suite's index (the small side) stays whole.
+BATCH_ROWS = 50_000
+
+Hit = tuple[str, str, float, str]  # (suite, kind, similarity, eval id)
+
+
+def decontaminate(
+    train: pa.Table, suites: dict[str, pa.Table], config: DecontaminationSpec
+) -> DecontaminationResult:
+    """Remove training rows that overlap any eval suite (dict in spec order).
+
+    The suites are indexed once; the training rows stream past the indexes BATCH_ROWS at a
+    time. A row is reported against the first suite it matches, n-gram before exact/near.
+    """
+    train = train.select(RECORD_SCHEMA.names)
+    n = train.num_rows
+    hits: dict[int, Hit] = {}  # training row -> its match
+    if config.enabled and n:
+        indexes = [
+            build_suite_index(name, items.select(RECORD_SCHEMA.names), config)
+            for name, items in suites.items()
+        ]
+        for start in range(0, n, BATCH_ROWS):
+            found = _batch_hits(train.slice(start, BATCH_ROWS), indexes, config)
+            hits.update((start + row, hit) for row, hit in found.items())
+    keep = np.ones(n, dtype=bool)
+    keep[list(hits)] = False
+    return DecontaminationResult(train.filter(pa.array(keep)), _drops_table(train, hits))
+
+
+def _batch_hits(
+    batch: pa.Table, indexes: list[SuiteIndex], config: DecontaminationSpec
+) -> dict[int, Hit]:
+    """Batch row -> match, suites in spec order: n-gram overlap first, then (prompts shorter
+    than n words) an exact or near-identical eval prompt."""
+    ngrams = RowNgrams.of(batch, config.ngram)
+    prompt_words = normalised_words(batch.column("prompt"))
+    short = np.flatnonzero(pc.list_value_length(prompt_words).to_numpy() < config.ngram)
+    short_words = prompt_words.take(pa.array(short, pa.int64())).to_pylist()
+    hits: dict[int, Hit] = {}
+    for index in indexes:
+        for row, item in _ngram_hits(ngrams, index).items():
+            hits.setdefault(row, (index.name, "ngram", 1.0, index.ids[item]))
+        for row, words in zip(short.tolist(), short_words, strict=True):
+            if row in hits:
+                continue
+            found = _short_prompt_hit(words, index, config.near_threshold)
+            if found:
+                kind, item, sim = found
+                hits[row] = (index.name, kind, sim, index.ids[item])
+    return hits
+
+
+def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
+    """One row per removed training row, in table order (only those rows reach Python)."""
+    rows = sorted(hits)
+    removed = train.take(pa.array(rows, pa.int64()))
+    ids, srcs, metas = (removed.column(c).to_pylist() for c in ("id", "source", "meta"))
+    return pa.Table.from_pylist(
+        [
+            {
+                "id": ids[i],
+                "source": srcs[i],
+                "row": source_row(metas[i]),
+                "suite": suite,
+                "eval_id": eval_id,
+                "kind": kind,
+                "similarity": round(sim, 6),
+            }
+            for i, (suite, kind, sim, eval_id) in enumerate(hits[r] for r in rows)
+        ],
+        schema=DECON_DROP_SCHEMA,
+    )
+
+
+def drops_per_source_suite(drops: pa.Table) -> list[dict]:
+    """Counts of removed rows per (source, suite, kind), for reports."""
+    if drops.num_rows == 0:
+        return []
+    grouped = drops.group_by(["source", "suite", "kind"]).aggregate([("id", "count")])
+    rows = sorted(grouped.to_pylist(), key=lambda r: (r["source"], r["suite"], r["kind"]))
+    return [
+        {"source": r["source"], "suite": r["suite"], "kind": r["kind"], "rows": r["id_count"]}
+        for r in rows
+    ]

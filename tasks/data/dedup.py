@@ -1,0 +1,282 @@
+"""Dedup: exact (normalised key) and near (MinHash LSH) duplicates, within and across sources.
+
+Which copy survives is decided by rank: source priority (higher first), then the source's
+position in the spec, then row order. Exact duplicates keep the best-ranked copy; near
+duplicates are removed greedily in rank order, so every dropped row duplicates a row that
+was kept, with a similarity at or above the threshold. Every drop is reported.
+
+Passage-based tasks (BoolQ, RTE, CB, MultiRC) put many items on one passage; their templates
+store the part that tells items apart (question, hypothesis) in meta["query"], and a near pair
+of such rows counts only if the queries match too (word-set Jaccard >= the threshold) and
+the gold answers agree.
+Exact dedup is unaffected: the same passage with another question is another key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.data_specs.schema import DedupSpec
+from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS
+from multilora_pipeline.tasks.data.minhash import near_duplicates, normalised_text, normalised_words
+from multilora_pipeline.tasks.data.templates import QUERY
+
+DEDUP_DROP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64()),  # row in the source file, when normalise recorded it
+        pa.field("duplicate_of", pa.string(), nullable=False),
+        pa.field("duplicate_source", pa.string(), nullable=False),
+        pa.field("duplicate_row", pa.int64()),  # source-file row of the kept copy
+        pa.field("kind", pa.string(), nullable=False),  # exact | near
+        pa.field("similarity", pa.float64(), nullable=False),
+    ]
+)
+# Joins key fields; not whitespace, so normalisation never merges two fields into one.
+FIELD_SEP = "\x1f"
+# Two fixed siphash keys (16 bytes each): two independent 64-bit hashes of every exact key.
+HASH_KEYS = ("mlora-exact-key1", "mlora-exact-key2")
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """The input (RECORD_SCHEMA), which of its rows stay, and the rows dropped
+    (DEDUP_DROP_SCHEMA). `kept` materialises the survivors; big outputs are better written
+    slice by slice with tasks.data.files.parquet_io.filtered_slices(result.table, result.keep)."""
+
+    table: pa.Table
+    keep: np.ndarray
+    drops: pa.Table
+
+    @property
+    def kept(self) -> pa.Table:
+        return self.table.filter(pa.array(self.keep))
+
+    @property
+    def kept_rows(self) -> int:
+        return int(self.keep.sum())
+
+
+def source_row(meta: str) -> int | None:
+    """The source-file row number normalise stored in `meta`, if any."""
+    try:
+        data = json.loads(meta)
+    except (TypeError, ValueError):
+        return None
+    row = data.get("row", data.get("__row__")) if isinstance(data, dict) else None
+    return int(row) if isinstance(row, int) else None
+
+
+def exact_keys(table: pa.Table, fields: list[str]) -> pa.Array:
+    """The exact-dedup key of each row: the named fields, each case-folded, without
+    punctuation and with whitespace collapsed."""
+    parts = [normalised_text(table.column(f)) for f in fields]
+    return pc.binary_join_element_wise(*parts, FIELD_SEP) if len(parts) > 1 else parts[0]
+
+
+def key_codes(table: pa.Table, fields: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """One int per row (of `rows`, default all): equal exactly when the exact keys are equal.
+
+    Keys are built SLICE_ROWS rows at a time and reduced to two independent 64-bit hashes
+    (a 128-bit digest: a false match among 10^9 rows has odds below 10^-20), so no Python
+    string per row is alive at once beyond one slice.
+    """
+    picked = table.select(fields)
+    n = picked.num_rows if rows is None else len(rows)
+    digests = np.empty((n, 2), dtype=np.uint64)
+    for lo in range(0, n, SLICE_ROWS):
+        hi = min(lo + SLICE_ROWS, n)
+        part = (
+            picked.slice(lo, hi - lo)
+            if rows is None
+            else picked.take(pa.array(rows[lo:hi], type=pa.int64()))
+        )
+        keys = exact_keys(part, fields).to_numpy(zero_copy_only=False)
+        for k, salt in enumerate(HASH_KEYS):
+            digests[lo:hi, k] = pd.util.hash_array(keys, hash_key=salt, categorize=False)
+    _, codes = np.unique(digests, axis=0, return_inverse=True)
+    return codes.reshape(-1)
+
+
+def rank_order(table: pa.Table, priorities: dict[str, int], source_order: list[str]) -> np.ndarray:
+    """Row indices best first: higher priority, then earlier source in the spec, then row order."""
+    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+    position = {name: i for i, name in enumerate(source_order)}
+    prio = np.array([-priorities.get(s, 0) for s in names], dtype=np.int64)
+    pos = np.array([position.get(s, len(position)) for s in names], dtype=np.int64)
+    idx = encoded.indices.to_numpy()
+    return np.lexsort((np.arange(len(idx)), pos[idx], prio[idx]))
+
+
+def _exact_pass(codes: np.ndarray, rows: np.ndarray, dup_of: np.ndarray) -> None:
+    """Among `rows` (ranked positions, ascending) with these key codes, point every repeat of
+    a key at the first (best-ranked) row with that key."""
+    if len(rows) < 2:
+        return
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    rep = rows[first[inverse]]
+    repeat = rep != rows
+    dup_of[rows[repeat]] = rep[repeat]
+
+
+def _same_query(table, rows, pairs, sims, config) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the near pairs whose rows ask the same thing. Rows of passage-based tasks carry
+    their question or hypothesis in meta (templates.QUERY): two BoolQ questions about one
+    Wikipedia passage share most shingles yet are different items, so such a pair counts only
+    when the queries' word sets also reach the threshold and the gold answers agree (two
+    near-identical questions with opposite answers are a contrastive pair, not a copy).
+    `rows`: table row of each index."""
+    if not len(pairs):
+        return pairs, sims
+    involved = np.unique(pairs)
+    picked = table.select(["meta", "response"]).take(pa.array(rows[involved], type=pa.int64()))
+    queries = [_query(m) for m in picked.column("meta").to_pylist()]
+    answers = picked.column("response").to_pylist()
+    words = normalised_words([q or "" for q in queries]).to_pylist()
+    where = {int(i): k for k, i in enumerate(involved)}
+    keep = np.ones(len(pairs), dtype=bool)
+    for k, (i, j) in enumerate(pairs.tolist()):
+        a, b = where[i], where[j]
+        if queries[a] is None or queries[b] is None:
+            continue
+        sa, sb = set(words[a]), set(words[b])
+        same_answer = answers[a].strip().lower() == answers[b].strip().lower()
+        keep[k] = same_answer and len(sa & sb) >= config.threshold * len(sa | sb)
+    return pairs[keep], sims[keep]
+
+
+def _query(meta: str) -> str | None:
+    try:
+        value = json.loads(meta).get(QUERY)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _greedy_near(n: int, pairs: np.ndarray, sims: np.ndarray):
+    """Walk pairs (i < j in rank order) by j: drop j when some kept i duplicates it.
+
+    i's fate is settled before j is visited, so every dropped row points at a kept row.
+    """
+    dup_of = np.full(n, -1, dtype=np.int64)
+    sim_of = np.zeros(n)
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
+    for k in order.tolist():
+        i, j = int(pairs[k, 0]), int(pairs[k, 1])
+        if dup_of[j] < 0 and dup_of[i] < 0:
+            dup_of[j], sim_of[j] = i, sims[k]
+    return dup_of, sim_of
+
+
+def dedup(
+    table: pa.Table,
+    config: DedupSpec,
+    priorities: dict[str, int] | None = None,
+    source_order: list[str] | None = None,
+) -> DedupResult:
+    """Remove exact and near duplicates from `table` (canonical records, any sources).
+
+    Works in rank order (best copy first) on integer arrays; the table itself is never
+    reordered or copied whole, so memory stays near one copy of the input."""
+    table = table.select(RECORD_SCHEMA.names)
+    n = table.num_rows
+    if source_order is None:
+        source_order = pc.unique(table.column("source")).to_pylist()
+    rank = rank_order(table, priorities or {}, source_order)
+    dup_of = np.full(n, -1, dtype=np.int64)  # in ranked positions
+    sim = np.zeros(n)
+    kind = np.full(n, "", dtype=object)
+    if config.exact and n > 1:
+        _exact_pass(key_codes(table, list(config.key))[rank], np.arange(n), dup_of)
+        category = pc.dictionary_encode(table.column("category")).combine_chunks()
+        cat_ranked = category.indices.to_numpy()[rank]
+        names = category.dictionary.to_pylist()
+        for name, key in sorted(config.key_by_category.items()):
+            if name not in names:
+                continue
+            rows = np.flatnonzero((cat_ranked == names.index(name)) & (dup_of < 0))
+            if len(rows) > 1:
+                _exact_pass(key_codes(table, list(key), rank[rows]), rows, dup_of)
+        # A first-pass copy may itself have gone in a category pass: point at its survivor.
+        hop = dup_of >= 0
+        hop[hop] = dup_of[dup_of[hop]] >= 0
+        dup_of[hop] = dup_of[dup_of[hop]]
+        exact = dup_of >= 0
+        sim[exact], kind[exact] = 1.0, "exact"
+    near_cfg = config.near
+    if near_cfg.enabled and n > 1:
+        live = np.flatnonzero(dup_of < 0)
+        picked = table.select(list(config.key)).take(pa.array(rank[live], type=pa.int64()))
+        texts = (
+            pc.binary_join_element_wise(
+                *[pc.fill_null(picked.column(f), "") for f in config.key], " "
+            )
+            if len(config.key) > 1
+            else picked.column(config.key[0])
+        )
+        del picked
+        found = near_duplicates(
+            texts,
+            threshold=near_cfg.threshold,
+            num_perm=near_cfg.num_perm,
+            shingle=near_cfg.shingle,
+            bands=near_cfg.bands,
+        )
+        pairs, sims = _same_query(table, rank[live], found.pairs, found.similarity, near_cfg)
+        if len(pairs):
+            local_dup, local_sim = _greedy_near(len(live), pairs, sims)
+            hit = np.flatnonzero(local_dup >= 0)
+            rows = live[hit]
+            dup_of[rows], sim[rows], kind[rows] = live[local_dup[hit]], local_sim[hit], "near"
+    dropped_ranked = np.flatnonzero(dup_of >= 0)
+    keep = np.ones(n, dtype=bool)
+    keep[rank[dropped_ranked]] = False
+    return DedupResult(table, keep, _drop_table(table, rank, dropped_ranked, dup_of, kind, sim))
+
+
+def _drop_table(table, rank, dropped_ranked, dup_of, kind, sim) -> pa.Table:
+    """DEDUP_DROP_SCHEMA rows: each dropped row with the id and source of the copy kept."""
+    info = table.select(["id", "source", "meta"])
+    dropped = info.take(pa.array(rank[dropped_ranked], type=pa.int64()))
+    kept_copy = info.take(pa.array(rank[dup_of[dropped_ranked]], type=pa.int64()))
+    return pa.Table.from_pydict(
+        {
+            "id": dropped.column("id"),
+            "source": dropped.column("source"),
+            "row": [source_row(m) for m in dropped.column("meta").to_pylist()],
+            "duplicate_of": kept_copy.column("id"),
+            "duplicate_source": kept_copy.column("source"),
+            "duplicate_row": [source_row(m) for m in kept_copy.column("meta").to_pylist()],
+            "kind": kind[dropped_ranked].tolist(),
+            "similarity": np.round(sim[dropped_ranked], 6),
+        },
+        schema=DEDUP_DROP_SCHEMA,
+    )
+
+
+def drops_per_source_pair(drops: pa.Table) -> list[dict]:
+    """Counts of dropped rows per (dropped source, kept source, kind), for reports."""
+    if drops.num_rows == 0:
+        return []
+    grouped = drops.group_by(["source", "duplicate_source", "kind"]).aggregate([("id", "count")])
+    rows = sorted(
+        grouped.to_pylist(), key=lambda r: (r["source"], r["duplicate_source"], r["kind"])
+    )
+    return [
+        {
+            "dropped_from": r["source"],
+            "duplicate_of": r["duplicate_source"],
+            "kind": r["kind"],
+            "rows": r["id_count"],
+        }
+        for r in rows
+    ]

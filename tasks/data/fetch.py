@@ -1,0 +1,393 @@
+"""fetch: turn a source (local file, http(s) URL or Hugging Face dataset) into a raw snapshot.
+
+A snapshot is a Parquet file under ``<workspace>/data/raw/<content_hash>.parquet``
+holding the source's columns as they are, plus ``__row__``: the 1-based row of
+each record in the original file (line, element or record number; see
+tasks/data/files/read.py, which reads and checks local files), so every later error
+can point at it. Hub datasets number their rows from 1.
+
+The content hash identifies the snapshot: the sha256 of the raw bytes combined
+with the read options that change the result (format, max_rows, column names).
+An unchanged source is not parsed again: when the snapshot for its hash exists
+it is reused. Bad input raises `DataError` naming the file, line, row or field.
+
+Local files and downloads stream: the file is hashed in one pass, then read a block at a
+time (tasks/data/files/read.py) and written row group by row group to a temp file that is renamed
+into place, so memory stays at a few blocks whatever the file's size. Hub datasets are
+loaded through `datasets` (memory-mapped; a `streaming` split is collected in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.data_specs.schema import DataLocation
+from multilora_pipeline.tasks.data.files.parquet_io import (
+    ROW_GROUP_ROWS,
+    write_batches,
+    write_parquet,
+)
+from multilora_pipeline.tasks.data.files.read import (
+    CHUNK,
+    ROW_COLUMN,
+    detect_format,
+    inspect_file,
+    read_batches,
+    read_table,
+)
+from multilora_pipeline.tasks.data.templates import csv_columns_for
+from multilora_pipeline.tasks.workspace import Workspace
+
+__all__ = [
+    "ROW_COLUMN",
+    "Snapshot",
+    "detect_format",
+    "fetch",
+    "inspect_file",
+    "read_batches",
+    "read_table",
+]
+
+log = logging.getLogger("mlora.fetch")
+
+SNAPSHOT_VERSION = 1  # bump when the snapshot layout changes: old snapshots are then not reused
+URL_ATTEMPTS = 4  # one try plus three retries on network errors and 5xx/429 answers
+URL_BACKOFF_S = 1.0  # first retry waits this long, then 2x, 4x
+URL_TIMEOUT_S = 60
+HUB_SHA_RE = re.compile(r"^[0-9a-f]{40}$")  # a pinned hub revision is a full commit sha
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A raw source snapshot: where its Parquet lies and what it was made from."""
+
+    name: str
+    """Source or suite name the snapshot belongs to."""
+    path: Path
+    """The Parquet snapshot (source columns + ``__row__``)."""
+    content_hash: str
+    """sha256 hex identifying the content (raw bytes + read options, or hub address + fingerprint)."""
+    rows: int
+    """Rows in the snapshot."""
+    origin: str
+    """Where it came from: ``file:/abs/path``, ``url:https://...`` or ``hf:id/config/split@rev``."""
+    file_sha256: str | None = None
+    """sha256 of the raw file bytes (files and URLs; None for hub datasets)."""
+    reused: bool = False
+    """True when an existing snapshot was reused instead of parsing the source again."""
+
+
+def fetch(
+    location: DataLocation,
+    name: str,
+    base_dir: Path,
+    workspace: Workspace,
+    *,
+    columns: list[str] | None = None,
+) -> Snapshot:
+    """Snapshot one source into the workspace (or reuse the snapshot of unchanged content).
+
+    `location` is a DataLocation (a SourceSpec or EvalSuiteSpec works too);
+    relative paths resolve against `base_dir` (the spec's folder). `columns`
+    names the columns of a headerless CSV/TSV; when omitted and `location`
+    has a `template` that declares headerless columns (e.g. mmlu), those are used.
+    """
+    if columns is None and getattr(location, "template", None):
+        columns = csv_columns_for(location.template)
+    raw_dir = workspace.data_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    if location.hf is not None:
+        return _fetch_hub(location, name, raw_dir, workspace)
+    if location.url is not None:
+        path = _download(location, workspace)
+        try:
+            return _fetch_file(path, f"url:{location.url}", name, location, raw_dir, columns)
+        except DataError as err:  # name the URL, not only the downloaded copy
+            raise DataError(
+                err.what, where=f"{location.url} (saved as {err.where})", fix=err.fix
+            ) from None
+    path = Path(location.path)
+    path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
+    return _fetch_file(path, f"file:{path}", name, location, raw_dir, columns)
+
+
+# ---------------------------------------------------------------- local files (see read_file.py)
+
+
+def _fetch_file(
+    path: Path,
+    origin: str,
+    name: str,
+    location: DataLocation,
+    raw_dir: Path,
+    columns: list[str] | None,
+) -> Snapshot:
+    fmt = detect_format(path, location.format)
+    facts = inspect_file(path, text=fmt != "parquet")
+    if location.sha256 and facts.sha256 != location.sha256.lower():
+        raise DataError(
+            f"sha256 mismatch: expected {location.sha256}, got {facts.sha256}",
+            where=str(path),
+            fix="the file changed or the download is corrupt; check the source "
+            "and update sha256 in the spec if the new content is right",
+        )
+    options = {
+        "format": fmt,
+        "max_rows": location.max_rows,
+        "columns": columns if fmt in ("csv", "tsv") else None,
+    }
+    content_hash = _digest(SNAPSHOT_VERSION, facts.sha256, options)
+    out = raw_dir / f"{content_hash}.parquet"
+    if out.exists():
+        rows = pq.ParquetFile(out).metadata.num_rows
+        log.info(
+            "fetch %s: unchanged (%s), reused snapshot %s (%d rows)",
+            name,
+            origin,
+            content_hash[:12],
+            rows,
+        )
+        return Snapshot(name, out, content_hash, rows, origin, facts.sha256, reused=True)
+    start = time.perf_counter()
+    source = read_batches(path, fmt, columns=columns, blank_lines=facts.blank_lines)
+    # write_batches writes a temp file and renames it: a failure never leaves a half snapshot
+    rows = write_batches(
+        _row_groups(_first_rows(source.tables, location.max_rows)), out, source.schema
+    )
+    log.info(
+        "fetch %s: %d rows from %s in %.2fs -> %s",
+        name,
+        rows,
+        origin,
+        time.perf_counter() - start,
+        out.name,
+    )
+    return Snapshot(name, out, content_hash, rows, origin, facts.sha256)
+
+
+def _first_rows(tables: Iterator[pa.Table], max_rows: int | None) -> Iterator[pa.Table]:
+    """The first `max_rows` rows (all when None). The rest is still read: a bad row anywhere
+    in the file fails the fetch, with or without max_rows."""
+    left = max_rows
+    for table in tables:
+        if left is None:
+            yield table
+        elif left > 0:
+            yield table.slice(0, left)
+            left -= min(left, table.num_rows)
+
+
+def _row_groups(tables: Iterator[pa.Table], rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+    """The same rows in tables of whole row groups (the last may be short): each table the
+    writer gets becomes its own row groups, so the reader's small pieces are joined first."""
+    pending: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        pending.append(table)
+        count += table.num_rows
+        if count >= rows:
+            joined = pa.concat_tables(pending)  # zero-copy: chunks are kept
+            whole = count - count % rows
+            yield joined.slice(0, whole)
+            pending, count = [joined.slice(whole)], count - whole
+    if count:
+        yield pa.concat_tables(pending)
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def _download(location: DataLocation, workspace: Workspace) -> Path:
+    """Download `location.url` into the workspace (temp file, then rename); retries with backoff.
+
+    With a sha256 in the spec an earlier download of the same bytes is reused.
+    """
+    url = location.url
+    folder = workspace.data_dir / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(urllib.parse.urlparse(url).path).suffix or ".bin"
+    if location.sha256:
+        cached = folder / f"{location.sha256.lower()}{suffix}"
+        if cached.exists():
+            log.info("fetch %s: reusing the earlier download %s", url, cached.name)
+            return cached
+    fd, tmp = tempfile.mkstemp(prefix="download.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        _download_with_retries(url, tmp_path)
+        sha = _file_sha256(tmp_path)
+        out = folder / f"{sha}{suffix}"
+        os.replace(tmp_path, out)
+        return out
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _download_with_retries(url: str, target: Path) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "mlora-pipeline"})
+    for attempt in range(1, URL_ATTEMPTS + 1):
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as answer,
+                target.open("wb") as fh,
+            ):
+                while chunk := answer.read(CHUNK):
+                    fh.write(chunk)
+            return
+        except urllib.error.HTTPError as err:
+            retry = err.code >= 500 or err.code == 429
+            reason = f"HTTP {err.code} {err.reason}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            retry, reason = True, str(getattr(err, "reason", err))
+        if not retry or attempt == URL_ATTEMPTS:
+            raise DataError(
+                f"download failed after {attempt} attempt(s): {reason}",
+                where=url,
+                fix="check the URL and the network; 4xx errors are not retried",
+            )
+        wait = URL_BACKOFF_S * 2 ** (attempt - 1)
+        log.warning(
+            "download %s: %s, retry %d/%d in %.1fs", url, reason, attempt, URL_ATTEMPTS - 1, wait
+        )
+        time.sleep(wait)
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+# ---------------------------------------------------------------- Hugging Face hub
+
+
+def _fetch_hub(location: DataLocation, name: str, raw_dir: Path, workspace: Workspace) -> Snapshot:
+    """Load a hub dataset with `datasets.load_dataset`; HF_TOKEN comes from the environment only.
+
+    A pinned revision (full commit sha) fixes the content, so its snapshot is
+    reused without touching the network. Otherwise the dataset is loaded (the
+    datasets cache avoids a new download) and its fingerprint joins the hash.
+    """
+    hub = location.hf
+    origin = f"hf:{hub.id}/{hub.config or 'default'}/{hub.split}@{hub.revision or 'unpinned'}"
+    key = [SNAPSHOT_VERSION, "hf", hub.id, hub.config, hub.split, hub.revision, location.max_rows]
+    pinned = hub.revision is not None and HUB_SHA_RE.match(hub.revision) is not None
+    if pinned:
+        found = _existing(raw_dir, _digest(*key), name, origin)
+        if found:
+            return found
+    start = time.perf_counter()
+    dataset = _load_hub(hub, origin, workspace)
+    if hub.streaming:
+        table = _stream_to_table(dataset, location.max_rows, origin)
+        content_hash = _digest(*key) if pinned else _digest(*key, _table_digest(table))
+    else:
+        content_hash = _digest(*key) if pinned else _digest(*key, dataset._fingerprint)
+        found = _existing(raw_dir, content_hash, name, origin)
+        if found:
+            return found
+        if location.max_rows is not None:
+            dataset = dataset.select(range(min(location.max_rows, len(dataset))))
+        table = dataset.with_format("arrow")[:]  # applies any index mapping; no copy otherwise
+    if table.num_rows == 0:
+        raise DataError("the dataset split is empty", where=origin, fix="check the split name")
+    table = table.append_column(ROW_COLUMN, pa.array(range(1, table.num_rows + 1), pa.int64()))
+    out = raw_dir / f"{content_hash}.parquet"
+    write_parquet(table, out)
+    log.info(
+        "fetch %s: %d rows from %s in %.2fs",
+        name,
+        table.num_rows,
+        origin,
+        time.perf_counter() - start,
+    )
+    return Snapshot(name, out, content_hash, table.num_rows, origin)
+
+
+def _existing(raw_dir: Path, content_hash: str, name: str, origin: str) -> Snapshot | None:
+    out = raw_dir / f"{content_hash}.parquet"
+    if not out.exists():
+        return None
+    rows = pq.ParquetFile(out).metadata.num_rows
+    log.info("fetch %s: unchanged (%s), reused snapshot %s", name, origin, content_hash[:12])
+    return Snapshot(name, out, content_hash, rows, origin, reused=True)
+
+
+def _load_hub(hub, origin: str, workspace: Workspace):
+    import datasets  # deferred: importing datasets costs ~0.5 s and only hub sources need it
+
+    token = os.environ.get("HF_TOKEN") or None  # never logged, never stored
+    try:
+        return datasets.load_dataset(
+            hub.id,
+            hub.config,
+            split=hub.split,
+            revision=hub.revision,
+            streaming=hub.streaming,
+            token=token,
+            cache_dir=str(workspace.hf_home / "datasets"),
+        )
+    except Exception as err:  # datasets raises many types: offline, not found, gated, bad split
+        message = str(err).replace(token, "***") if token else str(err)
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        )
+        hint = (
+            "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): fetch it once online "
+            "or point the spec at a local copy"
+            if offline
+            else "check id, config, split and revision, the network, and HF_TOKEN for gated datasets"
+        )
+        raise DataError(
+            f"cannot load the hub dataset: {type(err).__name__}: {message[:300]}",
+            where=origin,
+            fix=hint,
+        ) from None
+
+
+def _stream_to_table(dataset, max_rows: int | None, origin: str) -> pa.Table:
+    batches, rows, batch = [], 0, []
+    for example in dataset:
+        batch.append(example)
+        rows += 1
+        if len(batch) == 10_000:  # bounded Python lists while streaming
+            batches.append(pa.Table.from_pylist(batch))
+            batch = []
+        if max_rows is not None and rows >= max_rows:
+            break
+    if batch:
+        batches.append(pa.Table.from_pylist(batch))
+    if not batches:
+        raise DataError("the streamed split is empty", where=origin, fix="check the split name")
+    return pa.concat_tables(batches, promote_options="permissive")
+
+
+def _table_digest(table: pa.Table) -> str:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()

@@ -1,0 +1,192 @@
+"""normalise: a raw snapshot -> canonical records (data_specs/record.py) through a named template.
+
+The template (tasks/data/templates.py) renders prompt/response/choices/label as
+whole Arrow columns; this module adds the constant columns, the meta JSON
+(``{"row": <file row>, ...template extras}``) and the content id. Only the id
+needs per-row Python (it must equal `record_id`), done in slices so memory
+stays bounded on millions of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA, record_id
+from multilora_pipeline.tasks.data.fetch import Snapshot
+from multilora_pipeline.tasks.data.templates import ROW_COLUMN, Rendered, Rows, get_template
+
+log = logging.getLogger("mlora.normalise")
+
+ID_SLICE = 100_000  # rows per id batch: bounds the Python objects alive at once
+PROGRESS_EVERY = 500_000  # log a progress line this often on big inputs
+# Raw rows normalised at a time: a multiple of the output row-group size (tasks/parquet_io),
+# so a streamed output has the same row groups as a whole-table write.
+BATCH_ROWS = 200_000
+
+
+def normalise(
+    snapshot: Snapshot,
+    *,
+    source: str,
+    template: str,
+    category: str,
+    fields: dict[str, str] | None = None,
+) -> pa.Table:
+    """Canonical records (exactly RECORD_SCHEMA) for every row of `snapshot`.
+
+    `task` is the template name. A missing or empty required field, or a label
+    that cannot be mapped, raises DataError naming the file, row and field.
+    """
+    parts = list(
+        normalise_batches(
+            snapshot, source=source, template=template, category=category, fields=fields
+        )
+    )
+    return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
+
+
+def normalise_batches(
+    snapshot: Snapshot,
+    *,
+    source: str,
+    template: str,
+    category: str,
+    fields: dict[str, str] | None = None,
+) -> Iterator[pa.Table]:
+    """`normalise`, BATCH_ROWS raw rows at a time: peak memory is one batch, not the source.
+
+    Templates work column by column and every error names the file row (``__row__``), so a
+    batch gives the same records and the same messages as the whole table.
+    """
+    recipe = get_template(template)
+    start = time.perf_counter()
+    raw_file = pq.ParquetFile(snapshot.path)
+    total = raw_file.metadata.num_rows
+    if total == 0:
+        raise DataError(
+            "the source has no rows", where=snapshot.origin, fix="check the file, split or max_rows"
+        )
+    done = 0
+    for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
+        raw = pa.Table.from_batches([batch])
+        rendered = recipe.render(Rows(raw, snapshot.origin, fields))
+        yield build_records(
+            rendered, row_numbers(raw), source=source, task=template, category=category
+        )
+        done += raw.num_rows
+        if total > BATCH_ROWS:
+            log.info(
+                "normalise %s: %d/%d rows (%.0f rows/s)",
+                source,
+                done,
+                total,
+                done / max(time.perf_counter() - start, 1e-9),
+            )
+    seconds = time.perf_counter() - start
+    log.info(
+        "normalise %s (%s): %d rows in %.2fs (%.0f rows/s)",
+        source,
+        template,
+        done,
+        seconds,
+        done / max(seconds, 1e-9),
+    )
+
+
+def row_numbers(raw: pa.Table) -> pa.Array:
+    """The file row of each raw row (``__row__``; 1..n when a table lacks it)."""
+    if ROW_COLUMN in raw.column_names:
+        return raw.column(ROW_COLUMN).combine_chunks().cast(pa.int64())
+    return pa.array(range(1, raw.num_rows + 1), pa.int64())
+
+
+def build_records(
+    rendered: Rendered, rows: pa.Array, *, source: str, task: str, category: str
+) -> pa.Table:
+    """Assemble RECORD_SCHEMA columns from a template's output."""
+    n = len(rendered.prompt)
+    choices = rendered.choices
+    choices = (
+        pa.nulls(n, pa.list_(pa.string()))
+        if choices is None
+        else choices.cast(pa.list_(pa.string()))
+    )
+    label = pa.nulls(n, pa.int64()) if rendered.label is None else rendered.label.cast(pa.int64())
+    prompt, response = rendered.prompt.cast(pa.string()), rendered.response.cast(pa.string())
+    columns = {
+        "id": record_ids(source, prompt, response, choices, label),
+        "source": constant(source, n),
+        "task": constant(task, n),
+        "category": constant(category, n),
+        "prompt": prompt,
+        "response": response,
+        "choices": choices,
+        "label": label,
+        "meta": meta_json({"row": rows, **rendered.meta}),
+    }
+    return pa.Table.from_arrays(list(columns.values()), schema=RECORD_SCHEMA)
+
+
+def constant(value: str, n: int) -> pa.Array:
+    """n copies of one string, without a Python list."""
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def record_ids(
+    source: str, prompt: pa.Array, response: pa.Array, choices: pa.Array, label: pa.Array
+) -> pa.Array:
+    """`record_id` of every row, computed slice by slice."""
+    out: list[str] = []
+    n, start = len(prompt), time.perf_counter()
+    for lo in range(0, n, ID_SLICE):
+        hi = min(lo + ID_SLICE, n)
+        parts = zip(
+            prompt[lo:hi].to_pylist(),
+            response[lo:hi].to_pylist(),
+            choices[lo:hi].to_pylist(),
+            label[lo:hi].to_pylist(),
+            strict=True,
+        )
+        out.extend(record_id(source, p, r, c, lab) for p, r, c, lab in parts)
+        if n > PROGRESS_EVERY and hi % PROGRESS_EVERY < ID_SLICE:
+            log.info(
+                "normalise %s: ids %d/%d (%.0f rows/s)",
+                source,
+                hi,
+                n,
+                hi / max(time.perf_counter() - start, 1e-9),
+            )
+    return pa.array(out, pa.string())
+
+
+def meta_json(values: dict[str, pa.Array]) -> pa.Array:
+    """One JSON object per row, keys sorted, formatted as ``json.dumps(..., sort_keys=True)``.
+
+    Integer columns are rendered by Arrow; other values go through json.dumps.
+    """
+    parts: list = []
+    for i, key in enumerate(sorted(values)):
+        parts.append(("{" if i == 0 else ", ") + json.dumps(key) + ": ")
+        parts.append(json_values(values[key]))
+    parts.append("}")
+    scalars = [pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in parts]
+    return pc.binary_join_element_wise(*scalars, "")
+
+
+def json_values(column: pa.Array) -> pa.Array:
+    """Each value of `column` as JSON text (null -> "null")."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_integer(column.type):
+        return column.cast(pa.string()).fill_null("null")
+    return pa.array(
+        [json.dumps(v, ensure_ascii=False, sort_keys=True) for v in column.to_pylist()], pa.string()
+    )

@@ -1,0 +1,165 @@
+"""Content-addressed stage outputs: ids, publishing, and looking up what a run can reuse.
+
+Every data stage output is a folder, workspace.stage_dir(stage, id), whose id hashes the
+stage, its input ids, its parameters and STAGE_CODE_VERSION. It is written to a temp folder
+and renamed into place (`publish`). A stage whose output the catalog knows and whose files
+exist is skipped (`reusable` logs "reusing <stage> output <id>").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.workspace import Workspace
+
+# Bump when a stage's code changes what it writes for the same inputs: old outputs are rebuilt.
+STAGE_CODE_VERSION = 2  # 2: meta['query'] for passage tasks, duplicate_row in dedup drops
+RECORDS, KEPT, DROPS = "records.parquet", "kept.parquet", "drops.parquet"
+
+
+@dataclass
+class StageOutput:
+    """One stage output: small, picklable, what tasks pass to each other."""
+
+    stage: str
+    output_id: str
+    input_ids: list[str]
+    params: dict
+    path: str
+    rows: int
+    content_hash: str
+    reused: bool
+    extra: dict = field(default_factory=dict)
+
+    def catalog_row(self) -> dict:
+        """The output's row in the catalog's stage_outputs table."""
+        return {
+            "stage": self.stage,
+            "output_id": self.output_id,
+            "input_ids": self.input_ids,
+            "params": self.params,
+            "path": self.path,
+            "rows": self.rows,
+            "content_hash": self.content_hash,
+        }
+
+
+class NotReusable(Exception):
+    """A stage output is missing: the run needs the task path."""
+
+
+class ReuseOnly(dict):
+    """A `known` map that makes stages raise NotReusable instead of computing anything;
+    reused outputs are collected in `hits` and logged once the whole chain is reusable."""
+
+    def __init__(self, known: dict):
+        super().__init__(known)
+        self.hits: list[tuple[str, str]] = []
+
+
+def stage_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow or task run (so the line lands in that run's
+    logs), else a plain module logger (plain-function use, tests, benchmarks)."""
+    try:
+        from prefect import get_run_logger  # deferred: plain use needs no Prefect import
+
+        return get_run_logger()
+    except Exception:  # called outside a flow or task run
+        return logging.getLogger("mlora.stages")
+
+
+def stage_id(stage: str, input_ids: list[str], params: dict) -> str:
+    """Output id: hash of the stage, its input ids, its parameters and the code version."""
+    blob = json.dumps(
+        {"stage": stage, "inputs": input_ids, "params": params, "code": STAGE_CODE_VERSION},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def known_outputs(ws: Workspace) -> dict[str, dict]:
+    """What the catalog already holds, read once: "stage/id" -> stage output row, plus
+    "snapshot/name/hash" and "source/name/spec_hash" keys (a DuckDB connection costs
+    ~25 ms: one per lookup or per insert would dominate a fully reused run)."""
+    rows = Catalog(ws.catalog_path).query_many(
+        {
+            "outputs": ("SELECT stage, output_id, path, rows, content_hash FROM stage_outputs", ()),
+            "snapshots": ("SELECT name, content_hash FROM snapshots", ()),
+            "sources": ("SELECT name, spec_hash FROM sources", ()),
+        }
+    )
+    known = {f"{r['stage']}/{r['output_id']}": r for r in rows["outputs"]}
+    for r in rows["snapshots"]:
+        known[f"snapshot/{r['name']}/{r['content_hash']}"] = r
+    for r in rows["sources"]:
+        known[f"source/{r['name']}/{r['spec_hash']}"] = r
+    return known
+
+
+def reusable(
+    ws: Workspace, stage: str, oid: str, files: tuple[str, ...], known: dict[str, dict] | None
+) -> dict | None:
+    """The catalog row of a finished output whose files are all still there.
+
+    `known` is `known_outputs` read once per run (None: ask the catalog). A ReuseOnly map
+    raises NotReusable for a missing output and collects hits instead of logging them."""
+    folder = ws.stage_dir(stage, oid)
+    row = None
+    if all((folder / f).exists() for f in files):
+        if known is None:
+            row = Catalog(ws.catalog_path).find_stage_output(stage, oid)
+        else:
+            row = known.get(f"{stage}/{oid}")
+    if isinstance(known, ReuseOnly):
+        if row is None:
+            raise NotReusable(stage)
+        known.hits.append((stage, oid))
+    elif row:
+        stage_logger().info("reusing %s output %s", stage, oid)
+    return row
+
+
+def publish(ws: Workspace, stage: str, oid: str, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp_folder)`, then rename the folder into place. Ids are content-addressed,
+    so an existing folder of the same id (left by a run that failed before its catalog
+    commit) holds the same data and is replaced."""
+    final = ws.stage_dir(stage, oid)
+    tmp = final.with_name(f".{oid}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)  # a leftover of a run that failed before its catalog commit
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def reused_output(
+    stage: str, oid: str, inputs: list[str], params: dict, row: dict, extra: dict | None = None
+) -> StageOutput:
+    """The StageOutput of an output found by `reusable` (its catalog `row`)."""
+    return StageOutput(
+        stage, oid, inputs, params, row["path"], row["rows"], row["content_hash"], True, extra or {}
+    )

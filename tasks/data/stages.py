@@ -1,0 +1,292 @@
+"""The data stages as plain functions over content-addressed outputs (tasks/data/outputs.py).
+
+    per source:  fetch ──► normalise ──► dedup within the source     (prepare_source)
+    per suite:   fetch ──► normalise (and its dev split)              (prepare_suite)
+    then:        dedup across sources ──► decontaminate ──► mix
+
+Each stage computes its output id from its inputs and parameters, reuses a finished output
+with that id, or writes a new one (temp folder, then rename). flows/data.py wraps these in
+Prefect tasks and maps them; they run alone too (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.data_specs.schema import DedupSpec, EvalSuiteSpec, PipelineSpec, SourceSpec
+from multilora_pipeline.tasks.data.decontaminate import decontaminate
+from multilora_pipeline.tasks.data.dedup import dedup
+from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
+from multilora_pipeline.tasks.data.files.parquet_io import (
+    filtered_slices,
+    write_batches,
+    write_parquet,
+)
+from multilora_pipeline.tasks.data.mixture import build_mixture, load_mixture, mixture_id
+from multilora_pipeline.tasks.data.normalise import normalise_batches
+from multilora_pipeline.tasks.data.outputs import (
+    DROPS,
+    KEPT,
+    RECORDS,
+    StageOutput,
+    file_hash,
+    publish,
+    reusable,
+    reused_output,
+    stage_id,
+)
+from multilora_pipeline.tasks.workspace import Workspace
+
+HASH_SLICE = 100_000  # ids hashed at a time: bounds the Python strings alive at once
+
+
+@dataclass
+class Prepared:
+    """A source or suite after fetch and normalise (and within-source dedup for sources)."""
+
+    name: str
+    snapshot: dict
+    normalised: StageOutput
+    deduped: StageOutput | None = None
+    dev: StageOutput | None = None
+    dev_snapshot: dict | None = None
+
+
+def rows_hash(table: pa.Table) -> str:
+    """Hash of a table's record ids in order (ids hash each record's content): the sha256 of
+    the ids joined by newlines, fed a slice at a time."""
+    digest = hashlib.sha256()
+    for lo in range(0, table.num_rows, HASH_SLICE):
+        ids = table.column("id").slice(lo, HASH_SLICE).to_pylist()
+        digest.update((("\n" if lo else "") + "\n".join(ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+def split_by_source(table: pa.Table, names: list[str]) -> dict[str, pa.Table]:
+    """Each source's rows in table order. Stage outputs keep sources contiguous (inputs are
+    concatenated in spec order and filtered in place), so this is zero-copy slicing; rows of a
+    source spread over the table are gathered with one take."""
+    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
+    codes, labels = encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
+    out = {}
+    for name in names:
+        rows = np.flatnonzero(codes == labels.index(name)) if name in labels else np.zeros(0, int)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            out[name] = table.slice(int(rows[0]), len(rows))
+        else:
+            out[name] = table.take(pa.array(rows, type=pa.int64()))
+    return out
+
+
+def read_drops(output: StageOutput) -> pa.Table:
+    """The drops table written next to a dedup or decontaminate output."""
+    return pq.read_table(Path(output.path).with_name(DROPS))
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+def normalise_stage(
+    ws: Workspace, snapshot, item: SourceSpec | EvalSuiteSpec, known: dict | None = None
+) -> StageOutput:
+    """Canonical records of one snapshot (reused when the snapshot and template are unchanged)."""
+    fields = getattr(item, "fields", None)
+    params = {
+        "name": item.name,
+        "template": item.template,
+        "category": item.category,
+        "fields": fields,
+    }
+    inputs = [snapshot.content_hash]
+    oid = stage_id("normalise", inputs, params)
+    row = reusable(ws, "normalise", oid, (RECORDS,), known)
+    if row:
+        return reused_output("normalise", oid, inputs, params, row)
+    batches = normalise_batches(
+        snapshot, source=item.name, template=item.template, category=item.category, fields=fields
+    )
+    written = {}
+
+    def write(tmp: Path) -> None:  # batch by batch: one raw slice in memory at a time
+        written["rows"] = write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
+
+    folder = publish(ws, "normalise", oid, write)
+    return StageOutput(
+        "normalise",
+        oid,
+        inputs,
+        params,
+        str(folder / RECORDS),
+        written["rows"],
+        file_hash(folder / RECORDS),
+        False,
+    )
+
+
+def dedup_stage(
+    ws: Workspace,
+    stage: str,
+    inputs: list[StageOutput],
+    config: DedupSpec,
+    priorities: dict[str, int],
+    order: list[str],
+    known: dict | None = None,
+) -> StageOutput:
+    """Exact + near dedup of the concatenated inputs; kept rows and drops as Parquet."""
+    params = {"dedup": config.model_dump(mode="json"), "priorities": priorities, "order": order}
+    ids = [o.output_id for o in inputs]
+    oid = stage_id(stage, ids, params)
+    row = reusable(ws, stage, oid, (KEPT, DROPS), known)
+    if row:
+        return reused_output(stage, oid, ids, params, row)
+    table = pa.concat_tables([pq.read_table(o.path) for o in inputs])
+    result = dedup(table, config, priorities, order)
+
+    def write(tmp: Path) -> None:
+        write_batches(filtered_slices(result.table, result.keep), tmp / KEPT, RECORD_SCHEMA)
+        write_parquet(result.drops, tmp / DROPS)
+
+    folder = publish(ws, stage, oid, write)
+    return StageOutput(
+        stage,
+        oid,
+        ids,
+        params,
+        str(folder / KEPT),
+        result.kept_rows,
+        file_hash(folder / KEPT),
+        False,
+    )
+
+
+def decontaminate_stage(
+    ws: Workspace,
+    deduped: StageOutput,
+    suites: dict[str, StageOutput],
+    spec: PipelineSpec,
+    known: dict | None = None,
+) -> StageOutput:
+    """Training rows minus those overlapping any eval suite; drops name the eval item."""
+    params = {
+        "decontamination": spec.decontamination.model_dump(mode="json"),
+        "suites": list(suites),
+    }
+    ids = [deduped.output_id, *(s.output_id for s in suites.values())]
+    oid = stage_id("decontaminate", ids, params)
+    row = reusable(ws, "decontaminate", oid, (KEPT, DROPS), known)
+    if row:
+        return reused_output("decontaminate", oid, ids, params, row)
+    result = decontaminate(
+        pq.read_table(deduped.path),
+        {name: pq.read_table(s.path) for name, s in suites.items()},
+        spec.decontamination,
+    )
+
+    def write(tmp: Path) -> None:
+        write_parquet(result.kept, tmp / KEPT)
+        write_parquet(result.drops, tmp / DROPS)
+
+    folder = publish(ws, "decontaminate", oid, write)
+    return StageOutput(
+        "decontaminate",
+        oid,
+        ids,
+        params,
+        str(folder / KEPT),
+        result.kept.num_rows,
+        file_hash(folder / KEPT),
+        False,
+    )
+
+
+def mixture_stage(
+    ws: Workspace, clean: StageOutput, spec: PipelineSpec, known: dict | None = None
+) -> StageOutput:
+    """The seeded mixture (shards + manifest) and the validation split."""
+    names = [s.name for s in spec.sources]
+    by_source = split_by_source(pq.read_table(clean.path), names)
+    # A source's input hash covers its content: the ids (content hashes) of its rows, in order.
+    hashes = {n: rows_hash(t) for n, t in by_source.items()}
+    mid = mixture_id(hashes, spec.mixture, spec.seed)
+    params = {"mixture": spec.mixture.model_dump(mode="json"), "seed": spec.seed}
+    folder = ws.stage_dir("mixture", mid)
+    row = reusable(ws, "mixture", mid, ("train/manifest.json", "validation.parquet"), known)
+    if row:
+        mixture = load_mixture(folder)
+        return reused_output(
+            "mixture", mid, [clean.output_id], params, row, {"manifest": mixture.manifest}
+        )
+    if folder.exists():  # leftover of a run that failed before its catalog commit
+        shutil.rmtree(folder)
+    mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
+    manifest_hash = file_hash(mixture.train_dir / "manifest.json")
+    return StageOutput(
+        "mixture",
+        mid,
+        [clean.output_id],
+        params,
+        str(folder),
+        mixture.manifest["rows"],
+        manifest_hash,
+        False,
+        {"manifest": mixture.manifest},
+    )
+
+
+# ------------------------------------------------------------- per-source and per-suite chains
+
+
+def snapshot_info(snap: Snapshot) -> dict:
+    """The small, picklable facts of a snapshot that the catalog records."""
+    return {
+        "name": snap.name,
+        "content_hash": snap.content_hash,
+        "origin": snap.origin,
+        "rows": snap.rows,
+        "path": str(snap.path),
+        "reused": bool(snap.reused),
+    }
+
+
+def prepare_source(
+    source: SourceSpec, base_dir: Path, ws: Workspace, config: DedupSpec, known: dict | None
+) -> Prepared:
+    """fetch -> normalise -> dedup within the source."""
+    snap = fetch(source, source.name, Path(base_dir), ws)
+    normalised = normalise_stage(ws, snap, source, known)
+    within = dedup_stage(ws, "dedup_source", [normalised], config, {}, [source.name], known)
+    return Prepared(source.name, snapshot_info(snap), normalised, within)
+
+
+def prepare_suite(
+    suite: EvalSuiteSpec, base_dir: Path, ws: Workspace, known: dict | None
+) -> Prepared:
+    """fetch -> normalise for one evaluation suite (and its dev split, if it names one)."""
+    snap = fetch(suite, suite.name, Path(base_dir), ws)
+    prepared = Prepared(suite.name, snapshot_info(snap), normalise_stage(ws, snap, suite, known))
+    if suite.dev is not None:
+        # The dev split is read exactly like the suite: same template, its own location.
+        dev = suite.model_copy(update={"name": f"{suite.name}-dev", **dict(suite.dev), "dev": None})
+        dev_snap = fetch(dev, dev.name, Path(base_dir), ws)
+        prepared.dev = normalise_stage(ws, dev_snap, dev, known)
+        prepared.dev_snapshot = snapshot_info(dev_snap)
+    return prepared
+
+
+def dedup_across(
+    ws: Workspace, within: list[StageOutput], spec: PipelineSpec, known: dict | None
+) -> StageOutput:
+    """Dedup across sources: the within-source outputs together, ties broken by priority."""
+    priorities = {s.name: s.priority for s in spec.sources}
+    return dedup_stage(
+        ws, "dedup", within, spec.dedup, priorities, [s.name for s in spec.sources], known
+    )

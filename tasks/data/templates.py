@@ -1,0 +1,646 @@
+"""Normalisation templates: named recipes from a raw snapshot's columns to prompt/response.
+
+Formats follow lm-evaluation-harness, so a record scores the same way here as
+there. The contract for multiple choice: `choices` hold the continuations
+WITHOUT the leading space, evaluation scores ``" " + choice`` after the prompt,
+`label` is the gold index, and the training `response` is ``" " + gold choice``
+(prompt + response is the natural text). Generation items (gsm8k) have no
+choices or label; `response` holds the gold answer.
+
+Templates work on whole Arrow columns (pyarrow.compute), not per-row Python,
+so millions of rows normalise in seconds; only the nested formats (chat, arc)
+loop in Python. A template's `fields` mapping renames columns: template field
+-> source column (for `generic`: canonical field -> source column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from multilora_pipeline.data_specs.errors import DataError, SpecError
+from multilora_pipeline.data_specs.schema import TEMPLATE_NAMES
+
+ROW_COLUMN = "__row__"
+# Meta key of the part of an item that tells it apart from items sharing its passage (BoolQ's
+# question, RTE's hypothesis): near-dedup only merges rows whose queries also match.
+QUERY = "query"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a template produces, one entry per raw row."""
+
+    prompt: pa.Array
+    response: pa.Array
+    choices: pa.Array | None = None
+    """list<string> continuations, or None for generation/instruction data."""
+    label: pa.Array | None = None
+    """int64 gold index into choices."""
+    meta: dict[str, pa.Array] = field(default_factory=dict)
+    """Extra per-row values kept in the record's meta JSON (ints or strings)."""
+
+
+class Rows:
+    """The raw snapshot table, with accessors that fail naming the file, row and field."""
+
+    def __init__(self, table: pa.Table, origin: str, fields: dict[str, str] | None = None):
+        self.table, self.origin, self.fields = table, origin, dict(fields or {})
+        self.n = table.num_rows
+
+    def name(self, field_name: str) -> str:
+        """The source column behind a template field (after the `fields` mapping)."""
+        return self.fields.get(field_name, field_name)
+
+    def has(self, field_name: str) -> bool:
+        return self.name(field_name) in self.table.column_names
+
+    def row(self, index: int) -> int:
+        """The file row (``__row__``) of table index `index`."""
+        if ROW_COLUMN in self.table.column_names:
+            return self.table.column(ROW_COLUMN)[index].as_py()
+        return index + 1
+
+    def fail(self, index: int, field_name: str, what: str, fix: str) -> DataError:
+        where = f"{self.origin}, row {self.row(index)}, field {self.name(field_name)!r}"
+        return DataError(what, where=where, fix=fix)
+
+    def column(self, field_name: str) -> pa.Array:
+        """A required column as one Array; a missing column is a DataError."""
+        name = self.name(field_name)
+        if name not in self.table.column_names:
+            present = [c for c in self.table.column_names if c != ROW_COLUMN]
+            raise DataError(
+                f"required field {name!r} is missing (columns: {present})",
+                where=f"{self.origin}, row {self.row(0) if self.n else 1}, field {name!r}",
+                fix="map it with `fields:` in the spec or pick the right template",
+            )
+        return self.table.column(name).combine_chunks()
+
+    def text(self, field_name: str, *, required: bool = True) -> pa.Array:
+        """A text column; required ones must be non-empty, optional missing ones are ""."""
+        if not required and not self.has(field_name):
+            return pa.array([""] * self.n, pa.string())
+        col = self.column(field_name)
+        if not (
+            pa.types.is_string(col.type)
+            or pa.types.is_large_string(col.type)
+            or pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+        ):
+            raise self.fail(
+                0,
+                field_name,
+                f"expected text, got {col.type}",
+                "pick the template that matches this dataset, or map the field",
+            )
+        col = col.cast(pa.string())
+        if required:
+            empty = pc.or_kleene(
+                pc.is_null(col), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+            )
+            first = pc.index(empty, True).as_py()
+            if first >= 0:
+                raise self.fail(
+                    first, field_name, "required field is empty", "fill it in or drop the row"
+                )
+            return col
+        return col.fill_null("")
+
+    def labels(self, field_name: str, mapping: dict[str, int]) -> pa.Array:
+        """Map label values of any type (bool, int, "yes", "entailment", ...) to int64 indices."""
+        col = self.column(field_name)
+        t = col.type
+        if not (
+            pa.types.is_boolean(t)
+            or pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_null(t)
+        ):
+            raise self.fail(
+                0,
+                field_name,
+                f"label has type {t}; expected bool, int or text",
+                "pick the template that matches this dataset",
+            )
+        keys = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
+        index = pc.index_in(keys, value_set=pa.array(list(mapping), pa.string()))
+        first = pc.index(pc.is_null(index), True).as_py()
+        if first >= 0:
+            value = col[first].as_py()
+            what = "label is empty" if value is None else f"unknown label value {value!r}"
+            raise self.fail(
+                first,
+                field_name,
+                f"{what}; expected one of {sorted(mapping)}",
+                "fix the label or use the template meant for this dataset",
+            )
+        return pa.array(np.fromiter(mapping.values(), np.int64)).take(index)
+
+    def optional_meta(self, field_name: str) -> pa.Array | None:
+        """A column to keep in meta when the source has it."""
+        return self.column(field_name) if self.has(field_name) else None
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named normalisation recipe."""
+
+    name: str
+    render: Callable[[Rows], Rendered]
+    required: tuple[str, ...]
+    """Raw fields the template needs (before the `fields` mapping)."""
+    csv_columns: tuple[str, ...] | None = None
+    """Column names of the format's headerless CSV (mmlu); None: CSV files have a header."""
+    multiple_choice: bool = False
+    """True when records carry choices and a gold label."""
+
+
+# Holds exactly data_specs.schema.TEMPLATE_NAMES (the names a spec may use; checked when it
+# loads): register() refuses any other name, and a test checks that every one is registered.
+TEMPLATES: dict[str, Template] = {}
+
+
+def register(
+    name: str,
+    required: tuple[str, ...],
+    *,
+    csv_columns: tuple[str, ...] | None = None,
+    multiple_choice: bool = False,
+):
+    """Decorator: add a render function to TEMPLATES under `name`."""
+    if name not in TEMPLATE_NAMES:
+        raise ValueError(
+            f"template {name!r} is not in data_specs.schema.TEMPLATE_NAMES: add it there, "
+            "or specs naming it fail to load"
+        )
+
+    def wrap(render: Callable[[Rows], Rendered]) -> Callable[[Rows], Rendered]:
+        TEMPLATES[name] = Template(name, render, required, csv_columns, multiple_choice)
+        return render
+
+    return wrap
+
+
+def get_template(name: str) -> Template:
+    """The registered template, or a SpecError listing the known ones."""
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise SpecError(
+            f"unknown template {name!r}", where="template", fix=f"use one of {sorted(TEMPLATES)}"
+        ) from None
+
+
+def csv_columns_for(name: str) -> list[str] | None:
+    """Column names for a headerless CSV of this template's format, else None."""
+    template = TEMPLATES.get(name)
+    return list(template.csv_columns) if template and template.csv_columns else None
+
+
+# ---------------------------------------------------------------- Arrow helpers
+
+
+def join(*parts) -> pa.Array:
+    """Concatenate string arrays and literal strings element-wise."""
+    values = [pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in parts]
+    return pc.binary_join_element_wise(*values, "")
+
+
+def same_choices(choices: list[str], n: int) -> pa.Array:
+    """The same list of choices on each of n rows, built without a Python loop."""
+    k = len(choices)
+    values = pa.array(choices, pa.string()).take(np.tile(np.arange(k), n))
+    return pa.ListArray.from_arrays(np.arange(0, k * n + 1, k, dtype=np.int32), values)
+
+
+def choices_from(*columns: pa.Array) -> pa.Array:
+    """Per-row choices: row i gets [columns[0][i], columns[1][i], ...]."""
+    k, n = len(columns), len(columns[0])
+    stacked = pa.concat_arrays([c.cast(pa.string()) for c in columns])
+    order = (np.arange(k)[None, :] * n + np.arange(n)[:, None]).ravel()  # row-major interleave
+    return pa.ListArray.from_arrays(np.arange(0, k * n + 1, k, dtype=np.int32), stacked.take(order))
+
+
+def gold_response(choices: pa.Array, label: pa.Array) -> pa.Array:
+    """ " " + choices[label] for every row (the natural continuation)."""
+    offsets = choices.offsets.to_numpy(zero_copy_only=False)[:-1]
+    picked = choices.values.take(pa.array(offsets + label.to_numpy(zero_copy_only=False)))
+    return join(" ", picked)
+
+
+def yes_no(rows: Rows, field_name: str, choices: list[str]) -> pa.Array:
+    """Labels for a two-way task whose choices are [negative, positive]."""
+    negative = {"0": 0, "false": 0, "no": 0, "n": 0}
+    positive = {"1": 1, "true": 1, "yes": 1, "y": 1}
+    return rows.labels(
+        field_name, {**negative, **positive, choices[0].lower(): 0, choices[1].lower(): 1}
+    )
+
+
+def multiple_choice(
+    prompt: pa.Array, choices: list[str] | pa.Array, label: pa.Array, meta: dict | None = None
+) -> Rendered:
+    choice_array = same_choices(choices, len(prompt)) if isinstance(choices, list) else choices
+    return Rendered(prompt, gold_response(choice_array, label), choice_array, label, meta or {})
+
+
+def idx_meta(rows: Rows) -> dict:
+    idx = rows.optional_meta("idx")
+    return {"idx": idx} if idx is not None else {}
+
+
+# ---------------------------------------------------------------- instruction data
+
+
+@register("alpaca", ("instruction", "output"))
+def alpaca(rows: Rows) -> Rendered:
+    """Stanford Alpaca prompt (without its preamble); the Input block is left out when empty.
+
+    "### Instruction:\\n{instruction}\\n\\n### Input:\\n{input}\\n\\n### Response:\\n" -> output
+    """
+    instruction, output = rows.text("instruction"), rows.text("output")
+    given = rows.text("input", required=False)
+    with_input = join(
+        "### Instruction:\n", instruction, "\n\n### Input:\n", given, "\n\n### Response:\n"
+    )
+    without = join("### Instruction:\n", instruction, "\n\n### Response:\n")
+    has_input = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(given)), 0)
+    return Rendered(pc.if_else(has_input, with_input, without), output)
+
+
+@register("dolly", ("instruction", "response"))
+def dolly(rows: Rows) -> Rendered:
+    """databricks-dolly-15k in the Alpaca format: context is the Input block; category -> meta."""
+    rendered = alpaca(
+        Rows(
+            rows.table,
+            rows.origin,
+            {
+                "instruction": rows.name("instruction"),
+                "output": rows.name("response"),
+                "input": rows.name("context"),
+            },
+        )
+    )
+    category = rows.optional_meta("category")
+    return Rendered(
+        rendered.prompt,
+        rendered.response,
+        meta={"category": category} if category is not None else {},
+    )
+
+
+CHAT_ROLES = {
+    "system": "System",
+    "user": "User",
+    "human": "User",
+    "assistant": "Assistant",
+    "gpt": "Assistant",
+}
+
+
+@register("chat", ("messages",))
+def chat(rows: Rows) -> Rendered:
+    """A simple transcript ("User: ...\\nAssistant:") of every turn but the last assistant reply.
+
+    Messages are {role, content} (OpenAI) or {from, value} (ShareGPT); the last
+    one must be the assistant's: it becomes the response (with a leading space).
+    """
+    prompts, responses = [], []
+    for index, conversation in enumerate(rows.column("messages").to_pylist()):
+        if not conversation:
+            raise rows.fail(index, "messages", "empty conversation", "drop the row")
+        lines = []
+        for turn in conversation:
+            role = CHAT_ROLES.get(str(turn.get("role") or turn.get("from") or "").lower())
+            content = turn.get("content", turn.get("value"))
+            if role is None or content is None:
+                raise rows.fail(
+                    index,
+                    "messages",
+                    f"bad message {turn!r}: need role/content with role in {sorted(CHAT_ROLES)}",
+                    "fix the message",
+                )
+            lines.append((role, content))
+        if lines[-1][0] != "Assistant":
+            raise rows.fail(
+                index,
+                "messages",
+                "the last message must be the assistant's reply",
+                "drop trailing user turns",
+            )
+        prompts.append("".join(f"{r}: {c}\n" for r, c in lines[:-1]) + "Assistant:")
+        responses.append(" " + lines[-1][1])
+    return Rendered(pa.array(prompts, pa.string()), pa.array(responses, pa.string()))
+
+
+@register("gsm8k", ("question", "answer"))
+def gsm8k(rows: Rows) -> Rendered:
+    """lm-eval gsm8k: "Question: {question}\\nAnswer:" -> " {answer}" (reasoning + "#### N").
+
+    A generation task: no choices or label; meta keeps the final answer.
+    """
+    question, answer = rows.text("question"), rows.text("answer")
+    final = pc.extract_regex(answer, r"####\s*(?P<final>[^\n]*?)\s*$")
+    first = pc.index(pc.is_null(final), True).as_py()
+    if first >= 0:
+        raise rows.fail(
+            first,
+            "answer",
+            "no final '#### <number>' line in the answer",
+            "end the answer with '#### ' and the final number",
+        )
+    final = pc.struct_field(final, [0])
+    return Rendered(
+        join("Question: ", question, "\nAnswer:"), join(" ", answer), meta={"final": final}
+    )
+
+
+@register("generic", ("prompt",))
+def generic(rows: Rows) -> Rendered:
+    """Any table: `fields` maps canonical fields (prompt, response, choices, label) to columns.
+
+    With choices and label, a missing response becomes " " + the gold choice.
+    """
+    unknown = set(rows.fields) - {"prompt", "response", "choices", "label"}
+    if unknown:
+        raise SpecError(
+            f"generic template: unknown fields {sorted(unknown)}",
+            where="fields",
+            fix="map only prompt, response, choices and label",
+        )
+    prompt = rows.text("prompt")
+    if rows.has("choices") and rows.has("label"):
+        choices = rows.column("choices")
+        if not pa.types.is_list(choices.type) and not pa.types.is_large_list(choices.type):
+            raise rows.fail(
+                0, "choices", f"choices must be a list, got {choices.type}", "map a list column"
+            )
+        choices = choices.cast(pa.list_(pa.string()))
+        lengths = pc.list_value_length(choices).to_numpy(zero_copy_only=False)
+        label = rows.labels("label", {str(i): i for i in range(int(lengths.max(initial=0)))})
+        bad = np.flatnonzero(label.to_numpy() >= lengths)
+        if bad.size:
+            raise rows.fail(
+                int(bad[0]),
+                "label",
+                "label is past the last choice",
+                "fix the label or the choices",
+            )
+        response = rows.text("response") if rows.has("response") else gold_response(choices, label)
+        return Rendered(prompt, response, choices, label)
+    return Rendered(prompt, rows.text("response"))
+
+
+# ---------------------------------------------------------------- SuperGLUE
+
+
+@register("superglue_boolq", ("passage", "question", "label"), multiple_choice=True)
+def superglue_boolq(rows: Rows) -> Rendered:
+    """lm-eval boolq: "{passage}\\nQuestion: {question}?\\nAnswer:", choices ["no", "yes"]."""
+    question = rows.text("question")
+    prompt = join(rows.text("passage"), "\nQuestion: ", question, "?\nAnswer:")
+    meta = {**idx_meta(rows), QUERY: question}
+    return multiple_choice(prompt, ["no", "yes"], yes_no(rows, "label", ["no", "yes"]), meta)
+
+
+@register("superglue_rte", ("premise", "hypothesis", "label"), multiple_choice=True)
+def superglue_rte(rows: Rows) -> Rendered:
+    """lm-eval sglue_rte: "{premise}\\nQuestion: {hypothesis} True or False?\\nAnswer:".
+
+    Choices ["True", "False"]; label 0 = entailment -> True.
+    """
+    hypothesis = rows.text("hypothesis")
+    prompt = join(rows.text("premise"), "\nQuestion: ", hypothesis, " True or False?\nAnswer:")
+    label = rows.labels(
+        "label",
+        {
+            "0": 0,
+            "entailment": 0,
+            "true": 0,
+            "yes": 0,
+            "1": 1,
+            "not_entailment": 1,
+            "false": 1,
+            "no": 1,
+        },
+    )
+    return multiple_choice(prompt, ["True", "False"], label, {**idx_meta(rows), QUERY: hypothesis})
+
+
+@register("superglue_cb", ("premise", "hypothesis", "label"), multiple_choice=True)
+def superglue_cb(rows: Rows) -> Rendered:
+    """lm-eval cb: "{premise}\\nQuestion: {hypothesis}. True, False, or Neither?\\nAnswer:"."""
+    hypothesis = rows.text("hypothesis")
+    prompt = join(
+        rows.text("premise"), "\nQuestion: ", hypothesis, ". True, False, or Neither?\nAnswer:"
+    )
+    label = rows.labels(
+        "label",
+        {
+            "0": 0,
+            "entailment": 0,
+            "true": 0,
+            "1": 1,
+            "contradiction": 1,
+            "false": 1,
+            "2": 2,
+            "neutral": 2,
+            "neither": 2,
+        },
+    )
+    meta = {**idx_meta(rows), QUERY: hypothesis}
+    return multiple_choice(prompt, ["True", "False", "Neither"], label, meta)
+
+
+@register("superglue_wic", ("sentence1", "sentence2", "label"), multiple_choice=True)
+def superglue_wic(rows: Rows) -> Rendered:
+    """lm-eval wic: "Sentence 1: ..\\nSentence 2: ..\\nQuestion: Is the word '{word}' used in the
+    same way in the two sentences above?\\nAnswer:", choices ["no", "yes"].
+
+    The word is the `word` column, else sentence1[start1:end1] as lm-eval does.
+    """
+    sentence1 = rows.text("sentence1")
+    if rows.has("word"):
+        word = rows.text("word")
+    else:
+        spans = zip(
+            sentence1.to_pylist(),
+            rows.column("start1").to_pylist(),
+            rows.column("end1").to_pylist(),
+            strict=True,
+        )
+        word = pa.array([s[a:b] for s, a, b in spans], pa.string())
+    prompt = join(
+        "Sentence 1: ",
+        sentence1,
+        "\nSentence 2: ",
+        rows.text("sentence2"),
+        "\nQuestion: Is the word '",
+        word,
+        "' used in the same way in the two sentences above?\nAnswer:",
+    )
+    return multiple_choice(
+        prompt, ["no", "yes"], yes_no(rows, "label", ["no", "yes"]), idx_meta(rows)
+    )
+
+
+@register("superglue_multirc", ("paragraph", "question", "answer", "label"), multiple_choice=True)
+def superglue_multirc(rows: Rows) -> Rendered:
+    """lm-eval multirc: "{paragraph}\\nQuestion: {question}\\nAnswer:", choices
+    ["{answer}\\nIs the answer correct? no", "... yes"].
+
+    Ordered [no, yes] so label 1 (the answer is correct) indexes "yes"
+    (lm-eval's yaml lists yes first with target=label, which inverts the gold).
+    """
+    answer, question = rows.text("answer"), rows.text("question")
+    prompt = join(rows.text("paragraph"), "\nQuestion: ", question, "\nAnswer:")
+    choices = choices_from(
+        join(answer, "\nIs the answer correct? no"), join(answer, "\nIs the answer correct? yes")
+    )
+    label = yes_no(rows, "label", ["no", "yes"])
+    idx = rows.optional_meta("idx")
+    if idx is not None and not pa.types.is_integer(idx.type):
+        idx = None  # the hub's idx is a struct of three ints; the row number identifies it anyway
+    meta = {QUERY: join(question, " ", answer), **({"idx": idx} if idx is not None else {})}
+    return multiple_choice(prompt, choices, label, meta)
+
+
+@register(
+    "superglue_copa", ("premise", "choice1", "choice2", "question", "label"), multiple_choice=True
+)
+def superglue_copa(rows: Rows) -> Rendered:
+    """lm-eval copa: premise without its final period + " because" / " therefore";
+    choices are choice1/choice2 with a lower-cased first letter."""
+    premise = pc.utf8_trim_whitespace(rows.text("premise"))
+    connector = pa.array(["because", "therefore"]).take(
+        rows.labels("question", {"cause": 0, "effect": 1})
+    )
+    prompt = join(pc.utf8_slice_codeunits(premise, 0, -1), " ", connector)
+
+    def lower_first(col: pa.Array) -> pa.Array:
+        return join(
+            pc.utf8_lower(pc.utf8_slice_codeunits(col, 0, 1)), pc.utf8_slice_codeunits(col, 1)
+        )
+
+    choices = choices_from(lower_first(rows.text("choice1")), lower_first(rows.text("choice2")))
+    label = rows.labels("label", {"0": 0, "1": 1})
+    return multiple_choice(prompt, choices, label, idx_meta(rows))
+
+
+# ---------------------------------------------------------------- world knowledge
+
+
+MMLU_LETTERS = ["A", "B", "C", "D"]
+
+
+def unnest(rows: Rows, column: str) -> Rows:
+    """Rows whose columns are the fields of the struct column `column` (plus ``__row__``)."""
+    col = rows.column(column)
+    if not pa.types.is_struct(col.type):
+        raise rows.fail(0, column, f"expected a struct of fields, got {col.type}", "map the fields")
+    names = [col.type.field(i).name for i in range(col.type.num_fields)]
+    table = pa.Table.from_arrays(col.flatten(), names=names)
+    if ROW_COLUMN in rows.table.column_names:
+        table = table.append_column(ROW_COLUMN, rows.table.column(ROW_COLUMN))
+    return Rows(table, rows.origin, rows.fields)
+
+
+@register(
+    "mmlu",
+    ("question", "answer"),
+    csv_columns=("question", "A", "B", "C", "D", "answer"),
+    multiple_choice=True,
+)
+def mmlu(rows: Rows) -> Rendered:
+    """lm-eval mmlu: "{question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:", choices ["A".."D"].
+
+    Reads the headerless CSV (question, A, B, C, D, answer letter) or the hub
+    form (question, choices list, answer index); subject -> meta when present.
+    The hub's ``auxiliary_train`` config nests each row in a struct column ``train``.
+    """
+    if not rows.has("question") and rows.has("train"):
+        rows = unnest(rows, "train")
+    if rows.has("choices"):
+        listed = rows.column("choices")
+        lengths = pc.list_value_length(listed)
+        bad = pc.index(pc.not_equal(lengths, 4), True).as_py()
+        if bad >= 0:
+            raise rows.fail(bad, "choices", "MMLU needs exactly 4 choices", "fix the row")
+        options = [pc.list_element(listed, i).cast(pa.string()) for i in range(4)]
+    else:
+        options = [rows.text(letter) for letter in MMLU_LETTERS]
+    parts: list = [pc.utf8_trim_whitespace(rows.text("question"))]
+    for letter, option in zip(MMLU_LETTERS, options, strict=True):
+        parts += [f"\n{letter}. ", option]
+    prompt = join(*parts, "\nAnswer:")
+    label = rows.labels(
+        "answer",
+        {**{c.lower(): i for i, c in enumerate(MMLU_LETTERS)}, **{str(i): i for i in range(4)}},
+    )
+    subject = rows.optional_meta("subject")
+    return multiple_choice(
+        prompt, MMLU_LETTERS, label, {"subject": subject} if subject is not None else {}
+    )
+
+
+@register("arc", ("question", "choices", "answerKey"), multiple_choice=True)
+def arc(rows: Rows) -> Rendered:
+    """lm-eval arc_easy/arc_challenge: "Question: {question}\\nAnswer:", choices = choice texts.
+
+    Hub form: question + choices {text: [...], label: [...]} + answerKey; the
+    AI2 jsonl form (question {stem, choices: [{text, label}]}) works too.
+    """
+    questions = rows.column("question").to_pylist()
+    raw_choices = rows.column("choices").to_pylist() if rows.has("choices") else [None] * rows.n
+    keys = rows.column("answerKey").to_pylist()
+    prompts, choice_lists, labels = [], [], []
+    for index, (question, choices, key) in enumerate(
+        zip(questions, raw_choices, keys, strict=True)
+    ):
+        if isinstance(question, dict):  # AI2 jsonl: the choices live inside the question
+            choices = {
+                "text": [c["text"] for c in question["choices"]],
+                "label": [c["label"] for c in question["choices"]],
+            }
+            question = question["stem"]
+        if not question or not choices or not choices.get("text"):
+            raise rows.fail(index, "question", "question or choices are empty", "fix the row")
+        if key not in choices["label"]:
+            raise rows.fail(
+                index,
+                "answerKey",
+                f"answerKey {key!r} is not one of the choice labels {choices['label']}",
+                "fix the answer key",
+            )
+        prompts.append(f"Question: {question}\nAnswer:")
+        choice_lists.append([str(t) for t in choices["text"]])
+        labels.append(choices["label"].index(key))
+    choices_array = pa.array(choice_lists, pa.list_(pa.string()))
+    return multiple_choice(
+        pa.array(prompts, pa.string()), choices_array, pa.array(labels, pa.int64()), {}
+    )
+
+
+def describe() -> str:
+    """One line per template: name and required fields (for help texts and errors)."""
+    return "\n".join(f"{t.name}: {', '.join(t.required)}" for t in TEMPLATES.values())
+
+
+__all__ = [
+    "TEMPLATES",
+    "Rendered",
+    "Rows",
+    "Template",
+    "csv_columns_for",
+    "get_template",
+    "register",
+    "describe",
+]

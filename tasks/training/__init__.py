@@ -1,0 +1,1 @@
+"""Training: loading the base model (hub, folder, GGUF, tiny), tokenising the mixture, the Trainer client and its launcher."""
