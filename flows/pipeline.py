@@ -15,8 +15,6 @@ keyed by everything that decides it, tasks/evaluation/cache.py), the trained arm
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import time
@@ -31,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, load_spec
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
+from multilora_pipeline.models.content import content_key
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
 from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
@@ -148,17 +147,15 @@ def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
     Editing a spec's description, evaluation or promotion settings changes its spec
     hash but not this: the trained arms, their runs and versions are reused.
     """
-    blob = json.dumps(
+    return content_key(
         [
             spec.base_model.model_dump(mode="json"),
             arm.model_dump(mode="json"),
             spec.training.model_dump(mode="json"),
             spec.seed,
             spec.prompt_format,  # the tokens the arm is trained on
-        ],
-        sort_keys=True,
+        ]
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_key(spec: PipelineSpec, mixture_id: str, arm: ArmSpec) -> str:

@@ -10,7 +10,6 @@ architecture families the adapter tests cover (Llama, GPT-2, Qwen2, OPT).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from .content import atomic_folder
 
 # Order fixes the ids: <pad>=0, <s>=1, </s>=2, <unk>=3, whatever the corpus.
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -192,15 +193,7 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out_dir) as tmp:  # out_dir is absent or empty (checked above)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

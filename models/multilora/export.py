@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import MultiLoRAError
-from .model import _atomic_write, matching_module_names, multilora_layers
+from .model import atomic_write, matching_module_names, multilora_layers
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -99,8 +99,8 @@ def export_peft(
         "revision": None,
         "inference_mode": True,
     }
-    _atomic_write(directory / PEFT_WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
-    _atomic_write(
+    atomic_write(directory / PEFT_WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+    atomic_write(
         directory / PEFT_CONFIG_NAME,
         lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
     )

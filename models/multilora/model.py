@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..content import atomic_file
 from .config import (
     FORMAT_VERSION,
     AdapterFormatError,
@@ -170,7 +171,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    _atomic_write(
+    atomic_write(
         directory / ADAPTER_WEIGHTS_NAME,
         lambda p: save_file(tensors, str(p), metadata={"format_version": str(FORMAT_VERSION)}),
     )
@@ -180,7 +181,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "target_paths": [path for path, _ in multilora_layers(model)],
         "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", None),
     }
-    _atomic_write(
+    atomic_write(
         directory / ADAPTER_CONFIG_NAME,
         lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"),
     )
@@ -365,11 +366,7 @@ def unload_multilora(model: nn.Module, merge: bool = True) -> nn.Module:
     return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)`, then `tmp` renamed to `path` (data_specs/content.py's atomic_file)."""
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from multilora_pipeline.data_specs.errors import TrainingError  # noqa: E402
+from multilora_pipeline.models.content import atomic_file  # noqa: E402
 from multilora_pipeline.models.multilora.layer import LowRankDelta  # noqa: E402
 
 # Metrics averaged by the aggregates and the summary.
@@ -180,16 +180,11 @@ def _mean_spectrum(frame: pd.DataFrame, max_points: int) -> np.ndarray:
 def _save_figure(fig, path: str | os.PathLike) -> Path:
     """Write a PNG atomically (temp file + rename) so a crash leaves no half image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

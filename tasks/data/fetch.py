@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.schema import DataLocation
+from multilora_pipeline.models.content import file_sha256, temporary_name
 from multilora_pipeline.tasks.data.files.parquet_io import (
     ROW_GROUP_ROWS,
     write_batches,
@@ -232,14 +232,11 @@ def _download(location: DataLocation, workspace: Workspace) -> Path:
         if cached.exists():
             log.info("fetch %s: reusing the earlier download %s", url, cached.name)
             return cached
-    fd, tmp = tempfile.mkstemp(prefix="download.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temporary_name(folder / "download")
     try:
         _download_with_retries(url, tmp_path)
-        sha = _file_sha256(tmp_path)
-        out = folder / f"{sha}{suffix}"
-        os.replace(tmp_path, out)
+        out = folder / f"{file_sha256(tmp_path)}{suffix}"
+        os.replace(tmp_path, out)  # named by its content, known only once it is all here
         return out
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -272,14 +269,6 @@ def _download_with_retries(url: str, target: Path) -> None:
             "download %s: %s, retry %d/%d in %.1fs", url, reason, attempt, URL_ATTEMPTS - 1, wait
         )
         time.sleep(wait)
-
-
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 # ---------------------------------------------------------------- Hugging Face hub

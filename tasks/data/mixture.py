@@ -18,10 +18,8 @@ byte-identical files (fixed row groups, no timestamps in the Parquet metadata).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
+from multilora_pipeline.models.content import atomic_folder, content_key, write_text_atomic
 from multilora_pipeline.tasks.data.files.parquet_io import (
     SLICE_ROWS,
     taken_slices,
@@ -50,20 +49,14 @@ log = logging.getLogger("mlora.mixture")
 
 def write_json(data: dict, path: Path) -> None:
     """Write sorted, indented JSON via a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def mixture_id(input_hashes: dict[str, str], config: MixtureSpec, seed: int) -> str:
     """Hash of the input hashes (per source), the mixture parameters and the seed."""
-    blob = json.dumps(
-        {"inputs": input_hashes, "mixture": config.model_dump(mode="json"), "seed": seed},
-        sort_keys=True,
-        separators=(",", ":"),
+    return content_key(
+        {"inputs": input_hashes, "mixture": config.model_dump(mode="json"), "seed": seed}
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _rng(seed: int, *salt: str) -> np.random.Generator:
@@ -241,38 +234,34 @@ def build_mixture(
         )
     order = np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
     order = order[_rng(seed, "shuffle").permutation(len(order))]
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    train_dir = tmp / "train"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for k, start in enumerate(range(0, max(len(order), 1), config.shard_rows)):
-        shard = f"train-{k:05d}.parquet"
-        part = order[start : start + config.shard_rows]
-        write_batches(taken_slices(combined, part), train_dir / shard, RECORD_SCHEMA)
-        shards.append(shard)
-    held_out = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
-    validation = combined.take(pa.array(held_out, type=pa.int64()))
-    write_parquet(validation, tmp / VALIDATION)
-    manifest = {
-        "mixture_id": mid,
-        "seed": seed,
-        "parameters": config.model_dump(mode="json"),
-        "unit": "whitespace_tokens" if by_tokens else "examples",
-        "rows": len(order),
-        "validation_rows": validation.num_rows,
-        "shards": shards,
-        "sources": members,
-        "input_hashes": input_hashes,
-    }
-    write_json(manifest, train_dir / MANIFEST)
+    # A concurrent or earlier run may finish the same content-addressed id first: keep it.
+    with atomic_folder(out_dir, keep_existing=True) as tmp:
+        train_dir = tmp / "train"
+        train_dir.mkdir(parents=True, exist_ok=True)
+        shards = []
+        for k, start in enumerate(range(0, max(len(order), 1), config.shard_rows)):
+            shard = f"train-{k:05d}.parquet"
+            part = order[start : start + config.shard_rows]
+            write_batches(taken_slices(combined, part), train_dir / shard, RECORD_SCHEMA)
+            shards.append(shard)
+        held_out = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
+        validation = combined.take(pa.array(held_out, type=pa.int64()))
+        write_parquet(validation, tmp / VALIDATION)
+        manifest = {
+            "mixture_id": mid,
+            "seed": seed,
+            "parameters": config.model_dump(mode="json"),
+            "unit": "whitespace_tokens" if by_tokens else "examples",
+            "rows": len(order),
+            "validation_rows": validation.num_rows,
+            "shards": shards,
+            "sources": members,
+            "input_hashes": input_hashes,
+        }
+        write_json(manifest, train_dir / MANIFEST)
     warning = limit_warning(manifest)
     if warning:
         log.warning(warning)
-    if out_dir.exists():  # a concurrent or earlier run finished the same content-addressed id
-        _remove_tree(tmp)
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
     return load_mixture(out_dir)
 
 
@@ -343,12 +332,6 @@ def _smaller_share_fix(params: dict, size_field: str, its: str) -> str:
     if params["strategy"] == "temperature":
         return "lower mixture.temperature (1 is proportional to source size)"
     return f"lower {size_field}"
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
 
 
 def load_mixture(out_dir: Path) -> Mixture:

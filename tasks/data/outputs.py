@@ -8,16 +8,12 @@ exist is skipped (`reusable` logs "reusing <stage> output <id>").
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from multilora_pipeline.models.content import atomic_folder, content_key
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.workspace import Workspace
 
@@ -78,22 +74,10 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def stage_id(stage: str, input_ids: list[str], params: dict) -> str:
-    """Output id: hash of the stage, its input ids, its parameters and the code version."""
-    blob = json.dumps(
-        {"stage": stage, "inputs": input_ids, "params": params, "code": STAGE_CODE_VERSION},
-        sort_keys=True,
-        separators=(",", ":"),
+    """Output id: the content key of the stage, its input ids, its parameters and the code version."""
+    return content_key(
+        {"stage": stage, "inputs": input_ids, "params": params, "code": STAGE_CODE_VERSION}
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def known_outputs(ws: Workspace) -> dict[str, dict]:
@@ -143,16 +127,8 @@ def publish(ws: Workspace, stage: str, oid: str, write: Callable[[Path], None]) 
     so an existing folder of the same id (left by a run that failed before its catalog
     commit) holds the same data and is replaced."""
     final = ws.stage_dir(stage, oid)
-    tmp = final.with_name(f".{oid}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(final) as tmp:
         write(tmp)
-        if final.exists():
-            shutil.rmtree(final)  # a leftover of a run that failed before its catalog commit
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

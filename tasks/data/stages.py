@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec, EvalSuiteSpec, PipelineSpec, SourceSpec
+from multilora_pipeline.models.content import file_sha256
 from multilora_pipeline.tasks.data.decontaminate import decontaminate
 from multilora_pipeline.tasks.data.dedup import dedup
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
@@ -38,7 +39,6 @@ from multilora_pipeline.tasks.data.outputs import (
     KEPT,
     RECORDS,
     StageOutput,
-    file_hash,
     publish,
     reusable,
     reused_output,
@@ -127,7 +127,7 @@ def normalise_stage(
         params,
         str(folder / RECORDS),
         written["rows"],
-        file_hash(folder / RECORDS),
+        file_sha256(folder / RECORDS),
         False,
     )
 
@@ -163,7 +163,7 @@ def dedup_stage(
         params,
         str(folder / KEPT),
         result.kept_rows,
-        file_hash(folder / KEPT),
+        file_sha256(folder / KEPT),
         False,
     )
 
@@ -203,7 +203,7 @@ def decontaminate_stage(
         params,
         str(folder / KEPT),
         result.kept.num_rows,
-        file_hash(folder / KEPT),
+        file_sha256(folder / KEPT),
         False,
     )
 
@@ -228,7 +228,7 @@ def mixture_stage(
     if folder.exists():  # leftover of a run that failed before its catalog commit
         shutil.rmtree(folder)
     mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
-    manifest_hash = file_hash(mixture.train_dir / "manifest.json")
+    manifest_hash = file_sha256(mixture.train_dir / "manifest.json")
     return StageOutput(
         "mixture",
         mid,

@@ -22,11 +22,8 @@ written to a temp file and renamed into place, so a reader finds a whole file or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import uuid
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from multilora_pipeline.data_specs.schema import DataLocation, PipelineSpec
-from multilora_pipeline.tasks.data.outputs import file_hash, stage_logger
+from multilora_pipeline.models.content import content_key, file_sha256, write_text_atomic
+from multilora_pipeline.tasks.data.outputs import stage_logger
 from multilora_pipeline.tasks.evaluation.evaluate import EvalResult
 from multilora_pipeline.tasks.workspace import Workspace
 
@@ -79,8 +77,8 @@ def base_eval_inputs(
         "suites": [
             {
                 "spec": suite.model_dump(mode="json", exclude=_LOCATION_FIELDS),
-                "data": file_hash(Path(eval_paths[suite.name])),
-                "dev": file_hash(Path(eval_dev_paths[suite.name]))
+                "data": file_sha256(Path(eval_paths[suite.name])),
+                "dev": file_sha256(Path(eval_dev_paths[suite.name]))
                 if suite.name in eval_dev_paths
                 else None,
             }
@@ -116,8 +114,7 @@ def _folder_fingerprint(model: str) -> list | None:
 
 def base_eval_key(inputs: dict) -> str:
     """The cache id: a hash of `base_eval_inputs`."""
-    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key(inputs)
 
 
 def base_eval_path(ws: Workspace, key: str) -> Path:
@@ -152,7 +149,6 @@ def load_base_eval(ws: Workspace, key: str) -> EvalResult | None:
 def save_base_eval(ws: Workspace, key: str, inputs: dict, evaluation: EvalResult) -> Path:
     """Write the evaluation under `key` atomically (temp file, then rename)."""
     path = base_eval_path(ws, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stored = {
         "key": key,
         "inputs": inputs,  # what the key hashes, for a person wondering why it re-scored
@@ -160,10 +156,4 @@ def save_base_eval(ws: Workspace, key: str, inputs: dict, evaluation: EvalResult
         "metrics": evaluation.metrics,
         "predictions": evaluation.predictions.to_dict(orient="split", index=False),
     }
-    tmp = path.with_name(f".{FILE}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(json.dumps(stored))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, json.dumps(stored))

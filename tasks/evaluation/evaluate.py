@@ -38,13 +38,13 @@ from multilora_pipeline.data_specs.schema import GSM8K_METRICS
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import (
-    _CausalLM,
-    _eval_mode,
-    _positions,
-    _right_pad,
-    _token_logprobs,
+    CausalLM,
     choice_metrics,
+    eval_mode,
+    position_ids,
+    right_pad,
     score_choices,
+    token_logprobs,
 )
 from multilora_pipeline.tasks.evaluation.suites import SuiteFormat, extract_answer, suite_format
 from multilora_pipeline.tasks.training.tokenise import IGNORE, tokenise_records
@@ -86,11 +86,11 @@ def heldout_loss(
     Tokenisation is the training one (tasks/training/tokenise.py), so the mean is the
     same quantity the training loop reports as validation loss.
     """
-    lm = _CausalLM(model, fmt, device)
+    lm = CausalLM(model, fmt, device)
     max_length = max_length or lm.max_length or 2048  # 2048: a safe default for unknown configs
     totals: dict[str, tuple[float, int]] = {}
     sources = table.column("source").to_pylist()
-    with _eval_mode(model):
+    with eval_mode(model):
         for source in sorted(set(sources)):
             rows = [i for i, s in enumerate(sources) if s == source]
             examples, _ = tokenise_records(
@@ -106,12 +106,12 @@ def heldout_loss(
                 rows_now = min(batch_size, lm.rows_within_budget(len(examples[start].input_ids)))
                 chunk = examples[start : start + rows_now]
                 start += rows_now
-                ids, mask = _right_pad([e.input_ids for e in chunk], lm.pad_id)
-                labels, _ = _right_pad([e.labels for e in chunk], IGNORE)
-                logits, _ = lm(ids, mask, _positions(mask))
+                ids, mask = right_pad([e.input_ids for e in chunk], lm.pad_id)
+                labels, _ = right_pad([e.labels for e in chunk], IGNORE)
+                logits, _ = lm(ids, mask, position_ids(mask))
                 targets = labels[:, 1:].to(logits.device)
                 keep = targets != IGNORE
-                logp = _token_logprobs(logits[:, :-1], targets.clamp(min=0))
+                logp = token_logprobs(logits[:, :-1], targets.clamp(min=0))
                 nll -= float(logp[keep].sum())
                 count += int(keep.sum())
             totals[source] = (nll, count)

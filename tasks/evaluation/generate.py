@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from multilora_pipeline.models.prompt_format import PromptFormat
-from multilora_pipeline.tasks.evaluation.scoring import _CausalLM, _eval_mode, _left_pad, _positions
+from multilora_pipeline.tasks.evaluation.lm import CausalLM, eval_mode, left_pad, position_ids
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -44,7 +44,7 @@ def generate_greedy(
     Each row stops at an end-of-turn token or when its text contains a stop sequence;
     the text is returned cut before the first stop sequence (end tokens are never included).
     """
-    lm = _CausalLM(model, fmt, device)
+    lm = CausalLM(model, fmt, device)
     budget = None if lm.max_length is None else max(1, lm.max_length - max_new_tokens)
     encoded = [ids or list(lm.empty_context) for ids in fmt.encode(list(prompts))]
     if budget is not None:
@@ -52,7 +52,7 @@ def generate_greedy(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     outputs = [""] * len(encoded)
     bar = tqdm(total=len(encoded), desc=desc, unit="item", disable=not progress, mininterval=2)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             texts = _generate_batch(lm, [encoded[i] for i in chunk], max_new_tokens, stop_sequences)
@@ -64,10 +64,10 @@ def generate_greedy(
 
 
 def _generate_batch(
-    lm: _CausalLM, prompts: list[list[int]], max_new_tokens: int, stops: Sequence[str]
+    lm: CausalLM, prompts: list[list[int]], max_new_tokens: int, stops: Sequence[str]
 ) -> list[str]:
-    ids, mask = _left_pad(prompts, lm.pad_id)
-    positions = _positions(mask)
+    ids, mask = left_pad(prompts, lm.pad_id)
+    positions = position_ids(mask)
     logits, cache = lm(ids, mask, positions, use_cache=True, last_only=True)
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)

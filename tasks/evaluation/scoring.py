@@ -20,10 +20,8 @@ assistant's generation prompt, and the choice follows it as the trained response
 `score_choices_reference` scores one (context, choice) pair per forward pass,
 with no padding and no cache; a test holds the two to the same numbers.
 
-This module also holds what every evaluation call shares (generation in
-tasks/evaluation/generate.py and held-out loss in tasks/evaluation/evaluate.py use it too):
-`_CausalLM`, which calls the model the same way whatever its transformers
-version, `_eval_mode`, and the padding and log-probability helpers.
+The model is called through tasks/evaluation/lm.py, as generation and the held-out
+loss call it.
 
 The model must already be on `device`; it is put in eval mode for the call
 and given back in the mode it came in.
@@ -32,9 +30,7 @@ and given back in the mode it came in.
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,95 +38,14 @@ import torch
 from tqdm.auto import tqdm
 
 from multilora_pipeline.models.prompt_format import PromptFormat
-
-# --- the model, called the same way whatever its transformers version ----------------
-
-
-def _forward_parameters(model) -> set[str]:
-    """Keyword names the model's forward accepts (looking through PEFT-style wrappers)."""
-    target = model
-    while True:
-        params = inspect.signature(target.forward).parameters
-        only_varargs = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
-        if only_varargs and hasattr(target, "get_base_model"):
-            target = target.get_base_model()
-            continue
-        return set(params)
-
-
-# Largest full-logits tensor a scorer asks the model for (rows x length x vocab x 4 bytes):
-# evaluation memory stays bounded whatever the vocabulary and the batch size.
-LOGITS_BUDGET_BYTES = 256 << 20
-
-
-class _CausalLM:
-    """A causal LM plus the few facts the scorers need about it and its tokenizer."""
-
-    def __init__(self, model, fmt: PromptFormat, device=None):
-        self.model, self.fmt, self.tokenizer = model, fmt, fmt.tokenizer
-        tokenizer = fmt.tokenizer
-        params = _forward_parameters(model)
-        # transformers >= 5.x names the KV cache `cache`; older versions `past_key_values`.
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keeps_last = "logits_to_keep" in params
-        if device is None:
-            device = next(model.parameters()).device
-        self.device = torch.device(device)
-        config = getattr(model, "config", None)
-        self.max_length: int | None = getattr(config, "max_position_embeddings", None)
-        self.vocab_size: int = getattr(config, "vocab_size", None) or len(fmt.tokenizer)
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        self.stop_ids = fmt.stop_ids(getattr(model, "generation_config", None))
-        # An empty context still needs one token to condition on (lm-eval uses eos).
-        self.empty_context: list[int] = (
-            [bos] if bos is not None else ([eos] if eos is not None else [0])
-        )
-        pad = tokenizer.pad_token_id
-        # The pad id only fills masked positions, so any valid id will do.
-        self.pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
-
-    def __call__(self, ids, mask, positions, cache=None, use_cache=False, last_only=False):
-        kwargs = {
-            "input_ids": ids.to(self.device),
-            "attention_mask": mask.to(self.device),
-            "position_ids": positions.to(self.device),
-            "use_cache": use_cache,
-        }
-        if cache is not None:
-            kwargs[self.cache_arg] = cache
-        if last_only and self.keeps_last:
-            kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
-        out = self.model(**kwargs)
-        new_cache = None
-        if use_cache:
-            new_cache = out.get("cache") if isinstance(out, dict) else None
-            if new_cache is None:
-                new_cache = out.get("past_key_values") if isinstance(out, dict) else None
-        return out.logits, new_cache
-
-    def rows_within_budget(self, length: int) -> int:
-        """How many rows of `length` tokens one forward pass may hold while its full fp32
-        logits stay within LOGITS_BUDGET_BYTES (at least one)."""
-        return max(1, LOGITS_BUDGET_BYTES // (4 * max(1, length) * self.vocab_size))
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        # verbose=False: long contexts are left-truncated to the model's window by the
-        # scorer, so transformers' "will result in indexing errors" warning would only alarm.
-        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-
-
-@contextmanager
-def _eval_mode(model) -> Iterator[None]:
-    """model.eval() and inference mode for the block; the previous train/eval mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
+from multilora_pipeline.tasks.evaluation.lm import (
+    CausalLM,
+    eval_mode,
+    left_pad,
+    position_ids,
+    right_pad,
+    token_logprobs,
+)
 
 
 def _cache_rows(cache, rows: torch.Tensor):
@@ -163,7 +78,7 @@ def _cache_rows(cache, rows: torch.Tensor):
 SPLIT_OVERHEAD_TOKENS = 256
 
 
-def _length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) -> list[list[int]]:
+def length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) -> list[list[int]]:
     """Indices grouped longest first; a new group starts where it saves > `overhead` padded tokens.
 
     Starting a group at a row saves (rows left) x (group's longest - this row) padded
@@ -178,33 +93,6 @@ def _length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) ->
     return groups
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding (0 at each row's first real token)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 # --- multiple choice: encoding ------------------------------------------------------
 
 
@@ -216,8 +104,8 @@ class _Request:
     continuations: list[list[int]]
 
 
-def _encode_requests(
-    lm: _CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
+def encode_requests(
+    lm: CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
 ) -> list[_Request]:
     """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):],
     the context rendered in the run's prompt format (its prefix added after)."""
@@ -257,21 +145,14 @@ def _encode_requests(
 # --- multiple choice: the two scorers -------------------------------------------------
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) under `logits` (any leading shape), in fp32."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - logits.logsumexp(-1)
-
-
 def _score_batch(
-    lm: _CausalLM, batch: list[_Request], overhead: int = SPLIT_OVERHEAD_TOKENS
+    lm: CausalLM, batch: list[_Request], overhead: int = SPLIT_OVERHEAD_TOKENS
 ) -> list[list[float]]:
     """Log-likelihood of every choice of every item in `batch`; each context runs once."""
-    ctx_ids, ctx_mask = _left_pad([r.context for r in batch], lm.pad_id)
+    ctx_ids, ctx_mask = left_pad([r.context for r in batch], lm.pad_id)
     needs_rest = any(len(c) > 1 for r in batch for c in r.continuations)
     logits, cache = lm(
-        ctx_ids, ctx_mask, _positions(ctx_mask), use_cache=needs_rest, last_only=True
+        ctx_ids, ctx_mask, position_ids(ctx_mask), use_cache=needs_rest, last_only=True
     )
     # Left padding puts every row's last context token in the last column.
     first = logits[:, -1].float().log_softmax(-1).cpu()
@@ -288,18 +169,18 @@ def _score_batch(
         (b, j) for b, r in enumerate(batch) for j, c in enumerate(r.continuations) if len(c) > 1
     ]
     lengths = [len(batch[b].continuations[j]) for b, j in rows]
-    for whole_group in _length_groups(lengths, overhead):
+    for whole_group in length_groups(lengths, overhead):
         step = lm.rows_within_budget(max(lengths[g] for g in whole_group))
         for at in range(0, len(whole_group), step):  # bounded logits, as in held-out loss
             part = [rows[g] for g in whole_group[at : at + step]]
             index = torch.tensor([b for b, _ in part])
             conts = [batch[b].continuations[j] for b, j in part]
-            cont_ids, cont_mask = _right_pad([c[:-1] for c in conts], lm.pad_id)
-            targets, _ = _right_pad([c[1:] for c in conts], 0)
+            cont_ids, cont_mask = right_pad([c[:-1] for c in conts], lm.pad_id)
+            targets, _ = right_pad([c[1:] for c in conts], 0)
             positions = ctx_mask.sum(-1)[index][:, None] + torch.arange(cont_ids.shape[1])[None, :]
             mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
             logits, _ = lm(cont_ids, mask, positions, cache=_cache_rows(cache, index))
-            logp = _token_logprobs(logits, targets.to(logits.device)).cpu() * cont_mask
+            logp = token_logprobs(logits, targets.to(logits.device)).cpu() * cont_mask
             for (b, j), total in zip(part, logp.sum(-1).tolist(), strict=True):
                 scores[b][j] += total
     return scores
@@ -322,10 +203,10 @@ def score_choices(
 
     `batch_size` is items (contexts) per forward pass. Items are scored longest
     first (less padding) and returned in input order. Multi-token choices run in
-    extra passes grouped by length (`split_overhead_tokens`: see `_length_groups`).
+    extra passes grouped by length (`split_overhead_tokens`: see `length_groups`).
     """
-    lm = _CausalLM(model, fmt, device)
-    requests = _encode_requests(lm, contexts, choices, delimiter)
+    lm = CausalLM(model, fmt, device)
+    requests = encode_requests(lm, contexts, choices, delimiter)
     order = sorted(
         range(len(requests)),
         key=lambda i: (
@@ -334,7 +215,7 @@ def score_choices(
     )
     results: list[list[float]] = [[] for _ in requests]
     bar = tqdm(total=len(requests), desc=desc, unit="item", disable=not progress, mininterval=2)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             for i, lls in zip(
@@ -359,10 +240,10 @@ def score_choices_reference(
 ) -> list[list[float]]:
     """The same numbers as `score_choices`, one (context, choice) per forward pass: no padding,
     no cache. Slow; it is the reference the batched scorer is checked against."""
-    lm = _CausalLM(model, fmt, device)
-    requests = _encode_requests(lm, contexts, choices, delimiter)
+    lm = CausalLM(model, fmt, device)
+    requests = encode_requests(lm, contexts, choices, delimiter)
     results = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for r in requests:
             lls = []
             for cont in r.continuations:
@@ -371,10 +252,10 @@ def score_choices_reference(
                     continue
                 ids = torch.tensor([r.context + cont])
                 mask = torch.ones_like(ids)
-                logits, _ = lm(ids, mask, _positions(mask))
+                logits, _ = lm(ids, mask, position_ids(mask))
                 n = len(r.context)
                 targets = torch.tensor(cont, device=logits.device)
-                lls.append(float(_token_logprobs(logits[0, n - 1 : -1], targets).sum()))
+                lls.append(float(token_logprobs(logits[0, n - 1 : -1], targets).sum()))
             results.append(lls)
     return results
 

@@ -19,8 +19,6 @@ Every stage after this one loads the path `base_model_path` returns, at the revi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoConfig
 
 from multilora_pipeline.data_specs.schema import PipelineSpec
+from multilora_pipeline.models.content import content_key
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.models.tiny import build_tiny_model
 from multilora_pipeline.tasks.training.gguf import converted_folder, locate_gguf
@@ -79,8 +78,8 @@ def check_base_model(
 
 
 def tiny_model_dir(spec: PipelineSpec, mixture_id: str, ws: Workspace):
-    key = json.dumps([spec.base_model.tiny.model_dump(mode="json"), mixture_id, spec.seed])
-    return ws.models_dir / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = content_key([spec.base_model.tiny.model_dump(mode="json"), mixture_id, spec.seed])
+    return ws.models_dir / f"tiny-{key}"
 
 
 def load_revision(spec: PipelineSpec) -> str | None:

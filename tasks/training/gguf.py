@@ -18,27 +18,21 @@ version, repo and revision); the MLflow runs and versions carry the same as tags
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import BaseModelSpec
+from multilora_pipeline.models.content import atomic_folder, file_sha256
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.base_model")
 
 SOURCE_FILE = "gguf_source.json"
-_HASH_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -128,54 +122,32 @@ def _existing_file(folder: Path, name: str, base: BaseModelSpec) -> Path:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a (possibly multi-GB) file, read in blocks, with a progress bar; computed
-    once per process for an unchanged file (the check and the base-model stage both ask)."""
+def gguf_sha256(path: Path) -> str:
+    """sha256 of a (possibly multi-GB) GGUF file, with a progress bar; computed once per
+    process for an unchanged file (the check and the base-model stage both ask)."""
     stat = path.stat()
     return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with (
-        path.open("rb") as handle,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"hash {path.name}",
-            mininterval=2,
-            disable=size < 1 << 30,  # a bar only where hashing takes seconds
-        ) as bar,
-    ):
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
+    return file_sha256(path, progress=True)
 
 
 def converted_folder(base: BaseModelSpec, ws: Workspace) -> Path:
     """The plain Hugging Face folder converted from the spec's GGUF file (converted now if
     this file was never converted in this workspace)."""
     path, origin = locate_gguf(base)
-    origin = GgufOrigin(**{**asdict(origin), "sha256": file_sha256(path)})
+    origin = GgufOrigin(**{**asdict(origin), "sha256": gguf_sha256(path)})
     out = ws.models_dir / f"gguf-{origin.sha256[:16]}"
     if (out / SOURCE_FILE).is_file():  # written last: its presence means the folder is whole
         log.info("reusing converted GGUF base model %s", out)
         return out
     log.info("converting %s (once per file; sha256 %s) into %s", path, origin.sha256[:16], out)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    # Another run converting the same file meanwhile may finish first: keep theirs.
+    with atomic_folder(out, keep_existing=True) as tmp:
         _convert(path, tmp, base)
         (tmp / SOURCE_FILE).write_text(json.dumps(asdict(origin), indent=2) + "\n")
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another run converted the same file meanwhile: keep theirs
-            if not (out / SOURCE_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted GGUF base model: %s", out)
     return out
 

@@ -40,6 +40,7 @@ from transformers import (
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
+from multilora_pipeline.models.content import write_text_atomic
 from multilora_pipeline.models.multilora import (
     MultiLoRAConfig,
     adapter_parameter_groups,
@@ -679,9 +680,7 @@ def _write_outputs(model, fmt: PromptFormat, arm: ArmSpec, result: ArmResult, ba
         export_peft(model, result.peft_dir, base_name)
         fmt.write(result.peft_dir)
     fmt.write(result.adapter_dir)
-    tmp = output_dir / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(result), indent=2))
-    tmp.rename(output_dir / DONE_FILE)
+    write_text_atomic(output_dir / DONE_FILE, json.dumps(asdict(result), indent=2))
     for ckpt in output_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)  # only now: the finished adapter and result.json supersede them
 

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from multilora_pipeline.models.tiny import tiny_config
 from multilora_pipeline.tasks.evaluation.scoring import (
-    _length_groups,
     choice_metrics,
+    length_groups,
     score_choices,
     score_choices_reference,
 )
@@ -94,7 +94,7 @@ def test_long_contexts_raise_no_indexing_warning(bpe, monkeypatch):
 
 def test_length_groups_split_only_where_padding_saved_exceeds_the_overhead():
     lengths = [2, 30, 3, 29, 2]
-    assert _length_groups(lengths, overhead=10_000) == [[1, 3, 2, 0, 4]]
+    assert length_groups(lengths, overhead=10_000) == [[1, 3, 2, 0, 4]]
     # Starting a group at the 3-token row saves 3 rows x (30 - 3) = 81 padded tokens.
-    assert _length_groups(lengths, overhead=50) == [[1, 3], [2, 0, 4]]
-    assert _length_groups(lengths, overhead=0) == [[1], [3], [2], [0, 4]]
+    assert length_groups(lengths, overhead=50) == [[1, 3], [2, 0, 4]]
+    assert length_groups(lengths, overhead=0) == [[1], [3], [2], [0, 4]]

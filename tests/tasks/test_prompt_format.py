@@ -20,7 +20,7 @@ from multilora_pipeline.models.prompt_format import FORMAT_FILE, PromptFormat, P
 from multilora_pipeline.models.tiny import build_tiny_model
 from multilora_pipeline.tasks.evaluation.evaluate import heldout_loss
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
-from multilora_pipeline.tasks.evaluation.scoring import _CausalLM, _encode_requests
+from multilora_pipeline.tasks.evaluation.scoring import CausalLM, encode_requests
 from multilora_pipeline.tasks.registry.serving import AdapterGenerator
 from multilora_pipeline.tasks.training.tokenise import tokenise_records
 from tests.tasks.scoring_models import BigramLM, plain
@@ -85,10 +85,10 @@ def test_every_stage_feeds_the_tokens_training_fed(chat_folder, tmp_path):
     assert trained[0] == tokenizer.bos_token_id and trained.count(tokenizer.bos_token_id) == 2
 
     # Multiple choice: context + the gold continuation are the trained sequence.
-    (request,) = _encode_requests(_CausalLM(model, fmt), [PROMPT], [CHOICES], " ")
+    (request,) = encode_requests(CausalLM(model, fmt), [PROMPT], [CHOICES], " ")
     assert request.context + request.continuations[LABEL] == trained
     # The raw prompt would be another sequence: this test tells the formats apart.
-    (raw,) = _encode_requests(_CausalLM(model, plain(tokenizer)), [PROMPT], [CHOICES], " ")
+    (raw,) = encode_requests(CausalLM(model, plain(tokenizer)), [PROMPT], [CHOICES], " ")
     assert raw.context != request.context
 
     # Generation: the first forward sees the trained prompt.

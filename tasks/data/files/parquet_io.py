@@ -7,8 +7,6 @@ write goes to a temp file next to the target and is renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from multilora_pipeline.models.content import atomic_file
 
 # Fixed row-group size so identical tables always produce identical bytes.
 ROW_GROUP_ROWS = 10_000
@@ -28,16 +28,8 @@ WRITE_OPTIONS = dict(compression="zstd", use_dictionary=True, write_statistics=T
 @contextmanager
 def parquet_sink(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     """A Parquet writer on a temp file that becomes `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
-            yield writer
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+        yield writer
 
 
 def write_batches(tables: Iterable[pa.Table], path: Path, schema: pa.Schema) -> int:
