@@ -19,6 +19,9 @@ from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alia
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.processes import stop_process_group
 
+# the CLI in subprocesses with Prefect and MLflow servers: left out by -m "not slow"
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 NAME = "mlora-cli"
 
@@ -143,7 +146,6 @@ def test_serve_rejects_a_bad_cron(tmp_path):
     assert "invalid cron schedule '61 * * * *'" in done.stderr
 
 
-@pytest.mark.slow
 def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

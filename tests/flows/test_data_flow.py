@@ -12,6 +12,9 @@ from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.tasks.catalog import Catalog
 
+# the data flow on a Prefect server: left out by -m "not slow"
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo_tiny.yaml"
 

@@ -14,6 +14,9 @@ from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.one_source_spec import one_source_spec
 
+# the data flow on a Prefect server: left out by -m "not slow"
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 BAD = REPO / "tests" / "data_specs" / "bad_inputs"
 CASES = json.loads((BAD / "CASES.json").read_text())["cases"]

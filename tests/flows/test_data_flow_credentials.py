@@ -13,6 +13,9 @@ from multilora_pipeline.tasks.catalog import TABLES, Catalog
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.one_source_spec import one_source_spec
 
+# the data flow on a Prefect server: left out by -m "not slow"
+pytestmark = pytest.mark.slow
+
 TOKEN = "hf_SeCrEtT0kenThatMustNeverLeak123"
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,6 +27,8 @@ from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alia
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.processes import stop_process_group
 
+pytestmark = pytest.mark.slow  # Prefect deployments and workers: left out by -m "not slow"
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo"
 
@@ -157,7 +159,6 @@ def _deployment(base: str, name: str) -> dict | None:
     return found[0] if found else None
 
 
-@pytest.mark.slow
 def test_served_deployment_runs_on_a_real_server(tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}/api"

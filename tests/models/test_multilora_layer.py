@@ -193,6 +193,7 @@ def test_unbatched_input_is_accepted():
     torch.testing.assert_close(layer(x), layer(x.unsqueeze(0))[0])
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiles_without_graph_breaks():
     layer = make_layer(dropout=0.1, scale_shape="vector").train()
     randomise_scales(layer)

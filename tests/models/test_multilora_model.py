@@ -191,7 +191,9 @@ def test_gradient_checkpointing_non_reentrant(family):
         model.train()
         if checkpointing:
             enable_activation_checkpointing(model)
-            assert model.is_gradient_checkpointing
+            # transformers 5 renamed the flag; the old name warns (and is gone in v6).
+            flag = "is_activation_checkpointing"
+            assert getattr(model, flag if hasattr(model, flag) else "is_gradient_checkpointing")
         lm_loss(model, ids).backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
@@ -199,6 +201,7 @@ def test_gradient_checkpointing_non_reentrant(family):
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # torch.compile
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_compiled_blocks_match_eager_and_compile_once(family):
     # aot_eager runs dynamo + autograd tracing (what can break) without the C++ compile time.

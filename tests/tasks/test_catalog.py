@@ -123,6 +123,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_writing_at_once_both_finish(tmp_path):
     path = tmp_path / "catalog.duckdb"
     script = tmp_path / "writer.py"
@@ -162,6 +163,7 @@ def _hold(tmp_path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # waits for a lock
 def test_a_locked_catalog_is_waited_for_with_a_clear_message(tmp_path, caplog):
     holder = _hold(tmp_path, 1.5)
     with caplog.at_level(logging.WARNING, logger="mlora.catalog"):

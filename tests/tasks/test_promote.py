@@ -22,6 +22,8 @@ from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
 from multilora_pipeline.tasks.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # MLflow registry round trips: left out by -m "not slow"
+
 GATE = {"primary_metric": "eval_macro_acc", "min_improvement": 0.0, "regression_tolerance": 0.05}
 CHAMP = {"eval_macro_acc": 0.50, "category_nlu_score": 0.60, "category_math_score": 0.40}
 

@@ -35,6 +35,9 @@ from multilora_pipeline.tasks.registry.versions import (
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.fresh_process import run_fresh
 
+# MLflow registration and a fresh serving process: left out by -m "not slow"
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 NAME = "mlora-tiny"
 PROMPTS = ["### Instruction:\nAdd 2 and 3.\n\n### Response:\n", "the quick brown fox"]

@@ -110,7 +110,9 @@ def _packed_and_single(model, exs, max_length):
 
 # flex_attention is what keeps packed batches on a fused kernel on a GPU; its forward also
 # runs on CPU (its backward does not), so its block-diagonal mask is checked here too.
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize(
+    "attn", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]
+)
 def test_packed_block_has_no_cross_example_attention_and_the_same_loss(attn):
     torch.manual_seed(0)
     model = LlamaForCausalLM._from_config(

@@ -20,6 +20,8 @@ from multilora_pipeline.models.tiny import BLOCK_LINEARS, build_tiny_model
 from multilora_pipeline.models.training_speed import compile_blocks
 from multilora_pipeline.tasks.training.train import resolve_device, train_arm
 
+pytestmark = pytest.mark.slow  # real training runs: left out by -m "not slow"
+
 WORDS = ["apple", "river", "stone", "cloud", "maple", "otter", "piano", "quartz"]
 
 
@@ -161,7 +163,6 @@ def _weights(folder):
     return load_file(str(folder / "adapter" / "adapter.safetensors"))
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_loss_curve(setup, tmp_path):
     """Data parallelism over 2 CPU processes == one process with the same global batch."""
     from multilora_pipeline.tasks.training.launch import launch_arm
