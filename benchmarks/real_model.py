@@ -36,17 +36,17 @@ from benchmarks.train_throughput import run_arm
 from multilora_pipeline.data_specs.schema import demo_spec_path, load_spec
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.tasks.evaluation.scoring import score_choices
+from multilora_pipeline.tasks.training.dataset import read_records
 from multilora_pipeline.tasks.training.gguf import converted_folder
 from multilora_pipeline.tasks.training.tokenise import pack_examples, tokenise_records
-from multilora_pipeline.tasks.training.train import _Blocks, read_records
 from multilora_pipeline.tasks.workspace import Workspace
 
 
-def training_blocks(train_dir: str, fmt: PromptFormat, n_blocks: int, seq: int) -> _Blocks:
+def training_blocks(train_dir: str, fmt: PromptFormat, n_blocks: int, seq: int) -> list[dict]:
     """The demo mixture's first rows, tokenised and packed as the train stage does."""
     examples, _ = tokenise_records(read_records(train_dir), fmt, max_length=seq)
     blocks = pack_examples(examples, seq, fmt.tokenizer.pad_token_id)
-    return _Blocks(blocks[:n_blocks])
+    return blocks[:n_blocks]
 
 
 def scoring_rate(folder: Path, fmt: PromptFormat, suite_path: str, items: int, batch: int):

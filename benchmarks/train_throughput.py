@@ -30,13 +30,14 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    default_data_collator,
 )
 
 from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
 from multilora_pipeline.models.tiny import BLOCK_LINEARS
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
 from multilora_pipeline.tasks.training.tokenise import IGNORE, TokenisedExample, pack_examples
-from multilora_pipeline.tasks.training.train import ArmTrainer, _Blocks, _stack, prepare_arm_model
+from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model
 
 H100_BF16_FLOPS = 989e12
 SIZES = {
@@ -61,7 +62,7 @@ SIZES = {
 }
 
 
-def packed_blocks(n_blocks: int, seq: int, vocab: int, seed: int = 0) -> _Blocks:
+def packed_blocks(n_blocks: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
     """Random-token examples of 64..seq/2 tokens, packed like the mixture is."""
     g = torch.Generator().manual_seed(seed)
     examples, total = [], 0
@@ -70,7 +71,7 @@ def packed_blocks(n_blocks: int, seq: int, vocab: int, seed: int = 0) -> _Blocks
         ids = torch.randint(4, vocab, (n,), generator=g).tolist()
         examples.append(TokenisedExample(ids, [IGNORE] + ids[1:]))
         total += n
-    return _Blocks(pack_examples(examples, seq, pad_id=0)[:n_blocks])
+    return pack_examples(examples, seq, pad_id=0)[:n_blocks]
 
 
 class StepTimer(TrainerCallback):
@@ -164,7 +165,7 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
         model=model,
         args=targs,
         train_dataset=data,
-        data_collator=_stack,
+        data_collator=default_data_collator,
         callbacks=[timer],
         **extra,
     )

@@ -72,12 +72,8 @@ from multilora_pipeline.tasks.training.base_model import (
 )
 from multilora_pipeline.tasks.training.gguf import gguf_origin
 from multilora_pipeline.tasks.training.launch import launch_arm
-from multilora_pipeline.tasks.training.train import (
-    ArmResult,
-    load_result,
-    resolve_device,
-    resolve_prompt_format,
-)
+from multilora_pipeline.tasks.training.loading import resolve_device, resolve_prompt_format
+from multilora_pipeline.tasks.training.train import ArmResult, load_result
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")

@@ -14,14 +14,14 @@ from multilora_pipeline.models.multilora import (
 )
 from multilora_pipeline.models.multilora.model import matching_module_names
 from multilora_pipeline.tasks.training.base_model import load_revision
-from multilora_pipeline.tasks.training.train import (
+from multilora_pipeline.tasks.training.loading import (
     BASE_MODEL_FIELD,
-    ArmResult,
     load_base,
     model_load_errors,
     resolve_device,
     resolve_dtype,
 )
+from multilora_pipeline.tasks.training.train import ArmResult
 
 
 def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, *, merge=True):

@@ -30,12 +30,12 @@ from multilora_pipeline.data_specs.schema import PipelineSpec
 from multilora_pipeline.models.content import content_key
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.models.tiny import build_tiny_model
+from multilora_pipeline.tasks.training.dataset import read_records
 from multilora_pipeline.tasks.training.gguf import converted_folder, locate_gguf
-from multilora_pipeline.tasks.training.train import (
+from multilora_pipeline.tasks.training.loading import (
     BASE_MODEL_FIELD,
     load_tokenizer,
     model_load_errors,
-    read_records,
     require_config,
     resolve_prompt_format,
 )

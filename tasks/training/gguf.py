@@ -99,7 +99,7 @@ def locate_gguf(base: BaseModelSpec) -> tuple[Path, GgufOrigin]:
         return _existing_file(folder, name, base), GgufOrigin(name, "")
     from huggingface_hub import hf_hub_download
 
-    from multilora_pipeline.tasks.training.train import model_load_error
+    from multilora_pipeline.tasks.training.loading import model_load_error
 
     try:
         path = hf_hub_download(base.name_or_path, name, revision=base.revision)

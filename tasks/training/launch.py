@@ -22,12 +22,8 @@ import torch
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
-from multilora_pipeline.tasks.training.train import (
-    ArmResult,
-    load_result,
-    resolve_device,
-    train_arm,
-)
+from multilora_pipeline.tasks.training.loading import resolve_device
+from multilora_pipeline.tasks.training.train import ArmResult, load_result, train_arm
 
 log = logging.getLogger("mlora.train")
 ARGS_FILE = "launch.json"

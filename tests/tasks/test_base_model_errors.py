@@ -20,7 +20,7 @@ from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import PipelineSpec
 from multilora_pipeline.models.tiny import build_tiny_model
 from multilora_pipeline.tasks.training.base_model import check_base_model
-from multilora_pipeline.tasks.training.train import load_base
+from multilora_pipeline.tasks.training.loading import load_base
 from tests.flows.one_source_spec import one_source_spec
 
 FIELD = "base_model.name_or_path"

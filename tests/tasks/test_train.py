@@ -18,7 +18,8 @@ from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.models.tiny import BLOCK_LINEARS, build_tiny_model
 from multilora_pipeline.models.training_speed import compile_blocks
-from multilora_pipeline.tasks.training.train import resolve_device, train_arm
+from multilora_pipeline.tasks.training.loading import resolve_device
+from multilora_pipeline.tasks.training.train import train_arm
 
 pytestmark = pytest.mark.slow  # real training runs: left out by -m "not slow"
 
@@ -222,12 +223,9 @@ def test_full_fine_tune_arm_trains_every_weight_and_is_analysable(setup, tmp_pat
 
 
 def test_scales_get_their_own_learning_rate_and_weight_decay(setup):
-    from multilora_pipeline.tasks.training.train import (
-        ArmTrainer,
-        build_dataset,
-        load_base,
-        prepare_arm_model,
-    )
+    from multilora_pipeline.tasks.training.dataset import build_dataset
+    from multilora_pipeline.tasks.training.loading import load_base
+    from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model
 
     root, base = setup
     arm = ARMS["multilora"].model_copy(
@@ -261,7 +259,7 @@ def test_epochs_and_gradient_checkpointing(setup, tmp_path):
     )
     from transformers import AutoTokenizer
 
-    from multilora_pipeline.tasks.training.train import build_dataset
+    from multilora_pipeline.tasks.training.dataset import build_dataset
 
     # One epoch = every packed sequence once at batch 4, activations recomputed in backward.
     fmt = PromptFormat.resolve(AutoTokenizer.from_pretrained(base))

@@ -1,0 +1,73 @@
+"""The one content-key and atomic-publish mechanism every output goes through (models/content.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from multilora_pipeline.data_specs.schema import MixtureSpec
+from multilora_pipeline.models.content import (
+    TEMPORARY_MARK,
+    atomic_file,
+    atomic_folder,
+    content_key,
+    file_sha256,
+    write_text_atomic,
+)
+from multilora_pipeline.tasks.data.mixture import mixture_id
+from multilora_pipeline.tasks.data.outputs import stage_id
+
+
+def test_content_key_is_canonical_json_and_ignores_key_order():
+    value = {"b": [1, 2], "a": {"y": None, "x": 1.5}}
+    reordered = {"a": {"x": 1.5, "y": None}, "b": [1, 2]}
+    blob = '{"a":{"x":1.5,"y":null},"b":[1,2]}'
+    assert content_key(value) == content_key(reordered)
+    assert content_key(value) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert content_key(value, length=8) == content_key(value)[:8]
+    assert content_key(value) != content_key({**value, "c": 0})
+
+
+def test_data_ids_are_the_ones_existing_workspaces_hold():
+    # Values computed by the code before the ids moved onto content_key: a changed encoding
+    # would silently rebuild (and re-id) every stage output of every workspace.
+    assert stage_id("dedup", ["i1"], {"p": 1}) == "8d406745394b3c1c"
+    assert mixture_id({"a": "h1"}, MixtureSpec(), 0) == "f4e8678d6e8763b4"
+
+
+def test_atomic_file_appears_only_when_complete(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        assert tmp.parent == target.parent and TEMPORARY_MARK in tmp.name
+        raise RuntimeError("killed mid-write")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    write_text_atomic(target, json.dumps({"ok": 1}))
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_atomic_folder_replaces_a_leftover_or_keeps_a_finished_copy(tmp_path):
+    final = tmp_path / "stage" / "abc"
+    with atomic_folder(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (final / "a.txt").read_text() == "first"
+    with atomic_folder(final) as tmp:  # same key rewritten: a leftover is replaced
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    with atomic_folder(final, keep_existing=True) as tmp:  # a concurrent writer finished first
+        (tmp / "c.txt").write_text("third")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    with pytest.raises(ValueError), atomic_folder(tmp_path / "stage" / "failed") as tmp:
+        (tmp / "x").write_text("x")
+        raise ValueError("bad input")
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["abc"]
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
+    data = b"x" * 3_000_001
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
