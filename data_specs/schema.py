@@ -8,9 +8,14 @@ canonical (validated, defaults filled) form, recorded everywhere downstream.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
+import inspect
 import json
 import re
+import textwrap
+import typing
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,10 +28,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 
 from multilora_pipeline.data_specs.errors import SpecError
+from multilora_pipeline.models.multilora.config import MultiLoRAConfig, MultiLoRAConfigError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
@@ -340,25 +347,72 @@ class BaseModelSpec(Strict):
         return f"{where}/{self.gguf_file}" if self.gguf_file else where
 
 
-class ArmSpec(Strict):
-    """One training arm: an adapter kind and its size. Every arm sees the same data and steps."""
+def _attribute_docstrings(cls) -> dict[str, str]:
+    """Field name -> the docstring under it in `cls`'s source (as pydantic reads its own)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        a.target.id: inspect.cleandoc(b.value.value)
+        for a, b in zip(body, body[1:], strict=False)
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(b, ast.Expr)
+        and isinstance(b.value, ast.Constant)
+        and isinstance(b.value.value, str)
+    }
+
+
+def _adapter_fields() -> dict:
+    """MultiLoRAConfig's fields as pydantic fields (type, default, docstring): the adapter
+    settings are declared once, by the layer that uses them. `init` is not among them: the
+    arm's kind decides it."""
+    hints = typing.get_type_hints(MultiLoRAConfig)
+    docs = _attribute_docstrings(MultiLoRAConfig)
+    fields = {}
+    for f in dataclasses.fields(MultiLoRAConfig):
+        if f.name == "init":
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        fields[f.name] = (hints[f.name], Field(default=default, description=docs[f.name]))
+    return fields
+
+
+AdapterSettings = create_model(
+    "AdapterSettings",
+    __base__=Strict,
+    __doc__="An arm's adapter settings: MultiLoRAConfig's fields (models/multilora/config.py).",
+    **_adapter_fields(),
+)
+ADAPTER_FIELDS = tuple(AdapterSettings.model_fields)
+
+
+class ArmSpec(AdapterSettings):
+    """One training arm: an adapter kind and its size. Every arm sees the same data and steps.
+
+    The adapter fields (n_modules, rank, alpha, dropout, target_modules, scale_shape,
+    use_rslora) are MultiLoRAConfig's, documented there; a lora arm uses n_modules = 1 and
+    one fixed scale whatever they say. Control arm: rank = the multilora arm's n_modules * rank.
+    """
+
+    @model_validator(mode="after")
+    def _adapter_is_valid(self):
+        try:
+            self.adapter_config()
+        except MultiLoRAConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def adapter_config(self) -> MultiLoRAConfig | None:
+        """The MultiLoRA layer settings of the arm; None for full fine-tuning."""
+        if self.kind == "full":
+            return None
+        settings = {name: getattr(self, name) for name in ADAPTER_FIELDS}
+        if self.kind == "lora":  # the control: one module with one fixed scale
+            settings.update(n_modules=1, scale_shape="scalar")
+        return MultiLoRAConfig(**settings, init=self.kind)
 
     name: str = Field(pattern=NAME_RE)
     """Unique short name; the MLflow child run and the registered version are tagged with it."""
     kind: Literal["multilora", "lora", "full"]
     """multilora: n parallel LoRAs with learnable zero-init scales; lora: the control; full: fine-tune all."""
-    n_modules: int = Field(default=4, ge=1, le=64)
-    """MultiLoRA: parallel modules per weight (ignored for lora/full)."""
-    rank: int = Field(default=8, ge=1)
-    """Rank per module (multilora) or the LoRA rank. Control arm: use n_modules * rank."""
-    alpha: float | None = None
-    """Scaling numerator; None means alpha = rank (scaling 1)."""
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    """Dropout on the adapter input (one mask shared by all modules)."""
-    scale_shape: Literal["scalar", "vector"] = "scalar"
-    """MultiLoRA scale per module: one scalar (paper) or one per output channel."""
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    """Names (suffixes) of the linear layers to adapt; a single entry starting with ^ is a regex."""
     learning_rate: float | None = Field(default=None, gt=0)
     """Overrides training.learning_rate for this arm."""
     scale_learning_rate: float | None = Field(default=None, gt=0)

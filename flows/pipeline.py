@@ -52,6 +52,7 @@ from multilora_pipeline.tasks.evaluation.evaluate import (
     compare_arms,
     evaluate_model,
 )
+from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.promote import run_gate
 from multilora_pipeline.tasks.registry.tracking import Tracker, code_version
 from multilora_pipeline.tasks.registry.versions import (
@@ -77,6 +78,26 @@ from multilora_pipeline.tasks.training.train import ArmResult, load_result
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")
+
+
+@dataclass
+class TrainedArm:
+    """What the train stage hands on: the arm's result, its MLflow run, and whether both
+    were there before (a finished arm is looked up, not trained)."""
+
+    result: ArmResult
+    run_id: str
+    reused: bool
+
+
+@dataclass
+class Scores:
+    """An evaluation's metrics and whether they were reused (cache or earlier run)."""
+
+    metrics: dict[str, float]
+    reused: bool
+    eval_id: str | None = None
+    """The base evaluation's key (tasks/evaluation/cache.py): arms are scored under it."""
 
 
 @dataclass
@@ -125,15 +146,22 @@ def timed(stage_seconds: dict[str, float], stage: str):
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def base_tags(spec: PipelineSpec, base: str, fmt_tags: dict[str, str]) -> dict[str, str]:
-    """What every run and version records of its base model and prompt format: the spec's
-    base model, the GGUF file it was converted from (if it was), the format's tags."""
+def run_lineage(
+    spec: PipelineSpec, mixture_id: str, base: str, fmt_tags: dict[str, str]
+) -> Lineage:
+    """What every run and version of this pipeline run records: spec, mixture and code, the
+    spec's base model, the GGUF file it was converted from (if it was), the prompt format."""
     origin = gguf_origin(base) if spec.base_model.gguf_file else None
-    return {
-        "mlora.base_model": spec.base_model.label,
-        **(origin.as_tags() if origin else {}),
-        **fmt_tags,
-    }
+    return Lineage(
+        spec_hash=spec.spec_hash,
+        mixture_id=mixture_id,
+        code_version=code_version(),
+        base={
+            "mlora.base_model": spec.base_model.label,
+            **(origin.as_tags() if origin else {}),
+            **fmt_tags,
+        },
+    )
 
 
 def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
@@ -198,26 +226,19 @@ def spec_lock(ws: Workspace, spec: PipelineSpec):
 @task(name="train-arm", cache_policy=NO_CACHE)
 def train_arm_task(
     ws: Workspace,
+    tracker: Tracker,
     spec: PipelineSpec,
     data: DataOutputs,
     base: str,
     arm: ArmSpec,
     parent_id: str,
-    lineage: dict[str, str],
-) -> tuple[ArmResult, str, bool]:
-    tracker = Tracker(ws, spec.name)
+    lineage: Lineage,
+) -> TrainedArm:
     run_id, finished = tracker.child_run(
         parent_id,
         run_key(spec, data.mixture_id, arm),
         arm.name,
-        tags={
-            "mlora.arm": arm.name,
-            "mlora.adapter_kind": arm.kind,
-            "mlora.spec_hash": spec.spec_hash,
-            "mlora.mixture_id": data.mixture_id,
-            "mlora.code_version": code_version(),
-            **lineage,
-        },
+        tags=lineage.run_tags(arm=arm.name, adapter_kind=arm.kind),
     )
     done_dir = arm_dir(ws, spec, data.mixture_id, arm)
     if finished and load_result(done_dir) is None:
@@ -247,7 +268,7 @@ def train_arm_task(
                 # What PEFT users load the export on: the hub id, or the folder (a converted
                 # GGUF file, the tiny model) the arm was trained on.
                 base_model_name=base,
-                prompt_format=lineage["mlora.prompt_format"],
+                prompt_format=lineage.prompt_format,
                 tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
                 callbacks=[tracker.training_callback(run_id)],
             )
@@ -270,7 +291,7 @@ def train_arm_task(
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
-    return result, run_id, finished
+    return TrainedArm(result, run_id, finished)
 
 
 def _score(
@@ -306,34 +327,37 @@ def _log_evaluation(tracker: Tracker, run_id: str, evaluation: EvalResult, prefi
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    ws: Workspace,
+    tracker: Tracker,
     spec: PipelineSpec,
     data: DataOutputs,
     base: str,
-    result: ArmResult,
-    run_id: str,
+    trained: TrainedArm,
     eval_id: str,
-) -> tuple[dict[str, float], bool]:
+) -> Scores:
     """An arm's scores on every suite, logged to its run `run_id`, and whether they were
     reused. A reused arm keeps its logged scores only if they were made under `eval_id`
     (the base evaluation's key: same suites, settings and scoring code); otherwise it is
     scored again, so the arms and the base row always compare like with like."""
-    tracker = Tracker(ws, spec.name)
-    if tracker.client.get_run(run_id).data.tags.get(EVAL_ID_TAG) == eval_id:
-        return tracker.metrics(run_id), True
-    evaluation = _score(spec, data, base, result)
+    run_id = trained.run_id
+    if tracker.run_tags(run_id).get(EVAL_ID_TAG) == eval_id:
+        return Scores(tracker.metrics(run_id), True, eval_id)
+    evaluation = _score(spec, data, base, trained.result)
     _log_evaluation(tracker, run_id, evaluation, prefix="")
     tracker.set_tags(run_id, {EVAL_ID_TAG: eval_id})
-    return evaluation.metrics, False
+    return Scores(evaluation.metrics, False, eval_id)
 
 
 @task(name="evaluate-base", cache_policy=NO_CACHE)
 def evaluate_base_task(
-    ws: Workspace, spec: PipelineSpec, data: DataOutputs, base: str, parent_id: str
-) -> tuple[dict[str, float], bool, str]:
+    ws: Workspace,
+    tracker: Tracker,
+    spec: PipelineSpec,
+    data: DataOutputs,
+    base: str,
+    parent_id: str,
+) -> Scores:
     """Score the base model, or reuse its cached scores (tasks/evaluation/cache.py) when nothing
-    that decides them changed; log them as `base_*` to the parent run either way.
-    Returns (metrics, reused, the evaluation's key)."""
+    that decides them changed; log them as `base_*` to the parent run either way."""
     inputs = base_eval_inputs(
         spec,
         base,
@@ -348,15 +372,14 @@ def evaluate_base_task(
     if evaluation is None:
         evaluation = _score(spec, data, base, None)
         save_base_eval(ws, key, inputs, evaluation)
-    tracker = Tracker(ws, spec.name)
     _log_evaluation(tracker, parent_id, evaluation, prefix="base_")
     tracker.set_tags(parent_id, {"mlora.base_eval_id": key})
-    return evaluation.metrics, reused, key
+    return Scores(evaluation.metrics, reused, key)
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
 def analyse_task(
-    ws: Workspace, spec: PipelineSpec, base: str, results: dict[str, ArmResult], parent_id: str
+    tracker: Tracker, spec: PipelineSpec, base: str, results: dict[str, ArmResult], parent_id: str
 ) -> str:
     """Singular values of every ΔW per arm: plots, table and a flatness summary on the parent run."""
     import tempfile
@@ -364,7 +387,6 @@ def analyse_task(
     import pandas as pd
 
     frames = {name: analyse_deltas(arm_deltas(spec, base, r)) for name, r in results.items()}
-    tracker = Tracker(ws, spec.name)
     with tempfile.TemporaryDirectory() as tmp:
         plot_spectra(frames, Path(tmp) / "spectra.png")
         plot_effective_rank(frames, Path(tmp) / "effective_rank.png")
@@ -389,19 +411,19 @@ def analyse_task(
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(
     ws: Workspace,
+    tracker: Tracker,
     spec: PipelineSpec,
     data: DataOutputs,
     base: str,
     arm: ArmSpec,
-    result: ArmResult,
-    run_id: str,
+    trained: TrainedArm,
     metrics: dict[str, float],
-    lineage: dict[str, str],
+    lineage: Lineage,
     rescored: bool = False,
 ):
     """Register the arm's adapter (once per run key); a version registered earlier whose arm
     was just `rescored` under new evaluation settings gets the new headline scores."""
-    tracker = Tracker(ws, spec.name)
+    result, run_id = trained.result, trained.run_id
     manifest = Path(data.train_dir) / "manifest.json"
     extra = {"mixture_manifest": str(manifest)} if manifest.is_file() else {}
     headline = {
@@ -423,18 +445,10 @@ def register_task(
             "revision": load_revision(spec),
             "trust_remote_code": spec.base_model.trust_remote_code,
             "max_new_tokens": spec.evaluation.max_new_tokens,
-            "prompt_format": lineage["mlora.prompt_format"],
+            "prompt_format": lineage.prompt_format,
         },
         extra_artifacts=extra,
-        tags={
-            "spec_hash": spec.spec_hash,
-            "mixture_id": data.mixture_id,
-            "arm": arm.name,
-            "adapter_kind": arm.kind,
-            "code_version": code_version(),
-            **{k.removeprefix("mlora."): v for k, v in lineage.items()},
-            **headline,
-        },
+        tags={**lineage.version_tags(arm=arm.name, adapter_kind=arm.kind), **headline},
     )
     if version.reused and rescored:
         update_version_scores(tracker, version.name, version.version, headline)
@@ -444,7 +458,7 @@ def register_task(
         mixture_id=data.mixture_id,
         arm=arm.name,
         mlflow_run_id=run_id,
-        parent_run_id=tracker.client.get_run(run_id).data.tags.get("mlflow.parentRunId"),
+        parent_run_id=tracker.run_tags(run_id).get("mlflow.parentRunId"),
         registered_model=version.name,
         model_version=version.version,
     )
@@ -469,25 +483,18 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
         base = prepare_base_model(spec, data, ws)
         fmt = prompt_format(spec, base)
     logger.info("prompt format (training, scoring and serving alike): %s", fmt.describe())
-    lineage = base_tags(spec, base, fmt.as_tags())
+    lineage = run_lineage(spec, data.mixture_id, base, fmt.as_tags())
 
-    tracker = Tracker(ws, spec.name)
+    tracker = Tracker(ws, spec.name)  # the run's one MLflow facade, handed to every stage
     parent_id = tracker.start_parent(
         run_name=f"{spec.name}-{data.mixture_id[:8]}",
-        tags={
-            "mlora.spec_hash": spec.spec_hash,
-            "mlora.mixture_id": data.mixture_id,
-            "mlora.code_version": code_version(),
-            "mlora.spec_file": str(Path(spec_path).resolve()),
-            **lineage,
-        },
+        tags=lineage.run_tags(spec_file=str(Path(spec_path).resolve())),
         params=spec.canonical(),
     )
     try:
         with spec_lock(ws, spec):
-            summary = _train_evaluate_register(
-                ws, spec, data, base, tracker, parent_id, lineage, fmt.describe(), stages
-            )
+            run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
+            summary = _train_evaluate_register(run, fmt.describe())
         tracker.log_metrics(
             parent_id, {f"stage_seconds_{k}": v for k, v in summary.stage_seconds.items()}
         )
@@ -499,71 +506,124 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     return asdict(summary)
 
 
-def _train_evaluate_register(
-    ws, spec, data, base, tracker, parent_id, lineage, format_description, stages
-) -> PipelineSummary:
-    tracker.log_json(parent_id, data.source_table, "data/source_table.json")
+@dataclass
+class RunContext:
+    """What every stage after the data stages of one pipeline run works with."""
+
+    ws: Workspace
+    tracker: Tracker
+    spec: PipelineSpec
+    data: DataOutputs
+    base: str
+    parent_id: str
+    lineage: Lineage
+    stages: dict[str, float]
+    """Wall time per stage (the summary's stage_seconds), filled as the stages run."""
+
+
+def _train_evaluate_register(run: RunContext, format_description: str) -> PipelineSummary:
+    spec, data, tracker = run.spec, run.data, run.tracker
+    tracker.log_json(run.parent_id, data.source_table, "data/source_table.json")
     manifest = Path(data.train_dir) / "manifest.json"
     if manifest.is_file():
-        tracker.log_artifact(parent_id, manifest, "data")
+        tracker.log_artifact(run.parent_id, manifest, "data")
+    with timed(run.stages, "evaluate_base"):
+        base_scores = evaluate_base_task(run.ws, tracker, spec, data, run.base, run.parent_id)
+    # Sequential: arms compete for the same cores / GPU.
+    trained = {arm.name: _train_score_register(run, arm, base_scores) for arm in spec.arms}
+    arms = [summary for _, summary in trained.values()]
+    _compare_on_parent(
+        run, base_scores.metrics, arms, {n: t.result for n, (t, _) in trained.items()}
+    )
+    best, decision = _promote(run, arms, base_scores.metrics)
+    champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
+    return PipelineSummary(
+        spec=spec.name,
+        spec_hash=spec.spec_hash,
+        mixture_id=data.mixture_id,
+        parent_run_id=run.parent_id,
+        experiment=spec.name,
+        registered_model=spec.registered_model_name,
+        arms=arms,
+        base_metrics=_headline(base_scores.metrics, spec),
+        primary_metric=spec.registry.primary_metric,
+        challenger=best.version,
+        champion=str(champion.version) if champion else None,
+        decision=decision.as_tags()["promotion.decision"],
+        decision_reasons=list(decision.reasons),
+        prompt_format=format_description,
+        reused_data_stages=list(data.reused_stages),
+        base_evaluation_reused=base_scores.reused,
+        ui_command=tracker.ui_command(),
+        stage_seconds={k: round(v, 1) for k, v in run.stages.items()},
+    )
 
-    with timed(stages, "evaluate_base"):
-        base_metrics, base_reused, eval_id = evaluate_base_task(ws, spec, data, base, parent_id)
 
-    arms: list[ArmSummary] = []
-    results: dict[str, ArmResult] = {}
-    for arm in spec.arms:  # sequential: arms compete for the same cores / GPU
-        with timed(stages, f"train_{arm.name}"):
-            result, run_id, reused = train_arm_task(ws, spec, data, base, arm, parent_id, lineage)
-        with timed(stages, f"evaluate_{arm.name}"):
-            metrics, scores_reused = evaluate_task(ws, spec, data, base, result, run_id, eval_id)
-        with timed(stages, "register"):
-            version = register_task(
-                ws,
-                spec,
-                data,
-                base,
-                arm,
-                result,
-                run_id,
-                metrics,
-                lineage,
-                rescored=not scores_reused,
-            )
-        results[arm.name] = result
-        arms.append(
-            ArmSummary(
-                arm.name, arm.kind, run_id, version.version, _headline(metrics, spec), reused
-            )
+def _train_score_register(
+    run: RunContext, arm: ArmSpec, base_scores: Scores
+) -> tuple[TrainedArm, ArmSummary]:
+    """One arm: trained (or found), scored under the base evaluation's key, registered."""
+    args = (run.spec, run.data, run.base)
+    with timed(run.stages, f"train_{arm.name}"):
+        trained = train_arm_task(run.ws, run.tracker, *args, arm, run.parent_id, run.lineage)
+    with timed(run.stages, f"evaluate_{arm.name}"):
+        scores = evaluate_task(run.tracker, *args, trained, base_scores.eval_id)
+    with timed(run.stages, "register"):
+        version = register_task(
+            run.ws,
+            run.tracker,
+            *args,
+            arm,
+            trained,
+            scores.metrics,
+            run.lineage,
+            rescored=not scores.reused,
         )
+    headline = _headline(scores.metrics, run.spec)
+    summary = ArmSummary(
+        arm.name, arm.kind, trained.run_id, version.version, headline, trained.reused
+    )
+    return trained, summary
 
-    # Parent run: arm comparison, loss curves, spectra.
-    primary = spec.registry.primary_metric
+
+def _compare_on_parent(
+    run: RunContext,
+    base_metrics: dict[str, float],
+    arms: list[ArmSummary],
+    results: dict[str, ArmResult],
+) -> None:
+    """The parent run's comparison: per-arm metrics, loss curves, spectra, the table."""
+    tracker, parent_id = run.tracker, run.parent_id
     tracker.log_metrics(parent_id, {f"{a.arm}_{k}": v for a in arms for k, v in a.metrics.items()})
     tracker.log_figure(
         parent_id,
         plot_loss_curves({n: r.history for n, r in results.items()}),
         "plots/loss_curves.png",
     )
-    with timed(stages, "analyse"):
-        analysis = analyse_task(ws, spec, base, results, parent_id)
+    with timed(run.stages, "analyse"):
+        analysis = analyse_task(tracker, run.spec, run.base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
-    table = [{"model": "base", **_headline(base_metrics, spec)}] + [
+    base_row = _headline(base_metrics, run.spec)
+    table = [{"model": "base", **base_row}] + [
         {"model": a.arm, "version": a.version, **a.metrics} for a in arms
     ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
-    comparison = compare_arms(
-        {"base": _headline(base_metrics, spec), **{a.arm: a.metrics for a in arms}}
-    )
+    comparison = compare_arms({"base": base_row, **{a.arm: a.metrics for a in arms}})
     tracker.log_table(parent_id, comparison, "eval/comparison.json")
 
+
+def _promote(run: RunContext, arms: list[ArmSummary], base_metrics: dict[str, float]):
+    """The best arm becomes the challenger; the gate decides whether it is the champion.
+    Returns (the best arm, the gate's decision)."""
+    spec, tracker, name = run.spec, run.tracker, run.spec.registered_model_name
     for a in arms:  # the analysis compares the arms, so it joins each version only now
-        attach_run_artifacts(tracker, spec.registered_model_name, a.version, parent_id)
+        attach_run_artifacts(tracker, name, a.version, run.parent_id)
+    primary = spec.registry.primary_metric
     best = max(arms, key=lambda a: a.metrics.get(primary, float("-inf")))
-    set_alias(tracker, spec.registered_model_name, CHALLENGER, best.version)
+    set_alias(tracker, name, CHALLENGER, best.version)
     decision = run_gate(
         tracker,
-        spec.registered_model_name,
+        name,
         best.version,
         primary_metric=primary,
         min_improvement=spec.registry.min_improvement,
@@ -571,7 +631,7 @@ def _train_evaluate_register(
         base_metrics=base_metrics,
         must_beat_base=spec.registry.must_beat_base,
     )
-    tracker.set_tags(parent_id, decision.as_tags())
+    tracker.set_tags(run.parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")
     log.info(
         "promotion gate: version %s %s (%s)",
@@ -579,27 +639,7 @@ def _train_evaluate_register(
         decision.verdict,
         "; ".join(decision.reasons),
     )
-    champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
-    return PipelineSummary(
-        spec=spec.name,
-        spec_hash=spec.spec_hash,
-        mixture_id=data.mixture_id,
-        parent_run_id=parent_id,
-        experiment=spec.name,
-        registered_model=spec.registered_model_name,
-        arms=arms,
-        base_metrics=_headline(base_metrics, spec),
-        primary_metric=primary,
-        challenger=best.version,
-        champion=str(champion.version) if champion else None,
-        decision=decision.as_tags()["promotion.decision"],
-        decision_reasons=list(decision.reasons),
-        prompt_format=format_description,
-        reused_data_stages=list(data.reused_stages),
-        base_evaluation_reused=base_reused,
-        ui_command=tracker.ui_command(),
-        stage_seconds={k: round(v, 1) for k, v in stages.items()},
-    )
+    return best, decision
 
 
 def _headline(metrics: dict[str, float], spec: PipelineSpec) -> dict[str, float]:

@@ -19,27 +19,48 @@ from .config import (
     MultiLoRAError,
     TargetNotFoundError,
 )
-from .export import export_peft, peft_state_dict, peft_target_modules
-from .layer import LowRankDelta, MultiLoRALinear
-from .model import (
-    InjectionReport,
-    adapter_parameter_groups,
-    adapter_state_dict,
-    delta_factors,
-    delta_weights,
-    inject_multilora,
-    linear_layer_names,
-    load_adapter,
-    load_adapter_weights,
-    merge_adapters,
-    multilora_layers,
-    read_adapter_config,
-    save_adapter,
-    scale_parameters,
-    set_reference_forward,
-    unload_multilora,
-    unmerge_adapters,
-)
+
+# The torch-backed parts load on first use (PEP 562): the spec schema imports the config
+# alone, and a spec error should not wait seconds for torch.
+_LAZY = {
+    "export": ("export_peft", "peft_state_dict", "peft_target_modules"),
+    "layer": ("LowRankDelta", "MultiLoRALinear"),
+    "model": (
+        "InjectionReport",
+        "adapter_parameter_groups",
+        "adapter_state_dict",
+        "delta_factors",
+        "delta_weights",
+        "inject_multilora",
+        "linear_layer_names",
+        "load_adapter",
+        "load_adapter_weights",
+        "merge_adapters",
+        "multilora_layers",
+        "read_adapter_config",
+        "save_adapter",
+        "scale_parameters",
+        "set_reference_forward",
+        "unload_multilora",
+        "unmerge_adapters",
+    ),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
 
 __all__ = [
     "FORMAT_VERSION",

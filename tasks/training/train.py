@@ -40,7 +40,6 @@ from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
 from multilora_pipeline.models.content import write_text_atomic
 from multilora_pipeline.models.multilora import (
-    MultiLoRAConfig,
     adapter_parameter_groups,
     export_peft,
     inject_multilora,
@@ -88,24 +87,9 @@ class ArmResult:
     """The prompt format the arm was trained in (models/prompt_format.py): chat or plain."""
 
 
-def adapter_config_for(arm: ArmSpec) -> MultiLoRAConfig | None:
-    """The MultiLoRA layer settings of an arm; None for full fine-tuning."""
-    if arm.kind == "full":
-        return None
-    return MultiLoRAConfig(
-        n_modules=arm.n_modules if arm.kind == "multilora" else 1,
-        rank=arm.rank,
-        alpha=arm.alpha,
-        dropout=arm.dropout,
-        target_modules=arm.target_modules,
-        scale_shape=arm.scale_shape if arm.kind == "multilora" else "scalar",
-        init="multilora" if arm.kind == "multilora" else "lora",
-    )
-
-
 def prepare_arm_model(model, arm: ArmSpec) -> tuple[int, float]:
     """Inject the arm's adapter (or unfreeze everything for `full`). Returns trainable count and share."""
-    config = adapter_config_for(arm)
+    config = arm.adapter_config()
     total = sum(p.numel() for p in model.parameters())
     if config is None:
         for p in model.parameters():

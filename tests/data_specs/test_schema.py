@@ -256,3 +256,26 @@ def test_a_home_relative_model_folder_is_expanded(demo, monkeypatch):
     monkeypatch.setenv("HOME", "/home/someone")
     spec = parse_spec(edited(demo, "base_model", {"name_or_path": "~/models/m"}), FILE)
     assert spec.base_model.name_or_path == "/home/someone/models/m"
+
+
+def test_arm_adapter_fields_are_multilora_configs_own():
+    import dataclasses
+
+    from multilora_pipeline.data_specs.schema import ADAPTER_FIELDS, ArmSpec
+    from multilora_pipeline.models.multilora import MultiLoRAConfig
+
+    config_fields = {f.name for f in dataclasses.fields(MultiLoRAConfig)} - {"init"}
+    assert set(ADAPTER_FIELDS) == config_fields  # use_rslora included, declared once
+    assert ArmSpec.model_fields["use_rslora"].description.startswith("Scale by alpha / sqrt")
+    arm = ArmSpec(name="m", kind="multilora", use_rslora=True, n_modules=2, rank=4)
+    assert arm.adapter_config() == MultiLoRAConfig(n_modules=2, rank=4, use_rslora=True)
+    lora = ArmSpec(name="l", kind="lora", rank=8, scale_shape="vector").adapter_config()
+    assert (lora.n_modules, lora.scale_shape, lora.init) == (1, "scalar", "lora")
+    assert ArmSpec(name="f", kind="full").adapter_config() is None
+
+
+def test_a_bad_adapter_setting_fails_at_load_with_the_configs_reason(tmp_path):
+    from multilora_pipeline.data_specs.schema import ArmSpec
+
+    with pytest.raises(ValueError, match="scale_shape must be one of"):
+        ArmSpec(name="m", kind="multilora", scale_shape="diagonal")
