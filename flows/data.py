@@ -9,8 +9,9 @@ runner and the artifacts. The stages themselves are plain functions in tasks/dat
 over content-addressed outputs (tasks/data/outputs.py): every stage output is a folder,
 workspace.stage_dir(stage, id), whose id hashes the input ids and the parameters; a stage
 whose output the catalog knows and whose files exist is skipped ("reusing <stage> output
-<id>"). Catalog rows (tasks/data/summary.py) are gathered during the run and written in ONE
-transaction after every stage succeeded, so bad input anywhere leaves no catalog row behind.
+<id>") and its Prefect task run ends as "Cached". Catalog rows (tasks/data/summary.py) are
+gathered during the run and written in ONE transaction after every stage succeeded, so bad
+input anywhere leaves no catalog row behind.
 
     mlora data data_specs/demo.yaml          # the flow below, then the per-source table
 """
@@ -25,6 +26,7 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
+from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -42,8 +44,6 @@ from multilora_pipeline.tasks.data.decontaminate import drops_per_source_suite
 from multilora_pipeline.tasks.data.dedup import drops_per_source_pair
 from multilora_pipeline.tasks.data.mixture import load_mixture
 from multilora_pipeline.tasks.data.outputs import (
-    NotReusable,
-    ReuseOnly,
     StageOutput,
     known_outputs,
     stage_logger,
@@ -80,20 +80,39 @@ class DataOutputs(BaseModel):
 # ------------------------------------------------------------------------ Prefect tasks
 
 
+def _done(value, reused: bool, what: str):
+    """A task's return: when every output it covers was found from an earlier run, a
+    Completed state named "Cached", so the Prefect UI shows the run as Cached (the reuse is
+    decided by the stage's content-addressed ids and the catalog, not by Prefect's cache);
+    otherwise the value itself."""
+    return Completed(name="Cached", data=value, message=f"reused {what}") if reused else value
+
+
+def _all_reused(prepared: Prepared, known: dict) -> bool:
+    """Whether the snapshot(s) and every stage output of a source or suite were reused."""
+    snapshots = [prepared.snapshot, *([prepared.dev_snapshot] if prepared.dev_snapshot else [])]
+    outputs = [prepared.normalised, prepared.deduped, prepared.dev]
+    return all(f"snapshot/{s['name']}/{s['content_hash']}" in known for s in snapshots) and all(
+        o.reused for o in outputs if o is not None
+    )
+
+
 @task(name="prepare-source", cache_policy=NO_CACHE, persist_result=False)
 def prepare_source(
     source: SourceSpec, base_dir: str, ws_root: str, config: DedupSpec, known: dict
 ) -> Prepared:
     """fetch -> normalise -> dedup within the source (one mapped task per source)."""
     ws = Workspace.resolve(ws_root)
-    return data_stages.prepare_source(source, Path(base_dir), ws, config, known)
+    prepared = data_stages.prepare_source(source, Path(base_dir), ws, config, known)
+    return _done(prepared, _all_reused(prepared, known), f"source {source.name}")
 
 
 @task(name="prepare-suite", cache_policy=NO_CACHE, persist_result=False)
 def prepare_suite(suite: EvalSuiteSpec, base_dir: str, ws_root: str, known: dict) -> Prepared:
     """fetch -> normalise for one evaluation suite."""
     ws = Workspace.resolve(ws_root)
-    return data_stages.prepare_suite(suite, Path(base_dir), ws, known)
+    prepared = data_stages.prepare_suite(suite, Path(base_dir), ws, known)
+    return _done(prepared, _all_reused(prepared, known), f"suite {suite.name}")
 
 
 @task(name="dedup-across-sources", cache_policy=NO_CACHE, persist_result=False)
@@ -101,7 +120,8 @@ def dedup_across_task(
     ws_root: str, within: list[StageOutput], spec: PipelineSpec, known: dict
 ) -> StageOutput:
     """Dedup across sources (tasks/data/stages.py:dedup_across)."""
-    return data_stages.dedup_across(Workspace.resolve(ws_root), within, spec, known)
+    out = data_stages.dedup_across(Workspace.resolve(ws_root), within, spec, known)
+    return _done(out, out.reused, f"dedup output {out.output_id}")
 
 
 @task(name="decontaminate", cache_policy=NO_CACHE, persist_result=False)
@@ -113,13 +133,15 @@ def decontaminate_task(
     known: dict,
 ) -> StageOutput:
     """Decontaminate against every eval suite (tasks/data/stages.py:decontaminate_stage)."""
-    return data_stages.decontaminate_stage(Workspace.resolve(ws_root), deduped, suites, spec, known)
+    out = data_stages.decontaminate_stage(Workspace.resolve(ws_root), deduped, suites, spec, known)
+    return _done(out, out.reused, f"decontaminate output {out.output_id}")
 
 
 @task(name="mix", cache_policy=NO_CACHE, persist_result=False)
 def mixture_task(ws_root: str, clean: StageOutput, spec: PipelineSpec, known: dict) -> StageOutput:
     """Build the mixture (tasks/data/stages.py:mixture_stage)."""
-    return data_stages.mixture_stage(Workspace.resolve(ws_root), clean, spec, known)
+    out = data_stages.mixture_stage(Workspace.resolve(ws_root), clean, spec, known)
+    return _done(out, out.reused, f"mixture {out.output_id}")
 
 
 # ------------------------------------------------------------------------ composition
@@ -169,26 +191,11 @@ def _run_tasks(spec: PipelineSpec, base: str, ws_root: str, known: dict):
     )
     sources: list[Prepared] = _gather(source_futures)
     suites: list[Prepared] = _gather(suite_futures)
-    across = dedup_across_task(ws_root, [p.deduped for p in sources], spec, known)
+    # Submitted, not called: a future resolves a Cached state to its value.
+    across = dedup_across_task.submit(ws_root, [p.deduped for p in sources], spec, known).result()
     suite_outputs = {p.name: p.normalised for p in suites}
-    clean = decontaminate_task(ws_root, across, suite_outputs, spec, known)
-    mixed = mixture_task(ws_root, clean, spec, known)
-    return sources, suites, across, clean, mixed
-
-
-def _reuse_all(spec: PipelineSpec, base: str, ws_root: str, known: dict):
-    """The same chain as plain calls that only look outputs up (raises NotReusable)."""
-    probe = ReuseOnly(known)
-    ws, base_dir = Workspace.resolve(ws_root), Path(base)
-    sources = [data_stages.prepare_source(s, base_dir, ws, spec.dedup, probe) for s in spec.sources]
-    suites = [data_stages.prepare_suite(s, base_dir, ws, probe) for s in spec.eval_suites]
-    across = data_stages.dedup_across(ws, [p.deduped for p in sources], spec, probe)
-    suite_outputs = {p.name: p.normalised for p in suites}
-    clean = data_stages.decontaminate_stage(ws, across, suite_outputs, spec, probe)
-    mixed = data_stages.mixture_stage(ws, clean, spec, probe)
-    log = stage_logger()
-    for stage, oid in probe.hits:
-        log.info("reusing %s output %s", stage, oid)
+    clean = decontaminate_task.submit(ws_root, across, suite_outputs, spec, known).result()
+    mixed = mixture_task.submit(ws_root, clean, spec, known).result()
     return sources, suites, across, clean, mixed
 
 
@@ -198,16 +205,8 @@ def run_data_stages(spec: PipelineSpec, base_dir: str | Path, workspace: Workspa
     log = stage_logger()
     start = time.perf_counter()
     ws_root, base = str(workspace.root), str(base_dir)
-    known = known_outputs(workspace)
-    # This spec finished before: look every output up without task runs (~15 ms each). If a
-    # source file changed since, the lookup fails at its normalise and the tasks take over.
-    ran_before = all(f"source/{s.name}/{spec.spec_hash}" in known for s in spec.sources)
-    try:
-        if not ran_before:
-            raise NotReusable("spec")
-        sources, suites, across, clean, mixed = _reuse_all(spec, base, ws_root, known)
-    except NotReusable:
-        sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)
+    known = known_outputs(workspace)  # read once: every stage looks its output up in it
+    sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)
 
     batch = catalog_batch(spec, sources, suites, across, clean, mixed, known)
     Catalog(workspace.catalog_path).commit(batch)

@@ -49,19 +49,6 @@ class StageOutput:
         }
 
 
-class NotReusable(Exception):
-    """A stage output is missing: the run needs the task path."""
-
-
-class ReuseOnly(dict):
-    """A `known` map that makes stages raise NotReusable instead of computing anything;
-    reused outputs are collected in `hits` and logged once the whole chain is reusable."""
-
-    def __init__(self, known: dict):
-        super().__init__(known)
-        self.hits: list[tuple[str, str]] = []
-
-
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow or task run (so the line lands in that run's
     logs), else a plain module logger (plain-function use, tests, benchmarks)."""
@@ -104,8 +91,7 @@ def reusable(
 ) -> dict | None:
     """The catalog row of a finished output whose files are all still there.
 
-    `known` is `known_outputs` read once per run (None: ask the catalog). A ReuseOnly map
-    raises NotReusable for a missing output and collects hits instead of logging them."""
+    `known` is `known_outputs` read once per run (None: ask the catalog)."""
     folder = ws.stage_dir(stage, oid)
     row = None
     if all((folder / f).exists() for f in files):
@@ -113,11 +99,7 @@ def reusable(
             row = Catalog(ws.catalog_path).find_stage_output(stage, oid)
         else:
             row = known.get(f"{stage}/{oid}")
-    if isinstance(known, ReuseOnly):
-        if row is None:
-            raise NotReusable(stage)
-        known.hits.append((stage, oid))
-    elif row:
+    if row:
         stage_logger().info("reusing %s output %s", stage, oid)
     return row
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,6 +11,7 @@ import pytest
 
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
+from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.tasks.catalog import Catalog
 
 # the data flow on a Prefect server: left out by -m "not slow"
@@ -68,6 +70,28 @@ def test_second_run_reuses_every_stage(demo_runs):
         "decontaminate",
         "mixture",
     ]
+
+
+def test_a_reused_stage_shows_as_cached_in_prefect(demo_runs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from multilora_pipeline.flows.data import data_flow
+
+    root, first, _ = demo_runs
+    state = data_flow(str(DEMO), str(root), return_state=True)
+    assert state.result().mixture_id == first.mixture_id
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        for _ in range(100):  # task states reach the API in the background: wait for the last
+            runs = client.read_task_runs(flow_run_filter=flow_run)
+            if all(run.state.is_final() for run in runs):
+                break
+            time.sleep(0.1)
+    # One run per source and suite, then dedup, decontaminate and mix: all found, none recomputed.
+    spec, _ = load_spec(DEMO)
+    assert len(runs) == len(spec.sources) + len(spec.eval_suites) + 3
+    assert {run.state.name for run in runs} == {"Cached"}, [(r.name, r.state.name) for r in runs]
 
 
 def test_catalog_holds_the_run(demo_runs):
