@@ -248,8 +248,7 @@ def run_gate(
     if decision.challenger != decision.champion:
         # A rerun that finds its challenger already champion keeps the tags of the
         # decision that made it champion; the rerun's parent run still records it.
-        for key, value in decision.as_tags().items():
-            tracker.client.set_model_version_tag(name, str(challenger.version), key, value)
+        tracker.set_version_tags(name, str(challenger.version), decision.as_tags())
     if decision.promote:
         promote(tracker, name, str(challenger.version))
     return decision
@@ -269,7 +268,7 @@ def promote(tracker: Tracker, name: str, version: str) -> str | None:
     get_version(tracker, name, version)  # fails clearly on an unknown version
     current = version_by_alias(tracker, name, CHAMPION)
     if current is not None and str(current.version) != str(version):
-        tracker.client.set_registered_model_tag(name, PREVIOUS_TAG, str(current.version))
+        tracker.set_model_tag(name, PREVIOUS_TAG, str(current.version))
     set_alias(tracker, name, CHAMPION, version)
     return str(current.version) if current else None
 
@@ -290,17 +289,15 @@ def rollback(tracker: Tracker, name: str) -> str:
     current = version_by_alias(tracker, name, CHAMPION)
     set_alias(tracker, name, CHAMPION, previous)
     if current is not None:
-        tracker.client.set_registered_model_tag(name, PREVIOUS_TAG, str(current.version))
+        tracker.set_model_tag(name, PREVIOUS_TAG, str(current.version))
     return previous
 
 
 def _registered_model(tracker: Tracker, name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return tracker.client.get_registered_model(name)
-    except MlflowException:
+    found = tracker.registered_model(name)
+    if found is None:
         raise RegistryError(
             f"no registered model named {name!r}",
             fix="run the pipeline first, or check the name in the MLflow UI (mlora ui)",
-        ) from None
+        )
+    return found

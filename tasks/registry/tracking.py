@@ -1,4 +1,5 @@
-"""MLflow: the one module that talks to the tracking store.
+"""MLflow: the one module that talks to the tracking store (runs, artifacts, registered
+models, versions and aliases); the rest of the pipeline goes through `Tracker`.
 
 Layout in MLflow: one experiment per spec, one parent run per pipeline run,
 one child run per arm. Every call names its run id explicitly (no reliance
@@ -20,6 +21,10 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.models.model import ModelInfo
+from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 from transformers import TrainerCallback
 
 from multilora_pipeline.tasks.workspace import Workspace
@@ -228,6 +233,109 @@ class Tracker:
 
     def ui_command(self) -> str:
         return f"mlora ui --workspace {self.workspace.root}"
+
+    # artifacts of a run --------------------------------------------------------
+    def has_artifacts(self, run_id: str, path: str) -> bool:
+        return bool(self.client.list_artifacts(run_id, path))
+
+    def download_artifacts(self, run_id: str, path: str, dest: str | Path) -> None:
+        self.client.download_artifacts(run_id, path, str(dest))
+
+    # registered models and versions ---------------------------------------------
+    def log_pyfunc(self, run_id: str, name: str, **model) -> ModelInfo:
+        """Log a pyfunc model (`model`: python_model, artifacts, model_config, signature, ...)
+        into run `run_id`, named by id: any run active in this thread is untouched.
+
+        `mlflow.pyfunc.log_model` finds its run on MLflow's thread-local active-run stack,
+        and `start_run(run_id=...)` to put the arm run there fails when the thread already
+        has a run open (a notebook, a Prefect task thread). So the logged model is created
+        through the client, in the arm run's experiment (MLflow would otherwise take the
+        active run's), with what log_model itself records on it (the run's params, the
+        user/source context tags), and `Model.log`, which pyfunc.log_model wraps, fills it
+        given the run id. Nor is the arm run ended here: the caller does.
+        """
+        run = self.client.get_run(run_id)
+        logged = self.client.create_logged_model(
+            experiment_id=run.info.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params=run.data.params,
+            tags=resolve_context_tags(),
+        )
+        # Model.log writes through MLflow's global store: make sure it is this tracker's.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        return Model.log(
+            artifact_path=None,  # required positionally, deprecated for `name` (as pyfunc passes it)
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            **model,
+        )
+
+    def registered_model(self, name: str):
+        """The registered model `name`, or None."""
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException:
+            return None
+
+    def ensure_registered_model(self, name: str, tags: dict[str, str], description: str) -> None:
+        if self.registered_model(name) is not None:
+            return
+        try:
+            self.client.create_registered_model(name, tags=tags, description=description)
+        except MlflowException:  # created meanwhile by a concurrent run
+            if self.registered_model(name) is None:
+                raise
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(name, key, value)
+
+    def find_versions(self, name: str, tags: dict[str, str]) -> list:
+        """The versions of `name` holding every tag in `tags` ([] when there is no such model)."""
+        query = " and ".join(
+            [f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())]
+        )
+        try:
+            return list(self.client.search_model_versions(query))
+        except MlflowException:  # no such registered model yet
+            return []
+
+    def create_version(self, name: str, **version):
+        """A new version of `name` (`version`: source, run_id, tags, description, model_id)."""
+        return self.client.create_model_version(name, **version)
+
+    def version(self, name: str, version: str):
+        """Version `version` of `name`, or None."""
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException:
+            return None
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        self.client.update_model_version(name, str(version), description=description)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def version_by_alias(self, name: str, alias: str):
+        """The version `alias` points at, or None when the alias (or the model) does not exist."""
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def logged_model_has(self, model_id: str, path: str) -> bool:
+        return bool(self.client.list_logged_model_artifacts(model_id, path))
+
+    def log_model_artifacts(self, model_id: str, folder: str | Path, path: str) -> None:
+        self.client.log_model_artifacts(model_id, str(folder), path)
 
 
 class _MlflowStepLogger(TrainerCallback):

@@ -34,17 +34,19 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.models.model import ModelInfo
-from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
+
+# The served model's interface only (types, no store access: that is Tracker's).
+from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from multilora_pipeline.data_specs.errors import RegistryError
 from multilora_pipeline.tasks.registry.tracking import RUN_KEY_TAG, Tracker
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger("mlora.registry")
 
@@ -82,12 +84,7 @@ class RegisteredVersion:
 
 def find_version(tracker: Tracker, name: str, run_key: str):
     """The version registered earlier for this run key, if any."""
-    try:
-        found = tracker.client.search_model_versions(
-            f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'"
-        )
-    except MlflowException:  # no such registered model yet
-        return None
+    found = tracker.find_versions(name, {RUN_KEY_TAG: run_key})
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -146,7 +143,7 @@ def register_adapter(
         )
     _ensure_registered_model(tracker, name)
     all_tags = {**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: run_key}
-    created = tracker.client.create_model_version(
+    created = tracker.create_version(
         name,
         source=info.model_uri,
         run_id=run_id,
@@ -163,35 +160,12 @@ def register_adapter(
 def _log_serving_model(
     tracker: Tracker, run_id: str, artifacts: dict[str, str], model_config: dict
 ) -> ModelInfo:
-    """Log the pyfunc model into run `run_id`, named by id: any run active in this thread is untouched.
-
-    `mlflow.pyfunc.log_model` finds its run on MLflow's thread-local active-run
-    stack, and `start_run(run_id=...)` to put the arm run there fails when the
-    thread already has a run open (a notebook, a Prefect task thread). So the
-    logged model is created through the client, in the arm run's experiment
-    (MLflow would otherwise take the active run's), with what log_model itself
-    records on it (the run's params, the user/source context tags), and
-    `Model.log`, which pyfunc.log_model wraps, fills it given the run id. Nor is
-    the arm run ended here (leaving start_run's block did that): the caller does.
-    """
-    run = tracker.client.get_run(run_id)
-    logged = tracker.client.create_logged_model(
-        experiment_id=run.info.experiment_id,
-        name=LOGGED_MODEL_NAME,
-        source_run_id=run_id,
-        params=run.data.params,
-        tags=resolve_context_tags(),
-    )
-    # Model.log writes through MLflow's global store: make sure it is this tracker's.
-    mlflow.set_tracking_uri(tracker.uri)
-    mlflow.set_registry_uri(tracker.uri)
+    """Log the served model (tasks/registry/serving.py, with `models/` as its code) into the
+    arm's run."""
     with tempfile.TemporaryDirectory() as staging:
-        return Model.log(
-            artifact_path=None,  # required positionally, deprecated for `name` (as pyfunc passes it)
-            name=LOGGED_MODEL_NAME,
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
+        return tracker.log_pyfunc(
+            run_id,
+            LOGGED_MODEL_NAME,
             python_model=str(SERVING_CODE),
             artifacts=artifacts,
             model_config=model_config,
@@ -217,10 +191,10 @@ def serving_code(staging: Path) -> Path:
 def update_version_scores(tracker: Tracker, name: str, version: str, scores: dict[str, str]):
     """New headline score tags (and the description built from them) on an existing version:
     its arm was scored again under new evaluation settings. The arm run holds the full metrics."""
-    for key, value in scores.items():
-        tracker.client.set_model_version_tag(name, version, key, value)
-    tags = tracker.client.get_model_version(name, version).tags
-    tracker.client.update_model_version(name, version, description=describe_version(tags))
+    tracker.set_version_tags(name, version, scores)
+    tracker.describe_version(
+        name, version, describe_version(get_version(tracker, name, version).tags)
+    )
     log.info("version %s of %s: scores updated after re-evaluation", version, name)
 
 
@@ -254,15 +228,15 @@ def attach_run_artifacts(
     already holds `dest/` is left alone (reruns). Returns what was copied.
     """
     model_id = _model_id(tracker, name, version)
-    if tracker.client.list_logged_model_artifacts(model_id, dest):
+    if tracker.logged_model_has(model_id, dest):
         return []
     copied = []
     with tempfile.TemporaryDirectory(prefix="mlora-attach-") as tmp:
         bundle = Path(tmp) / dest
         bundle.mkdir()
         for path in paths:
-            if tracker.client.list_artifacts(run_id, path):
-                tracker.client.download_artifacts(run_id, path, str(bundle))
+            if tracker.has_artifacts(run_id, path):
+                tracker.download_artifacts(run_id, path, bundle)
                 copied.append(path)
         inner = bundle / dest
         if inner.is_dir():  # the run's own folder named like `dest`: its files go on top
@@ -270,46 +244,35 @@ def attach_run_artifacts(
                 os.replace(item, bundle / item.name)
             inner.rmdir()
         if copied:
-            tracker.client.log_model_artifacts(model_id, str(bundle), dest)
+            tracker.log_model_artifacts(model_id, bundle, dest)
     return copied
 
 
 def set_alias(tracker: Tracker, name: str, alias: str, version: str) -> None:
     """Point `alias` of registered model `name` at `version`."""
-    tracker.client.set_registered_model_alias(name, alias, str(version))
+    tracker.set_alias(name, alias, version)
 
 
 def version_by_alias(tracker: Tracker, name: str, alias: str):
     """The version an alias points at, or None when the alias (or the model) does not exist."""
-    try:
-        return tracker.client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    return tracker.version_by_alias(name, alias)
 
 
 def get_version(tracker: Tracker, name: str, version: str):
     """A model version; a RegistryError that says how to list versions when it does not exist."""
-    try:
-        return tracker.client.get_model_version(name, str(version))
-    except MlflowException:
+    found = tracker.version(name, version)
+    if found is None:
         raise RegistryError(
             f"registered model {name!r} has no version {version}",
             fix="list versions in the MLflow UI (mlora ui) or with MlflowClient.search_model_versions",
-        ) from None
+        )
+    return found
 
 
 def _ensure_registered_model(tracker: Tracker, name: str) -> None:
-    try:
-        tracker.client.get_registered_model(name)
-    except MlflowException:
-        try:
-            tracker.client.create_registered_model(
-                name,
-                tags={"mlora.pipeline": "true"},
-                description=MODEL_DESCRIPTION.format(name=name),
-            )
-        except MlflowException:  # created meanwhile by a concurrent run
-            tracker.client.get_registered_model(name)
+    tracker.ensure_registered_model(
+        name, tags={"mlora.pipeline": "true"}, description=MODEL_DESCRIPTION.format(name=name)
+    )
 
 
 def _model_id(tracker: Tracker, name: str, version: str) -> str:
@@ -331,8 +294,8 @@ def _evaluation_bundle(tracker: Tracker, run_id: str, dest: Path) -> Path:
     metrics = sorted(tracker.metrics(run_id).items())
     table = {"columns": ["metric", "value"], "data": [[k, v] for k, v in metrics]}
     (dest / "metrics.json").write_text(json.dumps(table, indent=1))
-    if tracker.client.list_artifacts(run_id, "eval"):
-        tracker.client.download_artifacts(run_id, "eval", str(dest))
+    if tracker.has_artifacts(run_id, "eval"):
+        tracker.download_artifacts(run_id, "eval", dest)
         for file in (dest / "eval").iterdir():  # flatten: evaluation/predictions.json
             os.replace(file, dest / file.name)
         (dest / "eval").rmdir()
