@@ -32,30 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from multilora_pipeline.data_specs import metrics as metric_names
 from multilora_pipeline.data_specs.errors import SpecError
+from multilora_pipeline.data_specs.formats import TEMPLATE_NAMES
 from multilora_pipeline.models.multilora.config import MultiLoRAConfig, MultiLoRAConfigError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
 SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
-# The normalisation templates tasks/data/templates.py registers. They are named here so a spec with
-# an unknown template fails when it loads (data_specs cannot import tasks/: imports point down);
-# tasks/data/templates.py registers only these names, and a test checks it registers every one.
-TEMPLATE_NAMES = (
-    "alpaca",
-    "dolly",
-    "chat",
-    "gsm8k",
-    "generic",
-    "superglue_boolq",
-    "superglue_rte",
-    "superglue_cb",
-    "superglue_wic",
-    "superglue_multirc",
-    "superglue_copa",
-    "mmlu",
-    "arc",
-)
 
 
 def _known_template(name: str) -> str:
@@ -485,11 +469,6 @@ class EvaluationSpec(Strict):
     """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
 
 
-# What tasks/evaluation/evaluate.py logs for a gsm8k generation suite beside `<suite>_exact_match`
-# (lm-eval's two gsm8k scores); named here so registry.primary_metric may pick one.
-GSM8K_METRICS = ("strict_match", "flexible_extract")
-
-
 class RegistrySpec(Strict):
     """MLflow registry and the champion/challenger gate."""
 
@@ -557,13 +536,11 @@ class PipelineSpec(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
-        metrics = {"eval_macro_acc"}
+        metrics = {metric_names.MACRO}
         for suite in self.eval_suites:
-            kinds = ("acc", "acc_norm") if suite.kind == "multiple_choice" else ("exact_match",)
-            if suite.kind == "generation" and suite.template == "gsm8k":
-                kinds += GSM8K_METRICS
-            metrics |= {f"{suite.name}_{k}" for k in kinds}
-            metrics.add(f"category_{suite.category}_score")
+            kinds = metric_names.suite_kinds(suite.kind, suite.template)
+            metrics |= {metric_names.suite_metric(suite.name, k) for k in kinds}
+            metrics.add(metric_names.category_metric(suite.category))
         if self.registry.primary_metric not in metrics:
             raise ValueError(
                 f"registry.primary_metric {self.registry.primary_metric!r} is not a metric this "

@@ -57,7 +57,14 @@ def log(message: str) -> None:
 
 
 def mlora(workspace: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "--workspace", str(workspace), *args]
+    return [
+        sys.executable,
+        "-m",
+        "multilora_pipeline.flows.cli",
+        "--workspace",
+        str(workspace),
+        *args,
+    ]
 
 
 def finished_pipeline_runs(workspace: Path) -> list:

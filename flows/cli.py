@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from multilora_pipeline.data_specs import metrics as metric_names
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
@@ -84,10 +85,9 @@ def summary_columns(summary: dict) -> list[str]:
     """Primary metric, each suite's headline score, held-out loss (the rest is in MLflow)."""
     primary = summary["primary_metric"]
     names = {k for arm in summary["arms"] for k in arm["metrics"]}
-    suites = sorted(
-        k for k in names if k.endswith(("_acc", "_acc_norm", "_exact_match")) and k != primary
-    )
-    return [c for c in (primary, *suites, "val_loss") if c in names]
+    scores = tuple(f"_{kind}" for kind in metric_names.SUITE_SCORES)
+    suites = sorted(k for k in names if k.endswith(scores) and k != primary)
+    return [c for c in (primary, *suites, metric_names.HELD_OUT_LOSS) if c in names]
 
 
 def format_summary(summary: dict) -> str:

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, load_spec
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
@@ -429,7 +430,7 @@ def register_task(
     headline = {
         k: f"{v:.4f}"
         for k, v in metrics.items()
-        if k == spec.registry.primary_metric or k.startswith("category_")
+        if k == spec.registry.primary_metric or k.startswith(names.CATEGORY_PREFIX)
     }
     version = register_adapter(
         tracker,
@@ -644,15 +645,8 @@ def _promote(run: RunContext, arms: list[ArmSummary], base_metrics: dict[str, fl
 
 def _headline(metrics: dict[str, float], spec: PipelineSpec) -> dict[str, float]:
     """The few numbers a person compares first: primary metric, per-suite scores, categories, loss."""
-    keep = {spec.registry.primary_metric, "val_loss"}
+    keep = {spec.registry.primary_metric, names.HELD_OUT_LOSS}
+    keep |= {names.suite_metric(s.name, m) for s in spec.eval_suites for m in names.SUITE_SCORES}
     return {
-        k: v
-        for k, v in sorted(metrics.items())
-        if k in keep
-        or k.startswith("category_")
-        or any(
-            k == f"{s.name}_{m}"
-            for s in spec.eval_suites
-            for m in ("acc", "acc_norm", "exact_match")
-        )
+        k: v for k, v in sorted(metrics.items()) if k in keep or k.startswith(names.CATEGORY_PREFIX)
     }

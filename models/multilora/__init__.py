@@ -11,7 +11,7 @@ config.py holds the settings, layer.py the fused layer, model.py injection,
 save/load and merge, export.py the PEFT export.
 """
 
-from .config import (
+from .config import (  # noqa: F401 (re-exported: __all__ below is computed)
     FORMAT_VERSION,
     AdapterFormatError,
     MultiLoRAConfig,
@@ -62,33 +62,14 @@ def __dir__():
     return sorted(__all__)
 
 
-__all__ = [
-    "FORMAT_VERSION",
-    "AdapterFormatError",
-    "InjectionReport",
-    "LowRankDelta",
-    "MultiLoRAConfig",
-    "MultiLoRAConfigError",
-    "MultiLoRAError",
-    "MultiLoRALinear",
-    "TargetNotFoundError",
-    "adapter_parameter_groups",
-    "adapter_state_dict",
-    "delta_factors",
-    "delta_weights",
-    "export_peft",
-    "inject_multilora",
-    "linear_layer_names",
-    "load_adapter",
-    "load_adapter_weights",
-    "merge_adapters",
-    "multilora_layers",
-    "peft_state_dict",
-    "peft_target_modules",
-    "read_adapter_config",
-    "save_adapter",
-    "scale_parameters",
-    "set_reference_forward",
-    "unload_multilora",
-    "unmerge_adapters",
-]
+__all__ = sorted(
+    [
+        "FORMAT_VERSION",
+        "AdapterFormatError",
+        "MultiLoRAConfig",
+        "MultiLoRAConfigError",
+        "MultiLoRAError",
+        "TargetNotFoundError",
+        *_HOME,
+    ]
+)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from multilora_pipeline.data_specs.errors import DataError, SpecError
-from multilora_pipeline.data_specs.schema import TEMPLATE_NAMES
+from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS, TemplateFormat
 
 ROW_COLUMN = "__row__"
 # Meta key of the part of an item that tells it apart from items sharing its passage (BoolQ's
@@ -150,39 +150,40 @@ class Rows:
 
 @dataclass(frozen=True)
 class Template:
-    """A named normalisation recipe."""
+    """A named normalisation recipe: its format (data_specs/formats.py) and its render function."""
 
     name: str
     render: Callable[[Rows], Rendered]
-    required: tuple[str, ...]
-    """Raw fields the template needs (before the `fields` mapping)."""
-    csv_columns: tuple[str, ...] | None = None
-    """Column names of the format's headerless CSV (mmlu); None: CSV files have a header."""
-    multiple_choice: bool = False
-    """True when records carry choices and a gold label."""
+    format: TemplateFormat
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return self.format.required
+
+    @property
+    def csv_columns(self) -> tuple[str, ...] | None:
+        return self.format.csv_columns
+
+    @property
+    def multiple_choice(self) -> bool:
+        return self.format.multiple_choice
 
 
-# Holds exactly data_specs.schema.TEMPLATE_NAMES (the names a spec may use; checked when it
-# loads): register() refuses any other name, and a test checks that every one is registered.
+# One render function per name of data_specs/formats.py: register() refuses any other name,
+# and a test checks that every one is registered.
 TEMPLATES: dict[str, Template] = {}
 
 
-def register(
-    name: str,
-    required: tuple[str, ...],
-    *,
-    csv_columns: tuple[str, ...] | None = None,
-    multiple_choice: bool = False,
-):
+def register(name: str):
     """Decorator: add a render function to TEMPLATES under `name`."""
-    if name not in TEMPLATE_NAMES:
+    if name not in TEMPLATE_FORMATS:
         raise ValueError(
-            f"template {name!r} is not in data_specs.schema.TEMPLATE_NAMES: add it there, "
+            f"template {name!r} is not in data_specs.formats.TEMPLATE_FORMATS: add it there, "
             "or specs naming it fail to load"
         )
 
     def wrap(render: Callable[[Rows], Rendered]) -> Callable[[Rows], Rendered]:
-        TEMPLATES[name] = Template(name, render, required, csv_columns, multiple_choice)
+        TEMPLATES[name] = Template(name, render, TEMPLATE_FORMATS[name])
         return render
 
     return wrap
@@ -259,7 +260,7 @@ def idx_meta(rows: Rows) -> dict:
 # ---------------------------------------------------------------- instruction data
 
 
-@register("alpaca", ("instruction", "output"))
+@register("alpaca")
 def alpaca(rows: Rows) -> Rendered:
     """Stanford Alpaca prompt (without its preamble); the Input block is left out when empty.
 
@@ -275,7 +276,7 @@ def alpaca(rows: Rows) -> Rendered:
     return Rendered(pc.if_else(has_input, with_input, without), output)
 
 
-@register("dolly", ("instruction", "response"))
+@register("dolly")
 def dolly(rows: Rows) -> Rendered:
     """databricks-dolly-15k in the Alpaca format: context is the Input block; category -> meta."""
     rendered = alpaca(
@@ -306,7 +307,7 @@ CHAT_ROLES = {
 }
 
 
-@register("chat", ("messages",))
+@register("chat")
 def chat(rows: Rows) -> Rendered:
     """A simple transcript ("User: ...\\nAssistant:") of every turn but the last assistant reply.
 
@@ -341,7 +342,7 @@ def chat(rows: Rows) -> Rendered:
     return Rendered(pa.array(prompts, pa.string()), pa.array(responses, pa.string()))
 
 
-@register("gsm8k", ("question", "answer"))
+@register("gsm8k")
 def gsm8k(rows: Rows) -> Rendered:
     """lm-eval gsm8k: "Question: {question}\\nAnswer:" -> " {answer}" (reasoning + "#### N").
 
@@ -363,7 +364,7 @@ def gsm8k(rows: Rows) -> Rendered:
     )
 
 
-@register("generic", ("prompt",))
+@register("generic")
 def generic(rows: Rows) -> Rendered:
     """Any table: `fields` maps canonical fields (prompt, response, choices, label) to columns.
 
@@ -402,7 +403,7 @@ def generic(rows: Rows) -> Rendered:
 # ---------------------------------------------------------------- SuperGLUE
 
 
-@register("superglue_boolq", ("passage", "question", "label"), multiple_choice=True)
+@register("superglue_boolq")
 def superglue_boolq(rows: Rows) -> Rendered:
     """lm-eval boolq: "{passage}\\nQuestion: {question}?\\nAnswer:", choices ["no", "yes"]."""
     question = rows.text("question")
@@ -411,7 +412,7 @@ def superglue_boolq(rows: Rows) -> Rendered:
     return multiple_choice(prompt, ["no", "yes"], yes_no(rows, "label", ["no", "yes"]), meta)
 
 
-@register("superglue_rte", ("premise", "hypothesis", "label"), multiple_choice=True)
+@register("superglue_rte")
 def superglue_rte(rows: Rows) -> Rendered:
     """lm-eval sglue_rte: "{premise}\\nQuestion: {hypothesis} True or False?\\nAnswer:".
 
@@ -435,7 +436,7 @@ def superglue_rte(rows: Rows) -> Rendered:
     return multiple_choice(prompt, ["True", "False"], label, {**idx_meta(rows), QUERY: hypothesis})
 
 
-@register("superglue_cb", ("premise", "hypothesis", "label"), multiple_choice=True)
+@register("superglue_cb")
 def superglue_cb(rows: Rows) -> Rendered:
     """lm-eval cb: "{premise}\\nQuestion: {hypothesis}. True, False, or Neither?\\nAnswer:"."""
     hypothesis = rows.text("hypothesis")
@@ -460,7 +461,7 @@ def superglue_cb(rows: Rows) -> Rendered:
     return multiple_choice(prompt, ["True", "False", "Neither"], label, meta)
 
 
-@register("superglue_wic", ("sentence1", "sentence2", "label"), multiple_choice=True)
+@register("superglue_wic")
 def superglue_wic(rows: Rows) -> Rendered:
     """lm-eval wic: "Sentence 1: ..\\nSentence 2: ..\\nQuestion: Is the word '{word}' used in the
     same way in the two sentences above?\\nAnswer:", choices ["no", "yes"].
@@ -492,7 +493,7 @@ def superglue_wic(rows: Rows) -> Rendered:
     )
 
 
-@register("superglue_multirc", ("paragraph", "question", "answer", "label"), multiple_choice=True)
+@register("superglue_multirc")
 def superglue_multirc(rows: Rows) -> Rendered:
     """lm-eval multirc: "{paragraph}\\nQuestion: {question}\\nAnswer:", choices
     ["{answer}\\nIs the answer correct? no", "... yes"].
@@ -513,9 +514,7 @@ def superglue_multirc(rows: Rows) -> Rendered:
     return multiple_choice(prompt, choices, label, meta)
 
 
-@register(
-    "superglue_copa", ("premise", "choice1", "choice2", "question", "label"), multiple_choice=True
-)
+@register("superglue_copa")
 def superglue_copa(rows: Rows) -> Rendered:
     """lm-eval copa: premise without its final period + " because" / " therefore";
     choices are choice1/choice2 with a lower-cased first letter."""
@@ -553,12 +552,7 @@ def unnest(rows: Rows, column: str) -> Rows:
     return Rows(table, rows.origin, rows.fields)
 
 
-@register(
-    "mmlu",
-    ("question", "answer"),
-    csv_columns=("question", "A", "B", "C", "D", "answer"),
-    multiple_choice=True,
-)
+@register("mmlu")
 def mmlu(rows: Rows) -> Rendered:
     """lm-eval mmlu: "{question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:", choices ["A".."D"].
 
@@ -591,7 +585,7 @@ def mmlu(rows: Rows) -> Rendered:
     )
 
 
-@register("arc", ("question", "choices", "answerKey"), multiple_choice=True)
+@register("arc")
 def arc(rows: Rows) -> Rendered:
     """lm-eval arc_easy/arc_challenge: "Question: {question}\\nAnswer:", choices = choice texts.
 

@@ -33,8 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import DataError
-from multilora_pipeline.data_specs.schema import GSM8K_METRICS
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import (
@@ -249,8 +249,10 @@ def _score_suite(
                 )
             )
         metrics = {
-            f"{spec.name}_acc": float(np.mean([r["correct"] for r in records])),
-            f"{spec.name}_acc_norm": float(np.mean([r["correct_norm"] for r in records])),
+            names.suite_metric(spec.name, "acc"): float(np.mean([r["correct"] for r in records])),
+            names.suite_metric(spec.name, "acc_norm"): float(
+                np.mean([r["correct_norm"] for r in records])
+            ),
         }
     else:
         outputs = generate_greedy(
@@ -278,7 +280,11 @@ def _score_suite(
                 loose = extract_answer(out, "last_number")
                 record.update(predicted_flexible=loose, correct_flexible=loose == gold)
             records.append(record)
-        metrics = {f"{spec.name}_exact_match": float(np.mean([r["correct"] for r in records]))}
+        metrics = {
+            names.suite_metric(spec.name, "exact_match"): float(
+                np.mean([r["correct"] for r in records])
+            )
+        }
         if fmt.answer_extraction == "gsm8k":
             metrics.update(_gsm8k_metrics(spec.name, records))
     return metrics, pd.DataFrame.from_records(records)
@@ -289,11 +295,13 @@ def _gsm8k_metrics(suite: str, records: list[dict]) -> dict[str, float]:
     answer; the same number as `<suite>_exact_match`, the headline) and flexible-extract
     (the last number anywhere, so a model that skips the `####` format still shows its
     arithmetic; it also reads a stray digit in garbage as an answer, hence not the headline).
-    The names are data_specs/schema.py's GSM8K_METRICS, which registry.primary_metric accepts."""
-    strict, flexible = GSM8K_METRICS
+    The names are data_specs/metrics.py's GSM8K, which registry.primary_metric accepts."""
+    strict, flexible = names.GSM8K
     return {
-        f"{suite}_{strict}": float(np.mean([r["correct"] for r in records])),
-        f"{suite}_{flexible}": float(np.mean([r["correct_flexible"] for r in records])),
+        names.suite_metric(suite, strict): float(np.mean([r["correct"] for r in records])),
+        names.suite_metric(suite, flexible): float(
+            np.mean([r["correct_flexible"] for r in records])
+        ),
     }
 
 
@@ -348,13 +356,15 @@ def evaluate_model(
         suite_metrics, frame = _score_suite(model, fmt, suite, settings, device)
         metrics.update(suite_metrics)
         frames.append(frame)
-        score = suite_metrics[f"{suite.spec.name}_{suite_format(suite.spec).headline_metric}"]
+        score = suite_metrics[
+            names.suite_metric(suite.spec.name, names.headline_kind(suite.spec.kind))
+        ]
         by_category[suite.spec.category].append(score)
         headline.append(score)
     for category, scores in sorted(by_category.items()):
-        metrics[f"category_{category}_score"] = float(np.mean(scores))
+        metrics[names.category_metric(category)] = float(np.mean(scores))
     if headline:
-        metrics["eval_macro_acc"] = float(np.mean(headline))
+        metrics[names.MACRO] = float(np.mean(headline))
 
     if validation_path is not None:
         table = pq.read_table(validation_path)
@@ -374,12 +384,12 @@ def evaluate_model(
         )
         for source, (nll, count) in totals.items():
             if count:
-                metrics[f"val_loss_{source}"] = nll / count
+                metrics[f"{names.HELD_OUT_LOSS}_{source}"] = nll / count
         nll = sum(v[0] for v in totals.values())
         count = sum(v[1] for v in totals.values())
         if count:
-            metrics["val_loss"] = nll / count
-            metrics["val_ppl"] = math.exp(min(nll / count, 50.0))  # 50: keep exp() finite
+            metrics[names.HELD_OUT_LOSS] = nll / count
+            metrics[names.HELD_OUT_PPL] = math.exp(min(nll / count, 50.0))  # 50: keep exp() finite
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return EvalResult(metrics=metrics, predictions=predictions)
 
@@ -387,9 +397,9 @@ def evaluate_model(
 def compare_arms(metrics_by_arm: dict[str, dict[str, float]]) -> pd.DataFrame:
     """One row per arm (the base model included, if given), one column per metric:
     the parent run's comparison table. Headline columns first, then the rest by name."""
-    first = ["eval_macro_acc", "val_loss", "val_ppl"]
-    names = sorted({k for m in metrics_by_arm.values() for k in m})
-    columns = [c for c in first if c in names] + [c for c in names if c not in first]
+    first = [names.MACRO, names.HELD_OUT_LOSS, names.HELD_OUT_PPL]
+    logged = sorted({k for m in metrics_by_arm.values() for k in m})
+    columns = [c for c in first if c in logged] + [c for c in logged if c not in first]
     table = pd.DataFrame(
         [[metrics.get(c, float("nan")) for c in columns] for metrics in metrics_by_arm.values()],
         columns=columns,

@@ -53,11 +53,6 @@ class SuiteFormat:
     lm_eval_few_shot: int = 0
     """The shot count lm-eval's leaderboard setting uses (informational; the spec decides)."""
 
-    @property
-    def headline_metric(self) -> str:
-        """The metric that enters the macro average: acc (MC) or exact_match (generation)."""
-        return "acc" if self.kind == "multiple_choice" else "exact_match"
-
 
 # Stop sequences of lm-eval's gsm8k.yaml (`until`); eos is added by the decoder.
 GSM8K_STOPS = ("Question:", "\n\n")

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.data_specs.metrics import CATEGORY_PREFIX
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.versions import (
     CHAMPION,
@@ -31,7 +32,6 @@ from multilora_pipeline.tasks.registry.versions import (
     version_by_alias,
 )
 
-CATEGORY_PREFIX = "category_"
 PREVIOUS_TAG = "mlora.previous_champion"
 # The gate's verdicts; "not_promoted" when there was no champion to keep.
 PROMOTED, KEPT, NOT_PROMOTED = "promoted", "kept_champion", "not_promoted"

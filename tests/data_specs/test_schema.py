@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from multilora_pipeline.data_specs.errors import SpecError
-from multilora_pipeline.data_specs.schema import TEMPLATE_NAMES, RegistrySpec, load_spec, parse_spec
+from multilora_pipeline.data_specs.formats import TEMPLATE_NAMES
+from multilora_pipeline.data_specs.schema import RegistrySpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo_tiny.yaml"

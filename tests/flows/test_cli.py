@@ -40,7 +40,7 @@ def workspace_with_versions(tmp_path_factory):
 
 @pytest.fixture
 def mlora():
-    """flows.cli.main, with the environment restored afterwards (main activates the workspace)."""
+    """multilora_pipeline.flows.cli.main, with the environment restored afterwards (main activates the workspace)."""
     saved = dict(os.environ)
     yield lambda *args: main([str(a) for a in args])
     os.environ.clear()
@@ -78,7 +78,7 @@ def test_workspace_may_follow_the_command(mlora, workspace_with_versions, capsys
 
 # Runs `mlora ARGS` and prints which heavy modules it imported before exiting.
 PROBE = (
-    "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+    "import sys; from multilora_pipeline.flows.cli import main; rc = main(sys.argv[1:]); "
     "print(sorted({'prefect', 'torch', 'mlflow'} & set(sys.modules))); sys.exit(rc)"
 )
 
@@ -129,7 +129,7 @@ def test_serve_rejects_a_bad_cron(tmp_path):
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "multilora_pipeline.flows.cli",
             "--workspace",
             str(tmp_path / "ws"),
             "serve",
@@ -157,7 +157,7 @@ def test_ui_serves_the_workspace(workspace_with_versions, tmp_path):
             [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "multilora_pipeline.flows.cli",
                 "--workspace",
                 str(workspace_with_versions.root),
                 "ui",

@@ -202,7 +202,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
                 [
                     sys.executable,
                     "-m",
-                    "flows.cli",
+                    "multilora_pipeline.flows.cli",
                     "--workspace",
                     str(ws),
                     "serve",

@@ -35,7 +35,15 @@ def _spec(tmp_path: Path) -> Path:
 def _mlora(ws: Path, spec: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "run", str(spec)],
+        [
+            sys.executable,
+            "-m",
+            "multilora_pipeline.flows.cli",
+            "--workspace",
+            str(ws),
+            "run",
+            str(spec),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -1,0 +1,46 @@
+"""The formats a spec's `template:` may name, and what each needs of a raw row.
+
+One table, read by the spec schema (an unknown template fails when the spec loads) and by
+tasks/data/templates.py, which registers one render function for each name here and for
+no other (a test checks both ways).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TemplateFormat:
+    required: tuple[str, ...]
+    """Raw fields the template needs (before the `fields` mapping)."""
+    csv_columns: tuple[str, ...] | None = None
+    """Column names of the format's headerless CSV (mmlu); None: CSV files have a header."""
+    multiple_choice: bool = False
+    """True when records carry choices and a gold label."""
+
+
+TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
+    "alpaca": TemplateFormat(("instruction", "output")),
+    "dolly": TemplateFormat(("instruction", "response")),
+    "chat": TemplateFormat(("messages",)),
+    "gsm8k": TemplateFormat(("question", "answer")),
+    "generic": TemplateFormat(("prompt",)),
+    "superglue_boolq": TemplateFormat(("passage", "question", "label"), multiple_choice=True),
+    "superglue_rte": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
+    "superglue_cb": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
+    "superglue_wic": TemplateFormat(("sentence1", "sentence2", "label"), multiple_choice=True),
+    "superglue_multirc": TemplateFormat(
+        ("paragraph", "question", "answer", "label"), multiple_choice=True
+    ),
+    "superglue_copa": TemplateFormat(
+        ("premise", "choice1", "choice2", "question", "label"), multiple_choice=True
+    ),
+    "mmlu": TemplateFormat(
+        ("question", "answer"),
+        csv_columns=("question", "A", "B", "C", "D", "answer"),
+        multiple_choice=True,
+    ),
+    "arc": TemplateFormat(("question", "choices", "answerKey"), multiple_choice=True),
+}
+TEMPLATE_NAMES = tuple(TEMPLATE_FORMATS)
