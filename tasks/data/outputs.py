@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multilora_pipeline.models.content import atomic_folder, content_key
+from multilora_pipeline.models.content import atomic_folder, content_key, file_sha256
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.workspace import Workspace
 
@@ -112,6 +112,31 @@ def publish(ws: Workspace, stage: str, oid: str, write: Callable[[Path], None]) 
     with atomic_folder(final) as tmp:
         write(tmp)
     return final
+
+
+def produce(
+    ws: Workspace,
+    stage: str,
+    inputs: list[str],
+    params: dict,
+    files: tuple[str, ...],
+    write: Callable[[Path], int],
+    known: dict[str, dict] | None,
+) -> StageOutput:
+    """Every data stage's one skeleton: the output id from the inputs and parameters, the
+    earlier output with that id if it is whole, else `write(tmp_folder)` (returns the row
+    count) published atomically. `files[0]` is the output's main file (its path and hash
+    go in the catalog); all of `files` must exist for the output to be reused."""
+    oid = stage_id(stage, inputs, params)
+    row = reusable(ws, stage, oid, files, known)
+    if row:
+        return reused_output(stage, oid, inputs, params, row)
+    written = {}
+    folder = publish(ws, stage, oid, lambda tmp: written.setdefault("rows", write(tmp)))
+    main = folder / files[0]
+    return StageOutput(
+        stage, oid, inputs, params, str(main), written["rows"], file_sha256(main), False
+    )
 
 
 def reused_output(

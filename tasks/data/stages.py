@@ -5,8 +5,10 @@
     then:        dedup across sources ──► decontaminate ──► mix
 
 Each stage computes its output id from its inputs and parameters, reuses a finished output
-with that id, or writes a new one (temp folder, then rename). flows/data.py wraps these in
-Prefect tasks and maps them; they run alone too (tests, benchmarks).
+with that id, or writes a new one (temp folder, then rename): one skeleton for all,
+`produce` in tasks/data/outputs.py (the mixture, whose id hashes its sources' rows, keeps
+its own). flows/data.py wraps these in Prefect tasks and maps them; they run alone too
+(tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -39,10 +41,9 @@ from multilora_pipeline.tasks.data.outputs import (
     KEPT,
     RECORDS,
     StageOutput,
-    publish,
+    produce,
     reusable,
     reused_output,
-    stage_id,
 )
 from multilora_pipeline.tasks.workspace import Workspace
 
@@ -106,30 +107,18 @@ def normalise_stage(
         "category": item.category,
         "fields": fields,
     }
-    inputs = [snapshot.content_hash]
-    oid = stage_id("normalise", inputs, params)
-    row = reusable(ws, "normalise", oid, (RECORDS,), known)
-    if row:
-        return reused_output("normalise", oid, inputs, params, row)
-    batches = normalise_batches(
-        snapshot, source=item.name, template=item.template, category=item.category, fields=fields
-    )
-    written = {}
 
-    def write(tmp: Path) -> None:  # batch by batch: one raw slice in memory at a time
-        written["rows"] = write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
+    def write(tmp: Path) -> int:  # batch by batch: one raw slice in memory at a time
+        batches = normalise_batches(
+            snapshot,
+            source=item.name,
+            template=item.template,
+            category=item.category,
+            fields=fields,
+        )
+        return write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
 
-    folder = publish(ws, "normalise", oid, write)
-    return StageOutput(
-        "normalise",
-        oid,
-        inputs,
-        params,
-        str(folder / RECORDS),
-        written["rows"],
-        file_sha256(folder / RECORDS),
-        False,
-    )
+    return produce(ws, "normalise", [snapshot.content_hash], params, (RECORDS,), write, known)
 
 
 def dedup_stage(
@@ -143,29 +132,16 @@ def dedup_stage(
 ) -> StageOutput:
     """Exact + near dedup of the concatenated inputs; kept rows and drops as Parquet."""
     params = {"dedup": config.model_dump(mode="json"), "priorities": priorities, "order": order}
-    ids = [o.output_id for o in inputs]
-    oid = stage_id(stage, ids, params)
-    row = reusable(ws, stage, oid, (KEPT, DROPS), known)
-    if row:
-        return reused_output(stage, oid, ids, params, row)
-    table = pa.concat_tables([pq.read_table(o.path) for o in inputs])
-    result = dedup(table, config, priorities, order)
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> int:
+        table = pa.concat_tables([pq.read_table(o.path) for o in inputs])
+        result = dedup(table, config, priorities, order)
         write_batches(filtered_slices(result.table, result.keep), tmp / KEPT, RECORD_SCHEMA)
         write_parquet(result.drops, tmp / DROPS)
+        return result.kept_rows
 
-    folder = publish(ws, stage, oid, write)
-    return StageOutput(
-        stage,
-        oid,
-        ids,
-        params,
-        str(folder / KEPT),
-        result.kept_rows,
-        file_sha256(folder / KEPT),
-        False,
-    )
+    ids = [o.output_id for o in inputs]
+    return produce(ws, stage, ids, params, (KEPT, DROPS), write, known)
 
 
 def decontaminate_stage(
@@ -180,32 +156,19 @@ def decontaminate_stage(
         "decontamination": spec.decontamination.model_dump(mode="json"),
         "suites": list(suites),
     }
-    ids = [deduped.output_id, *(s.output_id for s in suites.values())]
-    oid = stage_id("decontaminate", ids, params)
-    row = reusable(ws, "decontaminate", oid, (KEPT, DROPS), known)
-    if row:
-        return reused_output("decontaminate", oid, ids, params, row)
-    result = decontaminate(
-        pq.read_table(deduped.path),
-        {name: pq.read_table(s.path) for name, s in suites.items()},
-        spec.decontamination,
-    )
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> int:
+        result = decontaminate(
+            pq.read_table(deduped.path),
+            {name: pq.read_table(s.path) for name, s in suites.items()},
+            spec.decontamination,
+        )
         write_parquet(result.kept, tmp / KEPT)
         write_parquet(result.drops, tmp / DROPS)
+        return result.kept.num_rows
 
-    folder = publish(ws, "decontaminate", oid, write)
-    return StageOutput(
-        "decontaminate",
-        oid,
-        ids,
-        params,
-        str(folder / KEPT),
-        result.kept.num_rows,
-        file_sha256(folder / KEPT),
-        False,
-    )
+    ids = [deduped.output_id, *(s.output_id for s in suites.values())]
+    return produce(ws, "decontaminate", ids, params, (KEPT, DROPS), write, known)
 
 
 def mixture_stage(
