@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import re
 import textwrap
 import typing
@@ -234,6 +235,13 @@ class MixtureSpec(Strict):
     def _strategy_fields(self):
         if self.strategy == "weights" and not self.weights:
             raise ValueError("strategy 'weights' needs a weights: {source: weight} mapping")
+        bad = {k: w for k, w in (self.weights or {}).items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(
+                f"weights must be finite numbers >= 0, got {bad} (0 leaves a source out)"
+            )
+        if self.weights and not sum(self.weights.values()) > 0:
+            raise ValueError("weights sum to 0: give at least one source a positive weight")
         if self.strategy == "capped" and self.cap is None:
             raise ValueError("strategy 'capped' needs cap: <examples per source>")
         if self.size is not None and self.size_tokens is not None:
@@ -536,6 +544,20 @@ class PipelineSpec(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        shared = sorted({s.name for s in self.sources} & {s.name for s in self.eval_suites})
+        if shared:
+            raise ValueError(
+                f"sources and eval_suites share the name(s) {shared}: each becomes a catalog "
+                "snapshot under its name, so rename the source or the suite"
+            )
+        if self.mixture.strategy == "weights":
+            given, sources = set(self.mixture.weights), [s.name for s in self.sources]
+            left_out = [s for s in sources if s not in given]
+            if left_out and given <= set(sources):  # unknown names are reported below
+                raise ValueError(
+                    f"mixture.weights gives no weight to source(s) {left_out}: give each a "
+                    "weight (0 leaves it out of the mixture on purpose)"
+                )
         metrics = {metric_names.MACRO}
         for suite in self.eval_suites:
             kinds = metric_names.suite_kinds(suite.kind, suite.template)
@@ -579,20 +601,46 @@ def _yaml_path(loc: tuple) -> str:
     return out or "<top level>"
 
 
-def _reject_secrets(node, path: str, file: Path) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if SECRET_KEY_RE.search(str(key)):
-                raise SpecError(
-                    f"key {key!r} looks like a credential",
-                    where=f"{file}: {sub}",
-                    fix="specs must not hold secrets; set HF_TOKEN (or the like) in the environment",
-                )
-            _reject_secrets(value, sub, file)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _reject_secrets(value, f"{path}[{i}]", file)
+MAX_SPEC_VALUES = 100_000
+"""Values a spec may expand to (YAML aliases repeat theirs): real specs have a few hundred."""
+MAX_SPEC_DEPTH = 40
+"""Nesting a spec may reach: real specs nest four or five levels."""
+
+
+def _reject_secrets(data, file: Path) -> None:
+    """Walk the loaded YAML once: refuse credential-like keys, and refuse a spec that expands
+    to more than MAX_SPEC_VALUES values (an alias bomb: anchors of anchors repeat a small
+    text into billions of values) or nests deeper than MAX_SPEC_DEPTH, before anything
+    (secret scan, validation) would spend minutes on it."""
+    todo, seen = [(data, "", 0)], 0
+    while todo:
+        node, path, depth = todo.pop()
+        seen += 1
+        if seen > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"the spec expands to more than {MAX_SPEC_VALUES:,} values",
+                where=str(file),
+                fix="YAML aliases (*name) repeat what their anchor holds; write the spec out "
+                "without nested aliases",
+            )
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(
+                f"the spec nests deeper than {MAX_SPEC_DEPTH} levels",
+                where=f"{file}: {path or '<top level>'}",
+                fix="a spec is a few levels of mappings and lists; check the brackets",
+            )
+        if isinstance(node, dict):
+            for key, value in node.items():
+                sub = f"{path}.{key}" if path else str(key)
+                if SECRET_KEY_RE.search(str(key)):
+                    raise SpecError(
+                        f"key {key!r} looks like a credential",
+                        where=f"{file}: {sub}",
+                        fix="specs must not hold secrets; set HF_TOKEN (or the like) in the environment",
+                    )
+                todo.append((value, sub, depth + 1))
+        elif isinstance(node, list):
+            todo.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
 
 
 def _field_names() -> set[str]:
@@ -632,7 +680,7 @@ def parse_spec(data: dict, file: Path) -> PipelineSpec:
     value (unknown keys, wrong types, impossible combinations, credentials)."""
     if not isinstance(data, dict):
         raise SpecError("the spec must be a YAML mapping", where=str(file))
-    _reject_secrets(data, "", file)
+    _reject_secrets(data, file)
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as err:
@@ -664,6 +712,12 @@ def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
         data = yaml.load(file.read_text(encoding="utf-8"), Loader=SpecLoader)  # noqa: S506
     except yaml.YAMLError as err:
         raise SpecError(f"not valid YAML: {err}", where=str(file)) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError(
+            "the spec nests too deeply to read",
+            where=str(file),
+            fix="a spec is a few levels of mappings and lists; check the brackets",
+        ) from None
     return parse_spec(data, file), file.parent
 
 

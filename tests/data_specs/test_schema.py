@@ -105,6 +105,27 @@ def test_wrong_types_and_values_fail_with_path_and_value(demo, path, value, frag
         ),
         ("sources.1.name", "instructions", "sources: names must be unique"),
         (
+            "mixture",
+            {"strategy": "weights", "weights": {"instructions": 2.0, "boolq": -1.0}},
+            "weights must be finite numbers >= 0, got {'boolq': -1.0}",
+        ),
+        (
+            "mixture",
+            {"strategy": "weights", "weights": {"instructions": float("nan")}},
+            "weights must be finite numbers >= 0",
+        ),
+        (
+            "mixture",
+            {"strategy": "weights", "weights": {"instructions": 0.0, "boolq": 0.0}},
+            "weights sum to 0",
+        ),
+        (
+            "mixture",
+            {"strategy": "weights", "weights": {"instructions": 1.0, "boolq": 1.0}},
+            "gives no weight to source(s) ['knowledge', 'math']: give each a weight (0 leaves",
+        ),
+        ("eval_suites.0.name", "boolq", "sources and eval_suites share the name(s) ['boolq']"),
+        (
             "base_model.name_or_path",
             "Qwen/Qwen2.5-0.5B",
             "give exactly one of name_or_path, package or tiny",
@@ -280,3 +301,55 @@ def test_a_bad_adapter_setting_fails_at_load_with_the_configs_reason(tmp_path):
 
     with pytest.raises(ValueError, match="scale_shape must be one of"):
         ArmSpec(name="m", kind="multilora", scale_shape="diagonal")
+
+
+def _spec_error_in_a_fresh_process(tmp_path, text: str) -> str:
+    """`mlora run` on a spec file holding `text`: its error line (exit code 2). A subprocess
+    with a timeout, so a spec that would hang fails the test instead of hanging it."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "hostile.yaml"
+    spec.write_text(text)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "multilora_pipeline.flows.cli",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "run",
+            str(spec),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert not (tmp_path / "ws" / "mlflow.db").exists()  # refused before anything was recorded
+    return done.stderr
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # Nine anchors of nine: 9**9 values from a few hundred bytes.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    stderr = _spec_error_in_a_fresh_process(tmp_path, "\n".join(lines) + "\n")
+    assert "error:" in stderr and "expands to more than 100,000 values" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_very_deep_yaml_is_refused_in_one_line(tmp_path):
+    stderr = _spec_error_in_a_fresh_process(tmp_path, "x: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "error:" in stderr and "nests too deeply" in stderr
+    assert "Traceback" not in stderr and "RecursionError" not in stderr
+
+
+def test_nesting_below_the_recursion_limit_is_refused_too(tmp_path):
+    deep = "bottom"
+    for _ in range(45):
+        deep = [deep]
+    with pytest.raises(SpecError, match="nests deeper than 40 levels"):
+        parse_spec({"name": "x", "description": deep}, tmp_path / "s.yaml")
