@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="threads (default) or a local Dask cluster (prefect-dask)",
     )
     ui = command("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     promote = command("promote", help="make VERSION the champion of registered model NAME")
     promote.add_argument("name")
     promote.add_argument("version")
@@ -125,6 +126,26 @@ def format_summary(summary: dict) -> str:
     )
 
 
+def _port(text: str) -> int:
+    """A TCP port number (argparse turns the ValueError into a usage error, exit code 2)."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before exec'ing the MLflow server: after exec its bind error would exit 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PipelineError(
+                f"port {port} on 127.0.0.1 is in use ({exc.strerror})",
+                fix=f"stop what listens there, or pick another port: mlora ui --port {port + 1}",
+            ) from None
+
+
 def _tracker(ws: Workspace, name: str):
     from multilora_pipeline.tasks.registry.tracking import Tracker
 
@@ -176,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
             print(format_source_table(outputs))
         elif args.command == "ui":
+            _check_port_free(args.port)
             cmd = [
                 sys.executable,
                 "-m",

@@ -215,3 +215,21 @@ def test_run_with_a_missing_base_model_prints_one_error_line(
     ]
     assert not (ws / "catalog.duckdb").exists() and not (ws / "mlflow.db").exists()
     assert not list((ws / "data").iterdir())
+
+
+def test_ui_on_a_taken_port_is_an_error_with_exit_code_2(mlora, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert mlora("--workspace", tmp_path / "ws", "ui", "--port", port) == 2
+    err = capsys.readouterr().err
+    assert f"error: port {port} on 127.0.0.1 is in use" in err and "--port" in err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_ui_on_an_impossible_port_is_a_usage_error(mlora, tmp_path, capsys, port):
+    with pytest.raises(SystemExit) as exit_:
+        mlora("--workspace", tmp_path / "ws", "ui", "--port", port)
+    assert exit_.value.code == 2
+    assert "argument --port: invalid" in capsys.readouterr().err
