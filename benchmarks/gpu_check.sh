@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks, run on the GPU machine from the repo root:
 #
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh            # ~5-6 minutes on one H100, at most 8
+#   bash benchmarks/gpu_check.sh            # ~5-6 minutes on one H100, at most 8
 #
 # That machine has torch, transformers, peft and accelerate (Python 3.12) but no
 # prefect / mlflow / duckdb / pydantic and no network, so every step imports only
@@ -18,7 +18,11 @@ set -uo pipefail
 OUT_DIR="${OUT:-/tmp}"
 DEVICE="${DEVICE:-cuda}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-export PYTHONPATH="${PYTHONPATH:-.}"
+# The code imports itself as multilora_pipeline.* (the installed namespace, see the README's
+# layout): without an install, a link named multilora_pipeline to this checkout gives it.
+NAMESPACE_DIR="$(mktemp -d)"
+ln -s "$PWD" "$NAMESPACE_DIR/multilora_pipeline"
+export PYTHONPATH="$NAMESPACE_DIR${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$OUT_DIR"
 
@@ -62,8 +66,10 @@ show "$OUT_DIR/gpu_env.json"
 step 2 "import guard: models/ needs none of prefect, mlflow, duckdb, pydantic, data_specs"
 "$PY" - <<'EOF' || failed
 import sys
-import models.multilora, models.tiny  # noqa: F401
-leaked = [m for m in ("prefect", "mlflow", "duckdb", "pydantic", "data_specs") if m in sys.modules]
+import multilora_pipeline.models.multilora, multilora_pipeline.models.tiny  # noqa: F401
+import multilora_pipeline.models.multilora.model  # noqa: F401  (the lazily loaded parts too)
+banned = ("prefect", "mlflow", "duckdb", "pydantic", "multilora_pipeline.data_specs")
+leaked = [m for m in banned if m in sys.modules]
 assert not leaked, f"models/ imported {leaked}; it must stay torch/transformers/safetensors/peft only"
 print("import guard ok", file=sys.stderr)
 EOF
@@ -74,7 +80,7 @@ timeout 120 "$PY" - "$OUT_DIR/gpu_layer_check.json" "$DEVICE" <<'EOF' || failed
 import json, sys, time
 import torch
 from torch import nn
-from models.multilora import MultiLoRAConfig, MultiLoRALinear
+from multilora_pipeline.models.multilora import MultiLoRAConfig, MultiLoRALinear
 
 out_path, device = sys.argv[1], torch.device(sys.argv[2])
 dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -374,6 +374,8 @@ AdapterSettings = create_model(
     **_adapter_fields(),
 )
 ADAPTER_FIELDS = tuple(AdapterSettings.model_fields)
+MAX_MODULES = 64
+"""Parallel modules per weight a spec may ask for (the paper uses 2 to 8)."""
 
 
 class ArmSpec(AdapterSettings):
@@ -386,10 +388,15 @@ class ArmSpec(AdapterSettings):
 
     @model_validator(mode="after")
     def _adapter_is_valid(self):
+        """The arm's own adapter values are checked whatever its kind (a lora arm then uses
+        one module, a full arm none), so a typo never passes silently."""
+        settings = {name: getattr(self, name) for name in ADAPTER_FIELDS}
         try:
-            self.adapter_config()
+            MultiLoRAConfig(**settings, init="multilora")
         except MultiLoRAConfigError as exc:
             raise ValueError(str(exc)) from None
+        if self.n_modules > MAX_MODULES:
+            raise ValueError(f"n_modules must be at most {MAX_MODULES}, got {self.n_modules}")
         return self
 
     def adapter_config(self) -> MultiLoRAConfig | None:

@@ -137,6 +137,9 @@ def _port(text: str) -> int:
 def _check_port_free(port: int) -> None:
     """Fail before exec'ing the MLflow server: after exec its bind error would exit 0."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers bind (MLflow's too): a port left in TIME_WAIT by a stopped `mlora ui` is
+        # free to use, one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -367,6 +367,6 @@ def unload_multilora(model: nn.Module, merge: bool = True) -> nn.Module:
 
 
 def atomic_write(path: Path, write) -> None:
-    """`write(tmp)`, then `tmp` renamed to `path` (data_specs/content.py's atomic_file)."""
+    """`write(tmp)`, then `tmp` renamed to `path` (models/content.py's atomic_file)."""
     with atomic_file(path) as tmp:
         write(tmp)

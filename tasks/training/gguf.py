@@ -148,6 +148,12 @@ def converted_folder(base: BaseModelSpec, ws: Workspace) -> Path:
     with atomic_folder(out, keep_existing=True) as tmp:
         _convert(path, tmp, base)
         (tmp / SOURCE_FILE).write_text(json.dumps(asdict(origin), indent=2) + "\n")
+    if not (out / SOURCE_FILE).is_file():  # kept a folder some other writer left unfinished
+        raise TrainingError(
+            f"{out} exists but holds no {SOURCE_FILE}: an interrupted conversion",
+            where=_field(base),
+            fix=f"remove {out} and run again",
+        )
     log.info("converted GGUF base model: %s", out)
     return out
 

@@ -109,7 +109,8 @@ class ArmTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.arm.kind == "full":  # Trainer's own AdamW, with its no-decay groups
-            return super().create_optimizer(model)
+            # transformers 5 passes the model; 4.x's create_optimizer takes none
+            return super().create_optimizer(*(() if model is None else (model,)))
         if self.optimizer is None:
             lr = self.arm.learning_rate or self.training.learning_rate
             self.optimizer = torch.optim.AdamW(

@@ -301,6 +301,12 @@ def test_a_bad_adapter_setting_fails_at_load_with_the_configs_reason(tmp_path):
 
     with pytest.raises(ValueError, match="scale_shape must be one of"):
         ArmSpec(name="m", kind="multilora", scale_shape="diagonal")
+    with pytest.raises(ValueError, match="scale_shape must be one of"):
+        ArmSpec(name="l", kind="lora", scale_shape="diagonal")  # checked, though lora ignores it
+    with pytest.raises(ValueError, match="dropout must be in"):
+        ArmSpec(name="f", kind="full", dropout=5.0)
+    with pytest.raises(ValueError, match="n_modules must be at most 64"):
+        ArmSpec(name="m", kind="multilora", n_modules=65)
 
 
 def _spec_error_in_a_fresh_process(tmp_path, text: str) -> str:

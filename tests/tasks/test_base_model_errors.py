@@ -28,7 +28,7 @@ FIELD = "base_model.name_or_path"
 
 def spec_with(base_model: dict) -> PipelineSpec:
     """A valid spec whose only interesting part is `base_model`."""
-    good = {"name": "good", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
+    good = {"name": "train", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
     return one_source_spec("base-model-errors", good, base_model)
 
 
