@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,8 +118,16 @@ def _api(base: str, path: str, body: dict | None = None):
         headers={"content-type": "application/json"},
         method="GET" if body is None else "POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            # The server answers 503 while its SQLite database is busy (its scheduler writes
+            # the cron's runs at the same moment): what a Prefect client retries, so do we.
+            if err.code != 503 or attempt == 4:
+                raise
+            time.sleep(0.5 * 2**attempt)
 
 
 def _run_logs(base: str, flow_run_id: str) -> list[dict]:
