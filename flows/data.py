@@ -88,11 +88,16 @@ def _done(value, reused: bool, what: str):
     return Completed(name="Cached", data=value, message=f"reused {what}") if reused else value
 
 
+def _known_snapshot(snapshot: dict, known: dict) -> bool:
+    """Whether the catalog knew this snapshot before the run (then it counts as reused)."""
+    return f"snapshot/{snapshot['name']}/{snapshot['content_hash']}" in known
+
+
 def _all_reused(prepared: Prepared, known: dict) -> bool:
     """Whether the snapshot(s) and every stage output of a source or suite were reused."""
     snapshots = [prepared.snapshot, *([prepared.dev_snapshot] if prepared.dev_snapshot else [])]
     outputs = [prepared.normalised, prepared.deduped, prepared.dev]
-    return all(f"snapshot/{s['name']}/{s['content_hash']}" in known for s in snapshots) and all(
+    return all(_known_snapshot(s, known) for s in snapshots) and all(
         o.reused for o in outputs if o is not None
     )
 
@@ -215,9 +220,7 @@ def run_data_stages(spec: PipelineSpec, base_dir: str | Path, workspace: Workspa
         _artifacts(sources, across, clean, table)
     reused = {
         # A snapshot counts as reused when the catalog knew it before this run.
-        "fetch": all(
-            f"snapshot/{p.name}/{p.snapshot['content_hash']}" in known for p in [*sources, *suites]
-        ),
+        "fetch": all(_known_snapshot(p.snapshot, known) for p in [*sources, *suites]),
         "normalise": all(p.normalised.reused for p in [*sources, *suites]),
         "dedup_source": all(p.deduped.reused for p in sources),
         "dedup": across.reused,
