@@ -28,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     ValidationError,
     create_model,
     model_validator,
@@ -387,6 +388,18 @@ class ArmSpec(AdapterSettings):
     """
 
     @model_validator(mode="after")
+    def _one_learning_rate_setting(self):
+        if self.learning_rate is not None and self.learning_rates is not None:
+            raise ValueError("give learning_rate or learning_rates (a grid to probe), not both")
+        if self.scale_learning_rate is not None and self.scale_learning_rates is not None:
+            raise ValueError(
+                "give scale_learning_rate or scale_learning_rates (a grid to probe), not both"
+            )
+        if self.scale_learning_rates is not None and self.kind != "multilora":
+            raise ValueError(f"scale_learning_rates is for multilora arms; this arm is {self.kind}")
+        return self
+
+    @model_validator(mode="after")
     def _adapter_is_valid(self):
         """The arm's own adapter values are checked whatever its kind (a lora arm then uses
         one module, a full arm none), so a typo never passes silently."""
@@ -398,6 +411,33 @@ class ArmSpec(AdapterSettings):
         if self.n_modules > MAX_MODULES:
             raise ValueError(f"n_modules must be at most {MAX_MODULES}, got {self.n_modules}")
         return self
+
+    def probe_grid(self, training: TrainingSpec) -> list[tuple[float, float | None]]:
+        """(learning rate, scale learning rate) pairs to probe; empty when the arm's
+        learning rates are fixed (its own, or training's)."""
+        rates = self.learning_rates
+        if rates is None and self.learning_rate is None:
+            rates = training.learning_rates
+        if rates is None and self.scale_learning_rates is None:
+            return []
+        rates = rates or [self.learning_rate or training.learning_rate]
+        scales = self.scale_learning_rates or [self.scale_learning_rate]
+        return [(rate, scale) for rate in rates for scale in scales]
+
+    def with_learning_rates(self, rate: float, scale: float | None) -> ArmSpec:
+        """This arm with its learning rates fixed (a probe's, or the probes' winner)."""
+        return self.model_copy(
+            update={
+                "learning_rate": rate,
+                "scale_learning_rate": scale,
+                "learning_rates": None,
+                "scale_learning_rates": None,
+            }
+        )
+
+    def identity(self) -> dict:
+        """What of the arm decides its trained weights (a grid only chooses among them)."""
+        return self.model_dump(mode="json", exclude={"learning_rates", "scale_learning_rates"})
 
     def adapter_config(self) -> MultiLoRAConfig | None:
         """The MultiLoRA layer settings of the arm; None for full fine-tuning."""
@@ -414,8 +454,18 @@ class ArmSpec(AdapterSettings):
     """multilora: n parallel LoRAs with learnable zero-init scales; lora: the control; full: fine-tune all."""
     learning_rate: float | None = Field(default=None, gt=0)
     """Overrides training.learning_rate for this arm."""
+    learning_rates: list[PositiveFloat] | None = Field(default=None, min_length=1, max_length=8)
+    """A grid to choose this arm's learning rate from instead of fixing it: each candidate
+    trains a probe (training.probe_steps) and the one with the lowest held-out loss on the
+    mixture's validation split wins (never the evaluation suites). Overrides
+    training.learning_rates; not with learning_rate."""
     scale_learning_rate: float | None = Field(default=None, gt=0)
     """Learning rate of the MultiLoRA scales; None uses the arm's learning rate."""
+    scale_learning_rates: list[PositiveFloat] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    """multilora arms: a grid for the scales' learning rate, probed jointly with the
+    learning-rate grid (every pair); not with scale_learning_rate."""
     scale_weight_decay: float = Field(default=0.0, ge=0)
     """Weight decay of the MultiLoRA scales (decaying them pulls the update back to zero)."""
 
@@ -471,6 +521,38 @@ class TrainingSpec(Strict):
     """Log loss, learning rate, grad norm and tokens/s every N steps."""
     seed: int = 0
     """Seed for adapter init, data order and dropout (same for every arm)."""
+    seeds: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    """Train every arm once per seed (each seed is `seed` for its runs: the same data order
+    for every arm); the summary, the parent run and the gate then use the mean and spread
+    over seeds. None trains once, with `seed`."""
+    learning_rates: list[PositiveFloat] | None = Field(default=None, min_length=1, max_length=8)
+    """A learning-rate grid for every arm that fixes none of its own (arm.learning_rate or
+    arm.learning_rates): see ArmSpec.learning_rates."""
+    probe_steps: int | None = Field(default=None, gt=0)
+    """Optimizer steps of each learning-rate probe; None probes with the full run (max_steps
+    or epochs), and the winning probe at the first seed is then that seed's run."""
+
+    @model_validator(mode="after")
+    def _seeds_are_distinct(self):
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+    def identity(self) -> dict:
+        """What of these settings decides one run's weights (seeds and the grid choose runs)."""
+        return self.model_dump(mode="json", exclude={"seeds", "learning_rates", "probe_steps"})
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds every arm is trained with."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_run(self, seed: int, *, probe: bool = False) -> TrainingSpec:
+        """The settings of one training run: one seed, no grid, a probe's length if `probe`."""
+        update: dict = {"seed": seed, "seeds": None, "learning_rates": None, "probe_steps": None}
+        if probe and self.probe_steps is not None:
+            update.update(max_steps=self.probe_steps, epochs=None)
+        return self.model_copy(update=update)
 
 
 class EvaluationSpec(Strict):
@@ -482,6 +564,14 @@ class EvaluationSpec(Strict):
     """Greedy decoding budget for generation suites."""
     few_shot: int = Field(default=0, ge=0)
     """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
+    """Resamples of the paired bootstrap over evaluation items that gives every comparison
+    (arm - base, arm - arm, challenger - champion) its 95% interval. Changes no score, so
+    changing it scores nothing again."""
+
+    def scoring_settings(self) -> dict:
+        """The settings that decide the scores (what the base evaluation's cache key holds)."""
+        return self.model_dump(mode="json", exclude={"bootstrap_resamples"})
 
 
 class RegistrySpec(Strict):

@@ -73,7 +73,7 @@ def base_eval_inputs(
         "model_files": None if made_here else _folder_fingerprint(base),
         "device": device,
         "libraries": {name: _version(name) for name in ("torch", "transformers")},
-        "evaluation": spec.evaluation.model_dump(mode="json"),
+        "evaluation": spec.evaluation.scoring_settings(),
         "suites": [
             {
                 "spec": suite.model_dump(mode="json", exclude=_LOCATION_FIELDS),

@@ -1,14 +1,19 @@
 """The promote stage: a champion/challenger gate over registered versions.
 
 The challenger replaces the champion only if it beats it on the primary
-metric by at least `min_improvement` (strictly, when that is 0) and no
-category score (`category_*` metrics) drops by more than
-`regression_tolerance`. With no champion yet, the first eligible challenger
-(one that has a finite primary metric) is promoted. Given the base model's
-metrics, the reasons state the challenger's primary metric against the
-base's, and with `must_beat_base` (the spec's `registry.must_beat_base`,
-default true) a challenger that does not beat the base by the same margin is
-never promoted, champion or not: an adapter worse than no adapter is no win.
+metric and no category score (`category_*` metrics) drops by more than
+`regression_tolerance`. "Beats" is decided on intervals when the caller gives
+them (the pipeline always does: a paired bootstrap over the evaluation items,
+tasks/evaluation/confidence.py): the lower end of the 95% interval of the gain
+must exceed `min_improvement`, so a one-item win on a small suite is not a win.
+Without an interval (a champion scored on other items) the point gain must reach
+`min_improvement` (strictly, when that is 0), and the reasons say so. With no
+champion yet, the first eligible challenger (one that has a finite primary
+metric) is promoted. Given the base model's metrics, the reasons state the
+challenger's primary metric against the base's, and with `must_beat_base` (the
+spec's `registry.must_beat_base`, default true) a challenger that does not beat
+the base in the same way is never promoted, champion or not: an adapter worse
+than no adapter is no win.
 
 The decision and its reasons become tags on the version (`run_gate`) and on
 the pipeline's parent run (`record_decision`), and the pipeline publishes
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 
 from multilora_pipeline.data_specs.errors import RegistryError
 from multilora_pipeline.data_specs.metrics import CATEGORY_PREFIX
+from multilora_pipeline.tasks.evaluation.confidence import Interval
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.versions import (
     CHAMPION,
@@ -90,13 +96,23 @@ def _finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def _gains(gain: float, min_improvement: float) -> bool:
+def _gains(gain: float, interval: Interval | None, min_improvement: float) -> bool:
+    if interval is not None:  # the whole interval must clear the margin, not the point
+        return interval.low > min_improvement
     # min_improvement 0 still asks for a strict gain: a tie keeps the champion (no churn).
     return gain > 0 if min_improvement == 0 else gain >= min_improvement
 
 
-def _needed(min_improvement: float) -> str:
+def _needed(interval: Interval | None, min_improvement: float) -> str:
+    if interval is not None:
+        return f"the interval's lower end above {min_improvement:+.4f}"
     return "a gain > 0" if min_improvement == 0 else f"a gain >= {min_improvement:.4f}"
+
+
+def _gain_text(gain: float, interval: Interval | None) -> str:
+    if interval is None:
+        return f"gain {gain:+.4f}"
+    return f"gain {interval.describe()} over {interval.items} items"
 
 
 def _versus_base(
@@ -104,6 +120,7 @@ def _versus_base(
     base_metrics: dict[str, float] | None,
     min_improvement: float,
     must_beat_base: bool,
+    interval: Interval | None = None,
 ) -> tuple[str | None, bool]:
     """The reason line comparing the challenger with the base model, and whether it blocks.
 
@@ -125,11 +142,12 @@ def _versus_base(
         return f"base model has no finite {metric!r} (got {base!r}): not compared", False
     decision.base_score = base
     gain = score - base
-    line = f"{metric} {score:.4f} vs base model {base:.4f}: gain {gain:+.4f}"
-    if _gains(gain, min_improvement):
+    line = f"{metric} {score:.4f} vs base model {base:.4f}: {_gain_text(gain, interval)}"
+    if _gains(gain, interval, min_improvement):
         return line, False
     if must_beat_base:
-        return f"{line}, needs {_needed(min_improvement)} (registry.must_beat_base)", True
+        needed = _needed(interval, min_improvement)
+        return f"{line}, needs {needed} (registry.must_beat_base)", True
     return f"{line}: no better than the base model (registry.must_beat_base is off)", False
 
 
@@ -144,12 +162,16 @@ def decide(
     regression_tolerance: float,
     base_metrics: dict[str, float] | None = None,
     must_beat_base: bool = False,
+    versus_base: Interval | None = None,
+    versus_champion: Interval | None = None,
 ) -> GateDecision:
     """Pure gate logic: metrics in, decision and reasons out (higher is better everywhere).
 
     `base_metrics` are the base model's metrics from the same evaluation; with them the
     reasons always state the challenger's primary metric against the base's, and
     `must_beat_base` refuses a challenger that does not beat the base by `min_improvement`.
+    `versus_base` / `versus_champion` are the intervals of the challenger's gain on the
+    primary metric; given, the gate decides on their lower ends.
     """
     score = challenger_metrics.get(primary_metric)
     decision = GateDecision(False, challenger, champion, primary_metric, score, None)
@@ -158,14 +180,21 @@ def decide(
             f"not eligible: challenger has no finite {primary_metric!r} (got {score!r})"
         )
         return decision
-    base_line, base_blocks = _versus_base(decision, base_metrics, min_improvement, must_beat_base)
+    base_line, base_blocks = _versus_base(
+        decision, base_metrics, min_improvement, must_beat_base, versus_base
+    )
     base_reasons = [base_line] if base_line else []
     if champion is not None and champion_metrics is not None and challenger == champion:
         decision.champion_score = champion_metrics.get(primary_metric)
         decision.reasons = ["challenger is already the champion", *base_reasons]
         return decision
     blockers, verdict = _versus_champion(
-        decision, challenger_metrics, champion_metrics, min_improvement, regression_tolerance
+        decision,
+        challenger_metrics,
+        champion_metrics,
+        min_improvement,
+        regression_tolerance,
+        versus_champion,
     )
     if base_blocks:
         blockers.insert(0, base_line)
@@ -182,6 +211,7 @@ def _versus_champion(
     champion_metrics: dict[str, float] | None,
     min_improvement: float,
     regression_tolerance: float,
+    interval: Interval | None = None,
 ) -> tuple[list[str], str]:
     """What stops the challenger replacing the champion, and the reason to promote if nothing does."""
     metric, score = decision.primary_metric, decision.challenger_score
@@ -193,11 +223,9 @@ def _versus_champion(
 
     blockers = []
     gain = score - best
-    if not _gains(gain, min_improvement):
-        blockers.append(
-            f"{metric} {score:.4f} vs champion {best:.4f}: gain {gain:+.4f}, "
-            f"needs {_needed(min_improvement)}"
-        )
+    compared = f"{metric} {score:.4f} vs champion {best:.4f}: {_gain_text(gain, interval)}"
+    if not _gains(gain, interval, min_improvement):
+        blockers.append(f"{compared}, needs {_needed(interval, min_improvement)}")
     for key in sorted(challenger_metrics):
         if not key.startswith(CATEGORY_PREFIX) or not _finite(champion_metrics.get(key)):
             continue
@@ -207,8 +235,11 @@ def _versus_champion(
                 f"{key} regressed {champion_metrics[key]:.4f} -> {challenger_metrics[key]:.4f} "
                 f"(drop {drop:.4f} > tolerance {regression_tolerance:.4f})"
             )
+    by = (
+        f"{gain:+.4f}" if interval is None else f"{interval.describe()} over {interval.items} items"
+    )
     return blockers, (
-        f"{metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}; "
+        f"{metric} {score:.4f} beats champion {best:.4f} by {by}; "
         f"no category dropped more than {regression_tolerance:.4f}"
     )
 
