@@ -665,6 +665,12 @@ class PipelineSpec(Strict):
                 f"registry.primary_metric {self.registry.primary_metric!r} is not a metric this "
                 f"spec produces; choose one of {sorted(metrics)}"
             )
+        probed = [a.name for a in self.arms if a.probe_grid(self.training)]
+        if probed and self.mixture.validation_fraction == 0:
+            raise ValueError(
+                f"arms {probed} probe a learning-rate grid, which is decided on the mixture's "
+                "validation split: set mixture.validation_fraction above 0"
+            )
         tiny = self.base_model.tiny
         if tiny is not None and self.training.max_length > tiny.max_position:
             raise ValueError(

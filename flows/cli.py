@@ -21,9 +21,9 @@ import socket
 import sys
 from pathlib import Path
 
-from multilora_pipeline.data_specs import metrics as metric_names
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
+from multilora_pipeline.flows.summary import format_summary
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
 
 
@@ -80,50 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", help="deployment name (default: the spec name)")
     serve.add_argument("--timezone", help="IANA timezone of the schedule (default UTC)")
     return parser
-
-
-def summary_columns(summary: dict) -> list[str]:
-    """Primary metric, each suite's headline score, held-out loss (the rest is in MLflow)."""
-    primary = summary["primary_metric"]
-    names = {k for arm in summary["arms"] for k in arm["metrics"]}
-    scores = tuple(f"_{kind}" for kind in metric_names.SUITE_SCORES)
-    suites = sorted(k for k in names if k.endswith(scores) and k != primary)
-    return [c for c in (primary, *suites, metric_names.HELD_OUT_LOSS) if c in names]
-
-
-def format_summary(summary: dict) -> str:
-    metrics = summary_columns(summary)
-    header = ["model", "version", *metrics]
-    rows = [["base", "-", *[summary["base_metrics"].get(m) for m in metrics]]]
-    rows += [
-        [a["arm"], a["version"], *[a["metrics"].get(m) for m in metrics]] for a in summary["arms"]
-    ]
-    cells = [
-        [c if isinstance(c, str) else ("-" if c is None else f"{c:.4f}") for c in r]
-        for r in [header, *rows]
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
-    reused = ", ".join(summary["reused_data_stages"]) or "none"
-    return "\n".join(
-        [
-            f"pipeline {summary['spec']}  spec {summary['spec_hash']}  mixture {summary['mixture_id']}",
-            f"data stages reused: {reused}; base evaluation "
-            + ("reused" if summary.get("base_evaluation_reused") else "scored"),
-            f"prompt format (base and arms): {summary['prompt_format']}",
-            "",
-            table,
-            "",
-            f"registered model {summary['registered_model']}: challenger v{summary['challenger']}, "
-            f"champion {'v' + summary['champion'] if summary['champion'] else 'none'} "
-            f"({summary['decision']})",
-            *[f"  gate: {reason}" for reason in summary["decision_reasons"]],
-            "stage times: "
-            + ", ".join(f"{k} {v:.0f}s" for k, v in summary["stage_seconds"].items()),
-            f"MLflow parent run {summary['parent_run_id']} in experiment '{summary['experiment']}'",
-            f"see it in the MLflow UI: {summary['ui_command']}  (then open http://127.0.0.1:5000)",
-        ]
-    )
 
 
 def _port(text: str) -> int:

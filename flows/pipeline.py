@@ -1,9 +1,11 @@
 """The whole DAG as one Prefect flow.
 
-    data stages (flows/data.py) -> base model -> train arm x N -> evaluate (base + arms)
-        -> analyse -> register -> promote
+    data stages (flows/data.py) -> base model -> evaluate base
+        -> per arm (flows/arms.py): learning-rate probes -> train x seeds -> evaluate
+        -> register -> compare with intervals (flows/comparison.py) -> analyse -> promote
 
-MLflow holds one parent run per pipeline run and one child run per arm. The
+MLflow holds one parent run per pipeline run and one child run per arm training run
+(each seed, each learning-rate probe). The
 data stages run before any MLflow write, so a spec with bad data leaves no
 run and no version behind. Each stage is idempotent: a rerun of an unchanged
 spec reuses the data stages (catalog), the base model's evaluation (a JSON file
@@ -17,8 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,9 +29,25 @@ from prefect.cache_policies import NO_CACHE
 
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import TrainingError
-from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, load_spec
+from multilora_pipeline.data_specs.schema import PipelineSpec, load_spec
+from multilora_pipeline.flows.arms import (
+    ArmOutcome,
+    ArmRun,
+    Scores,
+    log_evaluation,
+    run_key,
+    score,
+    train_and_score_arm,
+)
+from multilora_pipeline.flows.comparison import (
+    Comparison,
+    compare,
+    interval,
+    log_comparison,
+    version_items,
+)
+from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
-from multilora_pipeline.models.content import content_key
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
 from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
@@ -41,18 +58,13 @@ from multilora_pipeline.tasks.analysis.spectra import (
 )
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.evaluation.cache import (
-    EVAL_ID_TAG,
     base_eval_inputs,
     base_eval_key,
     load_base_eval,
     save_base_eval,
 )
-from multilora_pipeline.tasks.evaluation.evaluate import (
-    EvalResult,
-    SuiteData,
-    compare_arms,
-    evaluate_model,
-)
+from multilora_pipeline.tasks.evaluation.confidence import item_scores
+from multilora_pipeline.tasks.evaluation.evaluate import compare_arms
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.promote import run_gate
 from multilora_pipeline.tasks.registry.tracking import Tracker, code_version
@@ -65,7 +77,7 @@ from multilora_pipeline.tasks.registry.versions import (
     update_version_scores,
     version_by_alias,
 )
-from multilora_pipeline.tasks.training.arm_models import arm_deltas, load_for_inference
+from multilora_pipeline.tasks.training.arm_models import arm_deltas
 from multilora_pipeline.tasks.training.base_model import (
     check_base_model,
     load_revision,
@@ -73,32 +85,11 @@ from multilora_pipeline.tasks.training.base_model import (
     prompt_format,
 )
 from multilora_pipeline.tasks.training.gguf import gguf_origin
-from multilora_pipeline.tasks.training.launch import launch_arm
-from multilora_pipeline.tasks.training.loading import resolve_device, resolve_prompt_format
-from multilora_pipeline.tasks.training.train import ArmResult, load_result
+from multilora_pipeline.tasks.training.loading import resolve_device
+from multilora_pipeline.tasks.training.train import ArmResult
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")
-
-
-@dataclass
-class TrainedArm:
-    """What the train stage hands on: the arm's result, its MLflow run, and whether both
-    were there before (a finished arm is looked up, not trained)."""
-
-    result: ArmResult
-    run_id: str
-    reused: bool
-
-
-@dataclass
-class Scores:
-    """An evaluation's metrics and whether they were reused (cache or earlier run)."""
-
-    metrics: dict[str, float]
-    reused: bool
-    eval_id: str | None = None
-    """The base evaluation's key (tasks/evaluation/cache.py): arms are scored under it."""
 
 
 @dataclass
@@ -106,9 +97,23 @@ class ArmSummary:
     arm: str
     kind: str
     run_id: str
+    """The run of the adapter the version holds (with several seeds, the chosen seed's)."""
     version: str
     metrics: dict[str, float]
+    """Headline metrics, the mean over seeds."""
     reused: bool
+    seeds: list[int]
+    metrics_sd: dict[str, float]
+    """Standard deviation of the headline metrics over seeds (0 with one seed)."""
+    learning_rate: float
+    scale_learning_rate: float | None
+    version_seed: int
+    """The seed whose adapter the version holds, and why: `seed_choice`."""
+    seed_choice: str
+    probes: list[dict]
+    """The learning-rate probes (learning_rate, scale_learning_rate, eval_loss), if any."""
+    versus_base: dict[str, dict]
+    """metric -> the paired interval of arm - base (estimate, low, high, items, ...)."""
 
 
 @dataclass
@@ -135,16 +140,9 @@ class PipelineSummary:
     base_evaluation_reused: bool
     """The base model's scores came from the workspace cache (tasks/evaluation/cache.py)."""
     ui_command: str
-
-
-@contextmanager
-def timed(stage_seconds: dict[str, float], stage: str):
-    """Add the block's wall time to stage_seconds[stage] (the summary's stage times)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+    between_arms: list[dict]
+    """One row per pair of arms and metric: the paired interval of a - b."""
+    bootstrap_resamples: int
 
 
 def run_lineage(
@@ -163,33 +161,6 @@ def run_lineage(
             **fmt_tags,
         },
     )
-
-
-def training_hash(spec: PipelineSpec, arm: ArmSpec) -> str:
-    """Hash of what decides an arm's weights: base model, the arm, training settings and
-    the prompt format.
-
-    Editing a spec's description, evaluation or promotion settings changes its spec
-    hash but not this: the trained arms, their runs and versions are reused.
-    """
-    return content_key(
-        [
-            spec.base_model.model_dump(mode="json"),
-            arm.model_dump(mode="json"),
-            spec.training.model_dump(mode="json"),
-            spec.seed,
-            spec.prompt_format,  # the tokens the arm is trained on
-        ]
-    )
-
-
-def run_key(spec: PipelineSpec, mixture_id: str, arm: ArmSpec) -> str:
-    """Identity of an arm's training: same training, same mixture -> same run and version."""
-    return f"{training_hash(spec, arm)}:{mixture_id}:{arm.name}"
-
-
-def arm_dir(ws: Workspace, spec: PipelineSpec, mixture_id: str, arm: ArmSpec) -> Path:
-    return ws.runs_dir / spec.name / f"{training_hash(spec, arm)}-{mixture_id}" / arm.name
 
 
 @contextmanager
@@ -224,130 +195,6 @@ def spec_lock(ws: Workspace, spec: PipelineSpec):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@task(name="train-arm", cache_policy=NO_CACHE)
-def train_arm_task(
-    ws: Workspace,
-    tracker: Tracker,
-    spec: PipelineSpec,
-    data: DataOutputs,
-    base: str,
-    arm: ArmSpec,
-    parent_id: str,
-    lineage: Lineage,
-) -> TrainedArm:
-    run_id, finished = tracker.child_run(
-        parent_id,
-        run_key(spec, data.mixture_id, arm),
-        arm.name,
-        tags=lineage.run_tags(arm=arm.name, adapter_kind=arm.kind),
-    )
-    done_dir = arm_dir(ws, spec, data.mixture_id, arm)
-    if finished and load_result(done_dir) is None:
-        raise TrainingError(
-            f"arm {arm.name!r}: its MLflow run {run_id} is FINISHED but the trained adapter "
-            f"is missing from {done_dir}",
-            fix=f"restore that folder, or delete run {run_id} in the MLflow UI to retrain",
-        )
-    try:
-        tracker.log_params(
-            run_id,
-            {"arm": arm.model_dump(mode="json"), "training": spec.training.model_dump(mode="json")},
-        )
-        # A finished arm is only looked up: no system metrics to sample then.
-        with tracker.system_metrics(run_id) if not finished else nullcontext():
-            result = launch_arm(
-                arm=arm,
-                training=spec.training,
-                model_path=base,
-                train_path=data.train_dir,
-                validation_path=data.validation_path,
-                output_dir=arm_dir(ws, spec, data.mixture_id, arm),
-                revision=load_revision(spec),
-                dtype=spec.base_model.dtype,
-                trust_remote_code=spec.base_model.trust_remote_code,
-                attn_implementation=spec.base_model.attn_implementation,
-                # What PEFT users load the export on: the hub id, or the folder (a converted
-                # GGUF file, the tiny model) the arm was trained on.
-                base_model_name=base,
-                prompt_format=lineage.prompt_format,
-                tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
-                callbacks=[tracker.training_callback(run_id)],
-            )
-        if not finished:
-            tracker.log_metrics(
-                run_id,
-                {
-                    "final_train_loss": result.train_loss,
-                    "final_eval_loss": result.eval_loss,
-                    "tokens_per_second": result.tokens_per_second,
-                    "peak_memory_mb": result.peak_memory_mb,
-                    "trainable_parameters": result.trainable_parameters,
-                    "trainable_share": result.trainable_share,
-                },
-                step=result.steps,
-            )
-            tracker.log_artifact(run_id, result.adapter_dir, "adapter")
-            if result.peft_dir:
-                tracker.log_artifact(run_id, result.peft_dir, "peft_adapter")
-    except BaseException:
-        tracker.finish(run_id, "FAILED")
-        raise
-    return TrainedArm(result, run_id, finished)
-
-
-def _score(
-    spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | None
-) -> EvalResult:
-    """The base model (result None) or an arm on every suite and the held-out rows, in the
-    run's prompt format (the same for both: like is compared with like)."""
-    model, tokenizer, device = load_for_inference(spec, base, result)
-    fmt = resolve_prompt_format(tokenizer, spec.prompt_format, base)
-    suites = [
-        SuiteData(
-            suite,
-            Path(data.eval_paths[suite.name]),
-            Path(data.eval_dev_paths[suite.name]) if suite.name in data.eval_dev_paths else None,
-        )
-        for suite in spec.eval_suites
-    ]
-    return evaluate_model(
-        model,
-        fmt,
-        suites,
-        Path(data.validation_path),
-        spec.evaluation,
-        device,
-        max_length=spec.training.max_length,
-    )
-
-
-def _log_evaluation(tracker: Tracker, run_id: str, evaluation: EvalResult, prefix: str) -> None:
-    tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in evaluation.metrics.items()})
-    tracker.log_table(run_id, evaluation.predictions, f"eval/{prefix}predictions.json")
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(
-    tracker: Tracker,
-    spec: PipelineSpec,
-    data: DataOutputs,
-    base: str,
-    trained: TrainedArm,
-    eval_id: str,
-) -> Scores:
-    """An arm's scores on every suite, logged to its run `run_id`, and whether they were
-    reused. A reused arm keeps its logged scores only if they were made under `eval_id`
-    (the base evaluation's key: same suites, settings and scoring code); otherwise it is
-    scored again, so the arms and the base row always compare like with like."""
-    run_id = trained.run_id
-    if tracker.run_tags(run_id).get(EVAL_ID_TAG) == eval_id:
-        return Scores(tracker.metrics(run_id), True, eval_id)
-    evaluation = _score(spec, data, base, trained.result)
-    _log_evaluation(tracker, run_id, evaluation, prefix="")
-    tracker.set_tags(run_id, {EVAL_ID_TAG: eval_id})
-    return Scores(evaluation.metrics, False, eval_id)
-
-
 @task(name="evaluate-base", cache_policy=NO_CACHE)
 def evaluate_base_task(
     ws: Workspace,
@@ -371,11 +218,11 @@ def evaluate_base_task(
     evaluation = load_base_eval(ws, key)
     reused = evaluation is not None
     if evaluation is None:
-        evaluation = _score(spec, data, base, None)
+        evaluation = score(spec, data, base, None)
         save_base_eval(ws, key, inputs, evaluation)
-    _log_evaluation(tracker, parent_id, evaluation, prefix="base_")
+    log_evaluation(tracker, parent_id, evaluation, prefix="base_")
     tracker.set_tags(parent_id, {"mlora.base_eval_id": key})
-    return Scores(evaluation.metrics, reused, key)
+    return Scores(evaluation.metrics, reused, key, evaluation.predictions)
 
 
 @task(name="analyse", cache_policy=NO_CACHE)
@@ -416,15 +263,16 @@ def register_task(
     spec: PipelineSpec,
     data: DataOutputs,
     base: str,
-    arm: ArmSpec,
-    trained: TrainedArm,
-    metrics: dict[str, float],
+    outcome: ArmOutcome,
     lineage: Lineage,
-    rescored: bool = False,
 ):
-    """Register the arm's adapter (once per run key); a version registered earlier whose arm
-    was just `rescored` under new evaluation settings gets the new headline scores."""
-    result, run_id = trained.result, trained.run_id
+    """Register the arm's adapter (once per run key): with several seeds, the adapter of the
+    seed `ArmOutcome.version_run` picks, with the arm's mean scores and tags that say which
+    seed it holds and why. A version registered earlier whose arm was just scored again
+    under new evaluation settings gets the new headline scores. Finishes every seed run."""
+    arm, chosen = outcome.arm, outcome.version_run
+    result, run_id = chosen.trained.result, chosen.trained.run_id
+    metrics = outcome.metrics
     manifest = Path(data.train_dir) / "manifest.json"
     extra = {"mixture_manifest": str(manifest)} if manifest.is_file() else {}
     headline = {
@@ -436,7 +284,7 @@ def register_task(
         tracker,
         name=spec.registered_model_name,
         run_id=run_id,
-        run_key=run_key(spec, data.mixture_id, arm),
+        run_key=run_key(spec, data.mixture_id, ArmRun(arm, spec.training.for_run(chosen.seed))),
         adapter_dir=result.adapter_dir,
         peft_dir=result.peft_dir,
         base_model=base,
@@ -449,20 +297,30 @@ def register_task(
             "prompt_format": lineage.prompt_format,
         },
         extra_artifacts=extra,
-        tags={**lineage.version_tags(arm=arm.name, adapter_kind=arm.kind), **headline},
+        tags={
+            **lineage.version_tags(arm=arm.name, adapter_kind=arm.kind),
+            **outcome.version_tags(spec.training),
+            **headline,
+        },
     )
-    if version.reused and rescored:
-        update_version_scores(tracker, version.name, version.version, headline)
-    tracker.finish(run_id)
-    Catalog(ws.catalog_path).record_run(
-        spec_hash=spec.spec_hash,
-        mixture_id=data.mixture_id,
-        arm=arm.name,
-        mlflow_run_id=run_id,
-        parent_run_id=tracker.run_tags(run_id).get("mlflow.parentRunId"),
-        registered_model=version.name,
-        model_version=version.version,
-    )
+    if version.reused:
+        tracker.set_version_tags(version.name, version.version, outcome.version_tags(spec.training))
+        if any(not r.scores.reused for r in outcome.runs):
+            update_version_scores(tracker, version.name, version.version, headline)
+    catalog = Catalog(ws.catalog_path)
+    for seed_run in outcome.runs:
+        seed_run_id = seed_run.trained.run_id
+        tracker.finish(seed_run_id)
+        registered = seed_run is chosen
+        catalog.record_run(
+            spec_hash=spec.spec_hash,
+            mixture_id=data.mixture_id,
+            arm=arm.name,
+            mlflow_run_id=seed_run_id,
+            parent_run_id=tracker.run_tags(seed_run_id).get("mlflow.parentRunId"),
+            registered_model=version.name if registered else None,
+            model_version=version.version if registered else None,
+        )
     return version
 
 
@@ -507,21 +365,6 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     return asdict(summary)
 
 
-@dataclass
-class RunContext:
-    """What every stage after the data stages of one pipeline run works with."""
-
-    ws: Workspace
-    tracker: Tracker
-    spec: PipelineSpec
-    data: DataOutputs
-    base: str
-    parent_id: str
-    lineage: Lineage
-    stages: dict[str, float]
-    """Wall time per stage (the summary's stage_seconds), filled as the stages run."""
-
-
 def _train_evaluate_register(run: RunContext, format_description: str) -> PipelineSummary:
     spec, data, tracker = run.spec, run.data, run.tracker
     tracker.log_json(run.parent_id, data.source_table, "data/source_table.json")
@@ -531,12 +374,16 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
     with timed(run.stages, "evaluate_base"):
         base_scores = evaluate_base_task(run.ws, tracker, spec, data, run.base, run.parent_id)
     # Sequential: arms compete for the same cores / GPU.
-    trained = {arm.name: _train_score_register(run, arm, base_scores) for arm in spec.arms}
-    arms = [summary for _, summary in trained.values()]
-    _compare_on_parent(
-        run, base_scores.metrics, arms, {n: t.result for n, (t, _) in trained.items()}
-    )
-    best, decision = _promote(run, arms, base_scores.metrics)
+    outcomes = [train_and_score_arm(run, arm, base_scores.eval_id) for arm in spec.arms]
+    with timed(run.stages, "register"):
+        versions = {
+            o.arm.name: register_task(run.ws, tracker, spec, data, run.base, o, run.lineage).version
+            for o in outcomes
+        }
+    comparison = compare(spec, item_scores(base_scores.predictions), outcomes)
+    arms = [_arm_summary(o, versions[o.arm.name], comparison, spec) for o in outcomes]
+    _compare_on_parent(run, base_scores.metrics, arms, outcomes, comparison)
+    best, decision = _promote(run, arms, outcomes, base_scores)
     champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
     return PipelineSummary(
         spec=spec.name,
@@ -557,51 +404,70 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
         base_evaluation_reused=base_scores.reused,
         ui_command=tracker.ui_command(),
         stage_seconds={k: round(v, 1) for k, v in run.stages.items()},
+        between_arms=[
+            {"arms": f"{a} - {b}", "metric": m, **i.as_dict()}
+            for (a, b), by in comparison.between_arms.items()
+            for m, i in by.items()
+        ],
+        bootstrap_resamples=spec.evaluation.bootstrap_resamples,
     )
 
 
-def _train_score_register(
-    run: RunContext, arm: ArmSpec, base_scores: Scores
-) -> tuple[TrainedArm, ArmSummary]:
-    """One arm: trained (or found), scored under the base evaluation's key, registered."""
-    args = (run.spec, run.data, run.base)
-    with timed(run.stages, f"train_{arm.name}"):
-        trained = train_arm_task(run.ws, run.tracker, *args, arm, run.parent_id, run.lineage)
-    with timed(run.stages, f"evaluate_{arm.name}"):
-        scores = evaluate_task(run.tracker, *args, trained, base_scores.eval_id)
-    with timed(run.stages, "register"):
-        version = register_task(
-            run.ws,
-            run.tracker,
-            *args,
-            arm,
-            trained,
-            scores.metrics,
-            run.lineage,
-            rescored=not scores.reused,
-        )
-    headline = _headline(scores.metrics, run.spec)
-    summary = ArmSummary(
-        arm.name, arm.kind, trained.run_id, version.version, headline, trained.reused
+def _arm_summary(
+    outcome: ArmOutcome, version: str, comparison: Comparison, spec: PipelineSpec
+) -> ArmSummary:
+    chosen = outcome.version_run
+    headline = _headline(outcome.metrics, spec)
+    return ArmSummary(
+        arm=outcome.arm.name,
+        kind=outcome.arm.kind,
+        run_id=chosen.trained.run_id,
+        version=version,
+        metrics=headline,
+        reused=all(r.trained.reused for r in outcome.runs),
+        seeds=[r.seed for r in outcome.runs],
+        metrics_sd={k: outcome.spread.get(k, 0.0) for k in headline},
+        learning_rate=outcome.learning_rate(spec.training),
+        scale_learning_rate=outcome.arm.scale_learning_rate,
+        version_seed=chosen.seed,
+        seed_choice=outcome.seed_choice(),
+        probes=[
+            {
+                "learning_rate": p.learning_rate,
+                "scale_learning_rate": p.scale_learning_rate,
+                "eval_loss": p.eval_loss,
+            }
+            for p in outcome.probes
+        ],
+        versus_base={m: i.as_dict() for m, i in comparison.versus_base[outcome.arm.name].items()},
     )
-    return trained, summary
 
 
 def _compare_on_parent(
     run: RunContext,
     base_metrics: dict[str, float],
     arms: list[ArmSummary],
-    results: dict[str, ArmResult],
+    outcomes: list[ArmOutcome],
+    comparison: Comparison,
 ) -> None:
-    """The parent run's comparison: per-arm metrics, loss curves, spectra, the table."""
+    """The parent run's comparison: per-arm metrics (seed means and spread), intervals, loss
+    curves, probe curves, spectra, the table."""
     tracker, parent_id = run.tracker, run.parent_id
     tracker.log_metrics(parent_id, {f"{a.arm}_{k}": v for a in arms for k, v in a.metrics.items()})
-    tracker.log_figure(
-        parent_id,
-        plot_loss_curves({n: r.history for n, r in results.items()}),
-        "plots/loss_curves.png",
-    )
+    if any(len(a.seeds) > 1 for a in arms):
+        tracker.log_metrics(
+            parent_id, {f"{a.arm}_{k}_sd": v for a in arms for k, v in a.metrics_sd.items()}
+        )
+    log_comparison(run, comparison, outcomes)
+    several = len(run.spec.training.run_seeds) > 1
+    histories = {
+        (f"{o.arm.name} seed {r.seed}" if several else o.arm.name): r.trained.result.history
+        for o in outcomes
+        for r in o.runs
+    }
+    tracker.log_figure(parent_id, plot_loss_curves(histories), "plots/loss_curves.png")
     with timed(run.stages, "analyse"):
+        results = {o.arm.name: o.version_run.trained.result for o in outcomes}
         analysis = analyse_task(tracker, run.spec, run.base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
     base_row = _headline(base_metrics, run.spec)
@@ -609,19 +475,31 @@ def _compare_on_parent(
         {"model": a.arm, "version": a.version, **a.metrics} for a in arms
     ]
     create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
-    comparison = compare_arms({"base": base_row, **{a.arm: a.metrics for a in arms}})
-    tracker.log_table(parent_id, comparison, "eval/comparison.json")
+    comparison_table = compare_arms({"base": base_row, **{a.arm: a.metrics for a in arms}})
+    tracker.log_table(parent_id, comparison_table, "eval/comparison.json")
 
 
-def _promote(run: RunContext, arms: list[ArmSummary], base_metrics: dict[str, float]):
-    """The best arm becomes the challenger; the gate decides whether it is the champion.
-    Returns (the best arm, the gate's decision)."""
+def _promote(
+    run: RunContext, arms: list[ArmSummary], outcomes: list[ArmOutcome], base_scores: Scores
+):
+    """The best arm (seed mean of the primary metric) becomes the challenger; the gate decides
+    on the intervals of its gain over the base and over the champion whether it is the
+    champion. Returns (the best arm, the gate's decision)."""
     spec, tracker, name = run.spec, run.tracker, run.spec.registered_model_name
     for a in arms:  # the analysis compares the arms, so it joins each version only now
         attach_run_artifacts(tracker, name, a.version, run.parent_id)
     primary = spec.registry.primary_metric
     best = max(arms, key=lambda a: a.metrics.get(primary, float("-inf")))
     set_alias(tracker, name, CHALLENGER, best.version)
+    items = {a.version: o.items for a, o in zip(arms, outcomes, strict=True)}
+    challenger_items = items[best.version]
+    base_items = item_scores(base_scores.predictions)
+    champion = version_by_alias(tracker, name, CHAMPION)
+    champion_items = None
+    if champion is not None:
+        champion_items = items.get(str(champion.version)) or version_items(
+            run, champion, base_scores.eval_id
+        )
     decision = run_gate(
         tracker,
         name,
@@ -629,8 +507,12 @@ def _promote(run: RunContext, arms: list[ArmSummary], base_metrics: dict[str, fl
         primary_metric=primary,
         min_improvement=spec.registry.min_improvement,
         regression_tolerance=spec.registry.regression_tolerance,
-        base_metrics=base_metrics,
+        base_metrics=base_scores.metrics,
         must_beat_base=spec.registry.must_beat_base,
+        versus_base=interval(spec, challenger_items, base_items, primary),
+        versus_champion=(
+            interval(spec, challenger_items, champion_items, primary) if champion_items else None
+        ),
     )
     tracker.set_tags(run.parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")

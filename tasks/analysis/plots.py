@@ -1,4 +1,5 @@
-"""Training plots for the parent run: the arms' loss curves on one chart."""
+"""Plots for the parent run: the arms' loss curves, the learning-rate probes' curves, and
+the suite scores with their bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_loss_curves(histories: dict[str, list[dict]]):
-    """Train loss (solid) and eval loss (markers) per arm against the optimizer step."""
+def plot_loss_curves(histories: dict[str, list[dict]], title: str | None = None):
+    """Train loss (solid) and eval loss (markers) per run against the optimizer step."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for i, (arm, history) in enumerate(sorted(histories.items())):
         color = f"C{i}"
@@ -21,8 +22,42 @@ def plot_loss_curves(histories: dict[str, list[dict]]):
             ax.plot(*zip(*evals, strict=True), "o--", color=color, label=f"{arm} eval")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Loss by arm (same mixture, steps and seed)")
+    ax.set_title(title or "Loss by arm (same mixture, steps and seed)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_suite_intervals(scores: dict[str, dict[str, tuple]], gains: dict[str, dict[str, tuple]]):
+    """Left: each model's score per suite (the seed mean) with its 95% interval; right: each
+    arm's gain over the base model per suite with the paired interval, and the zero line.
+
+    `scores[model][suite]` and `gains[arm][suite]` are (estimate, low, high).
+    """
+    suites = list(next(iter(scores.values())))
+    colors = {model: f"C{i}" for i, model in enumerate(scores)}  # a model's colour in both panels
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(suites) + 2.2), dpi=110)
+    for panel, data, title in (
+        (left, scores, "score (95% interval)"),
+        (right, gains, "gain over base (paired 95% interval)"),
+    ):
+        width = 0.8 / max(1, len(data))
+        for i, (model, by_suite) in enumerate(data.items()):
+            rows = [r + (i - (len(data) - 1) / 2) * width for r in range(len(suites))]
+            est = [by_suite[s][0] for s in suites]
+            err = [
+                [by_suite[s][0] - by_suite[s][1] for s in suites],
+                [by_suite[s][2] - by_suite[s][0] for s in suites],
+            ]
+            panel.errorbar(
+                est, rows, xerr=err, fmt="o", capsize=3, color=colors[model], label=model
+            )
+        panel.set_yticks(range(len(suites)), suites)
+        panel.invert_yaxis()
+        panel.set_title(title)
+        panel.grid(alpha=0.3, axis="x")
+        panel.legend(fontsize=8)
+    right.axvline(0.0, color="black", linewidth=0.8)
     fig.tight_layout()
     return fig

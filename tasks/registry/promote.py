@@ -36,6 +36,7 @@ from multilora_pipeline.tasks.registry.versions import (
     get_version,
     set_alias,
     version_by_alias,
+    version_metrics,
 )
 
 PREVIOUS_TAG = "mlora.previous_champion"
@@ -254,12 +255,15 @@ def run_gate(
     regression_tolerance: float,
     base_metrics: dict[str, float] | None = None,
     must_beat_base: bool = False,
+    versus_base: Interval | None = None,
+    versus_champion: Interval | None = None,
 ) -> GateDecision:
     """Compare a registered challenger with the current champion (and the base model, given
     `base_metrics`); move the alias if it wins.
 
-    Metrics are read from each version's run; the base model has no version, so the
-    caller passes its metrics (the pipeline's base evaluation). The decision is tagged
+    Metrics are read from each version's runs (the mean over its arm's seeds); the base
+    model has no version, so the caller passes its metrics (the pipeline's base
+    evaluation), and the intervals of the challenger's gain when it has them. The decision is tagged
     on the challenger version, unless it is already the champion (a rerun), so the
     version keeps the record of why it was promoted; `record_decision` tags the parent run.
     """
@@ -267,14 +271,16 @@ def run_gate(
     champion = version_by_alias(tracker, name, CHAMPION)
     decision = decide(
         str(challenger.version),
-        tracker.metrics(challenger.run_id),
+        version_metrics(tracker, challenger),
         str(champion.version) if champion else None,
-        tracker.metrics(champion.run_id) if champion else None,
+        version_metrics(tracker, champion) if champion else None,
         primary_metric=primary_metric,
         min_improvement=min_improvement,
         regression_tolerance=regression_tolerance,
         base_metrics=base_metrics,
         must_beat_base=must_beat_base,
+        versus_base=versus_base,
+        versus_champion=versus_champion,
     )
     if decision.challenger != decision.champion:
         # A rerun that finds its challenger already champion keeps the tags of the

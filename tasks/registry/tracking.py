@@ -201,6 +201,20 @@ class Tracker:
     def log_table(self, run_id: str, frame, artifact_file: str) -> None:
         self.client.log_table(run_id, data=frame, artifact_file=artifact_file)
 
+    def load_table(self, run_id: str, artifact_file: str):
+        """A table `log_table` wrote, as a DataFrame; None when the run has no such file."""
+        import pandas as pd
+
+        if not self.has_artifacts(run_id, str(Path(artifact_file).parent)):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            except MlflowException:
+                return None
+            stored = json.loads(Path(local).read_text())
+        return pd.DataFrame(stored["data"], columns=stored["columns"])
+
     def log_json(self, run_id: str, data, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / Path(artifact_file).name

@@ -188,6 +188,25 @@ def serving_code(staging: Path) -> Path:
     return root
 
 
+SEED_RUNS_TAG = "mlora.seed_runs"
+"""On a version whose arm has several seeds: the run ids of all of them (its own among them)."""
+
+
+def version_runs(version) -> list[str]:
+    """The runs a version's scores come from: its arm's seed runs, or its own run."""
+    runs = (version.tags or {}).get(SEED_RUNS_TAG, "")
+    return [r for r in runs.split(",") if r] or [version.run_id]
+
+
+def version_metrics(tracker: Tracker, version) -> dict[str, float]:
+    """A version's metrics: the mean over its arm's seed runs (one run: that run's)."""
+    per_run = [tracker.metrics(run_id) for run_id in version_runs(version)]
+    keys = set().union(*per_run)
+    return {
+        k: sum(m[k] for m in per_run if k in m) / sum(1 for m in per_run if k in m) for k in keys
+    }
+
+
 def update_version_scores(tracker: Tracker, name: str, version: str, scores: dict[str, str]):
     """New headline score tags (and the description built from them) on an existing version:
     its arm was scored again under new evaluation settings. The arm run holds the full metrics."""
@@ -209,7 +228,8 @@ def describe_version(tags: dict[str, str]) -> str:
     scores = ", ".join(
         f"{k} {v}" for k, v in sorted(tags.items()) if k not in lineage_keys and "." not in k
     )
-    return f"{what} {lineage}" + (f". {scores}" if scores else "")
+    seeds = f" Adapter of {tags['mlora.seed_choice']}." if "mlora.seed_choice" in tags else ""
+    return f"{what} {lineage}" + (f". {scores}" if scores else "") + seeds
 
 
 def attach_run_artifacts(

@@ -131,6 +131,19 @@ def test_wrong_types_and_values_fail_with_path_and_value(demo, path, value, frag
             "give exactly one of name_or_path, package or tiny",
         ),
         ("base_model.tiny.num_heads", 3, "hidden_size 128 must be divisible by num_heads 3"),
+        ("training.seeds", [0, 1, 0], "seeds must be distinct, got [0, 1, 0]"),
+        ("training.seeds", [], "training.seeds: List should have at least 1 item"),
+        (
+            "arms.1.learning_rates",
+            [0.001, -1.0],
+            "arms[1].learning_rates[1]: Input should be greater than 0",
+        ),
+        ("arms.1.scale_learning_rates", [0.01], "scale_learning_rates is for multilora arms"),
+        (
+            "arms.0",
+            {"name": "m", "kind": "multilora", "learning_rate": 0.001, "learning_rates": [0.01]},
+            "give learning_rate or learning_rates (a grid to probe), not both",
+        ),
     ],
 )
 def test_invalid_combinations_are_explained(demo, path, value, fragment):
@@ -359,3 +372,37 @@ def test_nesting_below_the_recursion_limit_is_refused_too(tmp_path):
         deep = [deep]
     with pytest.raises(SpecError, match="nests deeper than 40 levels"):
         parse_spec({"name": "x", "description": deep}, tmp_path / "s.yaml")
+
+
+def test_a_learning_rate_grid_lists_what_each_arm_probes(demo):
+    own = edited(demo, "arms.0.learning_rate", 2e-3)
+    spec = parse_spec(edited(own, "training.learning_rates", [1e-4, 1e-3]), FILE)
+    multilora, lora = spec.arms
+    assert multilora.probe_grid(spec.training) == []  # it fixes its own
+    assert lora.probe_grid(spec.training) == [(1e-4, None), (1e-3, None)]
+    data = edited(demo, "arms.0.scale_learning_rates", [1e-2, 1e-1])
+    spec = parse_spec(data, FILE)
+    rate = spec.training.learning_rate
+    assert spec.arms[0].probe_grid(spec.training) == [(rate, 1e-2), (rate, 1e-1)]
+    fixed = spec.arms[0].with_learning_rates(rate, 1e-2)
+    assert fixed.probe_grid(spec.training) == []
+    no_validation = edited(data, "mixture.validation_fraction", 0.0)
+    assert (
+        "arms ['multilora'] probe a learning-rate grid, which is decided on the mixture's "
+        "validation split: set mixture.validation_fraction above 0" in error_of(no_validation)
+    )
+
+
+def test_seeds_and_grids_leave_the_runs_they_already_have_the_same(demo):
+    """A run's identity ignores how runs are chosen (seeds, grids, probe length): adding
+    seeds finds the first seed's run again."""
+    plain = parse_spec(demo, FILE)
+    seeded = parse_spec(edited(demo, "training.seeds", [0, 1, 2]), FILE)
+    assert seeded.training.run_seeds == [0, 1, 2] and plain.training.run_seeds == [0]
+    assert seeded.training.for_run(0).identity() == plain.training.for_run(0).identity()
+    assert seeded.training.for_run(1).identity() != plain.training.for_run(0).identity()
+    probing = parse_spec(edited(demo, "training.probe_steps", 5), FILE)
+    assert probing.training.for_run(0, probe=True).max_steps == 5
+    assert probing.training.for_run(0).identity() == plain.training.for_run(0).identity()
+    grid = parse_spec(edited(demo, "arms.1.learning_rates", [1e-3]), FILE)
+    assert grid.arms[1].identity() == plain.arms[1].identity()

@@ -1,0 +1,157 @@
+"""The comparison a pipeline run reports: every arm against the base model and against
+each other arm, per suite and on the primary metric, as seed means with their spread and
+paired bootstrap intervals (tasks/evaluation/confidence.py).
+
+What it produces lands in three places, all from the same numbers: the parent run
+(metrics, `eval/intervals.json`, `plots/suite_scores.png`, `plots/lr_probes.png`), the
+summary `mlora run` prints, and the intervals the promotion gate decides on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import combinations
+
+from multilora_pipeline.data_specs import metrics as names
+from multilora_pipeline.data_specs.schema import PipelineSpec
+from multilora_pipeline.flows.arms import PREDICTIONS, ArmOutcome
+from multilora_pipeline.flows.context import RunContext
+from multilora_pipeline.tasks.analysis.plots import plot_loss_curves, plot_suite_intervals
+from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
+from multilora_pipeline.tasks.evaluation.confidence import (
+    Interval,
+    ItemScores,
+    item_scores,
+    mean_over_seeds,
+    metric_parts,
+    paired_bootstrap,
+)
+from multilora_pipeline.tasks.registry.versions import version_runs
+
+log = logging.getLogger("mlora.pipeline")
+
+
+def compared_metrics(spec: PipelineSpec) -> list[str]:
+    """The metrics every comparison gives an interval for: the primary one, then each
+    suite's headline score."""
+    suites = [names.suite_metric(s.name, names.headline_kind(s.kind)) for s in spec.eval_suites]
+    return list(dict.fromkeys([spec.registry.primary_metric, *suites]))
+
+
+def interval(spec: PipelineSpec, a: ItemScores, b: ItemScores | None, metric: str) -> Interval:
+    """`metric` of a minus that of b (or a's own score when b is None), paired over items."""
+    return paired_bootstrap(
+        a,
+        b,
+        metric_parts(metric, spec.eval_suites),
+        resamples=spec.evaluation.bootstrap_resamples,
+        seed=spec.seed,
+    )
+
+
+@dataclass
+class Comparison:
+    """Intervals of every arm against the base and against every other arm."""
+
+    versus_base: dict[str, dict[str, Interval]]
+    """arm -> metric -> interval of arm - base."""
+    between_arms: dict[tuple[str, str], dict[str, Interval]]
+    """(arm a, arm b) -> metric -> interval of a - b."""
+    scores: dict[str, dict[str, Interval]]
+    """model (base and arms) -> metric -> interval of its own score."""
+
+    def as_rows(self) -> list[dict]:
+        """One row per comparison and metric (the parent run's `eval/intervals.json`)."""
+        rows = [
+            {"comparison": f"{arm} - base", "metric": m, **i.as_dict()}
+            for arm, by in self.versus_base.items()
+            for m, i in by.items()
+        ]
+        rows += [
+            {"comparison": f"{a} - {b}", "metric": m, **i.as_dict()}
+            for (a, b), by in self.between_arms.items()
+            for m, i in by.items()
+        ]
+        return rows
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat MLflow metrics: `<arm>_vs_base_<metric>_{gain,low,high}` and the same per pair."""
+        out = {}
+        named = {f"{arm}_vs_base": by for arm, by in self.versus_base.items()}
+        named |= {f"{a}_vs_{b}": by for (a, b), by in self.between_arms.items()}
+        for prefix, by in named.items():
+            for metric, i in by.items():
+                out |= {
+                    f"{prefix}_{metric}_gain": i.estimate,
+                    f"{prefix}_{metric}_low": i.low,
+                    f"{prefix}_{metric}_high": i.high,
+                }
+        return out
+
+
+def compare(spec: PipelineSpec, base_items: ItemScores, outcomes: list[ArmOutcome]) -> Comparison:
+    metrics = compared_metrics(spec)
+    versus_base = {
+        o.arm.name: {m: interval(spec, o.items, base_items, m) for m in metrics} for o in outcomes
+    }
+    between = {
+        (a.arm.name, b.arm.name): {m: interval(spec, a.items, b.items, m) for m in metrics}
+        for a, b in combinations(outcomes, 2)
+    }
+    scores = {"base": {m: interval(spec, base_items, None, m) for m in metrics}}
+    scores |= {o.arm.name: {m: interval(spec, o.items, None, m) for m in metrics} for o in outcomes}
+    return Comparison(versus_base, between, scores)
+
+
+def log_comparison(run: RunContext, comparison: Comparison, outcomes: list[ArmOutcome]) -> None:
+    """The comparison on the parent run: metrics, the interval table, the two plots."""
+    tracker, parent = run.tracker, run.parent_id
+    tracker.log_metrics(parent, comparison.as_metrics())
+    tracker.log_json(parent, comparison.as_rows(), "eval/intervals.json")
+    suites = compared_metrics(run.spec)[1:] or compared_metrics(run.spec)
+    as_tuples = {
+        model: {m: (i.estimate, i.low, i.high) for m, i in by.items() if m in suites}
+        for model, by in comparison.scores.items()
+    }
+    gains = {
+        arm: {m: (i.estimate, i.low, i.high) for m, i in by.items() if m in suites}
+        for arm, by in comparison.versus_base.items()
+    }
+    tracker.log_figure(parent, plot_suite_intervals(as_tuples, gains), "plots/suite_scores.png")
+    probes = {f"{o.arm.name} {p.label}": p.history for o in outcomes for p in o.probes if p.history}
+    if probes:
+        figure = plot_loss_curves(probes, title="Learning-rate probes (the lowest eval loss wins)")
+        tracker.log_figure(parent, figure, "plots/lr_probes.png")
+        rows = [
+            {
+                "arm": o.arm.name,
+                "learning_rate": p.learning_rate,
+                "scale_learning_rate": p.scale_learning_rate,
+                "eval_loss": p.eval_loss,
+                "chosen": p.learning_rate == o.arm.learning_rate
+                and p.scale_learning_rate == o.arm.scale_learning_rate,
+                "run_id": p.run_id,
+            }
+            for o in outcomes
+            for p in o.probes
+        ]
+        tracker.log_json(parent, rows, "selection/learning_rates.json")
+
+
+def version_items(run: RunContext, version, eval_id: str) -> ItemScores | None:
+    """Per-item scores of a registered version from an earlier pipeline run (its seeds'
+    mean), or None when they cannot be paired with this run's: scored under another
+    evaluation, or their predictions are gone."""
+    per_seed = []
+    for run_id in version_runs(version):
+        if run.tracker.run_tags(run_id).get(EVAL_ID_TAG) != eval_id:
+            return None
+        predictions = run.tracker.load_table(run_id, PREDICTIONS)
+        if predictions is None:
+            return None
+        per_seed.append(item_scores(predictions))
+    try:
+        return mean_over_seeds(per_seed)
+    except ValueError:
+        return None

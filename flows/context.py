@@ -1,0 +1,38 @@
+"""What every stage after the data stages of one pipeline run works with."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from multilora_pipeline.data_specs.schema import PipelineSpec
+from multilora_pipeline.flows.data import DataOutputs
+from multilora_pipeline.tasks.registry.lineage import Lineage
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.workspace import Workspace
+
+
+@dataclass
+class RunContext:
+    """One pipeline run: its workspace, MLflow facade, spec, data, base model and parent run."""
+
+    ws: Workspace
+    tracker: Tracker
+    spec: PipelineSpec
+    data: DataOutputs
+    base: str
+    parent_id: str
+    lineage: Lineage
+    stages: dict[str, float]
+    """Wall time per stage (the summary's stage_seconds), filled as the stages run."""
+
+
+@contextmanager
+def timed(stage_seconds: dict[str, float], stage: str):
+    """Add the block's wall time to stage_seconds[stage] (the summary's stage times)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - start
