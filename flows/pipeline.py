@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import PipelineSpec, load_spec
+from multilora_pipeline.data_specs.serving import vllm_notes
 from multilora_pipeline.flows.arms import (
     ArmOutcome,
     ArmRun,
@@ -227,14 +228,30 @@ def evaluate_base_task(
 
 @task(name="analyse", cache_policy=NO_CACHE)
 def analyse_task(
-    tracker: Tracker, spec: PipelineSpec, base: str, results: dict[str, ArmResult], parent_id: str
+    tracker: Tracker,
+    spec: PipelineSpec,
+    base: str,
+    results: dict[str, dict[int, ArmResult]],
+    parent_id: str,
 ) -> str:
-    """Singular values of every ΔW per arm: plots, table and a flatness summary on the parent run."""
+    """Singular values of every ΔW of every arm and seed (`results[arm][seed]`): plots,
+    tables and a flatness summary, with the spread over seeds, on the parent run."""
     import tempfile
 
     import pandas as pd
 
-    frames = {name: analyse_deltas(arm_deltas(spec, base, r)) for name, r in results.items()}
+    # One frame per arm, its seeds' rows together (a `seed` column): plots and table
+    # average over seeds, and the note says whether the arms differ by more than seeds do.
+    frames = {
+        name: pd.concat(
+            [
+                analyse_deltas(arm_deltas(spec, base, r)).assign(seed=seed)
+                for seed, r in runs.items()
+            ],
+            ignore_index=True,
+        )
+        for name, runs in results.items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         plot_spectra(frames, Path(tmp) / "spectra.png")
         plot_effective_rank(frames, Path(tmp) / "effective_rank.png")
@@ -331,6 +348,8 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     ws = Workspace.resolve(workspace_root).ensure()
     spec, base_dir = load_spec(spec_path)
     logger.info("spec %s (hash %s), workspace %s", spec.name, spec.spec_hash, ws.root)
+    for note in vllm_notes(spec):
+        logger.warning("serving: %s", note)
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
     # So does a base model that cannot be found; a GGUF file is converted here, once.
     stages: dict[str, float] = {}
@@ -467,7 +486,7 @@ def _compare_on_parent(
     }
     tracker.log_figure(parent_id, plot_loss_curves(histories), "plots/loss_curves.png")
     with timed(run.stages, "analyse"):
-        results = {o.arm.name: o.version_run.trained.result for o in outcomes}
+        results = {o.arm.name: {r.seed: r.trained.result for r in o.runs} for o in outcomes}
         analysis = analyse_task(tracker, run.spec, run.base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
     base_row = _headline(base_metrics, run.spec)

@@ -88,7 +88,8 @@ def _choices(summary: dict) -> list[str]:
             )
         if len(arm["seeds"]) > 1:
             lines.append(
-                f"  {arm['arm']} v{arm['version']} holds the adapter of {arm['seed_choice']}"
+                f"  {arm['arm']} v{arm['version']} holds the adapter of seed {arm['version_seed']}, "
+                "the lowest held-out loss of its seeds; its scores are the seed mean"
             )
     return lines
 
@@ -106,8 +107,8 @@ def format_summary(summary: dict) -> str:
             score_table(summary),
             "",
             f"gains with 95% intervals (paired bootstrap over items, "
-            f"{summary['bootstrap_resamples']} resamples; an interval that spans 0 is no "
-            "difference):",
+            f"{summary['bootstrap_resamples']} resamples; an interval that contains 0 "
+            "shows no clear difference):",
             interval_table(summary),
             *(["", "chosen:", *choices] if choices else []),
             "",

@@ -236,8 +236,41 @@ def plot_effective_rank(arms: Mapping[str, pd.DataFrame], path: str | os.PathLik
     return _save_figure(fig, path)
 
 
+def seed_spread(arms: Mapping[str, pd.DataFrame], metric: str = "effective_rank") -> dict:
+    """arm -> (mean, sd, seeds) of the per-seed mean of `metric`, for frames with a `seed`
+    column (the pipeline's, one row per matrix and seed); sd is 0 for one seed."""
+    out = {}
+    for arm, frame in arms.items():
+        if frame.empty:
+            continue
+        per_seed = frame.groupby("seed")[metric].mean() if "seed" in frame else frame[metric][:0]
+        values = per_seed.to_numpy() if len(per_seed) else np.array([frame[metric].mean()])
+        sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[arm] = (float(values.mean()), sd, len(values))
+    return out
+
+
+def _seed_verdict(arms: Mapping[str, pd.DataFrame]) -> str:
+    """Whether the arms' effective ranks differ by more than their seeds do (two sds)."""
+    spread = seed_spread(arms)
+    if len(spread) < 2 or all(n == 1 for _, _, n in spread.values()):
+        return ""
+    parts = ", ".join(f"**{a}** {m:.2f} ± {sd:.2f} ({n} seeds)" for a, (m, sd, n) in spread.items())
+    (a, (ma, sa, _)), (b, (mb, sb, _)) = sorted(
+        spread.items(), key=lambda kv: kv[1][0], reverse=True
+    )[:2]
+    noise = 2 * max(sa, sb)
+    if ma - mb > noise:
+        how = f"more than the seeds do: {ma - mb:.2f} > twice the larger sd ({noise:.2f})"
+    else:
+        how = f"no more than the seeds do: {ma - mb:.2f} <= twice the larger sd ({noise:.2f})"
+    return f"Mean effective rank over seeds: {parts}. **{a}** and **{b}** differ by {how}.\n\n"
+
+
 def summarise_flatness(arms: Mapping[str, pd.DataFrame]) -> str:
-    """Short markdown: a table of mean spectrum metrics per arm, and which arm is flatter by how much.
+    """Short markdown: a table of mean spectrum metrics per arm, which arm is flatter by how
+    much, and (frames with a `seed` column, several seeds) whether the arms differ by more
+    than their seeds do.
 
     Flatter = higher mean effective rank (the update spreads over more directions).
     """
@@ -287,4 +320,4 @@ def summarise_flatness(arms: Mapping[str, pd.DataFrame]) -> str:
                     f"vs {stats[runner]['top1_energy']:.1%}"
                 )
             verdict += "."
-    return verdict + "\n\n" + "\n".join(lines) + "\n"
+    return verdict + "\n\n" + _seed_verdict(arms) + "\n".join(lines) + "\n"

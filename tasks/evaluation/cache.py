@@ -39,8 +39,10 @@ from multilora_pipeline.tasks.workspace import Workspace
 # Bump when scoring code changes the numbers it gives for the same inputs: every cached
 # base evaluation is then scored again.
 # 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match); 3: every scorer encodes
-# prompts in the run's prompt format (models/prompt_format.py), as training does.
-EVAL_CODE_VERSION = 3
+# prompts in the run's prompt format (models/prompt_format.py), as training does; 4: lm-eval
+# 0.4.13 exactly: per-(context, choice) truncation to the window, gsm8k's filters, stops and
+# exact_match normalisation.
+EVAL_CODE_VERSION = 4
 STAGE, FILE = "base_eval", "evaluation.json"
 # On an arm's run: the key of the evaluation its logged scores come from. A reused arm
 # is scored again when the current key differs, so arms and base compare like with like.

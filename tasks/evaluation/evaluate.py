@@ -46,7 +46,12 @@ from multilora_pipeline.tasks.evaluation.scoring import (
     score_choices,
     token_logprobs,
 )
-from multilora_pipeline.tasks.evaluation.suites import SuiteFormat, extract_answer, suite_format
+from multilora_pipeline.tasks.evaluation.suites import (
+    SuiteFormat,
+    extract_answer,
+    gold_answer,
+    suite_format,
+)
 from multilora_pipeline.tasks.training.tokenise import IGNORE, tokenise_records
 
 if TYPE_CHECKING:  # evaluation needs no pydantic at run time (GPU boxes, lm-eval-style use)
@@ -267,7 +272,7 @@ def _score_suite(
             desc=f"generate {spec.name}",
         )
         for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
-            gold = extract_answer(row["response"], fmt.answer_extraction)
+            gold = gold_answer(row["response"], fmt.answer_extraction)
             if not gold:
                 raise DataError(
                     "no gold answer found in the response",
@@ -277,7 +282,7 @@ def _score_suite(
             pred = extract_answer(out, fmt.answer_extraction)
             record = _prediction(spec, row, gold, pred, float(pred == gold), None, out)
             if fmt.answer_extraction == "gsm8k":  # lm-eval's second reading: the last number
-                loose = extract_answer(out, "last_number")
+                loose = extract_answer(out, "gsm8k_flexible")
                 record.update(predicted_flexible=loose, correct_flexible=loose == gold)
             records.append(record)
         metrics = {

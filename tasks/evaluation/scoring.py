@@ -98,17 +98,41 @@ def length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) -> 
 
 @dataclass(frozen=True)
 class _Request:
-    """One item, tokenised: the shared context (with prefix) and each choice's tokens."""
+    """One forward of an item, tokenised: a context (with prefix) and the tokens of the
+    item's choices `choices` that share it (every choice, unless the item is too long)."""
 
     context: list[int]
     continuations: list[list[int]]
+    item: int = 0
+    choices: tuple[int, ...] = (0,)
+
+
+def _fit_to_window(
+    item: int, context: list[int], continuations: list[list[int]], window: int | None
+) -> list[_Request]:
+    """The item's requests: one shared context, or, when a (context, choice) pair is longer
+    than the model's window, lm-eval's per-pair truncation: each pair keeps its last
+    window + 1 tokens (the last is only a target), so the context loses its oldest tokens
+    for that choice alone. Choices left with the same context still share it."""
+    everything = tuple(range(len(continuations)))
+    if window is None or all(len(context) + len(c) <= window + 1 for c in continuations):
+        return [_Request(context, continuations, item, everything)]
+    by_context: dict[int, list[int]] = {}
+    for j, cont in enumerate(continuations):
+        keep = min(len(context), max(1, window + 1 - len(cont)))
+        by_context.setdefault(keep, []).append(j)
+    return [
+        _Request(context[-keep:], [continuations[j] for j in js], item, tuple(js))
+        for keep, js in by_context.items()
+    ]
 
 
 def encode_requests(
     lm: CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
 ) -> list[_Request]:
     """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):],
-    the context rendered in the run's prompt format (its prefix added after)."""
+    the context rendered in the run's prompt format (its prefix added after), and truncate
+    to the model's window per (context, choice) pair as lm-eval does (`_fit_to_window`)."""
     ctx_texts, cont_texts = [], []
     chat = lm.fmt.kind == "chat"
     for context, options in zip(lm.fmt.render(contexts), choices, strict=True):
@@ -124,7 +148,7 @@ def encode_requests(
     )
     flat_cont = lm.encode([t for conts in cont_texts for t in conts])
     requests, k = [], 0
-    for ctx_text, ctx, conts in zip(ctx_texts, ctx_ids, cont_texts, strict=True):
+    for item, (ctx_text, ctx, conts) in enumerate(zip(ctx_texts, ctx_ids, cont_texts, strict=True)):
         continuations = []
         for _ in conts:
             whole = flat_whole[k]
@@ -134,12 +158,16 @@ def encode_requests(
             continuations.append(whole[len(ctx) :] if ok else flat_cont[k])
             k += 1
         full_ctx = lm.fmt.prefix(ctx_text) + ctx if ctx else list(lm.empty_context)
-        longest = max((len(c) for c in continuations), default=0)
-        if lm.max_length is not None and len(full_ctx) + longest > lm.max_length:
-            # Too long for the model: drop the context's oldest tokens (as lm-eval does).
-            full_ctx = full_ctx[-max(1, lm.max_length - longest) :]
-        requests.append(_Request(full_ctx, continuations))
+        requests += _fit_to_window(item, full_ctx, continuations, lm.max_length)
     return requests
+
+
+def _per_item(requests: list[_Request], scores: list[list[float]], items: int) -> list[list[float]]:
+    """Each item's choice scores in choice order, from its requests' scores."""
+    out: list[dict[int, float]] = [{} for _ in range(items)]
+    for request, lls in zip(requests, scores, strict=True):
+        out[request.item].update(zip(request.choices, lls, strict=True))
+    return [[found[j] for j in sorted(found)] for found in out]
 
 
 # --- multiple choice: the two scorers -------------------------------------------------
@@ -214,6 +242,7 @@ def score_choices(
         ),
     )
     results: list[list[float]] = [[] for _ in requests]
+    # One request per item, more for an item too long for the model (_fit_to_window).
     bar = tqdm(total=len(requests), desc=desc, unit="item", disable=not progress, mininterval=2)
     with eval_mode(model):
         for start in range(0, len(order), batch_size):
@@ -226,7 +255,7 @@ def score_choices(
                 results[i] = lls
             bar.update(len(chunk))
     bar.close()
-    return results
+    return _per_item(requests, results, len(contexts))
 
 
 def score_choices_reference(
@@ -257,7 +286,7 @@ def score_choices_reference(
                 targets = torch.tensor(cont, device=logits.device)
                 lls.append(float(token_logprobs(logits[0, n - 1 : -1], targets).sum()))
             results.append(lls)
-    return results
+    return _per_item(requests, results, len(contexts))
 
 
 def choice_metrics(loglik: Sequence[float], choices: Sequence[str], label: int) -> dict:

@@ -54,8 +54,11 @@ class SuiteFormat:
     """The shot count lm-eval's leaderboard setting uses (informational; the spec decides)."""
 
 
+LM_EVAL_VERSION = "0.4.13"
+"""The lm-evaluation-harness release whose task YAMLs, filters and metrics these formats
+match (checked against its gsm8k.yaml, RegexFilter and exact_match)."""
 # Stop sequences of lm-eval's gsm8k.yaml (`until`); eos is added by the decoder.
-GSM8K_STOPS = ("Question:", "\n\n")
+GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")
 
 BUILTIN_SUITES: dict[str, SuiteFormat] = {
     f.template: f
@@ -108,7 +111,10 @@ BUILTIN_SUITES: dict[str, SuiteFormat] = {
         ),
         SuiteFormat(
             template="gsm8k",
-            lm_eval_task="gsm8k (lm_eval/tasks/gsm8k/gsm8k.yaml, strict-match + flexible-extract)",
+            lm_eval_task=(
+                f"gsm8k (lm-eval {LM_EVAL_VERSION} lm_eval/tasks/gsm8k/gsm8k.yaml, strict-match "
+                "+ flexible-extract)"
+            ),
             kind="generation",
             prompt_format="Question: {question}\nAnswer:  -> reasoning ending in '#### N'",
             stop_sequences=GSM8K_STOPS,
@@ -152,33 +158,65 @@ def suite_format(spec: EvalSuiteSpec) -> SuiteFormat:
 
 # --- answer extraction (generation suites) -------------------------------------------
 
-# lm-eval gsm8k strict-match: the number after "#### ".
+# lm-eval gsm8k strict-match: the first number after "#### ".
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-# lm-eval gsm8k flexible-extract: numbers (with $ , .); the last one is taken.
+# lm-eval gsm8k flexible-extract: the last run of number characters (with $ , .).
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# gsm8k.yaml's exact_match `regexes_to_ignore`, applied in order to prediction and gold.
+_GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+INVALID = "[invalid]"
+"""What lm-eval's regex filter gives an output with no match (it never equals a gold)."""
 
 
 def normalise_answer(text: str) -> str:
-    """lm-eval's exact_match normalisation for GSM8K: no commas or $, no trailing dot, lower case."""
+    """Generic generation suites: stripped, lower case, no commas, $ or trailing dots."""
     text = text.strip().replace(",", "").replace("$", "")
     return text.rstrip(".").strip().lower()
 
 
+def gsm8k_normalise(text: str) -> str:
+    """lm-eval's gsm8k exact_match normalisation: the `regexes_to_ignore` removed (one
+    trailing dot, not all; the gold's reasoning up to "#### "), then lower case."""
+    for pattern in _GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def _regex_filter(pattern: re.Pattern, text: str, group_select: int) -> str:
+    """lm-eval's RegexFilter: the selected match (the first non-empty group of a tuple),
+    stripped, or INVALID."""
+    found = pattern.findall(text)
+    if not found:
+        return INVALID
+    match = found[group_select]
+    if isinstance(match, tuple):
+        match = next((m for m in match if m), INVALID)
+    return match.strip()
+
+
 def last_number(text: str) -> str | None:
-    """The last number in `text` (lm-eval's flexible-extract), or None when there is none."""
+    """The last number in `text` (digits required), or None when there is none."""
     found = [m.group(0) for m in _FLEXIBLE.finditer(text)]
-    # Require a digit: "..." or "$," alone match the pattern but are not numbers.
     found = [f for f in found if any(c.isdigit() for c in f)]
     return found[-1] if found else None
 
 
+def gold_answer(response: str, method: str) -> str:
+    """The normalised gold answer of a generation item; "" when the response holds none."""
+    if method == "gsm8k":
+        return gsm8k_normalise(response) if "#### " in response else ""
+    return extract_answer(response, method)
+
+
 def extract_answer(text: str, method: str) -> str:
-    """The normalised final answer in a completion (or a gold response); "" when none is found."""
+    """The normalised final answer in a completion: gsm8k and gsm8k_flexible exactly as
+    lm-eval's two gsm8k filters and its exact_match (INVALID when nothing matches),
+    last_number / text for generic suites ("" when none is found)."""
     if method == "text":
         return normalise_answer(text)
-    if method == "gsm8k":
-        # Strict: no fallback to a stray number, or garbage like "sy3" would read as 3.
-        strict = _STRICT.search(text)
-        return normalise_answer(strict.group(1)) if strict else ""
+    if method == "gsm8k":  # strict-match: no fallback to a stray number ("sy3" is no 3)
+        return gsm8k_normalise(_regex_filter(_STRICT, text, 0))
+    if method == "gsm8k_flexible":  # flexible-extract: the last match, digit or not
+        return gsm8k_normalise(_regex_filter(_FLEXIBLE, text, -1))
     number = last_number(text)
     return normalise_answer(number) if number is not None else ""

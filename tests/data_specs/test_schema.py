@@ -406,3 +406,16 @@ def test_seeds_and_grids_leave_the_runs_they_already_have_the_same(demo):
     assert probing.training.for_run(0).identity() == plain.training.for_run(0).identity()
     grid = parse_spec(edited(demo, "arms.1.learning_rates", [1e-3]), FILE)
     assert grid.arms[1].identity() == plain.arms[1].identity()
+
+
+def test_arms_vllm_cannot_serve_with_its_defaults_are_named_with_the_flag(demo):
+    from multilora_pipeline.data_specs.serving import vllm_notes
+
+    assert vllm_notes(parse_spec(demo, FILE)) == []  # 4 x 4 and 16: vLLM's default 16
+    wide = edited(edited(demo, "arms.0.n_modules", 8), "arms.0.rank", 5)
+    (note,) = vllm_notes(parse_spec(wide, FILE))
+    assert note.startswith("arms[0] (multilora): its PEFT export has rank 40")
+    assert "--max-lora-rank 64" in note
+    huge = edited(demo, "arms.1.rank", 600)
+    (note,) = vllm_notes(parse_spec(huge, FILE))
+    assert "above the largest rank vLLM serves (512)" in note

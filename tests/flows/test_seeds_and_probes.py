@@ -130,7 +130,7 @@ def test_intervals_reach_the_summary_the_parent_run_and_the_gate(runs):
     assert "95% CI" in parent.data.tags["promotion.reasons"]
     text = format_summary(first)
     assert "multilora - lora" in text and " ± " in text
-    assert "learning rate" in text and "holds the adapter of seed" in text
+    assert "learning rate" in text and "holds the adapter of seed" in text and "contains 0" in text
 
 
 def test_a_rerun_reuses_probes_seed_runs_scores_and_versions(runs):

@@ -201,3 +201,23 @@ def test_non_finite_or_mismatched_factors_are_errors():
         analyse_deltas({"model.layers.2.v_proj": LowRankDelta(b, bad)})
     with pytest.raises(ValueError, match=r"\(6, 2\) and \(3, 4\)"):
         low_rank_singular_values(b, torch.ones(3, 4))
+
+
+def test_the_summary_says_whether_arms_differ_by_more_than_their_seeds(tmp_path):
+    import pandas as pd
+
+    def seeds(*spectra):
+        return pd.concat(
+            [_arm(s, seed=i).assign(seed=i) for i, s in enumerate(spectra)], ignore_index=True
+        )
+
+    flat = seeds([2, 2, 1.5, 1], [2, 1.9, 1.6, 1], [2.1, 2, 1.5, 0.9])
+    peaked = seeds([8, 1, 0.5, 0.1], [8, 1.1, 0.4, 0.1], [7.9, 1, 0.5, 0.2])
+    text = summarise_flatness({"multilora": flat, "lora": peaked})
+    assert "(3 seeds)" in text and " ± " in text
+    assert "**multilora** and **lora** differ by more than the seeds do" in text
+    noisy = seeds([2, 2, 1.5, 1], [8, 1, 0.5, 0.1])
+    mixed = seeds([8, 1, 0.5, 0.1], [2, 2, 1.5, 1])
+    text = summarise_flatness({"a": noisy, "b": mixed})
+    assert "differ by no more than the seeds do" in text
+    plot_spectra({"multilora": flat, "lora": peaked}, tmp_path / "spectra.png")  # seeds averaged

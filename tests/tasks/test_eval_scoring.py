@@ -82,6 +82,35 @@ def test_scorer_left_truncates_contexts_longer_than_the_model(bpe):
     assert batched[0] == pytest.approx(reference[0], abs=1e-4)
 
 
+def test_an_over_long_item_is_truncated_per_choice_as_lm_eval_does(bpe):
+    """lm-eval scores (context + choice)[-(window + 1):] for each pair on its own, so a
+    long choice costs the context more of its oldest tokens than a short one does."""
+    from multilora_pipeline.tasks.evaluation.lm import CausalLM, token_logprobs
+    from multilora_pipeline.tasks.evaluation.scoring import encode_requests
+
+    model = tiny_llama(len(bpe))
+    window = 32
+    model.config.max_position_embeddings = window
+    context = "The passage says the river is long. " * 20 + "Answer:"
+    options = ["yes", "the river is very long indeed"]
+    lm = CausalLM(model, plain(bpe))
+    requests = encode_requests(lm, [context], [options], " ")
+    assert [r.choices for r in requests] == [(0,), (1,)]  # no longer one shared context
+    batched = score_choices(model, plain(bpe), [context], [options])[0]
+    assert batched == pytest.approx(
+        score_choices_reference(model, plain(bpe), [context], [options])[0], abs=1e-4
+    )
+    for lls, request in zip(batched, requests, strict=True):
+        whole = request.context + request.continuations[0]
+        assert len(whole) == window + 1  # lm-eval's (context + continuation)[-(window + 1):]
+        ids = torch.tensor([whole[:-1]])
+        with torch.no_grad():
+            logits = model(ids).logits[0]
+        cont = request.continuations[0]
+        want = token_logprobs(logits[-len(cont) :], torch.tensor(cont)).sum()
+        assert lls == pytest.approx(float(want), abs=1e-4)
+
+
 def test_long_contexts_raise_no_indexing_warning(bpe, monkeypatch):
     # The scorer truncates itself; transformers' "will result in indexing errors" warning
     # (recorded in deprecation_warnings when it fires) would only alarm users.

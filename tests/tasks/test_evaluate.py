@@ -26,7 +26,12 @@ from multilora_pipeline.tasks.evaluation.evaluate import (
     heldout_loss,
 )
 from multilora_pipeline.tasks.evaluation.scoring import score_choices
-from multilora_pipeline.tasks.evaluation.suites import BUILTIN_SUITES, extract_answer, suite_format
+from multilora_pipeline.tasks.evaluation.suites import (
+    BUILTIN_SUITES,
+    extract_answer,
+    gold_answer,
+    suite_format,
+)
 from tests.tasks.scoring_models import BigramLM, plain, tiny_llama
 
 
@@ -141,18 +146,30 @@ def test_few_shot_contexts_are_deterministic_and_never_show_the_item():
         ("#### 7\n#### 9", "7", "9"),  # strict-match takes the first, flexible the last number
         ("#### 12. Then 5 more", "12", "5"),
         # The review's case: a random model's garbage with a stray digit is no answer.
-        (" custom whvevelop~ sy3 itup", "", "3"),
-        ("So she pays $18.", "", "18"),  # no ####: strict finds nothing; $ and dot dropped
-        ("It costs $1,234.50 in total", "", "1234.50"),
-        ("It is -12 degrees", "", "-12"),
-        ("####72", "", "72"),  # lm-eval's strict pattern needs the space after ####
-        ("I don't know...", "", ""),
-        ("The answer is 3.5 hours.", "", "3.5"),
+        (" custom whvevelop~ sy3 itup", "[invalid]", "3"),
+        ("So she pays $18.", "[invalid]", "18"),  # no ####: strict finds nothing
+        ("It costs $1,234.50 in total", "[invalid]", "1234.50"),
+        ("It is -12 degrees", "[invalid]", "-12"),
+        ("####72", "[invalid]", "72"),  # lm-eval's strict pattern needs the space after ####
+        ("The answer is 3.5 hours.", "[invalid]", "3.5"),
+        # lm-eval 0.4.13 exactly: one trailing dot is ignored, not all of them ...
+        ("#### 5..", "5.", "5."),
+        # ... and flexible-extract keeps the last match even when it holds no digit.
+        ("It costs 5 dollars. Hmm...", "[invalid]", ".."),
+        ("I don't know...", "[invalid]", ".."),
     ],
 )
 def test_gsm8k_strict_and_flexible_answer_extraction(text, strict, flexible):
     assert extract_answer(text, "gsm8k") == strict
-    assert extract_answer(text, "last_number") == flexible
+    assert extract_answer(text, "gsm8k_flexible") == flexible
+
+
+def test_gsm8k_gold_is_the_text_after_the_hashes_as_lm_eval_reads_it():
+    assert gold_answer("Think 2 + 3.\n#### 5", "gsm8k") == "5"
+    assert gold_answer("#### 1,200.", "gsm8k") == "1200"
+    assert gold_answer("no final line", "gsm8k") == ""
+    assert BUILTIN_SUITES["gsm8k"].stop_sequences == ("Question:", "</s>", "<|im_end|>")
+    assert "lm-eval 0.4.13" in BUILTIN_SUITES["gsm8k"].lm_eval_task
 
 
 def _gsm_suite(tmp_path, answers=("42", "41", "4,2")):
@@ -186,7 +203,9 @@ def test_generation_suite_counts_a_bare_number_only_as_flexible_extract(tmp_path
     assert result.metrics["category_math_score"] == result.metrics["eval_macro_acc"] == 0.0
     preds = result.predictions
     assert list(preds["gold"]) == ["42", "41", "42"]
-    assert set(preds["output"]) == {" 42"} and set(preds["predicted"]) == {""}
+    # lm-eval's gsm8k stops at "Question:" or an end token, not at a blank line.
+    assert set(preds["output"]) == {" 42" + "\n" * 9}
+    assert set(preds["predicted"]) == {"[invalid]"}
     assert list(preds["predicted_flexible"]) == ["42"] * 3
     assert list(preds["correct_flexible"]) == [True, False, True]
 
