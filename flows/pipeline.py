@@ -351,7 +351,16 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     for note in vllm_notes(spec):
         logger.warning("serving: %s", note)
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
-    # So does a base model that cannot be found; a GGUF file is converted here, once.
+    # The lock first: a second run of the spec stops here, before any stage or MLflow run.
+    with spec_lock(ws, spec):
+        summary = _locked_run(ws, spec, spec_path, base_dir)
+    return asdict(summary)
+
+
+def _locked_run(ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Path):
+    logger = get_run_logger()
+    # A base model that cannot be found fails before any work; a GGUF file is converted
+    # here, once.
     stages: dict[str, float] = {}
     with timed(stages, "base_model"):
         check_base_model(spec, Path(spec_path).resolve(), ws=ws)
@@ -370,9 +379,8 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
         params=spec.canonical(),
     )
     try:
-        with spec_lock(ws, spec):
-            run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
-            summary = _train_evaluate_register(run, fmt.describe())
+        run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
+        summary = _train_evaluate_register(run, fmt.describe())
         tracker.log_metrics(
             parent_id, {f"stage_seconds_{k}": v for k, v in summary.stage_seconds.items()}
         )
@@ -381,7 +389,7 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
         tracker.fail_unfinished_children(parent_id)
         raise
     tracker.finish(parent_id)
-    return asdict(summary)
+    return summary
 
 
 def _train_evaluate_register(run: RunContext, format_description: str) -> PipelineSummary:

@@ -7,7 +7,9 @@ before `prefect` is imported (Prefect reads PREFECT_HOME at import time).
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,24 @@ class Workspace:
         ):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+    @contextmanager
+    def exclusive(self, what: str):
+        """Hold the workspace's lock for `what` (blocking): one process at a time does it.
+
+        MLflow creates and migrates its SQLite schema on a store's first use; two first
+        runs at once race in that migration (`table _alembic_tmp_experiments already
+        exists`), so the tracker opens its store under `exclusive("mlflow")`. An flock:
+        a killed holder releases it at once.
+        """
+        path = self.root / f".{what}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def activate(self) -> Workspace:
         """Create the folders and point Prefect, MLflow and HF at them (env vars).

@@ -87,15 +87,17 @@ class Tracker:
         self.uri = workspace.tracking_uri
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        self.client = MlflowClient(self.uri, self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = (workspace.artifacts_dir / experiment).as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
-            )
-        else:
-            self.experiment_id = found.experiment_id
+        # The store is created (and migrated) on first use: one process at a time.
+        with workspace.exclusive("mlflow"):
+            self.client = MlflowClient(self.uri, self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                location = (workspace.artifacts_dir / experiment).as_uri()
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location
+                )
+            else:
+                self.experiment_id = found.experiment_id
 
     # runs -----------------------------------------------------------------
     def start_parent(self, run_name: str, tags: dict[str, str], params: dict) -> str:

@@ -318,3 +318,46 @@ def test_a_second_concurrent_run_of_a_spec_is_refused(tmp_path):
                 pass
     with spec_lock(ws, spec):  # released: the next run goes ahead
         pass
+
+
+def test_the_loser_of_the_spec_lock_stops_before_any_stage_or_run(prefect_harness, tmp_path):
+    from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.pipeline import pipeline_flow, spec_lock
+
+    spec_path = reduced_demo(tmp_path)
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    with spec_lock(ws, load_spec(spec_path)[0]):
+        with pytest.raises(TrainingError, match="another `mlora run`"):
+            pipeline_flow(str(spec_path), str(ws.root))
+    assert not ws.catalog_path.exists()  # no data stage ran
+    assert not ws.mlflow_db.exists()  # and no parent run was opened
+
+
+def _open_tracker(root: str, experiment: str, start) -> None:
+    from multilora_pipeline.tasks.registry.tracking import Tracker
+
+    start.wait()
+    Tracker(Workspace.resolve(root), experiment)
+
+
+def test_first_runs_at_once_on_a_fresh_workspace_create_one_mlflow_store(tmp_path):
+    """MLflow migrates a new SQLite store on first use; two first runs at once raced in that
+    migration (`table _alembic_tmp_experiments already exists`). They take turns now."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    root = str(Workspace.resolve(tmp_path / "ws").ensure().root)
+    start = ctx.Event()
+    procs = [
+        ctx.Process(target=_open_tracker, args=(root, name, start))
+        for name in ("one", "two", "one")
+    ]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    client = MlflowClient(Workspace.resolve(root).tracking_uri)
+    names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+    assert names == ["one", "two"]  # the same experiment twice is created once
