@@ -68,7 +68,7 @@ from multilora_pipeline.tasks.evaluation.confidence import item_scores
 from multilora_pipeline.tasks.evaluation.evaluate import compare_arms
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.promote import run_gate
-from multilora_pipeline.tasks.registry.tracking import Tracker, code_version
+from multilora_pipeline.tasks.registry.tracking import Tracker, check_tracking_store, code_version
 from multilora_pipeline.tasks.registry.versions import (
     CHALLENGER,
     CHAMPION,
@@ -372,6 +372,8 @@ def _locked_run(ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Pat
     logger.info("prompt format (training, scoring and serving alike): %s", fmt.describe())
     lineage = run_lineage(spec, data.mixture_id, base, fmt.as_tags())
 
+    known_runs = Catalog(ws.catalog_path).counts()["runs"] if ws.catalog_path.exists() else 0
+    check_tracking_store(ws, known_runs)  # a lost store is said, not silently recreated
     tracker = Tracker(ws, spec.name)  # the run's one MLflow facade, handed to every stage
     parent_id = tracker.start_parent(
         run_name=f"{spec.name}-{data.mixture_id[:8]}",

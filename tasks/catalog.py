@@ -161,6 +161,14 @@ class Catalog:
                 delay = min(delay * 2, 2.0)  # backoff, then poll every 2 s
         try:
             yield con
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as err:
+            # A damaged file (truncated, overwritten) opens, then fails on the first read.
+            raise PipelineError(
+                f"the catalog is damaged: {err}",
+                where=str(self.path),
+                fix="move it aside: the next run starts a new catalog (stage outputs are "
+                "recomputed once, runs stay in MLflow)",
+            ) from err
         finally:
             con.close()
 

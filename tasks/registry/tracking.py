@@ -27,6 +27,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 from transformers import TrainerCallback
 
+from multilora_pipeline.data_specs.errors import RegistryError
 from multilora_pipeline.tasks.workspace import Workspace
 
 RUN_KEY_TAG = "mlora.run_key"
@@ -79,6 +80,37 @@ def code_version() -> str:
             return "unknown"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_tracking_store(workspace: Workspace, known_runs: int = 0) -> None:
+    """Refuse a damaged workspace store, and a missing one when the catalog knows runs.
+
+    MLflow recreates a missing or zero-byte SQLite file without a word, and the registry
+    history (versions, aliases) would be gone while the catalog still points at its runs.
+    """
+    db = workspace.mlflow_db
+    size = db.stat().st_size if db.exists() else 0
+    if size:
+        with db.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise RegistryError(
+                    "the MLflow store is not an SQLite database (damaged or overwritten)",
+                    where=str(db),
+                    fix="move it aside and restore it from a backup; without one, start a new "
+                    "workspace (--workspace)",
+                )
+        return
+    if known_runs:
+        state = "empty" if db.exists() else "missing"
+        raise RegistryError(
+            f"the MLflow store is {state}, but the workspace catalog records {known_runs} "
+            "MLflow run(s) and their versions: a new store would lose them silently",
+            where=str(db),
+            fix="restore mlflow.db from a backup, or start a new workspace (--workspace)",
+        )
+
+
 class Tracker:
     """MLflow experiment for one spec, in the workspace's SQLite store and artifact folder."""
 
@@ -87,8 +119,9 @@ class Tracker:
         self.uri = workspace.tracking_uri
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+        check_tracking_store(workspace)
         # The store is created (and migrated) on first use: one process at a time.
-        with workspace.exclusive("mlflow"):
+        with workspace.exclusive("mlflow"), _store_errors(workspace):
             self.client = MlflowClient(self.uri, self.uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
@@ -352,6 +385,24 @@ class Tracker:
 
     def log_model_artifacts(self, model_id: str, folder: str | Path, path: str) -> None:
         self.client.log_model_artifacts(model_id, str(folder), path)
+
+
+@contextmanager
+def _store_errors(workspace: Workspace):
+    """A store SQLite cannot read (truncated, malformed) is one error with what to do."""
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        yield
+    except (MlflowException, DatabaseError) as err:
+        if "malformed" not in str(err) and "not a database" not in str(err):
+            raise
+        raise RegistryError(
+            f"the MLflow store is damaged: {str(err).splitlines()[0][:200]}",
+            where=str(workspace.mlflow_db),
+            fix="move it aside and restore it from a backup; without one, start a new "
+            "workspace (--workspace)",
+        ) from None
 
 
 class _MlflowStepLogger(TrainerCallback):

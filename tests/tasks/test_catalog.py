@@ -200,6 +200,16 @@ def test_a_damaged_catalog_fails_at_once_and_says_what_to_do(tmp_path, caplog):
     assert "retrying" not in caplog.text  # failed at once, no waiting out the timeout
 
 
+def test_a_half_truncated_catalog_gets_the_same_advice(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    catalog = Catalog(path)
+    catalog.record_run(spec_hash="s", mixture_id="m", arm="a", mlflow_run_id="r")
+    with path.open("r+b") as handle:  # the header survives: it opens, then fails to read
+        handle.truncate(path.stat().st_size * 3 // 10)
+    with pytest.raises(PipelineError, match="the catalog is damaged.*move it aside"):
+        Catalog(path).record_run(spec_hash="s", mixture_id="m", arm="b", mlflow_run_id="q")
+
+
 def test_a_catalog_locked_too_long_fails_clearly(tmp_path):
     holder = _hold(tmp_path, 5)
     try:

@@ -1,0 +1,36 @@
+"""A damaged or lost MLflow store is one clear error, never silently recreated."""
+
+from __future__ import annotations
+
+import pytest
+
+from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.tasks.registry.tracking import Tracker, check_tracking_store
+from multilora_pipeline.tasks.workspace import Workspace
+
+pytestmark = pytest.mark.slow  # creates real SQLite stores (MLflow migrations, ~3 s each)
+
+
+def test_a_lost_store_is_refused_while_the_catalog_knows_runs(workspace: Workspace):
+    check_tracking_store(workspace, known_runs=0)  # a new workspace: nothing to lose
+    with pytest.raises(RegistryError, match="store is missing, but the workspace catalog records 2"):
+        check_tracking_store(workspace, known_runs=2)
+    workspace.mlflow_db.write_bytes(b"")
+    with pytest.raises(RegistryError, match="store is empty, but .* records 1 .*restore mlflow.db"):
+        check_tracking_store(workspace, known_runs=1)
+
+
+def test_an_overwritten_store_is_refused_before_mlflow_opens_it(workspace: Workspace):
+    workspace.mlflow_db.write_text("<html>not a database</html>")
+    with pytest.raises(RegistryError, match="not an SQLite database.*move it aside"):
+        Tracker(workspace, "demo")
+
+
+def test_a_truncated_store_is_one_error_with_what_to_do(workspace: Workspace):
+    tracker = Tracker(workspace, "demo")
+    tracker.start_parent("run", tags={}, params={"a": 1})
+    db = workspace.mlflow_db
+    with db.open("r+b") as handle:
+        handle.truncate(db.stat().st_size // 2)
+    with pytest.raises(RegistryError, match="MLflow store is damaged.*move it aside"):
+        Tracker(workspace, "other")
