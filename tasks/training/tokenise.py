@@ -34,9 +34,12 @@ class TokenisedExample:
 class TokeniseStats:
     examples: int
     dropped_no_target: int
+    """Examples whose every target token fell past max_length (their prompt fills it)."""
     truncated: int
     tokens: int
     target_tokens: int
+    shortest_prompt: int = 0
+    """Tokens of the shortest prompt (with the format's prefix): max_length must exceed it."""
 
 
 def tokenise_records(
@@ -61,6 +64,7 @@ def tokenise_records(
     eos = fmt.end_ids()
 
     examples, dropped, truncated, tokens, targets = [], 0, 0, 0, 0
+    shortest = min((len(head) for head in prompt_ids), default=0)
     for head, r_ids in zip(prompt_ids, response_ids, strict=True):
         tail = r_ids + eos
         ids = head + tail
@@ -76,7 +80,7 @@ def tokenise_records(
         examples.append(TokenisedExample(ids, labels))
         tokens += len(ids)
         targets += n_targets
-    stats = TokeniseStats(len(examples), dropped, truncated, tokens, targets)
+    stats = TokeniseStats(len(examples), dropped, truncated, tokens, targets, shortest)
     return examples, stats
 
 

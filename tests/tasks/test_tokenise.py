@@ -155,3 +155,24 @@ def test_chat_template_wraps_the_prompt_when_the_tokenizer_has_one(char_tokenize
     assert len(chat.input_ids) == len(bare.input_ids) + 4  # "#", "\n", "a", ":"
     assert chat.labels[-4:] == chat.input_ids[-4:]  # response + eos still the only targets
     char_tokenizer.chat_template = None
+
+
+def test_a_max_length_no_prompt_fits_in_is_refused_with_the_count_and_the_fix(
+    char_tokenizer, tmp_path, caplog
+):
+    import pyarrow.parquet as pq
+
+    from multilora_pipeline.data_specs.errors import TrainingError
+    from multilora_pipeline.data_specs.schema import TrainingSpec
+    from multilora_pipeline.tasks.training.dataset import build_dataset
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(_table([("abcdefghij:", " k"), ("abcdefghijklmno:", " kl")]), path)
+    with pytest.raises(TrainingError) as err:
+        build_dataset(path, plain(char_tokenizer), TrainingSpec(max_length=8))
+    text = str(err.value)
+    assert "2 of 2 examples lost their whole response" in text
+    assert "the shortest prompt has 12" in text and "raise training.max_length above 12" in text
+    pq.write_table(_table([("abcdefghij:", " k"), ("ab:", " cd")]), path)
+    rows, stats = build_dataset(path, plain(char_tokenizer), TrainingSpec(max_length=8))
+    assert stats["examples"] == 1 and "1 of 2 examples lost their whole response" in caplog.text

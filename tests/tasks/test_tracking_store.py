@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow  # creates real SQLite stores (MLflow migrations, 
 
 def test_a_lost_store_is_refused_while_the_catalog_knows_runs(workspace: Workspace):
     check_tracking_store(workspace, known_runs=0)  # a new workspace: nothing to lose
-    with pytest.raises(RegistryError, match="store is missing, but the workspace catalog records 2"):
+    with pytest.raises(
+        RegistryError, match="store is missing, but the workspace catalog records 2"
+    ):
         check_tracking_store(workspace, known_runs=2)
     workspace.mlflow_db.write_bytes(b"")
     with pytest.raises(RegistryError, match="store is empty, but .* records 1 .*restore mlflow.db"):
