@@ -209,6 +209,13 @@ def run_data_stages(spec: PipelineSpec, base_dir: str | Path, workspace: Workspa
     the catalog rows in one transaction once all succeeded."""
     log = stage_logger()
     start = time.perf_counter()
+    removed = workspace.remove_abandoned()  # what a killed run left half-written
+    if removed:
+        log.info(
+            "removed %d temporary file(s) or folder(s) that killed runs left behind: %s",
+            len(removed),
+            ", ".join(str(p.relative_to(workspace.root)) for p in removed[:5]),
+        )
     ws_root, base = str(workspace.root), str(base_dir)
     known = known_outputs(workspace)  # read once: every stage looks its output up in it
     sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,8 +63,45 @@ def file_sha256(path: str | os.PathLike, *, progress: bool = False) -> str:
 
 
 def temporary_name(final: Path) -> Path:
-    """Where `final` is written before it is renamed into place (same folder, hidden)."""
-    return final.with_name(f".{final.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}")
+    """Where `final` is written before it is renamed into place (same folder, hidden). The
+    writer's pid is in the name, so what a killed writer left is known as abandoned."""
+    return final.with_name(f".{final.name}{TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_TEMPORARY = re.compile(r"^\..+" + re.escape(TEMPORARY_MARK) + r"(?:(\d+)-)?[0-9a-f]{8}$")
+_OLD_TEMPORARY_S = 24 * 3600  # a name without a pid (older code): abandoned after a day
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_abandoned_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders under `folder` whose writer is gone (a
+    killed run's half-written mixture, conversion or download); live writers' are kept.
+    Returns what was removed."""
+    removed = []
+    for path in sorted(Path(folder).rglob(f".*{TEMPORARY_MARK}*")):
+        match = _TEMPORARY.match(path.name)
+        if match is None or not path.exists():
+            continue
+        pid = match.group(1)
+        if pid is not None and _alive(int(pid)):
+            continue
+        if pid is None and time.time() - path.lstat().st_mtime < _OLD_TEMPORARY_S:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 @contextmanager

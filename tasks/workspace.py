@@ -82,6 +82,18 @@ class Workspace:
             path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def remove_abandoned(self) -> list[Path]:
+        """Delete what killed runs left half-written (temporary mixtures, conversions,
+        downloads) in the data and model folders; a live run's are kept (its pid is in the
+        name). Returns what was removed."""
+        from multilora_pipeline.models.content import remove_abandoned_temporaries
+
+        removed = []
+        for folder in (self.data_dir, self.models_dir):
+            if folder.is_dir():
+                removed += remove_abandoned_temporaries(folder)
+        return removed
+
     @contextmanager
     def exclusive(self, what: str):
         """Hold the workspace's lock for `what` (blocking): one process at a time does it.

@@ -71,3 +71,40 @@ def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_what_a_killed_writer_left_is_removed_and_a_live_writers_is_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from multilora_pipeline.models.content import remove_abandoned_temporaries, temporary_name
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    mixture = ws.data_dir / "mixture" / f".abc.tmp-{dead_pid}-0123abcd"
+    (mixture / "shards").mkdir(parents=True)
+    (mixture / "shards" / "part-0.parquet").write_bytes(b"x" * 100)
+    live = temporary_name(ws.models_dir / "gguf-1234")  # this process: alive
+    live.mkdir()
+    old = ws.data_dir / "fetch" / ".download.tmp-89abcdef"  # older code: no pid in the name
+    old.parent.mkdir(parents=True)
+    old.write_text("partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    fresh_old = ws.data_dir / "fetch" / ".other.tmp-fedcba98"
+    fresh_old.write_text("partial")
+    kept = ws.data_dir / "mixture" / "abc"  # a finished output is never touched
+    kept.mkdir()
+
+    assert sorted(ws.remove_abandoned()) == sorted([mixture, old])
+    assert live.exists() and fresh_old.exists() and kept.exists()
+    assert not mixture.exists() and not old.exists()
+    assert remove_abandoned_temporaries(ws.data_dir) == []
