@@ -49,6 +49,7 @@ from multilora_pipeline.flows.comparison import (
 )
 from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
+from multilora_pipeline.flows.stale_runs import close_stale_runs
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
 from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
@@ -353,6 +354,7 @@ def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
     resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
     # The lock first: a second run of the spec stops here, before any stage or MLflow run.
     with spec_lock(ws, spec):
+        close_stale_runs(ws, spec)  # this spec's runs a killed process left "Running"
         summary = _locked_run(ws, spec, spec_path, base_dir)
     return asdict(summary)
 

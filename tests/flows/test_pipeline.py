@@ -361,3 +361,30 @@ def test_first_runs_at_once_on_a_fresh_workspace_create_one_mlflow_store(tmp_pat
     client = MlflowClient(Workspace.resolve(root).tracking_uri)
     names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
     assert names == ["one", "two"]  # the same experiment twice is created once
+
+
+def test_flow_runs_a_killed_process_left_running_are_marked_crashed(prefect_harness, tmp_path):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.pipeline import pipeline_flow
+    from multilora_pipeline.flows.stale_runs import close_stale_runs, run_tag
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    spec = load_spec(DEMO)[0]
+    tag = run_tag(ws, spec)
+    with get_client(sync_client=True) as client:
+        killed = client.create_flow_run(pipeline_flow, tags=[tag], state=Running())
+        other_spec = client.create_flow_run(pipeline_flow, tags=["mlora-spec:x@1"], state=Running())
+
+    @flow
+    def next_run():
+        return close_stale_runs(ws, spec)
+
+    assert next_run() == [str(killed.id)]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(killed.id).state.type.value == "CRASHED"
+        assert "killed" in client.read_flow_run(killed.id).state.message
+        assert client.read_flow_run(other_spec.id).state.type.value == "RUNNING"
