@@ -526,11 +526,17 @@ def _promote(
     challenger_items = items[best.version]
     base_items = item_scores(base_scores.predictions)
     champion = version_by_alias(tracker, name, CHAMPION)
-    champion_items = None
+    champion_items, notes = None, []
     if champion is not None:
         champion_items = items.get(str(champion.version)) or version_items(
             run, champion, base_scores.eval_id
         )
+        if champion_items is None:
+            notes.append(
+                f"champion v{champion.version} was scored under another evaluation (or its "
+                "predictions are gone), so it cannot be paired item by item: compared on "
+                "point scores"
+            )
     decision = run_gate(
         tracker,
         name,
@@ -544,6 +550,7 @@ def _promote(
         versus_champion=(
             interval(spec, challenger_items, champion_items, primary) if champion_items else None
         ),
+        notes=tuple(notes),
     )
     tracker.set_tags(run.parent_id, decision.as_tags())
     create_markdown_artifact(decision.markdown(), key="promotion-decision")

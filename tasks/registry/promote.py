@@ -257,9 +257,11 @@ def run_gate(
     must_beat_base: bool = False,
     versus_base: Interval | None = None,
     versus_champion: Interval | None = None,
+    notes: tuple[str, ...] = (),
 ) -> GateDecision:
     """Compare a registered challenger with the current champion (and the base model, given
-    `base_metrics`); move the alias if it wins.
+    `base_metrics`); move the alias if it wins. `notes` join the decision's reasons (the
+    pipeline says there why a comparison has no interval).
 
     Metrics are read from each version's runs (the mean over its arm's seeds); the base
     model has no version, so the caller passes its metrics (the pipeline's base
@@ -282,6 +284,7 @@ def run_gate(
         versus_base=versus_base,
         versus_champion=versus_champion,
     )
+    decision.reasons += list(notes)
     if decision.challenger != decision.champion:
         # A rerun that finds its challenger already champion keeps the tags of the
         # decision that made it champion; the rerun's parent run still records it.
