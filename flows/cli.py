@@ -126,7 +126,11 @@ QUIET_PIPELINE_ERRORS = QuietPipelineErrors()  # one instance: addFilter skips a
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    ws = Workspace.resolve(getattr(args, "workspace", None)).activate()
+    try:
+        ws = Workspace.resolve(getattr(args, "workspace", None)).activate()
+    except PipelineError as err:  # before Prefect starts: it needs the workspace writable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
     )

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from multilora_pipeline.data_specs.errors import PipelineError
+
 ENV_VAR = "MLORA_WORKSPACE"
 DEFAULT_ROOT = "workspace"
 
@@ -71,15 +73,28 @@ class Workspace:
         return self.data_dir / stage / output_id
 
     def ensure(self) -> Workspace:
-        for path in (
-            self.root,
-            self.data_dir,
-            self.models_dir,
-            self.runs_dir,
-            self.artifacts_dir,
-            self.prefect_home,
-        ):
-            path.mkdir(parents=True, exist_ok=True)
+        """Create the folders and check the workspace takes writes (a read-only folder or a
+        full disk is one error now, not tracebacks from Prefect's and MLflow's start-up)."""
+        try:
+            for path in (
+                self.root,
+                self.data_dir,
+                self.models_dir,
+                self.runs_dir,
+                self.artifacts_dir,
+                self.prefect_home,
+            ):
+                path.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+        except OSError as err:
+            raise PipelineError(
+                f"the workspace is not writable: {err.strerror or err}",
+                where=str(self.root),
+                fix="point --workspace (or MLORA_WORKSPACE) at a writable folder with free "
+                "space, or fix the folder's permissions",
+            ) from None
         return self
 
     def remove_abandoned(self) -> list[Path]:

@@ -233,3 +233,29 @@ def test_ui_on_an_impossible_port_is_a_usage_error(mlora, tmp_path, capsys, port
         mlora("--workspace", tmp_path / "ws", "ui", "--port", port)
     assert exit_.value.code == 2
     assert "argument --port: invalid" in capsys.readouterr().err
+
+
+def test_a_workspace_that_takes_no_writes_is_one_error_before_prefect_starts(
+    mlora, tmp_path, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = REPO / "data_specs" / "demo_tiny.yaml"
+    start = time.monotonic()
+    assert mlora("--workspace", blocker / "ws", "run", spec) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "the workspace is not writable" in err
+    assert "--workspace" in err and time.monotonic() - start < 10  # no Prefect start-up
+    assert mlora("--workspace", blocker / "ws", "promote", NAME, "1") == 2
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
+def test_a_read_only_workspace_is_refused(mlora, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    Workspace.resolve(ws).ensure()
+    ws.chmod(0o555)
+    try:
+        assert mlora("--workspace", ws, "promote", NAME, "1") == 2
+    finally:
+        ws.chmod(0o755)
+    assert "the workspace is not writable: Permission denied" in capsys.readouterr().err
