@@ -42,6 +42,21 @@ from multilora_pipeline.models.multilora.config import MultiLoRAConfig, MultiLoR
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
 SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
+# Query parameters that carry a credential in a URL: the keys above, plus the names signed
+# and authenticated URLs use (AWS SigV4, GCS, Azure SAS, generic auth/sig/key).
+URL_SECRET_PARAM_RE = re.compile(
+    r"^((.*[_-])?(token|password|secret|api_?key|key|credentials?|auth|authorization|sig|"
+    r"signature)|x-amz-(security-token|credential|signature)|x-goog-(credential|signature))$",
+    re.I,
+)
+# Values shaped like a credential wherever they appear (a token pasted into a description,
+# a name_or_path or a revision): Hugging Face, AWS access keys, GitHub, OpenAI-style keys,
+# bearer headers, JWTs.
+TOKEN_VALUE_RE = re.compile(
+    r"\bhf_[A-Za-z0-9]{30,}|\b(AKIA|ASIA)[A-Z0-9]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}|"
+    r"\bsk-[A-Za-z0-9_-]{20,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|"
+    r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
+)
 
 
 def _known_template(name: str) -> str:
@@ -115,7 +130,7 @@ def _check_url(url: str) -> None:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"url must start with http:// or https:// (got {url!r})")
     parts = urlsplit(url)
-    secret_params = [k for k, _ in parse_qsl(parts.query) if SECRET_KEY_RE.search(k)]
+    secret_params = [k for k, _ in parse_qsl(parts.query) if URL_SECRET_PARAM_RE.search(k)]
     if parts.username or parts.password or secret_params:
         raise ValueError(
             "url holds a credential (user:password@ or a token/key query parameter); specs "
@@ -744,6 +759,12 @@ def _reject_secrets(data, file: Path) -> None:
                 todo.append((value, sub, depth + 1))
         elif isinstance(node, list):
             todo.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
+        elif isinstance(node, str) and TOKEN_VALUE_RE.search(node):
+            raise SpecError(  # the value itself is never repeated: it would land in logs
+                "a value looks like a credential (an access token or key)",
+                where=f"{file}: {path or '<top level>'}",
+                fix="specs must not hold secrets; set HF_TOKEN (or the like) in the environment",
+            )
 
 
 def _field_names() -> set[str]:

@@ -193,6 +193,40 @@ def test_specs_cannot_hold_secrets(demo, path, value):
     assert value.split("@")[0].split("=")[-1] not in message.replace("https://user", "")
 
 
+HF_TOKEN_LIKE = "hf_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3z"
+
+
+@pytest.mark.parametrize(
+    "param", ["auth", "sig", "key", "X-Amz-Security-Token", "X-Amz-Credential", "access_token"]
+)
+def test_signed_and_authenticated_urls_are_refused(demo, param):
+    data = edited(demo, "sources.0.url", f"https://example.com/data.json?{param}=s3cr3tv4lue&x=1")
+    data["sources"][0].pop("path")
+    message = error_of(data)
+    assert "url holds a credential" in message and "s3cr3tv4lue" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("description", f"my run, token {HF_TOKEN_LIKE}"),
+        ("base_model.tiny", None),  # replaced below: name_or_path instead of tiny
+        ("sources.1.path", "AKIAABCDEFGHIJKLMNOP.json"),
+        ("description", "Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345"),
+    ],
+)
+def test_token_shaped_values_are_refused_anywhere_without_being_repeated(demo, path, value):
+    if value is None:  # a token pasted as the base model's name
+        data = copy.deepcopy(demo)
+        data["base_model"] = {"name_or_path": HF_TOKEN_LIKE}
+        path, value = "base_model.name_or_path", HF_TOKEN_LIKE
+    else:
+        data = edited(demo, path, value)
+    message = error_of(data)
+    assert "looks like a credential" in message and path.split(".")[-1] in message
+    assert HF_TOKEN_LIKE not in message and "AKIA" not in message and "abcdefghijkl" not in message
+
+
 def test_demo_and_paper_mixture_load_without_network():
     demo, _ = load_spec(DEMO)
     real, _ = load_spec(DEMO.with_name("demo.yaml"))
