@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import logging
 import math
 import re
 import textwrap
@@ -39,6 +40,7 @@ from multilora_pipeline.data_specs.errors import SpecError
 from multilora_pipeline.data_specs.formats import TEMPLATE_NAMES
 from multilora_pipeline.models.multilora.config import MultiLoRAConfig, MultiLoRAConfigError
 
+_log = logging.getLogger("mlora.spec")
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]*$"
 # Keys that would put a secret into a spec (and from there into logs and MLflow).
 SECRET_KEY_RE = re.compile(r"^(.*_)?(token|password|secret|api_?key|credentials?)$", re.I)
@@ -858,6 +860,18 @@ def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> No
         for field, loc in locations
         if loc.path is not None and not (base_dir / loc.path).is_file()
     ]
+    # Policy: a relative path may climb out of the spec's folder (shared data roots are
+    # common), but it is said, with the resolved file, so a mistyped ../../ is seen before it
+    # is trained on; an absolute path is taken as meant. The catalog records every
+    # snapshot's resolved origin either way.
+    for field, loc in locations:
+        if loc.path is None or Path(loc.path).is_absolute():
+            continue
+        resolved = (base_dir / loc.path).resolve()
+        if not resolved.is_relative_to(base_dir.resolve()):
+            _log.warning(
+                "%s.path reads %s, outside the spec's folder %s", field, resolved, base_dir
+            )
     if missing:
         raise SpecError(
             "missing data files:\n" + "\n".join(missing),

@@ -453,3 +453,27 @@ def test_arms_vllm_cannot_serve_with_its_defaults_are_named_with_the_flag(demo):
     huge = edited(demo, "arms.1.rank", 600)
     (note,) = vllm_notes(parse_spec(huge, FILE))
     assert "above the largest rank vLLM serves (512)" in note
+
+
+def test_a_path_outside_the_spec_folder_is_allowed_and_said_with_the_resolved_file(
+    demo, tmp_path, caplog
+):
+    import logging
+
+    from multilora_pipeline.data_specs.schema import check_local_files
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    outside = tmp_path / "shared.jsonl"
+    outside.write_text("{}\n")
+    data = edited(demo, "sources.1.path", "../shared.jsonl")
+    for i, source in enumerate(data["sources"]):
+        if i != 1:
+            source["path"] = str(DEMO.parent / source["path"])
+    for suite in data["eval_suites"]:
+        suite["path"] = str(DEMO.parent / suite["path"])
+    spec = parse_spec(data, folder / "spec.yaml")
+    with caplog.at_level(logging.WARNING, logger="mlora.spec"):
+        check_local_files(spec, folder / "spec.yaml", folder)
+    assert f"sources[1].path reads {outside}, outside the spec's folder" in caplog.text
+    assert "sources[0]" not in caplog.text  # absolute paths are taken as meant

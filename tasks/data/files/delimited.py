@@ -94,7 +94,8 @@ def _header_names(path: Path, delimiter: str) -> list[str]:
         names = next(csv.reader(fh, delimiter=delimiter, quoting=quoting), [])
     if not names or any(not n.strip() for n in names) or len(set(names)) != len(names):
         raise DataError(
-            f"bad header line {names!r}: names must be non-empty and unique",
+            # A short excerpt only: the file may be anything (a path outside the data).
+            f"bad header line {str(names)[:80]!r}: names must be non-empty and unique",
             where=f"{path}, row 1",
             fix="add a header, or use a template that declares headerless columns",
         )
