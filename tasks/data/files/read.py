@@ -152,8 +152,9 @@ def _reject_non_data(head: bytes, path: Path) -> None:
             where=str(path),
             fix="run `git lfs pull` (or download the real file) and try again",
         )
-    lower = stripped[:64].lower()
-    if lower.startswith((b"<!doctype html", b"<html")):
+    # An HTML page may open with comments (<!-- ... -->) and blank lines before its tag.
+    lower = re.sub(rb"^(\s*<!--.*?-->)+\s*", b"", stripped.lower(), flags=re.S)[:64]
+    if lower.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         raise DataError(
             "this is an HTML page, not data (a login or error page saved in its place?)",
             where=str(path),
