@@ -323,3 +323,51 @@ def test_a_failing_compile_is_a_training_error(setup, tmp_path, monkeypatch):
             output_dir=tmp_path / "broken",
         )
     torch._dynamo.reset()
+
+
+def test_trainers_held_out_loss_is_the_token_weighted_one_evaluation_reports(setup, tmp_path):
+    """Validation rows with one-token answers and long answers: a mean of block means would
+    weight them unlike the evaluation stage's val_loss; the two must be one number."""
+    import pyarrow.parquet as pq
+
+    from multilora_pipeline.models.multilora import load_adapter
+    from multilora_pipeline.tasks.evaluation.evaluate import heldout_loss
+    from multilora_pipeline.tasks.training.loading import load_base
+
+    root, base = setup
+    rows = [
+        make_record(
+            source="s",
+            task="t",
+            category="math",
+            prompt=f"What is {i} plus 1?",
+            response=f" {i + 1}",
+        )
+        for i in range(6)
+    ] + [
+        make_record(
+            source="s",
+            task="t",
+            category="instruction",
+            prompt="Repeat the words.",
+            response=" " + " ".join(WORDS * 2),
+        )
+        for _ in range(3)
+    ]
+    pq.write_table(records_to_table(rows), tmp_path / "val.parquet")
+    training = TRAINING.model_copy(update={"max_steps": 4, "eval_steps": 4, "pack": False})
+    result = train_arm(
+        arm=ARMS["lora"],
+        training=training,
+        model_path=base,
+        train_path=root / "mix",
+        validation_path=tmp_path / "val.parquet",
+        output_dir=tmp_path / "lora",
+    )
+    model, tokenizer = load_base(base, revision=None, dtype=torch.float32, trust_remote_code=False)
+    load_adapter(model, result.adapter_dir)
+    fmt = PromptFormat.resolve(tokenizer, "plain")
+    ((nll, tokens),) = heldout_loss(
+        model, fmt, pq.read_table(tmp_path / "val.parquet"), batch_size=4, max_length=48
+    ).values()
+    assert result.eval_loss == pytest.approx(nll / tokens, rel=1e-4)
