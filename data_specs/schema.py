@@ -56,7 +56,7 @@ URL_SECRET_PARAM_RE = re.compile(
 # bearer headers, JWTs.
 TOKEN_VALUE_RE = re.compile(
     r"\bhf_[A-Za-z0-9]{30,}|\b(AKIA|ASIA)[A-Z0-9]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}|"
-    r"\bsk-[A-Za-z0-9_-]{20,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|"
+    r"\bsk-(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{20,}(?![/.])|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|"
     r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
 )
 
@@ -441,12 +441,17 @@ class ArmSpec(AdapterSettings):
         scales = self.scale_learning_rates or [self.scale_learning_rate]
         return [(rate, scale) for rate in rates for scale in scales]
 
-    def with_learning_rates(self, rate: float, scale: float | None) -> ArmSpec:
-        """This arm with its learning rates fixed (a probe's, or the probes' winner)."""
+    def with_learning_rates(
+        self, rate: float, scale: float | None, training: TrainingSpec
+    ) -> ArmSpec:
+        """This arm with its learning rates fixed (a probe's, or the probes' winner). A rate
+        the arm would use anyway is stored as unset (training's rate; for the scales, the
+        arm's rate), so a probe at the rate an earlier run used has that run's identity."""
+        own = None if self.learning_rate is None and rate == training.learning_rate else rate
         return self.model_copy(
             update={
-                "learning_rate": rate,
-                "scale_learning_rate": scale,
+                "learning_rate": own,
+                "scale_learning_rate": None if scale == rate else scale,
                 "learning_rates": None,
                 "scale_learning_rates": None,
             }
@@ -658,6 +663,11 @@ class PipelineSpec(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        if any(a.name == "base" for a in self.arms):
+            raise ValueError(
+                "arms: 'base' names the base model in every comparison, metric and table "
+                "(base_*, <arm>_vs_base_*): give the arm another name"
+            )
         shared = sorted({s.name for s in self.sources} & {s.name for s in self.eval_suites})
         if shared:
             raise ValueError(

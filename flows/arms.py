@@ -63,7 +63,7 @@ class ArmRun:
         arm has runs at several of them."""
         parts = [self.arm.name]
         if self.arm_has_grid(spec):
-            parts.append(f"lr{self.arm.learning_rate:g}")
+            parts.append(f"lr{self.arm.learning_rate or spec.training.learning_rate:g}")
             if self.arm.scale_learning_rate is not None:
                 parts.append(f"slr{self.arm.scale_learning_rate:g}")
         if self.arm_has_grid(spec) or len(spec.training.run_seeds) > 1:
@@ -236,21 +236,27 @@ def evaluate_task(
     base: str,
     trained: TrainedArm,
     eval_id: str,
+    items_per_suite: dict[str, int],
 ) -> Scores:
     """An arm's scores on every suite, logged to its run, and whether they were reused. A
     reused arm keeps its logged scores only if they were made under `eval_id` (the base
     evaluation's key: same suites, settings and scoring code) and its per-item predictions
-    are there; otherwise it is scored again, so the arms and the base row always compare
-    like with like."""
+    are there, one row per item (`items_per_suite`, the base's); otherwise it is scored
+    again, so the arms and the base row always compare like with like, item by item."""
     run_id = trained.run_id
     if tracker.run_tags(run_id).get(EVAL_ID_TAG) == eval_id:
         predictions = tracker.load_table(run_id, PREDICTIONS)
-        if predictions is not None:
+        if predictions is not None and suite_sizes(predictions) == items_per_suite:
             return Scores(tracker.metrics(run_id), True, eval_id, predictions)
     evaluation = score(spec, data, base, trained.result)
     log_evaluation(tracker, run_id, evaluation, prefix="")
     tracker.set_tags(run_id, {EVAL_ID_TAG: eval_id})
     return Scores(evaluation.metrics, False, eval_id, evaluation.predictions)
+
+
+def suite_sizes(predictions: pd.DataFrame) -> dict[str, int]:
+    """Scored items per suite of a prediction table."""
+    return {} if predictions.empty else predictions.groupby("suite").size().to_dict()
 
 
 # --- learning-rate probes -----------------------------------------------------------------
@@ -265,6 +271,7 @@ class Probe:
     eval_loss: float | None
     run_id: str
     history: list[dict]
+    chosen: bool = False
 
     @property
     def label(self) -> str:
@@ -296,7 +303,7 @@ def choose_learning_rates(run: RunContext, arm: ArmSpec) -> tuple[ArmSpec, list[
     probes = []
     for rate, scale in grid:
         probe = ArmRun(
-            arm.with_learning_rates(rate, scale),
+            arm.with_learning_rates(rate, scale, spec.training),
             spec.training.for_run(first_seed, probe=True),
             probe=True,
         )
@@ -307,6 +314,7 @@ def choose_learning_rates(run: RunContext, arm: ArmSpec) -> tuple[ArmSpec, list[
         result = trained.result
         probes.append(Probe(rate, scale, result.eval_loss, trained.run_id, result.history))
     best = best_probe(arm.name, probes)
+    best.chosen = True
     log.info(
         "[%s] learning rate: %s (held-out loss %.4f; probed %s)",
         arm.name,
@@ -314,7 +322,8 @@ def choose_learning_rates(run: RunContext, arm: ArmSpec) -> tuple[ArmSpec, list[
         best.eval_loss,
         ", ".join(f"{p.label}: {p.eval_loss:.4f}" if p.eval_loss else p.label for p in probes),
     )
-    return arm.with_learning_rates(best.learning_rate, best.scale_learning_rate), probes
+    fixed = arm.with_learning_rates(best.learning_rate, best.scale_learning_rate, spec.training)
+    return fixed, probes
 
 
 # --- seeds ----------------------------------------------------------------------------------
@@ -379,15 +388,17 @@ class ArmOutcome:
             tags["mlora.learning_rate_choice"] = "lowest held-out loss of the probes: " + ", ".join(
                 f"{p.label} {p.eval_loss:.4f}" for p in self.probes if p.eval_loss
             )
-        if len(self.runs) > 1:
-            tags["mlora.seeds"] = ",".join(str(r.seed) for r in self.runs)
-            tags["mlora.seed_runs"] = ",".join(r.trained.run_id for r in self.runs)
+        # Always written: a version reused by a run with other seeds must not keep the
+        # seed list (and so the mean) of the run that registered it.
+        tags["mlora.seeds"] = ",".join(str(r.seed) for r in self.runs)
+        tags["mlora.seed_runs"] = ",".join(r.trained.run_id for r in self.runs)
         return tags
 
 
-def train_and_score_arm(run: RunContext, arm: ArmSpec, eval_id: str) -> ArmOutcome:
+def train_and_score_arm(run: RunContext, arm: ArmSpec, base_scores: Scores) -> ArmOutcome:
     """The arm's learning rate (probed when it has a grid), then one trained and scored
-    run per seed, all on the same mixture."""
+    run per seed, all on the same mixture and under the base evaluation's key."""
+    eval_id, sizes = base_scores.eval_id, suite_sizes(base_scores.predictions)
     spec = run.spec
     with timed(run.stages, f"train_{arm.name}"):
         arm, probes = choose_learning_rates(run, arm)
@@ -399,7 +410,7 @@ def train_and_score_arm(run: RunContext, arm: ArmSpec, eval_id: str) -> ArmOutco
                 run.ws, run.tracker, spec, run.data, run.base, seed_run, run.parent_id, run.lineage
             )
         with timed(run.stages, f"evaluate_{arm.name}"):
-            scores = evaluate_task(run.tracker, spec, run.data, run.base, trained, eval_id)
+            scores = evaluate_task(run.tracker, spec, run.data, run.base, trained, eval_id, sizes)
         runs.append(SeedRun(seed, trained, scores))
     mean, spread = mean_and_spread([r.scores.metrics for r in runs])
     items = mean_over_seeds([item_scores(r.scores.predictions) for r in runs])

@@ -15,7 +15,7 @@ from itertools import combinations
 
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.schema import PipelineSpec
-from multilora_pipeline.flows.arms import PREDICTIONS, ArmOutcome
+from multilora_pipeline.flows.arms import PREDICTIONS, ArmOutcome, Scores, suite_sizes
 from multilora_pipeline.flows.context import RunContext
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves, plot_suite_intervals
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
@@ -129,8 +129,7 @@ def log_comparison(run: RunContext, comparison: Comparison, outcomes: list[ArmOu
                 "learning_rate": p.learning_rate,
                 "scale_learning_rate": p.scale_learning_rate,
                 "eval_loss": p.eval_loss,
-                "chosen": p.learning_rate == o.arm.learning_rate
-                and p.scale_learning_rate == o.arm.scale_learning_rate,
+                "chosen": p.chosen,
                 "run_id": p.run_id,
             }
             for o in outcomes
@@ -139,16 +138,17 @@ def log_comparison(run: RunContext, comparison: Comparison, outcomes: list[ArmOu
         tracker.log_json(parent, rows, "selection/learning_rates.json")
 
 
-def version_items(run: RunContext, version, eval_id: str) -> ItemScores | None:
+def version_items(run: RunContext, version, base_scores: Scores) -> ItemScores | None:
     """Per-item scores of a registered version from an earlier pipeline run (its seeds'
     mean), or None when they cannot be paired with this run's: scored under another
-    evaluation, or their predictions are gone."""
+    evaluation, on other items, or their predictions are gone."""
+    sizes = suite_sizes(base_scores.predictions)
     per_seed = []
     for run_id in version_runs(version):
-        if run.tracker.run_tags(run_id).get(EVAL_ID_TAG) != eval_id:
+        if run.tracker.run_tags(run_id).get(EVAL_ID_TAG) != base_scores.eval_id:
             return None
         predictions = run.tracker.load_table(run_id, PREDICTIONS)
-        if predictions is None:
+        if predictions is None or suite_sizes(predictions) != sizes:
             return None
         per_seed.append(item_scores(predictions))
     try:

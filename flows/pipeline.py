@@ -74,6 +74,7 @@ from multilora_pipeline.tasks.registry.versions import (
     CHALLENGER,
     CHAMPION,
     attach_run_artifacts,
+    get_version,
     register_adapter,
     set_alias,
     update_version_scores,
@@ -323,7 +324,8 @@ def register_task(
     )
     if version.reused:
         tracker.set_version_tags(version.name, version.version, outcome.version_tags(spec.training))
-        if any(not r.scores.reused for r in outcome.runs):
+        stored = get_version(tracker, version.name, version.version).tags
+        if any(stored.get(k) != v for k, v in headline.items()):  # re-scored, or other seeds
             update_version_scores(tracker, version.name, version.version, headline)
     catalog = Catalog(ws.catalog_path)
     for seed_run in outcome.runs:
@@ -405,7 +407,7 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
     with timed(run.stages, "evaluate_base"):
         base_scores = evaluate_base_task(run.ws, tracker, spec, data, run.base, run.parent_id)
     # Sequential: arms compete for the same cores / GPU.
-    outcomes = [train_and_score_arm(run, arm, base_scores.eval_id) for arm in spec.arms]
+    outcomes = [train_and_score_arm(run, arm, base_scores) for arm in spec.arms]
     with timed(run.stages, "register"):
         versions = {
             o.arm.name: register_task(run.ws, tracker, spec, data, run.base, o, run.lineage).version
@@ -529,7 +531,7 @@ def _promote(
     champion_items, notes = None, []
     if champion is not None:
         champion_items = items.get(str(champion.version)) or version_items(
-            run, champion, base_scores.eval_id
+            run, champion, base_scores
         )
         if champion_items is None:
             notes.append(

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -62,13 +63,22 @@ def file_sha256(path: str | os.PathLike, *, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+def _host() -> str:
+    """This machine, as 6 hex digits: a pid means something only on the host that made it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def temporary_name(final: Path) -> Path:
     """Where `final` is written before it is renamed into place (same folder, hidden). The
-    writer's pid is in the name, so what a killed writer left is known as abandoned."""
-    return final.with_name(f".{final.name}{TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    writer's host and pid are in the name, so what a killed writer left is known as
+    abandoned (a workspace on shared storage has writers on other hosts)."""
+    writer = f"{_host()}.{os.getpid()}"
+    return final.with_name(f".{final.name}{TEMPORARY_MARK}{writer}-{uuid.uuid4().hex[:8]}")
 
 
-_TEMPORARY = re.compile(r"^\..+" + re.escape(TEMPORARY_MARK) + r"(?:(\d+)-)?[0-9a-f]{8}$")
+_TEMPORARY = re.compile(
+    r"^\..+" + re.escape(TEMPORARY_MARK) + r"(?:([0-9a-f]{6})\.(\d+)-)?[0-9a-f]{8}$"
+)
 _OLD_TEMPORARY_S = 24 * 3600  # a name without a pid (older code): abandoned after a day
 
 
@@ -91,7 +101,9 @@ def remove_abandoned_temporaries(folder: str | os.PathLike) -> list[Path]:
         match = _TEMPORARY.match(path.name)
         if match is None or not path.exists():
             continue
-        pid = match.group(1)
+        host, pid = match.groups()
+        if host is not None and host != _host():
+            continue  # another machine's writer: its pid cannot be checked from here
         if pid is not None and _alive(int(pid)):
             continue
         if pid is None and time.time() - path.lstat().st_mtime < _OLD_TEMPORARY_S:

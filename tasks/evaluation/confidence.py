@@ -128,10 +128,9 @@ def paired_bootstrap(
             key = (suite, kind)
             if key not in a or (b is not None and key not in b):
                 raise KeyError(f"no per-item {kind} scores for suite {suite!r}")
-            diff = a[key] - (b[key] if b is not None else 0.0)
             if b is not None and len(a[key]) != len(b[key]):
                 raise ValueError(f"suite {suite!r}: the two models were scored on other items")
-            diffs.append(diff)
+            diffs.append(a[key] - (b[key] if b is not None else 0.0))
         n = len(diffs[0])
         items += n
         # The same indices for every kind of a suite: they are the same items.

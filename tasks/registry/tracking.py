@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.model import ModelInfo
 from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from transformers import TrainerCallback
 
 from multilora_pipeline.data_specs.errors import RegistryError
@@ -234,7 +235,20 @@ class Tracker:
         self.client.log_figure(run_id, figure, artifact_file)
 
     def log_table(self, run_id: str, frame, artifact_file: str) -> None:
-        self.client.log_table(run_id, data=frame, artifact_file=artifact_file)
+        """Write `frame` as an MLflow table (the UI lists it), replacing one of that name.
+
+        MlflowClient.log_table appends to an existing file, so an arm scored again under
+        new evaluation settings would hold both scorings' predictions in one table.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / Path(artifact_file).name
+            frame.to_json(file, orient="split", index=False, date_format="iso")
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(file), None if parent == "." else parent)
+        listed = json.loads(self.run_tags(run_id).get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
 
     def load_table(self, run_id: str, artifact_file: str):
         """A table `log_table` wrote, as a DataFrame; None when the run has no such file."""

@@ -132,6 +132,7 @@ def test_wrong_types_and_values_fail_with_path_and_value(demo, path, value, frag
         ),
         ("base_model.tiny.num_heads", 3, "hidden_size 128 must be divisible by num_heads 3"),
         ("training.seeds", [0, 1, 0], "seeds must be distinct, got [0, 1, 0]"),
+        ("arms.1.name", "base", "'base' names the base model in every comparison"),
         ("training.seeds", [], "training.seeds: List should have at least 1 item"),
         (
             "arms.1.learning_rates",
@@ -418,8 +419,14 @@ def test_a_learning_rate_grid_lists_what_each_arm_probes(demo):
     spec = parse_spec(data, FILE)
     rate = spec.training.learning_rate
     assert spec.arms[0].probe_grid(spec.training) == [(rate, 1e-2), (rate, 1e-1)]
-    fixed = spec.arms[0].with_learning_rates(rate, 1e-2)
+    fixed = spec.arms[0].with_learning_rates(rate, 1e-2, spec.training)
     assert fixed.probe_grid(spec.training) == []
+    # A probe at the rates the arm used before has that earlier run's identity.
+    plain = parse_spec(demo, FILE).arms[0]
+    assert (
+        spec.arms[0].with_learning_rates(rate, rate, spec.training).identity() == plain.identity()
+    )
+    assert fixed.identity() != plain.identity()
     no_validation = edited(data, "mixture.validation_fraction", 0.0)
     assert (
         "arms ['multilora'] probe a learning-rate grid, which is decided on the mixture's "
@@ -477,3 +484,12 @@ def test_a_path_outside_the_spec_folder_is_allowed_and_said_with_the_resolved_fi
         check_local_files(spec, folder / "spec.yaml", folder)
     assert f"sources[1].path reads {outside}, outside the spec's folder" in caplog.text
     assert "sources[0]" not in caplog.text  # absolute paths are taken as meant
+
+
+def test_look_alike_names_are_not_taken_for_tokens(demo):
+    """A dataset or folder that merely starts like a key prefix is no credential."""
+    for text in ("sk-slovak-news-summaries-dataset", "org/sk-common-crawl-2024-filtered"):
+        parse_spec(edited(demo, "description", text), FILE)
+    assert "looks like a credential" in error_of(
+        edited(demo, "description", "key sk-proj4Xb9TqLmN2vR8sYw1ZcK3hJ")
+    )

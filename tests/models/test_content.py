@@ -90,8 +90,11 @@ def test_what_a_killed_writer_left_is_removed_and_a_live_writers_is_kept(tmp_pat
         check=True,
     )
     dead_pid = int(dead.stdout)
-    mixture = ws.data_dir / "mixture" / f".abc.tmp-{dead_pid}-0123abcd"
+    host = temporary_name(ws.root / "x").name.split(".tmp-")[1].split(".")[0]
+    mixture = ws.data_dir / "mixture" / f".abc.tmp-{host}.{dead_pid}-0123abcd"
+    elsewhere = ws.data_dir / "mixture" / f".abd.tmp-ffffff.{dead_pid}-0123abcd"
     (mixture / "shards").mkdir(parents=True)
+    elsewhere.mkdir()  # another host's writer: its pid means nothing here
     (mixture / "shards" / "part-0.parquet").write_bytes(b"x" * 100)
     live = temporary_name(ws.models_dir / "gguf-1234")  # this process: alive
     live.mkdir()
@@ -105,6 +108,6 @@ def test_what_a_killed_writer_left_is_removed_and_a_live_writers_is_kept(tmp_pat
     kept.mkdir()
 
     assert sorted(ws.remove_abandoned()) == sorted([mixture, old])
-    assert live.exists() and fresh_old.exists() and kept.exists()
+    assert live.exists() and fresh_old.exists() and kept.exists() and elsewhere.exists()
     assert not mixture.exists() and not old.exists()
     assert remove_abandoned_temporaries(ws.data_dir) == []

@@ -36,3 +36,23 @@ def test_a_truncated_store_is_one_error_with_what_to_do(workspace: Workspace):
         handle.truncate(db.stat().st_size // 2)
     with pytest.raises(RegistryError, match="MLflow store is damaged.*move it aside"):
         Tracker(workspace, "other")
+
+
+def test_a_table_logged_again_replaces_the_first(workspace: Workspace):
+    """MlflowClient.log_table appends: an arm scored again would hold two scorings' rows."""
+    import json
+
+    import pandas as pd
+
+    tracker = Tracker(workspace, "demo")
+    run_id = tracker.start_parent("run", tags={}, params={})
+    tracker.log_table(
+        run_id, pd.DataFrame({"suite": ["a", "a"], "correct": [True, False]}), "eval/p.json"
+    )
+    tracker.log_table(
+        run_id, pd.DataFrame({"suite": ["a", "a"], "correct": [False, False]}), "eval/p.json"
+    )
+    table = tracker.load_table(run_id, "eval/p.json")
+    assert table.to_dict("list") == {"suite": ["a", "a"], "correct": [False, False]}
+    listed = json.loads(tracker.run_tags(run_id)["mlflow.loggedArtifacts"])
+    assert listed == [{"path": "eval/p.json", "type": "table"}]  # the UI lists it once
