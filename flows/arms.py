@@ -415,11 +415,3 @@ def train_and_score_arm(run: RunContext, arm: ArmSpec, base_scores: Scores) -> A
     mean, spread = mean_and_spread([r.scores.metrics for r in runs])
     items = mean_over_seeds([item_scores(r.scores.predictions) for r in runs])
     return ArmOutcome(arm, runs, probes, mean, spread, items)
-
-
-def run_key_of(run: RunContext, outcome: ArmOutcome, seed_run: SeedRun) -> str:
-    """The run key of one of an arm's seed runs (what its registered version is found by)."""
-    spec = run.spec
-    return run_key(
-        spec, run.data.mixture_id, ArmRun(outcome.arm, spec.training.for_run(seed_run.seed))
-    )

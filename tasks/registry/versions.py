@@ -43,6 +43,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.tasks.evaluation.confidence import mean_and_spread
 from multilora_pipeline.tasks.registry.tracking import RUN_KEY_TAG, Tracker
 
 if TYPE_CHECKING:
@@ -200,11 +201,7 @@ def version_runs(version) -> list[str]:
 
 def version_metrics(tracker: Tracker, version) -> dict[str, float]:
     """A version's metrics: the mean over its arm's seed runs (one run: that run's)."""
-    per_run = [tracker.metrics(run_id) for run_id in version_runs(version)]
-    keys = set().union(*per_run)
-    return {
-        k: sum(m[k] for m in per_run if k in m) / sum(1 for m in per_run if k in m) for k in keys
-    }
+    return mean_and_spread([tracker.metrics(run_id) for run_id in version_runs(version)])[0]
 
 
 def update_version_scores(tracker: Tracker, name: str, version: str, scores: dict[str, str]):

@@ -110,6 +110,17 @@ def test_seeds_are_averaged_per_item_and_must_share_the_items():
 GATE = {"primary_metric": "eval_macro_acc", "min_improvement": 0.0, "regression_tolerance": 1.0}
 
 
+def _gate(challenger: np.ndarray, champion: np.ndarray, **settings):
+    """The gate on challenger vs champion item scores (version "2" vs "1")."""
+    return decide(
+        "2",
+        {"eval_macro_acc": challenger.mean()},
+        "1",
+        {"eval_macro_acc": champion.mean()},
+        **{**GATE, **settings},
+    )
+
+
 def _intervals(challenger: np.ndarray, other: np.ndarray):
     parts = [("boolq", "acc")]
     return paired_bootstrap(scores(boolq=challenger), scores(boolq=other), parts, resamples=1000)
@@ -122,24 +133,18 @@ def test_the_gate_keeps_the_champion_for_a_one_item_win_on_a_small_suite():
     wrong = np.flatnonzero(champion == 0)
     challenger[wrong[0]] = 1.0  # one more item right: +2.5 points
     interval = _intervals(challenger, champion)
-    decision = decide(
-        "2",
-        {"eval_macro_acc": challenger.mean()},
-        "1",
-        {"eval_macro_acc": champion.mean()},
-        **GATE,
+    decision = _gate(
+        challenger,
+        champion,
         versus_champion=interval,
     )
     assert decision.verdict == KEPT
     assert "95% CI [+0.0000" in decision.reasons[0]
     assert "needs the interval's lower end above +0.0000" in decision.reasons[0]
     # The point comparison would have crowned it.
-    point = decide(
-        "2",
-        {"eval_macro_acc": challenger.mean()},
-        "1",
-        {"eval_macro_acc": champion.mean()},
-        **GATE,
+    point = _gate(
+        challenger,
+        champion,
     )
     assert point.verdict == PROMOTED
 
@@ -151,12 +156,9 @@ def test_the_gate_promotes_a_large_consistent_win_and_quotes_the_interval():
     challenger[np.flatnonzero(champion == 0)[:25]] = 1.0  # 25 more right, none lost
     interval = _intervals(challenger, champion)
     base = np.zeros(80)
-    decision = decide(
-        "2",
-        {"eval_macro_acc": challenger.mean()},
-        "1",
-        {"eval_macro_acc": champion.mean()},
-        **GATE,
+    decision = _gate(
+        challenger,
+        champion,
         base_metrics={"eval_macro_acc": 0.0},
         must_beat_base=True,
         versus_champion=interval,
@@ -167,12 +169,5 @@ def test_the_gate_promotes_a_large_consistent_win_and_quotes_the_interval():
     assert "over 80 items" in decision.reasons[0]
     assert "vs base model 0.0000: gain +" in decision.reasons[1]
     # A margin the interval does not clear blocks it.
-    strict = decide(
-        "2",
-        {"eval_macro_acc": challenger.mean()},
-        "1",
-        {"eval_macro_acc": champion.mean()},
-        **{**GATE, "min_improvement": 0.3},
-        versus_champion=interval,
-    )
+    strict = _gate(challenger, champion, min_improvement=0.3, versus_champion=interval)
     assert strict.verdict == KEPT
