@@ -35,7 +35,7 @@ from multilora_pipeline.tasks.evaluation.confidence import (
     mean_and_spread,
     mean_over_seeds,
 )
-from multilora_pipeline.tasks.evaluation.evaluate import EvalResult, SuiteData, evaluate_model
+from multilora_pipeline.tasks.evaluation.evaluate import EvalResult, evaluate_model
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.training.arm_models import load_for_inference
@@ -204,18 +204,10 @@ def score(spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | 
     run's prompt format (the same for both: like is compared with like)."""
     model, tokenizer, device = load_for_inference(spec, base, result)
     fmt = resolve_prompt_format(tokenizer, spec.prompt_format, base)
-    suites = [
-        SuiteData(
-            suite,
-            Path(data.eval_paths[suite.name]),
-            Path(data.eval_dev_paths[suite.name]) if suite.name in data.eval_dev_paths else None,
-        )
-        for suite in spec.eval_suites
-    ]
     return evaluate_model(
         model,
         fmt,
-        suites,
+        data.suites(spec),
         Path(data.validation_path),
         spec.evaluation,
         device,

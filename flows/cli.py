@@ -6,6 +6,7 @@
     mlora promote NAME VER    point the `champion` alias at a version
     mlora rollback NAME       give `champion` back to the previous holder
     mlora serve SPEC --cron   the pipeline as a Prefect deployment on a schedule
+    mlora lm-eval-tasks SPEC DIR   the spec's suites as lm-evaluation-harness tasks
 
 The workspace is activated before Prefect is imported, because Prefect reads
 PREFECT_HOME once, at import time.
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--name", help="deployment name (default: the spec name)")
     serve.add_argument("--timezone", help="IANA timezone of the schedule (default UTC)")
+    lm_eval = command(
+        "lm-eval-tasks",
+        help="write the spec's suites as lm-evaluation-harness tasks (YAML + data) in DIR",
+    )
+    lm_eval.add_argument("spec")
+    lm_eval.add_argument("dir", help="folder for the task YAMLs and data files")
     return parser
 
 
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(QUIET_PIPELINE_ERRORS)
     try:
-        if args.command in ("run", "data", "serve"):
+        if args.command in ("run", "data", "serve", "lm-eval-tasks"):
             # A spec mistake is reported in a second, before Prefect and torch are imported
             # and Prefect's temporary server is started (~20 s).
             spec, base_dir = load_spec(args.spec)
@@ -159,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
             outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
             print(format_source_table(outputs))
+        elif args.command == "lm-eval-tasks":
+            from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+
+            written = lm_eval_tasks_flow(args.spec, args.dir, str(ws.root))
+            for task, info in written["tasks"].items():
+                print(f"{task}: {info['items']} items ({info['yaml']})")
+            print(f"run them on a version's PEFT export ($PEFT):\n  {written['command']}")
         elif args.command == "ui":
             _check_port_free(args.port)
             cmd = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from prefect import flow, task, unmapped
@@ -52,6 +53,9 @@ from multilora_pipeline.tasks.data.stages import Prepared, read_drops
 from multilora_pipeline.tasks.data.summary import catalog_batch, source_table
 from multilora_pipeline.tasks.workspace import Workspace
 
+if TYPE_CHECKING:  # evaluation imports torch; the data stages never need it
+    from multilora_pipeline.tasks.evaluation.evaluate import SuiteData
+
 # Threads for the mapped per-source tasks: the work is Arrow/numpy (releases the GIL) and I/O.
 DEFAULT_THREADS = 4
 STAGES = ("fetch", "normalise", "dedup_source", "dedup", "decontaminate", "mixture")
@@ -75,6 +79,21 @@ class DataOutputs(BaseModel):
     requested_share, achieved_share."""
     reused_stages: list[str]
     """Stages whose every output was reused from an earlier run."""
+
+    def suites(self, spec: PipelineSpec) -> list[SuiteData]:
+        """The spec's evaluation suites with their Parquet (and dev split), as scored."""
+        from multilora_pipeline.tasks.evaluation.evaluate import SuiteData
+
+        return [
+            SuiteData(
+                suite,
+                Path(self.eval_paths[suite.name]),
+                Path(self.eval_dev_paths[suite.name])
+                if suite.name in self.eval_dev_paths
+                else None,
+            )
+            for suite in spec.eval_suites
+        ]
 
 
 # ------------------------------------------------------------------------ Prefect tasks

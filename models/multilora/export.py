@@ -55,6 +55,7 @@ def export_peft(
     directory: str | os.PathLike,
     base_model_name_or_path: str | None,
     dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
 ) -> Path:
     """Write adapter_model.safetensors + adapter_config.json that PEFT loads as a LoRA.
 
@@ -65,6 +66,8 @@ def export_peft(
         base_model_name_or_path: what ``PeftModel.from_pretrained`` users load first;
             a hub id or a local path.
         dtype: tensor dtype in the file (fp32 keeps the export exact).
+        revision: the hub revision of the base the adapter was trained on (PEFT loads the
+            base at it).
     """
     layers = list(multilora_layers(model))
     if not layers:
@@ -96,7 +99,7 @@ def export_peft(
         "alpha_pattern": {},
         "layers_to_transform": None,
         "layers_pattern": None,
-        "revision": None,
+        "revision": revision,
         "inference_mode": True,
     }
     atomic_write(directory / PEFT_WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))

@@ -207,9 +207,18 @@ def build_contexts(
     return contexts
 
 
-def _score_suite(
-    model, prompts: PromptFormat, suite: SuiteData, settings: EvaluationSpec, device
-) -> tuple[dict[str, float], pd.DataFrame]:
+class SuiteItems(NamedTuple):
+    """The items of a suite as scored: its format, its rows and each row's full context."""
+
+    fmt: SuiteFormat
+    rows: list[dict]
+    contexts: list[str]
+    """Header + few-shot exemplars + the row's prompt, before the prompt format renders it."""
+
+
+def suite_items(suite: SuiteData, settings: EvaluationSpec) -> SuiteItems:
+    """The suite's checked rows (its first `max_items`) and their contexts: what the scorer
+    scores, and what `mlora lm-eval-tasks` writes for lm-eval to score."""
     spec, fmt = suite.spec, suite_format(suite.spec)
     all_rows = _read_rows(Path(suite.path), f"suite {spec.name!r}")
     for i, row in enumerate(all_rows):
@@ -224,7 +233,14 @@ def _score_suite(
     contexts = contexts[: len(rows)]
     if not rows:
         raise DataError(f"suite {spec.name!r} has no items", where=str(suite.path))
+    return SuiteItems(fmt, rows, contexts)
 
+
+def _score_suite(
+    model, prompts: PromptFormat, suite: SuiteData, settings: EvaluationSpec, device
+) -> tuple[dict[str, float], pd.DataFrame]:
+    spec = suite.spec
+    fmt, rows, contexts = suite_items(suite, settings)
     records = []
     if fmt.kind == "multiple_choice":
         lls = score_choices(

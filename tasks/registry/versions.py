@@ -43,6 +43,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.models.content import write_text_atomic
 from multilora_pipeline.tasks.evaluation.confidence import mean_and_spread
 from multilora_pipeline.tasks.registry.tracking import RUN_KEY_TAG, Tracker
 
@@ -136,6 +137,8 @@ def register_adapter(
         if base_is_local:
             sources["base_model"] = base_model
         artifacts = _stage_by_name(sources, Path(tmp) / "staged")
+        if base_is_local and peft_dir:
+            _point_peft_at_bundled_base(Path(artifacts["peft"]))
         info = _log_serving_model(
             tracker,
             run_id,
@@ -317,6 +320,22 @@ def _evaluation_bundle(tracker: Tracker, run_id: str, dest: Path) -> Path:
             os.replace(file, dest / file.name)
         (dest / "eval").rmdir()
     return dest
+
+
+BUNDLED_BASE = "artifacts/base_model"
+"""The version's own base model, relative to the version's root: from a downloaded
+version (`mlflow artifacts download -u models:/NAME/V -d D`), `AutoPeftModelForCausalLM`
+loads `artifacts/peft` run in D."""
+
+
+def _point_peft_at_bundled_base(peft: Path) -> None:
+    """The version's PEFT export names the base the version bundles, not the workspace
+    folder it was trained from (gone on any other machine)."""
+    path = peft / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = BUNDLED_BASE
+    # A new file, not a write in place: the staged copy is a hard link to the arm's export.
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _stage_by_name(sources: dict[str, str | Path], staging: Path) -> dict[str, str]:

@@ -50,6 +50,7 @@ from multilora_pipeline.models.multilora.model import ADAPTER_WEIGHTS_NAME
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
 from multilora_pipeline.tasks.training.dataset import build_dataset, read_records
+from multilora_pipeline.tasks.training.gguf import SOURCE_FILE as GGUF_SOURCE_FILE
 from multilora_pipeline.tasks.training.loading import (
     load_base,
     resolve_device,
@@ -423,7 +424,9 @@ def train_arm(
         peak_memory_mb=peak.mb,
     )
     if trainer.is_world_process_zero():  # under data parallelism only rank 0 writes
-        _write_outputs(prepared.model, prepared.fmt, arm, result, base_model_name or model_path)
+        _write_outputs(
+            prepared.model, prepared.fmt, arm, result, base_model_name or model_path, revision
+        )
     return result
 
 
@@ -500,17 +503,24 @@ def compile_errors(compiling: bool):
         ) from exc
 
 
-def _write_outputs(model, fmt: PromptFormat, arm: ArmSpec, result: ArmResult, base_name: str):
+def _write_outputs(
+    model, fmt: PromptFormat, arm: ArmSpec, result: ArmResult, base_name: str, revision
+):
     """The finished adapter (and PEFT export), each with its prompt format, then result.json
-    last: its presence means done."""
+    last: its presence means done. The PEFT export names its base by hub id and revision, or
+    by folder; a base converted from a GGUF file also gets that file's origin beside it
+    (gguf_source.json: file, sha256, package), since no hub repo holds those weights."""
     output_dir = Path(result.output_dir)
     if arm.kind == "full":
         model.save_pretrained(result.adapter_dir)
         fmt.tokenizer.save_pretrained(result.adapter_dir)
     else:
         save_adapter(model, result.adapter_dir)
-        export_peft(model, result.peft_dir, base_name)
+        export_peft(model, result.peft_dir, base_name, revision=revision)
         fmt.write(result.peft_dir)
+        origin = Path(base_name) / GGUF_SOURCE_FILE
+        if origin.is_file():
+            shutil.copyfile(origin, Path(result.peft_dir) / GGUF_SOURCE_FILE)
     fmt.write(result.adapter_dir)
     write_text_atomic(output_dir / DONE_FILE, json.dumps(asdict(result), indent=2))
     for ckpt in output_dir.glob("checkpoint-*"):

@@ -74,6 +74,9 @@ def test_the_peft_export_loads_on_the_converted_folder(gguf_run, tmp_path):
     local = client.download_artifacts(arm["run_id"], "peft_adapter", str(tmp_path))
     config = json.loads((tmp_path / "peft_adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(folder)
+    # No hub repo holds the dequantised weights: the export says which GGUF file they are.
+    source = json.loads((tmp_path / "peft_adapter" / "gguf_source.json").read_text())
+    assert source["sha256"] == json.loads((folder / "gguf_source.json").read_text())["sha256"]
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), local)
     ids = torch.tensor([[1, 5, 6, 7]])
     base = AutoModelForCausalLM.from_pretrained(folder)

@@ -76,6 +76,8 @@ class PipelineRuns:
     """Three runs of the reduced demo in one workspace, and what each did."""
 
     ws: Workspace
+    spec: Path
+    """The reduced demo spec of the first two runs."""
     first: dict
     second: dict
     """The same spec again."""
@@ -119,7 +121,7 @@ def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
                 messages.append(lines.messages)
     finally:
         task_logger.removeHandler(lines)
-    return PipelineRuns(ws, *summaries, scorer.calls, base_evals, messages)
+    return PipelineRuns(ws, spec, *summaries, scorer.calls, base_evals, messages)
 
 
 def test_first_run_goes_through_every_stage(pipeline_runs):
@@ -247,6 +249,84 @@ def test_changed_evaluation_setting_scores_base_and_arms_again(pipeline_runs):
         version = client.get_model_version(runs.changed["registered_model"], arm["version"])
         assert version.tags[primary] == f"{arm['metrics'][primary]:.4f}"
         assert f"{primary} {arm['metrics'][primary]:.4f}" in version.description
+
+
+def test_lm_eval_scores_the_exported_tasks_as_the_pipeline_does(pipeline_runs, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")  # a dev dependency: CI has it
+    import mlflow
+    from lm_eval.tasks import TaskManager
+
+    from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+
+    runs = pipeline_runs
+    written = lm_eval_tasks_flow(str(runs.spec), str(tmp_path / "tasks"), str(runs.ws.root))
+    assert set(written["tasks"]) == {"mlora_knowledge_mc", "mlora_boolq_mc", "mlora_math_gen"}
+    assert all(t["items"] == 12 for t in written["tasks"].values())  # the suites' max_items
+    assert "--include_path" in (tmp_path / "tasks" / "README.md").read_text()
+    client = MlflowClient(runs.ws.tracking_uri, runs.ws.tracking_uri)
+    mlflow.set_tracking_uri(runs.ws.tracking_uri)
+    suites = ["knowledge_mc", "boolq_mc"]
+    for arm in runs.first["arms"]:
+        # The registered version's own PEFT export, as a user would download it.
+        version = mlflow.artifacts.download_artifacts(
+            f"models:/{runs.first['registered_model']}/{arm['version']}",
+            dst_path=str(tmp_path / arm["arm"]),
+        )
+        results = lm_eval.simple_evaluate(
+            model="hf",
+            model_args={
+                "pretrained": written["base_model"],
+                "peft": str(Path(version) / "artifacts" / "peft"),
+                "add_bos_token": False,
+                "dtype": "float32",
+            },
+            tasks=[f"mlora_{s}" for s in suites],
+            task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+            batch_size=1,
+            device="cpu",
+            log_samples=True,
+        )
+        ours = client.get_run(arm["run_id"]).data.metrics
+        for suite in suites:
+            theirs = results["results"][f"mlora_{suite}"]
+            for metric in ("acc", "acc_norm"):
+                assert theirs[f"{metric},none"] == pytest.approx(ours[f"{suite}_{metric}"]), (
+                    arm["arm"],
+                    suite,
+                    metric,
+                )
+
+
+def test_a_downloaded_version_loads_with_auto_peft_on_its_bundled_base(
+    pipeline_runs, tmp_path, monkeypatch
+):
+    import mlflow
+    from peft import AutoPeftModelForCausalLM
+
+    runs = pipeline_runs
+    mlflow.set_tracking_uri(runs.ws.tracking_uri)
+    arm = runs.first["arms"][1]
+    root = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{runs.first['registered_model']}/{arm['version']}", dst_path=str(tmp_path)
+        )
+    )
+    config = json.loads((root / "artifacts" / "peft" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "artifacts/base_model"  # inside the version
+    # The arm's own export in the workspace still names the workspace folder (it was
+    # hard-linked into the version: rewriting it there must not have changed this one).
+    exports = [
+        p
+        for p in runs.ws.root.rglob("peft/adapter_config.json")
+        if runs.ws.artifacts_dir not in p.parents
+    ]
+    assert exports
+    for export in exports:
+        trained = json.loads(export.read_text())["base_model_name_or_path"]
+        assert Path(trained).is_absolute() and Path(trained).is_dir()
+    monkeypatch.chdir(root)
+    model = AutoPeftModelForCausalLM.from_pretrained("artifacts/peft")
+    assert model.peft_config["default"].r == config["r"]
 
 
 def _assert_nothing_written(ws):

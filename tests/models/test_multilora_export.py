@@ -41,8 +41,13 @@ def test_peft_export_loads_with_plain_peft(family, scale_shape, tmp_path):
     ids = input_ids()
     expected = model(ids).logits.detach()
 
-    export_peft(model, tmp_path, base_model_name_or_path=f"tiny-{family}")
+    export_peft(model, tmp_path, base_model_name_or_path=f"org/tiny-{family}", revision="abc123")
     peft_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    # A hub base is named by id and revision (never a local cache path): PEFT loads it at that.
+    assert (peft_config["base_model_name_or_path"], peft_config["revision"]) == (
+        f"org/tiny-{family}",
+        "abc123",
+    )
     assert (peft_config["r"], peft_config["lora_alpha"]) == (12, 12)
     assert peft_config["fan_in_fan_out"] == (family == "gpt2")
     assert sorted(peft_config["target_modules"]) == sorted(BLOCK_LINEARS[family])
