@@ -1,8 +1,11 @@
 """What serving a spec's adapters elsewhere will ask for, said when the spec loads.
 
 vLLM serves LoRA adapters up to `--max-lora-rank`, which takes one of VLLM_LORA_RANKS and
-defaults to 16 (vllm/config/lora.py). A MultiLoRA arm exports as one PEFT LoRA of rank
-n_modules x rank (models/multilora/export.py), so its served rank is that product.
+defaults to 16 (vllm/config/lora.py); an adapter is refused only when its rank is above
+it ("LoRA rank 32 is greater than max_lora_rank 16"), so a rank that is not itself one of
+those values (12, say) is served under the next one up. A MultiLoRA arm exports as one PEFT
+LoRA of rank n_modules x rank (models/multilora/export.py), so its served rank is that
+product, and only a product above 16 needs the flag.
 """
 
 from __future__ import annotations

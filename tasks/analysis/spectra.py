@@ -251,20 +251,28 @@ def seed_spread(arms: Mapping[str, pd.DataFrame], metric: str = "effective_rank"
 
 
 def _seed_verdict(arms: Mapping[str, pd.DataFrame]) -> str:
-    """Whether the arms' effective ranks differ by more than their seeds do (two sds)."""
-    spread = seed_spread(arms)
-    if len(spread) < 2 or all(n == 1 for _, _, n in spread.values()):
-        return ""
-    parts = ", ".join(f"**{a}** {m:.2f} ± {sd:.2f} ({n} seeds)" for a, (m, sd, n) in spread.items())
-    (a, (ma, sa, _)), (b, (mb, sb, _)) = sorted(
-        spread.items(), key=lambda kv: kv[1][0], reverse=True
-    )[:2]
-    noise = 2 * max(sa, sb)
-    if ma - mb > noise:
-        how = f"more than the seeds do: {ma - mb:.2f} > twice the larger sd ({noise:.2f})"
-    else:
-        how = f"no more than the seeds do: {ma - mb:.2f} <= twice the larger sd ({noise:.2f})"
-    return f"Mean effective rank over seeds: {parts}. **{a}** and **{b}** differ by {how}.\n\n"
+    """Whether the arms' effective ranks and top-1 energy shares differ by more than their
+    seeds do (two sds)."""
+    verdicts = []
+    for metric, label in (("effective_rank", "effective rank"), ("top1_energy", "top-1 energy")):
+        if not all(metric in f for f in arms.values() if not f.empty):
+            continue
+        spread = seed_spread(arms, metric)
+        if len(spread) < 2 or all(n == 1 for _, _, n in spread.values()):
+            return ""
+        parts = ", ".join(
+            f"**{a}** {m:.3f} ± {sd:.3f} ({n} seeds)" for a, (m, sd, n) in spread.items()
+        )
+        (a, (ma, sa, _)), (b, (mb, sb, _)) = sorted(
+            spread.items(), key=lambda kv: kv[1][0], reverse=True
+        )[:2]
+        noise = 2 * max(sa, sb)
+        if ma - mb > noise:
+            how = f"more than the seeds do: {ma - mb:.3f} > twice the larger sd ({noise:.3f})"
+        else:
+            how = f"no more than the seeds do: {ma - mb:.3f} <= twice the larger sd ({noise:.3f})"
+        verdicts.append(f"Mean {label} over seeds: {parts}. **{a}** and **{b}** differ by {how}.")
+    return "".join(v + "\n\n" for v in verdicts)
 
 
 def summarise_flatness(arms: Mapping[str, pd.DataFrame]) -> str:
@@ -294,9 +302,11 @@ def summarise_flatness(arms: Mapping[str, pd.DataFrame]) -> str:
         "|---|---:|" + "---:|" * len(columns),
     ]
     for arm, row in stats.items():
-        lines.append(
-            f"| {arm} | {row['matrices']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |"
-        )
+        cells = []
+        for c in columns:  # with several seeds: the mean over seeds ± their sd
+            mean, sd, seeds = seed_spread({arm: arms[arm]}, c)[arm]
+            cells.append(f"{mean:.3f} ± {sd:.3f}" if seeds > 1 else f"{row[c]:.3f}")
+        lines.append(f"| {arm} | {row['matrices']} | " + " | ".join(cells) + " |")
     ranked = sorted(stats, key=lambda a: stats[a]["effective_rank"], reverse=True)
     best = ranked[0]
     if len(ranked) == 1:

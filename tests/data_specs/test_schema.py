@@ -453,6 +453,9 @@ def test_arms_vllm_cannot_serve_with_its_defaults_are_named_with_the_flag(demo):
     from multilora_pipeline.data_specs.serving import vllm_notes
 
     assert vllm_notes(parse_spec(demo, FILE)) == []  # 4 x 4 and 16: vLLM's default 16
+    # vLLM refuses only `rank > max_lora_rank`: 3 x 4 = 12, not itself one of the flag's
+    # values, is served under the default 16 with no flag.
+    assert vllm_notes(parse_spec(edited(demo, "arms.0.n_modules", 3), FILE)) == []
     wide = edited(edited(demo, "arms.0.n_modules", 8), "arms.0.rank", 5)
     (note,) = vllm_notes(parse_spec(wide, FILE))
     assert note.startswith("arms[0] (multilora): its PEFT export has rank 40")

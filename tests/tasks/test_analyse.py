@@ -216,6 +216,11 @@ def test_the_summary_says_whether_arms_differ_by_more_than_their_seeds(tmp_path)
     text = summarise_flatness({"multilora": flat, "lora": peaked})
     assert "(3 seeds)" in text and " ± " in text
     assert "**multilora** and **lora** differ by more than the seeds do" in text
+    # Top-1 energy too: the peaked arm holds more of its energy in one direction.
+    top1 = next(line for line in text.splitlines() if line.startswith("Mean top-1 energy"))
+    assert "**lora** and **multilora** differ by more than the seeds do" in top1
+    table_row = next(line for line in text.splitlines() if line.startswith("| multilora |"))
+    assert table_row.count(" ± ") == len(table_row.split("|")) - 4  # every metric: mean ± sd
     noisy = seeds([2, 2, 1.5, 1], [8, 1, 0.5, 0.1])
     mixed = seeds([8, 1, 0.5, 0.1], [2, 2, 1.5, 1])
     text = summarise_flatness({"a": noisy, "b": mixed})
