@@ -174,6 +174,13 @@ class EvalSuiteSpec(DataLocation):
     """Where few-shot exemplars come from (e.g. MMLU's dev split), read with the suite's
     template; None takes them from the suite itself, never the item being scored."""
 
+    def dev_suite(self) -> EvalSuiteSpec | None:
+        """The dev split as a suite of its own (`<name>-dev`): read exactly like the suite,
+        same template, its own location."""
+        if self.dev is None:
+            return None
+        return self.model_copy(update={"name": f"{self.name}-dev", **dict(self.dev), "dev": None})
+
 
 class NearDedupSpec(Strict):
     """Near-duplicate detection by MinHash LSH over word shingles."""

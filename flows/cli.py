@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             spec, base_dir = load_spec(args.spec)
             if args.command != "serve":  # a scheduled run may find files that appear later
                 check_local_files(spec, Path(args.spec).resolve(), base_dir)
+                # A bad row too: the fetch and normalise stages' own checks, run now.
+                from multilora_pipeline.tasks.data.preflight import check_local_data
+
+                check_local_data(spec, base_dir, ws)
         if args.command == "run":
             from multilora_pipeline.flows.pipeline import pipeline_flow
 

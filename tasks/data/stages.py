@@ -236,9 +236,8 @@ def prepare_suite(
     """fetch -> normalise for one evaluation suite (and its dev split, if it names one)."""
     snap = fetch(suite, suite.name, Path(base_dir), ws)
     prepared = Prepared(suite.name, snapshot_info(snap), normalise_stage(ws, snap, suite, known))
-    if suite.dev is not None:
-        # The dev split is read exactly like the suite: same template, its own location.
-        dev = suite.model_copy(update={"name": f"{suite.name}-dev", **dict(suite.dev), "dev": None})
+    dev = suite.dev_suite()
+    if dev is not None:
         dev_snap = fetch(dev, dev.name, Path(base_dir), ws)
         prepared.dev = normalise_stage(ws, dev_snap, dev, known)
         prepared.dev_snapshot = snapshot_info(dev_snap)

@@ -123,6 +123,39 @@ def test_a_missing_data_file_is_named_by_its_field_before_prefect_starts(tmp_pat
     assert not (tmp_path / "ws" / "catalog.duckdb").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "data"])
+def test_a_bad_row_is_named_by_file_row_and_field_before_prefect_starts(command, tmp_path):
+    import json
+    import shutil
+    import time
+
+    data = tmp_path / "demo"
+    shutil.copytree(REPO / "data_specs" / "demo", data)
+    lines = (data / "math_train.jsonl").read_text().splitlines()
+    row = json.loads(lines[6])
+    lines[6] = json.dumps({**row, "answer": ""})
+    (data / "math_train.jsonl").write_text("\n".join(lines) + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((REPO / "data_specs" / "demo_tiny.yaml").read_text())
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, command, str(spec), "--workspace", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == "[]"  # Prefect (and its ~20 s server) never started
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in done.stderr
+    assert f"{data / 'math_train.jsonl'}" in error[0] and "row 7" in error[0], error
+    assert "answer" in error[0]
+    assert not (tmp_path / "ws" / "catalog.duckdb").exists()
+    print(f"bad row reported in {seconds:.1f}s")  # the figure for the note
+
+
 def test_serve_rejects_a_bad_cron(tmp_path):
     # A subprocess: `serve` sets up Prefect's logging, which must not bind to pytest's capture.
     done = subprocess.run(
