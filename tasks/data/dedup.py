@@ -15,6 +15,7 @@ Exact dedup is unaffected: the same passage with another question is another key
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,30 +129,32 @@ def _exact_pass(codes: np.ndarray, rows: np.ndarray, dup_of: np.ndarray) -> None
     dup_of[rows[repeat]] = rep[repeat]
 
 
-def _same_query(table, rows, pairs, sims, config) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the near pairs whose rows ask the same thing. Rows of passage-based tasks carry
-    their question or hypothesis in meta (templates.QUERY): two BoolQ questions about one
-    Wikipedia passage share most shingles yet are different items, so such a pair counts only
-    when the queries' word sets also reach the threshold and the gold answers agree (two
-    near-identical questions with opposite answers are a contrastive pair, not a copy).
-    `rows`: table row of each index."""
-    if not len(pairs):
-        return pairs, sims
-    involved = np.unique(pairs)
-    picked = table.select(["meta", "response"]).take(pa.array(rows[involved], type=pa.int64()))
-    queries = [_query(m) for m in picked.column("meta").to_pylist()]
-    answers = picked.column("response").to_pylist()
-    words = normalised_words([q or "" for q in queries]).to_pylist()
-    where = {int(i): k for k, i in enumerate(involved)}
-    keep = np.ones(len(pairs), dtype=bool)
-    for k, (i, j) in enumerate(pairs.tolist()):
-        a, b = where[i], where[j]
-        if queries[a] is None or queries[b] is None:
-            continue
-        sa, sb = set(words[a]), set(words[b])
-        same_answer = answers[a].strip().lower() == answers[b].strip().lower()
-        keep[k] = same_answer and len(sa & sb) >= config.threshold * len(sa | sb)
-    return pairs[keep], sims[keep]
+def _same_query(table: pa.Table, rows: np.ndarray, threshold: float) -> Callable[[int, int], bool]:
+    """Whether a near pair (indices i, j; `rows`: the table row of each index) asks the same
+    thing. Rows of passage-based tasks carry their question or hypothesis in meta
+    (templates.QUERY): two BoolQ questions about one Wikipedia passage share most shingles
+    yet are different items, so such a pair counts only when the queries' word sets also
+    reach the threshold and the gold answers agree (two near-identical questions with
+    opposite answers are a contrastive pair, not a copy). Read lazily, for the pairs asked."""
+    meta, response = table.column("meta"), table.column("response")
+    seen: dict[int, tuple[set, str] | None] = {}
+
+    def query(k: int) -> tuple[set, str] | None:
+        if k not in seen:
+            text = _query(meta[int(rows[k])].as_py())
+            seen[k] = None
+            if text is not None:
+                words = set(normalised_words([text]).to_pylist()[0])
+                seen[k] = (words, (response[int(rows[k])].as_py() or "").strip().lower())
+        return seen[k]
+
+    def accept(i: int, j: int) -> bool:
+        a, b = query(i), query(j)
+        if a is None or b is None:
+            return True
+        return a[1] == b[1] and len(a[0] & b[0]) >= threshold * len(a[0] | b[0])
+
+    return accept
 
 
 def _query(meta: str) -> str | None:
@@ -160,21 +163,6 @@ def _query(meta: str) -> str | None:
     except (TypeError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
-
-
-def _greedy_near(n: int, pairs: np.ndarray, sims: np.ndarray):
-    """Walk pairs (i < j in rank order) by j: drop j when some kept i duplicates it.
-
-    i's fate is settled before j is visited, so every dropped row points at a kept row.
-    """
-    dup_of = np.full(n, -1, dtype=np.int64)
-    sim_of = np.zeros(n)
-    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
-    for k in order.tolist():
-        i, j = int(pairs[k, 0]), int(pairs[k, 1])
-        if dup_of[j] < 0 and dup_of[i] < 0:
-            dup_of[j], sim_of[j] = i, sims[k]
-    return dup_of, sim_of
 
 
 def dedup(
@@ -230,13 +218,11 @@ def dedup(
             num_perm=near_cfg.num_perm,
             shingle=near_cfg.shingle,
             bands=near_cfg.bands,
+            accept=_same_query(table, rank[live], near_cfg.threshold),
         )
-        pairs, sims = _same_query(table, rank[live], found.pairs, found.similarity, near_cfg)
-        if len(pairs):
-            local_dup, local_sim = _greedy_near(len(live), pairs, sims)
-            hit = np.flatnonzero(local_dup >= 0)
-            rows = live[hit]
-            dup_of[rows], sim[rows], kind[rows] = live[local_dup[hit]], local_sim[hit], "near"
+        kept_i, dropped_j = found.pairs[:, 0], found.pairs[:, 1]
+        rows = live[dropped_j]
+        dup_of[rows], sim[rows], kind[rows] = live[kept_i], found.similarity, "near"
     dropped_ranked = np.flatnonzero(dup_of >= 0)
     keep = np.ones(n, dtype=bool)
     keep[rank[dropped_ranked]] = False

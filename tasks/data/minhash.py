@@ -1,12 +1,14 @@
-"""Vectorised MinHash LSH for near-duplicate detection (numpy only, no per-document Python).
+"""Vectorised MinHash LSH for near-duplicate detection (numpy; Python only per bucketed row).
 
     texts ──normalise──► words ──hash once──► word hashes ──rolling polynomial──► shingle hashes
           ──(a·x + b) mod 2^64, min per doc, >> 32──► signatures (n × num_perm, uint32)
-          ──band keys (one 64-bit hash per band)──► sort per band ──► candidate pairs
-          ──Jaccard ≥ threshold (estimated; exact where the estimate is near the threshold)──►
-          near-duplicate pairs
+          ──band keys (one 64-bit hash per band)──► bucket ids (shared buckets only)
+          ──in rank order, each row against the kept rows of its buckets: Jaccard ≥ threshold
+            (estimated; exact where the estimate is near the threshold)──► dropped rows,
+            each with the kept row it duplicates
 
-Why it is fast: every step is a whole-array numpy or Arrow operation. The permutations are
+Why it is fast: every step up to the buckets is a whole-array numpy or Arrow operation; the
+greedy walk visits only rows that share a bucket, against only kept rows. The permutations are
 multiply-add-shift hashes (Dietzfelbinger 1996: for 32-bit keys x and random 64-bit a, b,
 ``((a·x + b) mod 2^64) >> 32`` is a universal family), computed for all permutations as one
 matrix operation per chunk of shingles; the shift is monotone, so it is applied after the
@@ -19,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,9 +39,9 @@ PUNCT_RE = r"[^\p{L}\p{N}\p{M}\s]"
 CHUNK_SHINGLES = 1 << 12
 # Odd 64-bit constant (golden ratio) for the rolling shingle polynomial.
 ROLL = np.uint64(0x9E3779B97F4A7C15)
-# Buckets are compared within a window of this many rows (in rank order), so a bucket of
-# 10k identical rows costs 10k x 32 pairs instead of 50M.
-BUCKET_WINDOW = 32
+# Kept rows a bucket remembers (the best-ranked): a later row is compared with at most this
+# many per band, so a bucket of distinct rows that collide in one band costs bounded work.
+BUCKET_CAP = 32
 # Candidates whose estimated Jaccard is this close to the threshold get the exact Jaccard:
 # 0.15 is over 3 standard deviations of the 128-permutation estimate (sqrt(J(1-J)/128) <= 0.044).
 VERIFY_MARGIN = 0.15
@@ -225,57 +228,49 @@ def lsh_params(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> t
     return num_perm, 1
 
 
-def candidate_pairs(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None):
-    """Pairs (i, j), i < j, that share at least one band; (m, 2) int64, unique.
-
-    Row order is rank order: in a huge bucket each row is paired with the BUCKET_WINDOW rows
-    before it, so a better-ranked copy is always among its partners.
-    """
+def band_buckets(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None):
+    """(n, bands) int32: the bucket of each row in each band (one id space over all bands),
+    or -1 where no other active row shares it (nothing to compare there) or the row is
+    inactive (no shingles). Rows share a bucket when their `rows` signature values of that
+    band are equal (up to a 64-bit hash of them)."""
     n = sig.shape[0]
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
+    out = np.full((n, bands), -1, dtype=np.int32)
     ids = np.arange(n) if active is None else np.flatnonzero(active)
     mult = _mix64(np.arange(1, rows + 1, dtype=np.uint64)) | np.uint64(1)
-    found = []
+    offset = 0
     for band in range(bands):
         cols = sig[ids, band * rows : (band + 1) * rows].astype(np.uint64)
         key = _mix64((cols * mult).sum(axis=1, dtype=np.uint64) + np.uint64(band))
-        order = np.argsort(key, kind="stable")
-        k = key[order]
-        for d in range(1, BUCKET_WINDOW + 1):
-            same = np.flatnonzero(k[d:] == k[:-d])
-            if len(same) == 0:
-                break
-            found.append(np.stack([ids[order[same]], ids[order[same + d]]], axis=1))
-    if not found:
-        return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(found)
-    pairs.sort(axis=1)
-    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
-    return np.stack([code // n, code % n], axis=1)
+        unique, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        shared = counts[inverse] > 1
+        out[ids[shared], band] = inverse[shared] + offset
+        offset += len(unique)
+    return out
 
 
 def exact_jaccard(shingles: Shingles, pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle sets of each pair (float64)."""
-    if len(pairs) == 0:
-        return np.zeros(0)
-    sets = {int(i): set(shingles.doc(i).tolist()) for i in np.unique(pairs)}
     out = np.empty(len(pairs))
-    for k, (i, j) in enumerate(pairs.tolist()):
-        a, b = sets[i], sets[j]
-        inter = len(a & b)
-        out[k] = inter / (len(a) + len(b) - inter) if (a or b) else 1.0
+    for k, (i, j) in enumerate(np.asarray(pairs).reshape(-1, 2).tolist()):
+        a, b = np.unique(shingles.doc(i)), np.unique(shingles.doc(j))
+        inter = len(np.intersect1d(a, b, assume_unique=True))
+        union = len(a) + len(b) - inter
+        out[k] = inter / union if union else 1.0
     return out
 
 
 @dataclass(frozen=True)
 class NearDuplicates:
-    """Verified pairs (i < j, indices into the input) and their shingle Jaccard (exact where
-    the estimate was within VERIFY_MARGIN of the threshold, else the signature estimate)."""
+    """Each dropped row with the kept row it duplicates: pairs (i, j), i < j, and their
+    shingle Jaccard (exact where the estimate was within VERIFY_MARGIN of the threshold,
+    else the signature estimate)."""
 
     pairs: np.ndarray
     similarity: np.ndarray
     candidates: int
+    """Signature comparisons made (kept row, later row sharing a bucket with it)."""
     bands: int
     rows: int
 
@@ -288,8 +283,18 @@ def near_duplicates(
     shingle: int = 5,
     bands: int | None = None,
     seed: int = DEFAULT_SEED,
+    accept: Callable[[int, int], bool] | None = None,
 ) -> NearDuplicates:
-    """All pairs of texts whose word-shingle Jaccard is >= threshold (LSH, then verified)."""
+    """Greedy near-dedup in input order (the caller's rank order, best copy first): a text
+    is dropped when its word-shingle Jaccard with an earlier *kept* text reaches
+    `threshold` (and `accept(i, j)`, when given, agrees); the earliest such text is the one
+    it duplicates.
+
+    Candidates come from LSH buckets, but a text is compared only with the kept texts of
+    its buckets (at most BUCKET_CAP per bucket, the best-ranked), never with every pair: a
+    bucket of 147k near-identical rows costs 147k comparisons with its one survivor, not
+    millions of pairs, and memory stays at the signatures plus one bucket id per row and band.
+    """
     t0 = time.perf_counter()
     if bands is None:
         bands, rows = lsh_params(threshold, num_perm)
@@ -297,21 +302,63 @@ def near_duplicates(
         rows = num_perm // bands
     sh = word_shingles(texts, shingle)
     sig = MinHasher(num_perm, seed).signatures(sh)
-    cand = candidate_pairs(sig, bands, rows, active=sh.counts > 0)
-    # Estimated Jaccard for every candidate; the exact one only where the estimate is
-    # close enough to the threshold that the estimator's noise could flip the decision.
-    sim = (sig[cand[:, 0]] == sig[cand[:, 1]]).mean(axis=1) if len(cand) else np.zeros(0)
-    unsure = np.abs(sim - threshold) < VERIFY_MARGIN
-    sim[unsure] = exact_jaccard(sh, cand[unsure])
-    keep = sim >= threshold
+    buckets = band_buckets(sig, bands, rows, active=sh.counts > 0)
     n = len(sh.counts)
+    kept_in: dict[int, list[int]] = {}
+    pairs, sims, compared = [], [], 0
+    for j in np.flatnonzero((buckets >= 0).any(axis=1)).tolist():
+        own = [int(b) for b in buckets[j] if b >= 0]
+        candidates = sorted({i for b in own for i in kept_in.get(b, ())})
+        found = _first_duplicate(sh, sig, candidates, j, threshold, accept)
+        compared += len(candidates)
+        if found is not None:
+            pairs.append((found[0], j))
+            sims.append(found[1])
+            continue
+        for b in own:  # j is kept: later rows of its buckets are compared with it
+            members = kept_in.setdefault(b, [])
+            if len(members) < BUCKET_CAP:
+                members.append(j)
+    seconds = time.perf_counter() - t0
     log.info(
-        "near-dup: %d texts, %d candidates, %d pairs >= %.2f in %.1fs (%.0f texts/s)",
+        "near-dup: %d texts, %d comparisons, %d near duplicates >= %.2f in %.1fs (%.0f texts/s)",
         n,
-        len(cand),
-        int(keep.sum()),
+        compared,
+        len(pairs),
         threshold,
-        time.perf_counter() - t0,
-        n / max(time.perf_counter() - t0, 1e-9),
+        seconds,
+        n / max(seconds, 1e-9),
     )
-    return NearDuplicates(cand[keep], sim[keep], len(cand), bands, rows)
+    return NearDuplicates(
+        np.array(pairs, dtype=np.int64).reshape(-1, 2),
+        np.array(sims, dtype=np.float64),
+        compared,
+        bands,
+        rows,
+    )
+
+
+def _first_duplicate(
+    sh: Shingles,
+    sig: np.ndarray,
+    candidates: list[int],
+    j: int,
+    threshold: float,
+    accept: Callable[[int, int], bool] | None,
+) -> tuple[int, float] | None:
+    """The best-ranked candidate that `j` duplicates, with the similarity, or None."""
+    if not candidates:
+        return None
+    estimates = (sig[candidates] == sig[j]).mean(axis=1)
+    for i, estimate in zip(candidates, estimates.tolist(), strict=True):
+        if estimate < threshold - VERIFY_MARGIN:
+            continue
+        # The exact Jaccard only where the estimator's noise could flip the decision.
+        similarity = (
+            float(exact_jaccard(sh, np.array([[i, j]]))[0])
+            if abs(estimate - threshold) < VERIFY_MARGIN
+            else estimate
+        )
+        if similarity >= threshold and (accept is None or accept(i, j)):
+            return i, similarity
+    return None

@@ -13,7 +13,7 @@ from multilora_pipeline.data_specs.schema import DedupSpec, NearDedupSpec, load_
 from multilora_pipeline.tasks.data.dedup import dedup, drops_per_source_pair, exact_keys
 from multilora_pipeline.tasks.data.minhash import (
     MinHasher,
-    candidate_pairs,
+    band_buckets,
     exact_jaccard,
     lsh_params,
     near_duplicates,
@@ -130,10 +130,31 @@ def test_lsh_params_keep_recall_at_the_threshold():
     assert lsh_params(0.9, 128)[1] > rows  # a higher threshold affords longer bands
 
 
-def test_candidate_pairs_are_unique_and_ordered():
+def test_band_buckets_mark_only_buckets_two_rows_share():
     sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 4], [7, 7, 7, 7]], dtype=np.uint32)
-    pairs = candidate_pairs(sig, bands=2, rows=2)
-    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
+    buckets = band_buckets(sig, bands=2, rows=2)
+    assert buckets[0, 0] == buckets[1, 0] == buckets[2, 0] >= 0  # band 0: rows 0-2 share (1, 2)
+    assert buckets[0, 1] == buckets[2, 1] >= 0 and buckets[1, 1] == -1  # band 1: rows 0 and 2
+    assert buckets[3].tolist() == [-1, -1]  # shares nothing: never compared
+    assert buckets[0, 0] != buckets[0, 1]  # one id space over the bands
+    inactive = band_buckets(sig, bands=2, rows=2, active=np.array([True, True, False, True]))
+    assert inactive[2].tolist() == [-1, -1] and inactive[0, 1] == -1
+
+
+def test_a_huge_cluster_of_near_identical_rows_costs_comparisons_with_its_survivors_only():
+    base = text(7, 100).split()  # one change alters 5 of 96 shingles: any two rows J >= 0.81
+    rows = []
+    for k in range(3000):  # one word changed per row: every pair is a near-duplicate candidate
+        words = list(base)
+        words[k % 100] = f"changed{k}"
+        rows.append(" ".join(words))
+    found = near_duplicates(rows, threshold=0.8)
+    dropped = set(found.pairs[:, 1].tolist())
+    kept = [j for j in range(len(rows)) if j not in dropped]
+    assert len(kept) < 60  # the cluster collapses to a handful of survivors
+    assert found.candidates < 60 * len(rows)  # against survivors only, never all pairs
+    assert np.all(found.pairs[:, 0] < found.pairs[:, 1]) and not set(found.pairs[:, 0]) & dropped
+    assert np.all(found.similarity >= 0.8)
 
 
 def test_near_duplicates_recall_on_a_synthetic_set():
