@@ -21,7 +21,7 @@ import typing
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -125,6 +125,27 @@ class DataLocation(Strict):
         if self.url is not None:
             _check_url(self.url)
         return self
+
+
+REDACTED = "***"
+# Query values this long could be a token under a name URL_SECRET_PARAM_RE does not know
+# (real tokens are 20+ characters); shorter ones (download=1, ref=main) stay readable.
+REDACT_VALUE_CHARS = 16
+
+
+def redact_url(url: str) -> str:
+    """`url` as logs, catalog rows and MLflow parameters show it: no user:password@, and
+    every query value of REDACT_VALUE_CHARS or more characters replaced by ***. Specs with a
+    known credential are refused at load; this covers the ones no rule recognises."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = "&".join(
+        f"{key}={REDACTED if len(value) >= REDACT_VALUE_CHARS else value}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _check_url(url: str) -> None:
@@ -724,6 +745,17 @@ class PipelineSpec(Strict):
     def canonical(self) -> dict:
         """Validated spec with defaults filled, as plain JSON-able data."""
         return self.model_dump(mode="json")
+
+    def params(self) -> dict:
+        """`canonical()` as stored where people read it (the parent run's MLflow parameters):
+        URLs through `redact_url`."""
+        data = self.canonical()
+        for section in ("sources", "eval_suites"):
+            for item in data[section]:
+                for location in (item, item.get("dev") or {}):
+                    if location.get("url"):
+                        location["url"] = redact_url(location["url"])
+        return data
 
     @property
     def spec_hash(self) -> str:

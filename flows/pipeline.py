@@ -382,7 +382,7 @@ def _locked_run(ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Pat
     parent_id = tracker.start_parent(
         run_name=f"{spec.name}-{data.mixture_id[:8]}",
         tags=lineage.run_tags(spec_file=str(Path(spec_path).resolve())),
-        params=spec.canonical(),
+        params=spec.params(),  # URLs redacted: parameters are read by everyone
     )
     try:
         run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)

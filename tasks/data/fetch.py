@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.errors import DataError
-from multilora_pipeline.data_specs.schema import DataLocation
+from multilora_pipeline.data_specs.schema import DataLocation, redact_url
 from multilora_pipeline.models.content import file_sha256, temporary_name
 from multilora_pipeline.tasks.data.files.parquet_io import (
     ROW_GROUP_ROWS,
@@ -117,11 +117,12 @@ def fetch(
         return _fetch_hub(location, name, raw_dir, workspace)
     if location.url is not None:
         path = _download(location, workspace)
+        shown = redact_url(location.url)  # the snapshot's origin is logged and in the catalog
         try:
-            return _fetch_file(path, f"url:{location.url}", name, location, raw_dir, columns)
+            return _fetch_file(path, f"url:{shown}", name, location, raw_dir, columns)
         except DataError as err:  # name the URL, not only the downloaded copy
             raise DataError(
-                err.what, where=f"{location.url} (saved as {err.where})", fix=err.fix
+                err.what, where=f"{shown} (saved as {err.where})", fix=err.fix
             ) from None
     path = Path(location.path)
     path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
@@ -230,7 +231,7 @@ def _download(location: DataLocation, workspace: Workspace) -> Path:
     if location.sha256:
         cached = folder / f"{location.sha256.lower()}{suffix}"
         if cached.exists():
-            log.info("fetch %s: reusing the earlier download %s", url, cached.name)
+            log.info("fetch %s: reusing the earlier download %s", redact_url(url), cached.name)
             return cached
     tmp_path = temporary_name(folder / "download")
     try:
@@ -244,6 +245,7 @@ def _download(location: DataLocation, workspace: Workspace) -> Path:
 
 def _download_with_retries(url: str, target: Path) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "mlora-pipeline"})
+    shown = redact_url(url)  # what logs and errors say
     for attempt in range(1, URL_ATTEMPTS + 1):
         try:
             with (
@@ -261,12 +263,12 @@ def _download_with_retries(url: str, target: Path) -> None:
         if not retry or attempt == URL_ATTEMPTS:
             raise DataError(
                 f"download failed after {attempt} attempt(s): {reason}",
-                where=url,
+                where=shown,
                 fix="check the URL and the network; 4xx errors are not retried",
             )
         wait = URL_BACKOFF_S * 2 ** (attempt - 1)
         log.warning(
-            "download %s: %s, retry %d/%d in %.1fs", url, reason, attempt, URL_ATTEMPTS - 1, wait
+            "download %s: %s, retry %d/%d in %.1fs", shown, reason, attempt, URL_ATTEMPTS - 1, wait
         )
         time.sleep(wait)
 

@@ -449,6 +449,22 @@ def test_seeds_and_grids_leave_the_runs_they_already_have_the_same(demo):
     assert grid.arms[1].identity() == plain.arms[1].identity()
 
 
+def test_mlflow_parameters_show_urls_redacted_and_the_hash_still_sees_them(demo):
+    with_url = copy.deepcopy(demo)
+    with_url["sources"][0].pop("path")
+    with_url["sources"][0]["url"] = "https://u:@example.org/d.jsonl?v=2&sess=Zq8xv2KpT0mWc7RbN4sLdE"
+    with pytest.raises(SpecError, match="credential"):  # user:...@ is refused outright
+        parse_spec(with_url, FILE)
+    with_url["sources"][0]["url"] = "https://example.org/d.jsonl?v=2&sess=Zq8xv2KpT0mWc7RbN4sLdE"
+    spec = parse_spec(with_url, FILE)
+    assert spec.params()["sources"][0]["url"] == "https://example.org/d.jsonl?v=2&sess=***"
+    assert spec.canonical()["sources"][0]["url"].endswith("sess=Zq8xv2KpT0mWc7RbN4sLdE")
+    other = edited(
+        with_url, "sources.0.url", "https://example.org/d.jsonl?v=2&sess=another-long-value"
+    )
+    assert parse_spec(other, FILE).spec_hash != spec.spec_hash  # identity is the real URL
+
+
 def test_arms_vllm_cannot_serve_with_its_defaults_are_named_with_the_flag(demo):
     from multilora_pipeline.data_specs.serving import vllm_notes
 

@@ -389,6 +389,28 @@ def test_url_errors_name_the_url(server, tmp_path, workspace):
         fetch(DataLocation(url=f"{server.url}/d.jsonl", sha256="ab" * 32), "d", tmp_path, workspace)
 
 
+def test_a_long_query_value_no_rule_knows_is_never_logged_stored_or_quoted(
+    server, tmp_path, workspace, caplog
+):
+    secret = "Zq8xv2KpT0mWc7RbN4sLdE"  # under a name no credential rule knows
+    server.script[f"/d.jsonl?dl=1&session={secret}"] = [(503, b"busy"), (200, b'{"q": 1}\n')]
+    server.script[f"/page.json?st={secret}"] = [(200, b"<!DOCTYPE html><html>login</html>")]
+    with caplog.at_level("INFO"):
+        snap = fetch(
+            DataLocation(url=f"{server.url}/d.jsonl?dl=1&session={secret}"),
+            "d",
+            tmp_path,
+            workspace,
+        )
+        with pytest.raises(DataError) as caught:
+            fetch(DataLocation(url=f"{server.url}/page.json?st={secret}"), "p", tmp_path, workspace)
+    assert server.hits[-1] == f"/page.json?st={secret}"  # the real URL was asked for
+    assert snap.origin == f"url:{server.url}/d.jsonl?dl=1&session=***"  # short values stay
+    assert f"{server.url}/page.json?st=***" in str(caught.value)
+    assert secret not in caplog.text + str(caught.value) + snap.origin
+    assert "retry 1/" in caplog.text  # the retry line was logged, redacted
+
+
 # ---------------------------------------------------------------- hub
 
 
