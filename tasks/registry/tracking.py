@@ -433,10 +433,26 @@ class _MlflowStepLogger(TrainerCallback):
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
+        self.logged: dict[str, set[int]] | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
-        metrics = {name: logs[key] for key, name in self.KEYS.items() if key in logs}
+        if self.logged is None:
+            # A run resumed from a checkpoint trains again the steps the killed process had
+            # logged after that checkpoint: their points are in the run already, once.
+            client = self.tracker.client
+            self.logged = {
+                name: {m.step for m in client.get_metric_history(self.run_id, name)}
+                for name in self.KEYS.values()
+            }
+        step = state.global_step
+        metrics = {
+            name: logs[key]
+            for key, name in self.KEYS.items()
+            if key in logs and step not in self.logged[name]
+        }
         if metrics:
-            self.tracker.log_metrics(self.run_id, metrics, step=state.global_step)
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+            for name in metrics:
+                self.logged[name].add(step)

@@ -56,3 +56,23 @@ def test_a_table_logged_again_replaces_the_first(workspace: Workspace):
     assert table.to_dict("list") == {"suite": ["a", "a"], "correct": [False, False]}
     listed = json.loads(tracker.run_tags(run_id)["mlflow.loggedArtifacts"])
     assert listed == [{"path": "eval/p.json", "type": "table"}]  # the UI lists it once
+
+
+def test_a_resumed_run_logs_each_step_once(workspace: Workspace):
+    """A run killed after a checkpoint logged steps past it; the resumed process trains those
+    steps again, and its callback must not add a second point for them."""
+    from types import SimpleNamespace
+
+    tracker = Tracker(workspace, "demo")
+    run_id = tracker.start_parent("run", tags={}, params={})
+
+    def train(callback, steps):
+        for step in steps:
+            state = SimpleNamespace(global_step=step, is_world_process_zero=True)
+            callback.on_log(None, state, None, logs={"loss": 1.0 / step, "learning_rate": 1e-3})
+
+    train(tracker.training_callback(run_id), [2, 4, 6])  # killed after step 6; checkpoint at 4
+    train(tracker.training_callback(run_id), [6, 8])  # the resumed process, from checkpoint 4
+    for name in ("train_loss", "learning_rate"):
+        steps = [m.step for m in tracker.client.get_metric_history(run_id, name)]
+        assert sorted(steps) == [2, 4, 6, 8], name
