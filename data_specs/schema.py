@@ -32,6 +32,7 @@ from pydantic import (
     PositiveFloat,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -105,7 +106,8 @@ class DataLocation(Strict):
     """Where a table comes from: exactly one of path, hf or url."""
 
     path: str | None = None
-    """Local file (jsonl, json, csv, tsv, parquet), relative to the spec file's folder."""
+    """Local file (jsonl, json, csv, tsv, parquet), relative to the spec file's folder; or a
+    folder (every file in it of the format, by name) or a glob (``mmlu/dev/*.csv``)."""
     hf: HubDataset | None = None
     """A Hugging Face hub dataset."""
     url: str | None = None
@@ -116,6 +118,35 @@ class DataLocation(Strict):
     """File format; inferred from the file suffix when omitted."""
     max_rows: int | None = Field(default=None, gt=0)
     """Read at most this many rows (first rows in file order)."""
+    columns: list[str] | None = Field(default=None, min_length=1)
+    """Column names of a headerless CSV/TSV, in file order: the first line is then data, not
+    a header (FLAN's TSVs, MMLU's CSVs; the mmlu template knows its own)."""
+
+    file_fields: str | None = None
+    """For a `path` naming a folder or a glob (several files): a regular expression matched
+    against each file's name without its suffix; its named groups become columns of that
+    file's rows, e.g. ``(?P<subject>.+)_dev`` gives MMLU's subject from
+    ``abstract_algebra_dev.csv``. Every row also records its file (``__file__``)."""
+
+    @field_validator("file_fields")
+    @classmethod
+    def _named_groups(cls, pattern):
+        if pattern is None:
+            return None
+        try:
+            groups = re.compile(pattern).groupindex
+        except re.error as err:
+            raise ValueError(f"file_fields is not a regular expression: {err}") from None
+        if not groups:
+            raise ValueError("file_fields needs a named group, e.g. (?P<subject>.+)_dev")
+        return pattern
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, columns):
+        if columns is not None and len(set(columns)) != len(columns):
+            raise ValueError(f"columns must be distinct, got {columns}")
+        return columns
 
     @model_validator(mode="after")
     def _one_location(self):
@@ -175,7 +206,9 @@ class SourceSpec(DataLocation):
     priority: int = 0
     """Dedup keeps the copy from the source with the highest priority (ties: spec order)."""
     fields: dict[str, str] | None = None
-    """For the generic template: canonical field -> source column (prompt, response, ...)."""
+    """Template field -> source column, for columns named otherwise than the template
+    expects (e.g. ``{question: query}``); for the generic template, the canonical fields
+    prompt, response, choices and label."""
 
 
 class EvalSuiteSpec(DataLocation):
@@ -193,14 +226,19 @@ class EvalSuiteSpec(DataLocation):
     """Score at most this many items (first in file order); None scores all."""
     dev: DataLocation | None = None
     """Where few-shot exemplars come from (e.g. MMLU's dev split), read with the suite's
-    template; None takes them from the suite itself, never the item being scored."""
+    template and fields (and its reading options, unless the dev split gives its own);
+    None takes them from the suite itself, never the item being scored."""
+    fields: dict[str, str] | None = None
+    """Template field -> source column, as for sources."""
 
     def dev_suite(self) -> EvalSuiteSpec | None:
         """The dev split as a suite of its own (`<name>-dev`): read exactly like the suite,
         same template, its own location."""
         if self.dev is None:
             return None
-        return self.model_copy(update={"name": f"{self.name}-dev", **dict(self.dev), "dev": None})
+        own = {k: getattr(self.dev, k) for k in self.dev.model_fields_set}  # what it says itself
+        location = {k: None for k in ("path", "hf", "url", "sha256", "max_rows")} | own
+        return self.model_copy(update={"name": f"{self.name}-dev", **location, "dev": None})
 
 
 class NearDedupSpec(Strict):
@@ -643,8 +681,11 @@ class RegistrySpec(Strict):
     (the gate's reasons still state the base model's score)."""
 
 
-class PipelineSpec(Strict):
-    """A whole pipeline run: sources to promotion."""
+class DataSpec(Strict):
+    """The data half of a spec: sources to mixture (what `mlora data` needs).
+
+    A spec file without `base_model` and `arms` is one of these; a whole pipeline spec
+    (PipelineSpec) adds the model, the arms and what follows training."""
 
     name: str = Field(pattern=NAME_RE)
     """Spec name: the MLflow experiment and (by default) the registered model are named after it."""
@@ -660,6 +701,60 @@ class PipelineSpec(Strict):
     """Decontamination settings."""
     mixture: MixtureSpec = MixtureSpec()
     """Mixture settings."""
+    seed: int = 0
+    """Seed for every sampling decision in the data stages."""
+
+    @model_validator(mode="after")
+    def _data_checks(self):
+        for group, items in (("sources", self.sources), ("eval_suites", self.eval_suites)):
+            names = [i.name for i in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        shared = sorted({s.name for s in self.sources} & {s.name for s in self.eval_suites})
+        if shared:
+            raise ValueError(
+                f"sources and eval_suites share the name(s) {shared}: each becomes a catalog "
+                "snapshot under its name, so rename the source or the suite"
+            )
+        if self.mixture.weights:
+            unknown = set(self.mixture.weights) - {s.name for s in self.sources}
+            if unknown:
+                raise ValueError(f"mixture.weights names unknown sources {sorted(unknown)}")
+        if self.mixture.strategy == "weights":
+            given, sources = set(self.mixture.weights), [s.name for s in self.sources]
+            left_out = [s for s in sources if s not in given]
+            if left_out:
+                raise ValueError(
+                    f"mixture.weights gives no weight to source(s) {left_out}: give each a "
+                    "weight (0 leaves it out of the mixture on purpose)"
+                )
+        return self
+
+    def canonical(self) -> dict:
+        """Validated spec with defaults filled, as plain JSON-able data."""
+        return self.model_dump(mode="json")
+
+    def params(self) -> dict:
+        """`canonical()` as stored where people read it (the parent run's MLflow parameters):
+        URLs through `redact_url`."""
+        data = self.canonical()
+        for section in ("sources", "eval_suites"):
+            for item in data[section]:
+                for location in (item, item.get("dev") or {}):
+                    if location.get("url"):
+                        location["url"] = redact_url(location["url"])
+        return data
+
+    @property
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class PipelineSpec(DataSpec):
+    """A whole pipeline run: sources to promotion."""
+
     base_model: BaseModelSpec
     """The base model."""
     prompt_format: Literal["auto", "chat", "plain"] = "auto"
@@ -677,39 +772,18 @@ class PipelineSpec(Strict):
     """Evaluation settings."""
     registry: RegistrySpec = RegistrySpec()
     """Registry and promotion settings."""
-    seed: int = 0
-    """Seed for every sampling decision in the data stages."""
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        for group, items in (
-            ("sources", self.sources),
-            ("eval_suites", self.eval_suites),
-            ("arms", self.arms),
-        ):
-            names = [i.name for i in items]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"{group}: names must be unique, repeated: {dupes}")
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arms: names must be unique, repeated: {dupes}")
         if any(a.name == "base" for a in self.arms):
             raise ValueError(
                 "arms: 'base' names the base model in every comparison, metric and table "
                 "(base_*, <arm>_vs_base_*): give the arm another name"
             )
-        shared = sorted({s.name for s in self.sources} & {s.name for s in self.eval_suites})
-        if shared:
-            raise ValueError(
-                f"sources and eval_suites share the name(s) {shared}: each becomes a catalog "
-                "snapshot under its name, so rename the source or the suite"
-            )
-        if self.mixture.strategy == "weights":
-            given, sources = set(self.mixture.weights), [s.name for s in self.sources]
-            left_out = [s for s in sources if s not in given]
-            if left_out and given <= set(sources):  # unknown names are reported below
-                raise ValueError(
-                    f"mixture.weights gives no weight to source(s) {left_out}: give each a "
-                    "weight (0 leaves it out of the mixture on purpose)"
-                )
         metrics = {metric_names.MACRO}
         for suite in self.eval_suites:
             kinds = metric_names.suite_kinds(suite.kind, suite.template)
@@ -732,35 +806,11 @@ class PipelineSpec(Strict):
                 f"training.max_length {self.training.max_length} exceeds base_model.tiny."
                 f"max_position {tiny.max_position}: lower max_length or raise max_position"
             )
-        if self.mixture.weights:
-            unknown = set(self.mixture.weights) - {s.name for s in self.sources}
-            if unknown:
-                raise ValueError(f"mixture.weights names unknown sources {sorted(unknown)}")
         return self
 
     @property
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"mlora-{self.name}"
-
-    def canonical(self) -> dict:
-        """Validated spec with defaults filled, as plain JSON-able data."""
-        return self.model_dump(mode="json")
-
-    def params(self) -> dict:
-        """`canonical()` as stored where people read it (the parent run's MLflow parameters):
-        URLs through `redact_url`."""
-        data = self.canonical()
-        for section in ("sources", "eval_suites"):
-            for item in data[section]:
-                for location in (item, item.get("dev") or {}):
-                    if location.get("url"):
-                        location["url"] = redact_url(location["url"])
-        return data
-
-    @property
-    def spec_hash(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _yaml_path(loc: tuple) -> str:
@@ -850,14 +900,21 @@ def _problem(e: dict) -> str:
     return f"{path}: {msg}"
 
 
-def parse_spec(data: dict, file: Path) -> PipelineSpec:
+PIPELINE_KEYS = ("base_model", "arms")
+"""Keys that make a spec a pipeline spec; without them it is a data spec."""
+
+
+def parse_spec(data: dict, file: Path, *, data_only: bool = False) -> PipelineSpec:
     """Validate already-loaded YAML data; errors name `file` and the YAML path of each bad
-    value (unknown keys, wrong types, impossible combinations, credentials)."""
+    value (unknown keys, wrong types, impossible combinations, credentials). With
+    `data_only`, a spec without base_model and arms is a DataSpec (`mlora data`); one with
+    either is validated whole."""
     if not isinstance(data, dict):
         raise SpecError("the spec must be a YAML mapping", where=str(file))
     _reject_secrets(data, file)
+    model = DataSpec if data_only and not any(k in data for k in PIPELINE_KEYS) else PipelineSpec
     try:
-        return PipelineSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         problems = list(dict.fromkeys(_problem(e) for e in err.errors()))
         raise SpecError(
@@ -878,8 +935,9 @@ SpecLoader.add_implicit_resolver(
 )
 
 
-def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
-    """Read and validate a spec file. Returns the spec and the folder relative paths resolve from."""
+def load_spec(path: str | Path, *, data_only: bool = False) -> tuple[PipelineSpec, Path]:
+    """Read and validate a spec file (`data_only`: see parse_spec). Returns the spec and the
+    folder relative paths resolve from."""
     file = Path(path).resolve()
     if not file.is_file():
         raise SpecError("spec file not found", where=str(file), fix="check the path")
@@ -893,7 +951,14 @@ def load_spec(path: str | Path) -> tuple[PipelineSpec, Path]:
             where=str(file),
             fix="a spec is a few levels of mappings and lists; check the brackets",
         ) from None
-    return parse_spec(data, file), file.parent
+    return parse_spec(data, file, data_only=data_only), file.parent
+
+
+def _names_files(path: Path) -> bool:
+    """A file, a folder, or a glob with at least one match (fetch reads which files)."""
+    if any(c in path.name for c in "*?["):
+        return any(p.is_file() for p in path.parent.glob(path.name))
+    return path.is_file() or path.is_dir()
 
 
 def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> None:
@@ -907,7 +972,7 @@ def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> No
     missing = [
         f"  {field}.path: no file {base_dir / loc.path}"
         for field, loc in locations
-        if loc.path is not None and not (base_dir / loc.path).is_file()
+        if loc.path is not None and not _names_files(base_dir / loc.path)
     ]
     # Policy: a relative path may climb out of the spec's folder (shared data roots are
     # common), but it is said, with the resolved file, so a mistyped ../../ is seen before it

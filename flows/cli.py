@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "data", "serve", "lm-eval-tasks"):
             # A spec mistake is reported in a second, before Prefect and torch are imported
             # and Prefect's temporary server is started (~20 s).
-            spec, base_dir = load_spec(args.spec)
+            spec, base_dir = load_spec(args.spec, data_only=args.command == "data")
             if args.command != "serve":  # a scheduled run may find files that appear later
                 check_local_files(spec, Path(args.spec).resolve(), base_dir)
                 # A bad row too: the fetch and normalise stages' own checks, run now.

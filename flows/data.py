@@ -33,9 +33,9 @@ from pydantic import BaseModel
 
 from multilora_pipeline.data_specs.errors import SpecError
 from multilora_pipeline.data_specs.schema import (
+    DataSpec,
     DedupSpec,
     EvalSuiteSpec,
-    PipelineSpec,
     SourceSpec,
     load_spec,
 )
@@ -80,7 +80,7 @@ class DataOutputs(BaseModel):
     reused_stages: list[str]
     """Stages whose every output was reused from an earlier run."""
 
-    def suites(self, spec: PipelineSpec) -> list[SuiteData]:
+    def suites(self, spec: DataSpec) -> list[SuiteData]:
         """The spec's evaluation suites with their Parquet (and dev split), as scored."""
         from multilora_pipeline.tasks.evaluation.evaluate import SuiteData
 
@@ -141,7 +141,7 @@ def prepare_suite(suite: EvalSuiteSpec, base_dir: str, ws_root: str, known: dict
 
 @task(name="dedup-across-sources", cache_policy=NO_CACHE, persist_result=False)
 def dedup_across_task(
-    ws_root: str, within: list[StageOutput], spec: PipelineSpec, known: dict
+    ws_root: str, within: list[StageOutput], spec: DataSpec, known: dict
 ) -> StageOutput:
     """Dedup across sources (tasks/data/stages.py:dedup_across)."""
     out = data_stages.dedup_across(Workspace.resolve(ws_root), within, spec, known)
@@ -153,7 +153,7 @@ def decontaminate_task(
     ws_root: str,
     deduped: StageOutput,
     suites: dict[str, StageOutput],
-    spec: PipelineSpec,
+    spec: DataSpec,
     known: dict,
 ) -> StageOutput:
     """Decontaminate against every eval suite (tasks/data/stages.py:decontaminate_stage)."""
@@ -162,7 +162,7 @@ def decontaminate_task(
 
 
 @task(name="mix", cache_policy=NO_CACHE, persist_result=False)
-def mixture_task(ws_root: str, clean: StageOutput, spec: PipelineSpec, known: dict) -> StageOutput:
+def mixture_task(ws_root: str, clean: StageOutput, spec: DataSpec, known: dict) -> StageOutput:
     """Build the mixture (tasks/data/stages.py:mixture_stage)."""
     out = data_stages.mixture_stage(Workspace.resolve(ws_root), clean, spec, known)
     return _done(out, out.reused, f"mixture {out.output_id}")
@@ -205,7 +205,7 @@ def _artifacts(sources, across, clean, table) -> None:
     )
 
 
-def _run_tasks(spec: PipelineSpec, base: str, ws_root: str, known: dict):
+def _run_tasks(spec: DataSpec, base: str, ws_root: str, known: dict):
     """The stages as Prefect tasks: per-source and per-suite work mapped on the task runner."""
     source_futures = prepare_source.map(
         spec.sources, unmapped(base), unmapped(ws_root), unmapped(spec.dedup), unmapped(known)
@@ -223,7 +223,7 @@ def _run_tasks(spec: PipelineSpec, base: str, ws_root: str, known: dict):
     return sources, suites, across, clean, mixed
 
 
-def run_data_stages(spec: PipelineSpec, base_dir: str | Path, workspace: Workspace) -> DataOutputs:
+def run_data_stages(spec: DataSpec, base_dir: str | Path, workspace: Workspace) -> DataOutputs:
     """Run every data stage for `spec` inside the current flow (any task runner) and commit
     the catalog rows in one transaction once all succeeded."""
     log = stage_logger()
@@ -297,7 +297,7 @@ def make_task_runner(kind: str = "threads"):
 
 def _run_from_path(spec_path: str, workspace_root: str | None) -> DataOutputs:
     ws = Workspace.resolve(workspace_root).ensure()
-    spec, base_dir = load_spec(spec_path)
+    spec, base_dir = load_spec(spec_path, data_only=True)  # base_model and arms optional
     return run_data_stages(spec, base_dir, ws)
 
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.schema import DataLocation, redact_url
-from multilora_pipeline.models.content import file_sha256, temporary_name
+from multilora_pipeline.models.content import file_sha256, temporary_name, write_text_atomic
 from multilora_pipeline.tasks.data.files.parquet_io import (
     ROW_GROUP_ROWS,
     write_batches,
@@ -52,7 +52,7 @@ from multilora_pipeline.tasks.data.files.read import (
     read_batches,
     read_table,
 )
-from multilora_pipeline.tasks.data.templates import csv_columns_for
+from multilora_pipeline.tasks.data.templates import FILE_COLUMN, csv_columns_for
 from multilora_pipeline.tasks.workspace import Workspace
 
 __all__ = [
@@ -109,6 +109,8 @@ def fetch(
     names the columns of a headerless CSV/TSV; when omitted and `location`
     has a `template` that declares headerless columns (e.g. mmlu), those are used.
     """
+    if columns is None:  # the spec's own names first, then the template's (mmlu)
+        columns = location.columns
     if columns is None and getattr(location, "template", None):
         columns = csv_columns_for(location.template)
     raw_dir = workspace.data_dir / "raw"
@@ -124,9 +126,164 @@ def fetch(
             raise DataError(
                 err.what, where=f"{shown} (saved as {err.where})", fix=err.fix
             ) from None
-    path = Path(location.path)
-    path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
-    return _fetch_file(path, f"file:{path}", name, location, raw_dir, columns)
+    files = local_files(location, base_dir)
+    if len(files) == 1 and not location.file_fields:
+        return _fetch_file(files[0], f"file:{files[0]}", name, location, raw_dir, columns)
+    return _fetch_files(files, name, location, base_dir, raw_dir, columns)
+
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def local_files(location: DataLocation, base_dir: Path) -> list[Path]:
+    """The files a local `path` names, by name: the file; a folder's files of the format
+    (the spec's `format`, else the suffix they share); or a glob's matches."""
+    given = Path(location.path)
+    path = given if given.is_absolute() else Path(base_dir) / given
+    if GLOB_CHARS.search(location.path):
+        files = sorted(p.resolve() for p in path.parent.glob(path.name) if p.is_file())
+    elif path.is_dir():
+        files = sorted(
+            p.resolve() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
+        if location.format is None:
+            suffixes = {p.suffix.lower() for p in files}
+            if len(suffixes) > 1:
+                raise DataError(
+                    f"the folder holds files of several kinds {sorted(suffixes)}",
+                    where=str(path),
+                    fix="give format: (its files are read) or a glob such as folder/*.csv",
+                )
+    else:
+        return [path.resolve()]
+    if location.format is not None and path.is_dir():  # a folder: its files of that format
+        files = [f for f in files if _suffix_format(f) == location.format]
+
+    if not files:
+        raise DataError(
+            "no files match"
+            if GLOB_CHARS.search(location.path)
+            else "the folder has no data files",
+            where=str(path),
+            fix="check the path (relative paths start from the spec file's folder)",
+        )
+    return files
+
+
+def _suffix_format(path: Path) -> str | None:
+    try:
+        return detect_format(path, None)
+    except DataError:  # a README or notes file beside the data
+        return None
+
+
+def _fetch_files(
+    files: list[Path],
+    name: str,
+    location: DataLocation,
+    base_dir: Path,
+    raw_dir: Path,
+    columns: list[str] | None,
+) -> Snapshot:
+    """Several files as one snapshot, in name order: each row keeps its file's name
+    (``__file__``), its row in that file (``__row__``) and the `file_fields` of the name."""
+    if location.sha256:
+        raise DataError(
+            "sha256 checks one file, but this path names several",
+            where=location.path,
+            fix="remove sha256 (each file's hash is recorded in the snapshot's file list)",
+        )
+    pattern = re.compile(location.file_fields) if location.file_fields else None
+    listing = []
+    for path in files:
+        fmt = detect_format(path, location.format)
+        facts = inspect_file(path, text=fmt != "parquet")
+        found = {}
+        if pattern is not None:
+            match = pattern.fullmatch(path.stem)
+            if match is None:
+                raise DataError(
+                    f"the file name does not match file_fields {location.file_fields!r}",
+                    where=str(path),
+                    fix="fix the pattern, or narrow the glob to the files it describes",
+                )
+            found = match.groupdict()
+        listing.append(
+            {
+                "file": path.name,
+                "sha256": facts.sha256,
+                "format": fmt,
+                "fields": found,
+                "blank_lines": facts.blank_lines,
+            }
+        )
+    origin = f"file:{Path(location.path) if Path(location.path).is_absolute() else (Path(base_dir) / location.path).resolve()} ({len(files)} files)"
+    options = {
+        "files": [(f["file"], f["sha256"]) for f in listing],
+        "max_rows": location.max_rows,
+        "columns": columns,
+        "file_fields": location.file_fields,
+    }
+    content_hash = _digest(SNAPSHOT_VERSION, "files", options)
+    out = raw_dir / f"{content_hash}.parquet"
+    manifest = out.with_suffix(".files.json")
+    if out.exists():
+        rows = pq.ParquetFile(out).metadata.num_rows
+        log.info(
+            "fetch %s: unchanged (%s), reused snapshot %s (%d rows)",
+            name,
+            origin,
+            content_hash[:12],
+            rows,
+        )
+        return Snapshot(name, out, content_hash, rows, origin, None, reused=True)
+    start = time.perf_counter()
+    schema = None
+    streams = []
+    for path, entry in zip(files, listing, strict=True):
+        source = read_batches(
+            path,
+            entry["format"],
+            columns=columns if entry["format"] in ("csv", "tsv") else None,
+            blank_lines=entry["blank_lines"],
+        )
+        extra = {FILE_COLUMN: path.name, **entry["fields"]}
+        file_schema = source.schema
+        for key in extra:
+            file_schema = file_schema.append(pa.field(key, pa.string()))
+        if schema is None:
+            schema = file_schema
+        elif not file_schema.equals(schema):
+            raise DataError(
+                f"this file's columns differ from {files[0].name}'s: "
+                f"{file_schema.names} against {schema.names}",
+                where=str(path),
+                fix="give all files of one source the same columns (or declare columns: for "
+                "headerless CSV/TSV)",
+            )
+        streams.append(_with_constants(source.tables, extra))
+    tables = (t for stream in streams for t in stream)
+    rows = write_batches(_row_groups(_first_rows(tables, location.max_rows)), out, schema)
+    write_text_atomic(manifest, json.dumps(listing, indent=2) + "\n")  # every file, with its hash
+    log.info(
+        "fetch %s: %d rows from %d files (%s) in %.2fs -> %s",
+        name,
+        rows,
+        len(files),
+        origin,
+        time.perf_counter() - start,
+        out.name,
+    )
+    return Snapshot(name, out, content_hash, rows, origin, None)
+
+
+def _with_constants(tables: Iterator[pa.Table], values: dict[str, str]) -> Iterator[pa.Table]:
+    for table in tables:
+        for key, value in values.items():
+            table = table.append_column(
+                key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows)
+            )
+        yield table
 
 
 # ---------------------------------------------------------------- local files (see read_file.py)
@@ -141,6 +298,13 @@ def _fetch_file(
     columns: list[str] | None,
 ) -> Snapshot:
     fmt = detect_format(path, location.format)
+    if location.columns and fmt not in ("csv", "tsv"):
+        raise DataError(
+            f"columns names the columns of a headerless CSV/TSV, but this file is {fmt}",
+            where=str(path),
+            fix="remove columns (a JSON or Parquet file names its own fields; map them with "
+            "fields:), or set format: csv / tsv",
+        )
     facts = inspect_file(path, text=fmt != "parquet")
     if location.sha256 and facts.sha256 != location.sha256.lower():
         raise DataError(

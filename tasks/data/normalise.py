@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA, record_id
 from multilora_pipeline.tasks.data.fetch import Snapshot
-from multilora_pipeline.tasks.data.templates import ROW_COLUMN, Rendered, Rows, get_template
+from multilora_pipeline.tasks.data.templates import (
+    FILE_COLUMN,
+    ROW_COLUMN,
+    Rendered,
+    Rows,
+    get_template,
+)
 
 log = logging.getLogger("mlora.normalise")
 
@@ -79,7 +85,14 @@ def normalise_batches(
         raw = pa.Table.from_batches([batch])
         rendered = recipe.render(Rows(raw, snapshot.origin, fields))
         yield build_records(
-            rendered, row_numbers(raw), source=source, task=template, category=category
+            rendered,
+            row_numbers(raw),
+            source=source,
+            task=template,
+            category=category,
+            files=raw.column(FILE_COLUMN).combine_chunks()
+            if FILE_COLUMN in raw.column_names
+            else None,
         )
         done += raw.num_rows
         if total > BATCH_ROWS:
@@ -109,9 +122,17 @@ def row_numbers(raw: pa.Table) -> pa.Array:
 
 
 def build_records(
-    rendered: Rendered, rows: pa.Array, *, source: str, task: str, category: str
+    rendered: Rendered,
+    rows: pa.Array,
+    *,
+    source: str,
+    task: str,
+    category: str,
+    files: pa.Array | None = None,
 ) -> pa.Table:
-    """Assemble RECORD_SCHEMA columns from a template's output."""
+    """Assemble RECORD_SCHEMA columns from a template's output (`files`: each row's file, for
+    a source read from several files; kept in meta beside the row)."""
+    files = {} if files is None else {"file": files}
     n = len(rendered.prompt)
     choices = rendered.choices
     choices = (
@@ -130,7 +151,7 @@ def build_records(
         "response": response,
         "choices": choices,
         "label": label,
-        "meta": meta_json({"row": rows, **rendered.meta}),
+        "meta": meta_json({"row": rows, **files, **rendered.meta}),
     }
     return pa.Table.from_arrays(list(columns.values()), schema=RECORD_SCHEMA)
 

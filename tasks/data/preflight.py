@@ -20,13 +20,13 @@ from multilora_pipeline.tasks.data.fetch import fetch
 from multilora_pipeline.tasks.data.normalise import normalise_batches
 
 if TYPE_CHECKING:
-    from multilora_pipeline.data_specs.schema import PipelineSpec
+    from multilora_pipeline.data_specs.schema import DataSpec
     from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.preflight")
 
 
-def _local_items(spec: PipelineSpec) -> list:
+def _local_items(spec: DataSpec) -> list:
     """Sources, suites and suites' dev splits that read a local file."""
     items = [*spec.sources]
     for suite in spec.eval_suites:
@@ -34,7 +34,7 @@ def _local_items(spec: PipelineSpec) -> list:
     return [item for item in items if item.path is not None]
 
 
-def check_local_data(spec: PipelineSpec, base_dir: Path, ws: Workspace) -> float:
+def check_local_data(spec: DataSpec, base_dir: Path, ws: Workspace) -> float:
     """Fetch and render every local file of `spec`; raises the stage's DataError on the
     first bad one. Returns the seconds it took."""
     start = time.perf_counter()

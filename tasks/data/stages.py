@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
-from multilora_pipeline.data_specs.schema import DedupSpec, EvalSuiteSpec, PipelineSpec, SourceSpec
+from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
 from multilora_pipeline.tasks.data.decontaminate import decontaminate
 from multilora_pipeline.tasks.data.dedup import dedup
@@ -148,7 +148,7 @@ def decontaminate_stage(
     ws: Workspace,
     deduped: StageOutput,
     suites: dict[str, StageOutput],
-    spec: PipelineSpec,
+    spec: DataSpec,
     known: dict | None = None,
 ) -> StageOutput:
     """Training rows minus those overlapping any eval suite; drops name the eval item."""
@@ -172,7 +172,7 @@ def decontaminate_stage(
 
 
 def mixture_stage(
-    ws: Workspace, clean: StageOutput, spec: PipelineSpec, known: dict | None = None
+    ws: Workspace, clean: StageOutput, spec: DataSpec, known: dict | None = None
 ) -> StageOutput:
     """The seeded mixture (shards + manifest) and the validation split."""
     names = [s.name for s in spec.sources]
@@ -245,7 +245,7 @@ def prepare_suite(
 
 
 def dedup_across(
-    ws: Workspace, within: list[StageOutput], spec: PipelineSpec, known: dict | None
+    ws: Workspace, within: list[StageOutput], spec: DataSpec, known: dict | None
 ) -> StageOutput:
     """Dedup across sources: the within-source outputs together, ties broken by priority."""
     priorities = {s.name: s.priority for s in spec.sources}

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from multilora_pipeline.data_specs.schema import PipelineSpec
+from multilora_pipeline.data_specs.schema import DataSpec
 from multilora_pipeline.tasks.catalog import CatalogBatch
 from multilora_pipeline.tasks.data.outputs import StageOutput
 from multilora_pipeline.tasks.data.stages import Prepared, read_drops
 
 
 def catalog_batch(
-    spec: PipelineSpec,
+    spec: DataSpec,
     sources: list[Prepared],
     suites: list[Prepared],
     across: StageOutput,

@@ -26,6 +26,7 @@ from multilora_pipeline.data_specs.errors import DataError, SpecError
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS, TemplateFormat
 
 ROW_COLUMN = "__row__"
+FILE_COLUMN = "__file__"  # the file of each row, in snapshots of several files (fetch)
 # Meta key of the part of an item that tells it apart from items sharing its passage (BoolQ's
 # question, RTE's hypothesis): near-dedup only merges rows whose queries also match.
 QUERY = "query"
@@ -66,8 +67,14 @@ class Rows:
         return index + 1
 
     def fail(self, index: int, field_name: str, what: str, fix: str) -> DataError:
-        where = f"{self.origin}, row {self.row(index)}, field {self.name(field_name)!r}"
+        where = f"{self._file(index)}, row {self.row(index)}, field {self.name(field_name)!r}"
         return DataError(what, where=where, fix=fix)
+
+    def _file(self, index: int) -> str:
+        """The origin, and for a snapshot of several files the file of row `index`."""
+        if FILE_COLUMN in self.table.column_names and self.n:
+            return f"{self.origin}: {self.table.column(FILE_COLUMN)[index].as_py()}"
+        return self.origin
 
     def column(self, field_name: str) -> pa.Array:
         """A required column as one Array; a missing column is a DataError."""
@@ -76,7 +83,7 @@ class Rows:
             present = [c for c in self.table.column_names if c != ROW_COLUMN]
             raise DataError(
                 f"required field {name!r} is missing (columns: {present})",
-                where=f"{self.origin}, row {self.row(0) if self.n else 1}, field {name!r}",
+                where=f"{self._file(0) if self.n else self.origin}, row {self.row(0) if self.n else 1}, field {name!r}",
                 fix="map it with `fields:` in the spec or pick the right template",
             )
         return self.table.column(name).combine_chunks()
@@ -346,9 +353,20 @@ def chat(rows: Rows) -> Rendered:
 def gsm8k(rows: Rows) -> Rendered:
     """lm-eval gsm8k: "Question: {question}\\nAnswer:" -> " {answer}" (reasoning + "#### N").
 
+    The answer is the `answer` field (reasoning ending in "#### N", as GSM8K publishes it),
+    or, for data that keeps them apart (FLAN's CoT GSM8K), the `rationale` field and the
+    `final_answer` field joined as "{rationale}\\n#### {final_answer}".
     A generation task: no choices or label; meta keeps the final answer.
     """
-    question, answer = rows.text("question"), rows.text("answer")
+    question = rows.text("question")
+    if not rows.has("answer") and rows.has("rationale") and rows.has("final_answer"):
+        answer = join(
+            pc.utf8_rtrim_whitespace(rows.text("rationale")),
+            "\n#### ",
+            pc.utf8_trim_whitespace(rows.text("final_answer")),
+        )
+    else:
+        answer = rows.text("answer")
     final = pc.extract_regex(answer, r"####\s*(?P<final>[^\n]*?)\s*$")
     first = pc.index(pc.is_null(final), True).as_py()
     if first >= 0:

@@ -191,3 +191,27 @@ def test_a_suite_dev_split_is_normalised_and_used_for_few_shot(prefect_harness, 
     suite = load_spec(path)[0].eval_suites[0]
     (context,) = build_contexts(items[5:6], suite_format(suite), 2, dev_rows=dev)
     assert context.startswith(dev[0]["prompt"]) and dev[1]["prompt"] in context
+
+
+def test_a_data_spec_needs_no_base_model_or_arms(prefect_harness, tmp_path):
+    import yaml
+
+    from multilora_pipeline.data_specs.errors import SpecError
+    from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.data import data_flow
+
+    spec = yaml.safe_load(DEMO.read_text())
+    for key in ("base_model", "arms", "training", "evaluation", "registry", "prompt_format"):
+        spec.pop(key, None)
+    for item in spec["sources"] + spec["eval_suites"]:
+        item["path"] = str(DEMO.parent / item["path"])
+    path = tmp_path / "data_only.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    outputs = data_flow(str(path), str(tmp_path / "ws"))
+    assert outputs.source_table and Path(outputs.train_dir).is_dir()
+    with pytest.raises(SpecError, match="base_model: field required|base_model"):
+        load_spec(path)  # `mlora run` still needs the model and the arms
+    spec["arms"] = [{"name": "x", "kind": "lora", "surprise": 1}]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="surprise: unknown key"):  # given, they are checked
+        load_spec(path, data_only=True)
