@@ -11,6 +11,18 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class NestedLayout:
+    """A format's published nested layout, unnested before the template reads it."""
+
+    trigger: str
+    """The dotted field whose presence says the data is in this layout."""
+    explode: tuple[str, ...]
+    """List fields to explode, outer first."""
+    fields: dict[str, str]
+    """Template field -> dotted path (a spec's own `fields` win)."""
+
+
+@dataclass(frozen=True)
 class TemplateFormat:
     required: tuple[str, ...]
     """Raw fields the template needs (before the `fields` mapping)."""
@@ -18,6 +30,8 @@ class TemplateFormat:
     """Column names of the format's headerless CSV (mmlu); None: CSV files have a header."""
     multiple_choice: bool = False
     """True when records carry choices and a gold label."""
+    nested: NestedLayout | None = None
+    """The nested layout the dataset's authors publish, if the format has one."""
 
 
 TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
@@ -31,7 +45,19 @@ TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
     "superglue_cb": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
     "superglue_wic": TemplateFormat(("sentence1", "sentence2", "label"), multiple_choice=True),
     "superglue_multirc": TemplateFormat(
-        ("paragraph", "question", "answer", "label"), multiple_choice=True
+        ("paragraph", "question", "answer", "label"),
+        multiple_choice=True,
+        # SuperGLUE's MultiRC.zip: one passage per line, its questions, their answers.
+        nested=NestedLayout(
+            trigger="passage.questions",
+            explode=("passage.questions", "passage.questions.answers"),
+            fields={
+                "paragraph": "passage.text",
+                "question": "passage.questions.question",
+                "answer": "passage.questions.answers.text",
+                "label": "passage.questions.answers.label",
+            },
+        ),
     ),
     "superglue_copa": TemplateFormat(
         ("premise", "choice1", "choice2", "question", "label"), multiple_choice=True

@@ -122,6 +122,12 @@ class DataLocation(Strict):
     """Column names of a headerless CSV/TSV, in file order: the first line is then data, not
     a header (FLAN's TSVs, MMLU's CSVs; the mmlu template knows its own)."""
 
+    explode: list[str] = []
+    """List fields of nested JSON to unnest, outer first: each element becomes a row, and
+    struct fields are reached by dotted path in `fields` (``explode: [instances]`` with
+    ``fields: {input: instances.input, output: instances.output}`` reads Self-Instruct's
+    seed tasks). Built-in formats that publish a nested layout (SuperGLUE MultiRC) unnest
+    it themselves."""
     file_fields: str | None = None
     """For a `path` naming a folder or a glob (several files): a regular expression matched
     against each file's name without its suffix; its named groups become columns of that

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA, record_id
 from multilora_pipeline.tasks.data.fetch import Snapshot
+from multilora_pipeline.tasks.data.nested import flatten, unnest
 from multilora_pipeline.tasks.data.templates import (
     FILE_COLUMN,
     ROW_COLUMN,
@@ -45,6 +46,7 @@ def normalise(
     template: str,
     category: str,
     fields: dict[str, str] | None = None,
+    explode: list[str] | None = None,
 ) -> pa.Table:
     """Canonical records (exactly RECORD_SCHEMA) for every row of `snapshot`.
 
@@ -53,7 +55,12 @@ def normalise(
     """
     parts = list(
         normalise_batches(
-            snapshot, source=source, template=template, category=category, fields=fields
+            snapshot,
+            source=source,
+            template=template,
+            category=category,
+            fields=fields,
+            explode=explode,
         )
     )
     return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
@@ -66,8 +73,13 @@ def normalise_batches(
     template: str,
     category: str,
     fields: dict[str, str] | None = None,
+    explode: list[str] | None = None,
 ) -> Iterator[pa.Table]:
     """`normalise`, BATCH_ROWS raw rows at a time: peak memory is one batch, not the source.
+
+    Nested rows are unnested first (tasks/data/nested.py): the `explode` paths, or the
+    format's own published layout when the data is in it; dotted `fields` reach struct
+    fields.
 
     Templates work column by column and every error names the file row (``__row__``), so a
     batch gives the same records and the same messages as the whole table.
@@ -82,8 +94,8 @@ def normalise_batches(
         )
     done = 0
     for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
-        raw = pa.Table.from_batches([batch])
-        rendered = recipe.render(Rows(raw, snapshot.origin, fields))
+        raw, mapping = _unnested(pa.Table.from_batches([batch]), recipe, explode, fields, snapshot)
+        rendered = recipe.render(Rows(raw, snapshot.origin, mapping))
         yield build_records(
             rendered,
             row_numbers(raw),
@@ -112,6 +124,23 @@ def normalise_batches(
         seconds,
         done / max(seconds, 1e-9),
     )
+
+
+def _unnested(raw: pa.Table, recipe, explode, fields, snapshot) -> tuple[pa.Table, dict]:
+    """The batch as the template reads it, and the field mapping to read it with."""
+    mapping = dict(fields or {})
+    layout = recipe.format.nested
+    if (
+        not explode
+        and layout is not None
+        and layout.trigger in flatten(raw.slice(0, 0)).column_names
+    ):
+        return unnest(raw, layout.explode, snapshot.origin), {**layout.fields, **mapping}
+    if explode:
+        return unnest(raw, explode, snapshot.origin), mapping
+    if any("." in path and path not in raw.column_names for path in mapping.values()):
+        return flatten(raw), mapping  # a dotted path into a struct field
+    return raw, mapping
 
 
 def row_numbers(raw: pa.Table) -> pa.Array:

@@ -46,6 +46,7 @@ def check_local_data(spec: DataSpec, base_dir: Path, ws: Workspace) -> float:
             template=item.template,
             category=item.category,
             fields=getattr(item, "fields", None),
+            explode=item.explode,
         ):
             pass  # rendering is the check; the flow's normalise stage writes the records
     seconds = time.perf_counter() - start

@@ -107,6 +107,8 @@ def normalise_stage(
         "category": item.category,
         "fields": fields,
     }
+    if item.explode:  # only when given: earlier outputs keep their ids
+        params["explode"] = list(item.explode)
 
     def write(tmp: Path) -> int:  # batch by batch: one raw slice in memory at a time
         batches = normalise_batches(
@@ -115,6 +117,7 @@ def normalise_stage(
             template=item.template,
             category=item.category,
             fields=fields,
+            explode=item.explode,
         )
         return write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
 

@@ -164,3 +164,98 @@ def test_an_evaluation_suite_maps_its_fields_and_its_dev_split_inherits_them(tmp
     dev = suite.dev_suite()
     assert (dev.name, dev.path, dev.fields) == ("boolq-dev", "dev.jsonl", suite.fields)
     assert _records(dev, tmp_path, workspace)[1].column("label").to_pylist() == [1]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _passage(text: str, questions: list[tuple[str, list[tuple[str, int]]]]) -> dict:
+    return {
+        "idx": 0,
+        "passage": {
+            "text": text,
+            "questions": [
+                {"question": q, "answers": [{"text": a, "label": lab} for a, lab in answers]}
+                for q, answers in questions
+            ],
+        },
+    }
+
+
+def test_multirc_in_its_official_nested_layout_loads_with_the_built_in_template(
+    tmp_path, workspace
+):
+    _jsonl(
+        tmp_path / "multirc.jsonl",
+        [
+            _passage("Cats sleep a lot.", [("Do cats sleep?", [("Yes", 1), ("No", 0)])]),
+            _passage(
+                "Dogs bark.",
+                [("What do dogs do?", [("Bark", 1)]), ("Unanswered?", [])],  # no answers: no rows
+            ),
+        ],
+    )
+    suite = EvalSuiteSpec(
+        name="multirc", path="multirc.jsonl", template="superglue_multirc", category="nlu"
+    )
+    _, table = _records(suite, tmp_path, workspace)
+    assert table.num_rows == 3  # one record per (question, answer)
+    assert (
+        table.column("prompt")[0].as_py() == "Cats sleep a lot.\nQuestion: Do cats sleep?\nAnswer:"
+    )
+    assert table.column("choices")[1].as_py() == [
+        "No\nIs the answer correct? no",
+        "No\nIs the answer correct? yes",
+    ]
+    assert table.column("label").to_pylist() == [1, 0, 1]
+    assert [json.loads(m)["row"] for m in table.column("meta").to_pylist()] == [1, 1, 2]
+
+    bad = _passage("Fish swim.", [("Do fish swim?", [("Yes", 7)])])
+    _jsonl(tmp_path / "multirc.jsonl", [_passage("Ok.", [("Q?", [("A", 1)])]), bad])
+    with pytest.raises(DataError) as caught:
+        _records(suite, tmp_path, workspace)
+    assert "row 2, field 'passage.questions.answers.label'" in str(caught.value)
+    assert "unknown label value 7" in str(caught.value)
+
+
+def test_self_instruct_seed_tasks_explode_their_instances(tmp_path, workspace):
+    _jsonl(
+        tmp_path / "seed.jsonl",
+        [
+            {
+                "id": "seed_task_1",
+                "instruction": "Add the numbers.",
+                "instances": [{"input": "2 3", "output": "5"}, {"input": "1 1", "output": "2"}],
+            },
+            {
+                "id": "seed_task_2",
+                "instruction": "Say hi.",
+                "instances": [{"input": "", "output": "Hi"}],
+            },
+        ],
+    )
+    source = SourceSpec(
+        name="seed",
+        path="seed.jsonl",
+        template="alpaca",
+        explode=["instances"],
+        fields={"input": "instances.input", "output": "instances.output"},
+    )
+    snap = fetch(source, source.name, tmp_path, workspace)
+    table = normalise(
+        snap,
+        source="seed",
+        template="alpaca",
+        category="instruction",
+        fields=source.fields,
+        explode=source.explode,
+    )
+    assert table.column("response").to_pylist() == ["5", "2", "Hi"]
+    assert table.column("prompt")[2].as_py() == "### Instruction:\nSay hi.\n\n### Response:\n"
+    assert "### Input:\n1 1" in table.column("prompt")[1].as_py()
+    with pytest.raises(DataError, match="explode names 'instance', which is not a field"):
+        normalise(snap, source="seed", template="alpaca", category="i", explode=["instance"])
+    with pytest.raises(DataError, match="a string, not a list|not a list"):
+        normalise(snap, source="seed", template="alpaca", category="i", explode=["instruction"])
