@@ -40,6 +40,7 @@ TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
     "chat": TemplateFormat(("messages",)),
     "gsm8k": TemplateFormat(("question", "answer")),
     "generic": TemplateFormat(("prompt",)),
+    "pretemplated": TemplateFormat(("prompt", "response")),
     "superglue_boolq": TemplateFormat(("passage", "question", "label"), multiple_choice=True),
     "superglue_rte": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
     "superglue_cb": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),

@@ -122,6 +122,9 @@ class DataLocation(Strict):
     """Column names of a headerless CSV/TSV, in file order: the first line is then data, not
     a header (FLAN's TSVs, MMLU's CSVs; the mmlu template knows its own)."""
 
+    end_marker: str | None = Field(default=None, min_length=1)
+    """A literal text the data ends every response with (``###eos_token###``), removed
+    (with the whitespace after it) before anything else reads the response."""
     explode: list[str] = []
     """List fields of nested JSON to unnest, outer first: each element becomes a row, and
     struct fields are reached by dotted path in `fields` (``explode: [instances]`` with
@@ -206,7 +209,7 @@ class SourceSpec(DataLocation):
     template: TemplateName
     """Normalisation template, checked when the spec loads: alpaca, dolly, chat, superglue_boolq,
     superglue_rte, superglue_wic, superglue_multirc, superglue_cb, superglue_copa, mmlu, arc, gsm8k,
-    or generic (with `fields`)."""
+    generic (with `fields`), or pretemplated (prompt and response already rendered)."""
     category: str = "instruction"
     """Task family, used for balancing and per-category metrics (instruction, nlu, knowledge, math)."""
     priority: int = 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +49,7 @@ def normalise(
     category: str,
     fields: dict[str, str] | None = None,
     explode: list[str] | None = None,
+    end_marker: str | None = None,
 ) -> pa.Table:
     """Canonical records (exactly RECORD_SCHEMA) for every row of `snapshot`.
 
@@ -61,6 +64,7 @@ def normalise(
             category=category,
             fields=fields,
             explode=explode,
+            end_marker=end_marker,
         )
     )
     return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
@@ -74,6 +78,7 @@ def normalise_batches(
     category: str,
     fields: dict[str, str] | None = None,
     explode: list[str] | None = None,
+    end_marker: str | None = None,
 ) -> Iterator[pa.Table]:
     """`normalise`, BATCH_ROWS raw rows at a time: peak memory is one batch, not the source.
 
@@ -96,6 +101,10 @@ def normalise_batches(
     for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
         raw, mapping = _unnested(pa.Table.from_batches([batch]), recipe, explode, fields, snapshot)
         rendered = recipe.render(Rows(raw, snapshot.origin, mapping))
+        if end_marker:
+            rendered = replace(
+                rendered, response=_without_end_marker(rendered.response, end_marker)
+            )
         yield build_records(
             rendered,
             row_numbers(raw),
@@ -141,6 +150,11 @@ def _unnested(raw: pa.Table, recipe, explode, fields, snapshot) -> tuple[pa.Tabl
     if any("." in path and path not in raw.column_names for path in mapping.values()):
         return flatten(raw), mapping  # a dotted path into a struct field
     return raw, mapping
+
+
+def _without_end_marker(response: pa.Array, marker: str) -> pa.Array:
+    """The response up to a literal end marker at its end (and the whitespace after it)."""
+    return pc.replace_substring_regex(response, re.escape(marker) + r"\s*$", "")
 
 
 def row_numbers(raw: pa.Table) -> pa.Array:

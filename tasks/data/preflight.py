@@ -47,6 +47,7 @@ def check_local_data(spec: DataSpec, base_dir: Path, ws: Workspace) -> float:
             category=item.category,
             fields=getattr(item, "fields", None),
             explode=item.explode,
+            end_marker=item.end_marker,
         ):
             pass  # rendering is the check; the flow's normalise stage writes the records
     seconds = time.perf_counter() - start

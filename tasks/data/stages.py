@@ -107,8 +107,11 @@ def normalise_stage(
         "category": item.category,
         "fields": fields,
     }
-    if item.explode:  # only when given: earlier outputs keep their ids
+    # Reading options only when given: earlier outputs keep their ids.
+    if item.explode:
         params["explode"] = list(item.explode)
+    if item.end_marker:
+        params["end_marker"] = item.end_marker
 
     def write(tmp: Path) -> int:  # batch by batch: one raw slice in memory at a time
         batches = normalise_batches(
@@ -118,6 +121,7 @@ def normalise_stage(
             category=item.category,
             fields=fields,
             explode=item.explode,
+            end_marker=item.end_marker,
         )
         return write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
 

@@ -418,6 +418,22 @@ def generic(rows: Rows) -> Rendered:
     return Rendered(prompt, rows.text("response"))
 
 
+@register("pretemplated")
+def pretemplated(rows: Rows) -> Rendered:
+    """Data already rendered into a prompt format (a Dolly subset in the Alpaca prompt):
+    prompt and response are taken as they are, never wrapped again. One rule joins them:
+    when the prompt does not end with whitespace and the response does not start with it
+    (``### Response:`` + ``Potential…``), the response gets one leading space, as lm-eval's
+    target delimiter puts one between a context and its continuation. A literal end marker
+    the data carries (``###eos_token###``) is the source's `end_marker`."""
+    prompt, response = rows.text("prompt"), rows.text("response")
+    glued = pc.and_(
+        pc.invert(pc.match_substring_regex(prompt, r"\s$")),
+        pc.invert(pc.match_substring_regex(response, r"^\s")),
+    )
+    return Rendered(prompt, pc.if_else(glued, join(" ", response), response))
+
+
 # ---------------------------------------------------------------- SuperGLUE
 
 

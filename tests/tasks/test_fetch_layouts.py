@@ -259,3 +259,36 @@ def test_self_instruct_seed_tasks_explode_their_instances(tmp_path, workspace):
         normalise(snap, source="seed", template="alpaca", category="i", explode=["instance"])
     with pytest.raises(DataError, match="a string, not a list|not a list"):
         normalise(snap, source="seed", template="alpaca", category="i", explode=["instruction"])
+
+
+def test_pretemplated_data_is_taken_as_it_is_with_one_separator_rule_and_no_end_marker(
+    tmp_path, workspace
+):
+    alpaca = "Below is an instruction.\n\n### Instruction:\nName a colour.\n\n### Response:"
+    _jsonl(
+        tmp_path / "dolly.jsonl",
+        [
+            {"prompt": alpaca, "answer": "Blue.###eos_token###"},
+            {"prompt": alpaca + "\n", "answer": "Red.###eos_token###\n"},
+            {"prompt": alpaca, "answer": " Green."},
+        ],
+    )
+    source = SourceSpec(
+        name="dolly",
+        path="dolly.jsonl",
+        template="pretemplated",
+        fields={"response": "answer"},
+        end_marker="###eos_token###",
+    )
+    snap = fetch(source, source.name, tmp_path, workspace)
+    table = normalise(
+        snap,
+        source="dolly",
+        template="pretemplated",
+        category="instruction",
+        fields=source.fields,
+        end_marker=source.end_marker,
+    )
+    assert table.column("prompt").to_pylist() == [alpaca, alpaca + "\n", alpaca]  # not rewrapped
+    # Glued texts get one space; texts that meet at whitespace are kept as they are.
+    assert table.column("response").to_pylist() == [" Blue.", "Red.", " Green."]
