@@ -122,6 +122,13 @@ class DataLocation(Strict):
     """Column names of a headerless CSV/TSV, in file order: the first line is then data, not
     a header (FLAN's TSVs, MMLU's CSVs; the mmlu template knows its own)."""
 
+    bad_rows: Literal["fail", "skip"] = "fail"
+    """What a row the template cannot read does: fail stops the run and lists every such
+    row of the batch (up to 20, with a count of the rest); skip leaves them out and records
+    each in the catalog (`invalid_drops`: row, file, field, reason), so none disappears
+    unaudited."""
+    max_bad_fraction: float | None = Field(default=None, gt=0, le=1)
+    """With bad_rows: skip, fail anyway when more than this share of the rows is bad."""
     end_marker: str | None = Field(default=None, min_length=1)
     """A literal text the data ends every response with (``###eos_token###``), removed
     (with the whitespace after it) before anything else reads the response."""

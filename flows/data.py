@@ -322,6 +322,7 @@ def format_source_table(outputs: DataOutputs) -> str:
     cols = [
         ("source", "source", "{}"),
         ("rows in", "rows_in", "{}"),
+        ("bad", "invalid_drops", "{}"),
         ("exact", "exact_drops", "{}"),
         ("near", "near_drops", "{}"),
         ("contam.", "contamination_drops", "{}"),

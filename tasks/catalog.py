@@ -53,6 +53,9 @@ TABLES = {
     "decontamination_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
         eval_id VARCHAR, kind VARCHAR, similarity DOUBLE""",
+    "invalid_drops": """
+        output_id VARCHAR, source VARCHAR, row BIGINT, file VARCHAR, field VARCHAR,
+        reason VARCHAR""",
     "mixtures": """
         mixture_id VARCHAR PRIMARY KEY, spec_hash VARCHAR, seed BIGINT, strategy VARCHAR,
         unit VARCHAR, rows BIGINT, validation_rows BIGINT, path VARCHAR, manifest VARCHAR,
@@ -68,7 +71,7 @@ TABLES = {
 }
 # Drop tables have no natural key (identical rows share an id), so a stage output's drops are
 # replaced as a whole: writing the same output twice leaves one copy.
-DROP_TABLES = ("dedup_drops", "decontamination_drops")
+DROP_TABLES = ("dedup_drops", "decontamination_drops", "invalid_drops")
 
 
 @dataclass

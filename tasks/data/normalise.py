@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,6 +28,7 @@ from multilora_pipeline.tasks.data.nested import flatten, unnest
 from multilora_pipeline.tasks.data.templates import (
     FILE_COLUMN,
     ROW_COLUMN,
+    BadRows,
     Rendered,
     Rows,
     get_template,
@@ -79,12 +81,15 @@ def normalise_batches(
     fields: dict[str, str] | None = None,
     explode: list[str] | None = None,
     end_marker: str | None = None,
+    skipped: list[dict] | None = None,
 ) -> Iterator[pa.Table]:
     """`normalise`, BATCH_ROWS raw rows at a time: peak memory is one batch, not the source.
 
     Nested rows are unnested first (tasks/data/nested.py): the `explode` paths, or the
     format's own published layout when the data is in it; dotted `fields` reach struct
-    fields.
+    fields. Rows the template cannot read are all found (`_render_readable`): without
+    `skipped` they fail the batch in one error that lists them; with it they are left out
+    and appended to `skipped` (row, file, field, reason).
 
     Templates work column by column and every error names the file row (``__row__``), so a
     batch gives the same records and the same messages as the whole table.
@@ -100,7 +105,14 @@ def normalise_batches(
     done = 0
     for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
         raw, mapping = _unnested(pa.Table.from_batches([batch]), recipe, explode, fields, snapshot)
-        rendered = recipe.render(Rows(raw, snapshot.origin, mapping))
+        rendered, raw, bad = _render_readable(recipe, raw, snapshot.origin, mapping)
+        if bad and skipped is None:
+            raise _bad_rows_error(bad, snapshot.origin)
+        if skipped is not None:
+            skipped.extend(bad)
+        done += batch.num_rows
+        if rendered is None:  # every row of the batch was bad
+            continue
         if end_marker:
             rendered = replace(
                 rendered, response=_without_end_marker(rendered.response, end_marker)
@@ -115,7 +127,6 @@ def normalise_batches(
             if FILE_COLUMN in raw.column_names
             else None,
         )
-        done += raw.num_rows
         if total > BATCH_ROWS:
             log.info(
                 "normalise %s: %d/%d rows (%.0f rows/s)",
@@ -150,6 +161,58 @@ def _unnested(raw: pa.Table, recipe, explode, fields, snapshot) -> tuple[pa.Tabl
     if any("." in path and path not in raw.column_names for path in mapping.values()):
         return flatten(raw), mapping  # a dotted path into a struct field
     return raw, mapping
+
+
+MAX_LISTED = 20  # bad rows an error lists; the rest are counted
+MAX_PASSES = 1_000  # renders of one batch while bad rows are taken out
+
+
+def _render_readable(recipe, raw: pa.Table, origin: str, mapping: dict):
+    """Render `raw`, taking out the rows a check rejects (a check names every row it
+    rejects at once) until the rest renders. Returns (rendered or None when no row is
+    left, the rows rendered, one dict per rejected row)."""
+    bad: list[dict] = []
+    for _ in range(MAX_PASSES):
+        rows = Rows(raw, origin, mapping)
+        try:
+            return recipe.render(rows), raw, bad
+        except BadRows as err:
+            for k, index in enumerate(err.indices.tolist()):
+                bad.append(
+                    {
+                        "row": rows.row(index),
+                        "file": rows.file_of(index),
+                        "field": err.field_name,
+                        "reason": err.whats[k] if err.whats else err.what,
+                    }
+                )
+            keep = np.ones(raw.num_rows, dtype=bool)
+            keep[err.indices] = False
+            raw = raw.filter(pa.array(keep))
+            if raw.num_rows == 0:
+                return None, raw, bad
+    raise DataError(
+        f"more than {MAX_PASSES} kinds of bad rows in one batch",
+        where=origin,
+        fix="the file does not look like this template's data: check the template and fields",
+    )
+
+
+def _bad_rows_error(bad: list[dict], origin: str) -> DataError:
+    """One error that lists the bad rows (the first MAX_LISTED) and counts the rest."""
+    listed = [
+        f"  {b['file'] + ', ' if b['file'] else ''}row {b['row']}, field {b['field']!r}: "
+        f"{b['reason']}"
+        for b in bad[:MAX_LISTED]
+    ]
+    if len(bad) > MAX_LISTED:
+        listed.append(f"  ... and {len(bad) - MAX_LISTED} more")
+    return DataError(
+        f"{len(bad)} bad row(s):\n" + "\n".join(listed),
+        where=origin,
+        fix="fix or delete these rows, or set bad_rows: skip on the source to leave them out "
+        "(recorded in the catalog)",
+    )
 
 
 def _without_end_marker(response: pa.Array, marker: str) -> pa.Array:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
@@ -44,9 +45,11 @@ from multilora_pipeline.tasks.data.outputs import (
     produce,
     reusable,
     reused_output,
+    stage_logger,
 )
 from multilora_pipeline.tasks.workspace import Workspace
 
+SKIPPED = "skipped.parquet"  # rows a normalise output left out under bad_rows: skip
 HASH_SLICE = 100_000  # ids hashed at a time: bounds the Python strings alive at once
 
 
@@ -112,8 +115,12 @@ def normalise_stage(
         params["explode"] = list(item.explode)
     if item.end_marker:
         params["end_marker"] = item.end_marker
+    skip = item.bad_rows == "skip"
+    if skip:
+        params.update(bad_rows="skip", max_bad_fraction=item.max_bad_fraction)
 
     def write(tmp: Path) -> int:  # batch by batch: one raw slice in memory at a time
+        skipped: list[dict] | None = [] if skip else None
         batches = normalise_batches(
             snapshot,
             source=item.name,
@@ -122,10 +129,62 @@ def normalise_stage(
             fields=fields,
             explode=item.explode,
             end_marker=item.end_marker,
+            skipped=skipped,
         )
-        return write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
+        rows = write_batches(batches, tmp / RECORDS, RECORD_SCHEMA)
+        if skip:
+            _check_skipped(skipped, snapshot, item)
+            write_parquet(skipped_table(item.name, skipped), tmp / SKIPPED)
+        return rows
 
-    return produce(ws, "normalise", [snapshot.content_hash], params, (RECORDS,), write, known)
+    files = (RECORDS, SKIPPED) if skip else (RECORDS,)
+    return produce(ws, "normalise", [snapshot.content_hash], params, files, write, known)
+
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("file", pa.string()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def skipped_table(source: str, skipped: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{"source": source, **b} for b in skipped], schema=SKIPPED_SCHEMA)
+
+
+def read_skipped(output: StageOutput) -> pa.Table:
+    """The rows a normalise output left out under `bad_rows: skip` (none otherwise)."""
+    path = Path(output.path).with_name(SKIPPED)
+    return pq.read_table(path) if path.exists() else SKIPPED_SCHEMA.empty_table()
+
+
+def _check_skipped(skipped: list[dict], snapshot, item) -> None:
+    """Skipping is allowed up to `max_bad_fraction` of the rows, and never of all of them."""
+    if not skipped:
+        return
+    share = len(skipped) / max(snapshot.rows, 1)
+    log = stage_logger()
+    log.warning(
+        "normalise %s: skipped %d bad row(s) (%.1f%%), recorded in the catalog; first: row %s, "
+        "field %r: %s",
+        item.name,
+        len(skipped),
+        100 * share,
+        skipped[0]["row"],
+        skipped[0]["field"],
+        skipped[0]["reason"],
+    )
+    if item.max_bad_fraction is not None and share > item.max_bad_fraction:
+        raise DataError(
+            f"{len(skipped)} of {snapshot.rows} rows are bad ({share:.1%}), more than "
+            f"max_bad_fraction {item.max_bad_fraction:.1%}",
+            where=snapshot.origin,
+            fix="fix the file, check the template and fields, or raise max_bad_fraction",
+        )
 
 
 def dedup_stage(

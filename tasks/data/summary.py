@@ -11,7 +11,7 @@ import pyarrow as pa
 from multilora_pipeline.data_specs.schema import DataSpec
 from multilora_pipeline.tasks.catalog import CatalogBatch
 from multilora_pipeline.tasks.data.outputs import StageOutput
-from multilora_pipeline.tasks.data.stages import Prepared, read_drops
+from multilora_pipeline.tasks.data.stages import Prepared, read_drops, read_skipped
 
 
 def catalog_batch(
@@ -64,6 +64,10 @@ def catalog_batch(
             batch.add_drops("dedup_drops", out.output_id, read_drops(out))
     if not clean.reused:
         batch.add_drops("decontamination_drops", clean.output_id, read_drops(clean))
+    for out in outputs:  # rows `bad_rows: skip` left out, each with its reason
+        skipped = read_skipped(out)
+        if not out.reused and skipped.num_rows:
+            batch.add_drops("invalid_drops", out.output_id, skipped)
     if mixed.reused:
         return batch
     manifest = mixed.extra["manifest"]
@@ -98,7 +102,7 @@ def catalog_batch(
 def source_table(
     sources: list[Prepared], across: StageOutput, clean: StageOutput, mixed: StageOutput
 ) -> list[dict]:
-    """Per source: rows in, exact/near/contamination drops, validation rows, rows in the
+    """Per source: rows in, rows skipped as bad, exact/near/contamination drops, validation rows, rows in the
     mixture, requested and achieved share (what `mlora data` prints)."""
     drops = pa.concat_tables([read_drops(p.deduped) for p in sources] + [read_drops(across)])
     kinds = drops.group_by(["source", "kind"]).aggregate([("id", "count")]).to_pylist()
@@ -110,6 +114,7 @@ def source_table(
         {
             "source": p.name,
             "rows_in": p.normalised.rows,
+            "invalid_drops": read_skipped(p.normalised).num_rows,
             "exact_drops": dedup_counts.get((p.name, "exact"), 0),
             "near_drops": dedup_counts.get((p.name, "near"), 0),
             "contamination_drops": contaminated.get(p.name, 0),

@@ -46,6 +46,19 @@ class Rendered:
     """Extra per-row values kept in the record's meta JSON (ints or strings)."""
 
 
+class BadRows(DataError):
+    """Rows of a raw table a template cannot read: every such row a check found at once
+    (table indices), with the field and what is wrong. normalise reports them all, or skips
+    them under a source's `bad_rows: skip`."""
+
+    def __init__(self, indices, field_name: str, what: str, *, where: str, fix: str, whats=None):
+        super().__init__(what, where=where, fix=fix)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.field_name = field_name
+        self.whats = whats
+        """What is wrong with each row, when it differs by row (None: `what` for all)."""
+
+
 class Rows:
     """The raw snapshot table, with accessors that fail naming the file, row and field."""
 
@@ -66,15 +79,31 @@ class Rows:
             return self.table.column(ROW_COLUMN)[index].as_py()
         return index + 1
 
-    def fail(self, index: int, field_name: str, what: str, fix: str) -> DataError:
-        where = f"{self._file(index)}, row {self.row(index)}, field {self.name(field_name)!r}"
+    def fail(self, index, field_name: str, what: str, fix: str, whats=None) -> BadRows:
+        """The error for the row at table index `index` (or every index of an array: the
+        message names the first, the error carries them all; `whats`: per row)."""
+        indices = np.atleast_1d(np.asarray(index, dtype=np.int64))
+        first = int(indices[0])
+        where = f"{self._file(first)}, row {self.row(first)}, field {self.name(field_name)!r}"
+        return BadRows(indices, self.name(field_name), what, where=where, fix=fix, whats=whats)
+
+    def file_of(self, index: int) -> str | None:
+        """The file of row `index` in a snapshot of several files, else None."""
+        if FILE_COLUMN in self.table.column_names:
+            return self.table.column(FILE_COLUMN)[index].as_py()
+        return None
+
+    def column_error(self, field_name: str, what: str, fix: str) -> DataError:
+        """A problem of a whole column (its type), not of some rows: never skipped. It
+        names the first row, where the type was found."""
+        row = f", row {self.row(0)}" if self.n else ""
+        where = f"{self._file(0) if self.n else self.origin}{row}, field {self.name(field_name)!r}"
         return DataError(what, where=where, fix=fix)
 
     def _file(self, index: int) -> str:
         """The origin, and for a snapshot of several files the file of row `index`."""
-        if FILE_COLUMN in self.table.column_names and self.n:
-            return f"{self.origin}: {self.table.column(FILE_COLUMN)[index].as_py()}"
-        return self.origin
+        file = self.file_of(index) if self.n else None
+        return f"{self.origin}: {file}" if file else self.origin
 
     def column(self, field_name: str) -> pa.Array:
         """A required column as one Array; a missing column is a DataError."""
@@ -99,8 +128,7 @@ class Rows:
             or pa.types.is_integer(col.type)
             or pa.types.is_floating(col.type)
         ):
-            raise self.fail(
-                0,
+            raise self.column_error(
                 field_name,
                 f"expected text, got {col.type}",
                 "pick the template that matches this dataset, or map the field",
@@ -110,10 +138,10 @@ class Rows:
             empty = pc.or_kleene(
                 pc.is_null(col), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
             )
-            first = pc.index(empty, True).as_py()
-            if first >= 0:
+            bad = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
+            if bad.size:
                 raise self.fail(
-                    first, field_name, "required field is empty", "fill it in or drop the row"
+                    bad, field_name, "required field is empty", "fill it in or drop the row"
                 )
             return col
         return col.fill_null("")
@@ -130,23 +158,26 @@ class Rows:
             or pa.types.is_large_string(t)
             or pa.types.is_null(t)
         ):
-            raise self.fail(
-                0,
+            raise self.column_error(
                 field_name,
                 f"label has type {t}; expected bool, int or text",
                 "pick the template that matches this dataset",
             )
         keys = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
         index = pc.index_in(keys, value_set=pa.array(list(mapping), pa.string()))
-        first = pc.index(pc.is_null(index), True).as_py()
-        if first >= 0:
-            value = col[first].as_py()
-            what = "label is empty" if value is None else f"unknown label value {value!r}"
+        bad = np.flatnonzero(pc.is_null(index).to_numpy(zero_copy_only=False))
+        if bad.size:
+            expected = f"; expected one of {sorted(mapping)}"
+            whats = [
+                ("label is empty" if v is None else f"unknown label value {v!r}") + expected
+                for v in col.take(pa.array(bad)).to_pylist()
+            ]
             raise self.fail(
-                first,
+                bad,
                 field_name,
-                f"{what}; expected one of {sorted(mapping)}",
+                whats[0],
                 "fix the label or use the template meant for this dataset",
+                whats=whats,
             )
         return pa.array(np.fromiter(mapping.values(), np.int64)).take(index)
 
@@ -368,10 +399,10 @@ def gsm8k(rows: Rows) -> Rendered:
     else:
         answer = rows.text("answer")
     final = pc.extract_regex(answer, r"####\s*(?P<final>[^\n]*?)\s*$")
-    first = pc.index(pc.is_null(final), True).as_py()
-    if first >= 0:
+    bad = np.flatnonzero(pc.is_null(final).to_numpy(zero_copy_only=False))
+    if bad.size:
         raise rows.fail(
-            first,
+            bad,
             "answer",
             "no final '#### <number>' line in the answer",
             "end the answer with '#### ' and the final number",
@@ -399,8 +430,8 @@ def generic(rows: Rows) -> Rendered:
     if rows.has("choices") and rows.has("label"):
         choices = rows.column("choices")
         if not pa.types.is_list(choices.type) and not pa.types.is_large_list(choices.type):
-            raise rows.fail(
-                0, "choices", f"choices must be a list, got {choices.type}", "map a list column"
+            raise rows.column_error(
+                "choices", f"choices must be a list, got {choices.type}", "map a list column"
             )
         choices = choices.cast(pa.list_(pa.string()))
         lengths = pc.list_value_length(choices).to_numpy(zero_copy_only=False)
@@ -408,7 +439,7 @@ def generic(rows: Rows) -> Rendered:
         bad = np.flatnonzero(label.to_numpy() >= lengths)
         if bad.size:
             raise rows.fail(
-                int(bad[0]),
+                bad,
                 "label",
                 "label is past the last choice",
                 "fix the label or the choices",
@@ -578,7 +609,9 @@ def unnest(rows: Rows, column: str) -> Rows:
     """Rows whose columns are the fields of the struct column `column` (plus ``__row__``)."""
     col = rows.column(column)
     if not pa.types.is_struct(col.type):
-        raise rows.fail(0, column, f"expected a struct of fields, got {col.type}", "map the fields")
+        raise rows.column_error(
+            column, f"expected a struct of fields, got {col.type}", "map the fields"
+        )
     names = [col.type.field(i).name for i in range(col.type.num_fields)]
     table = pa.Table.from_arrays(col.flatten(), names=names)
     if ROW_COLUMN in rows.table.column_names:
@@ -599,8 +632,8 @@ def mmlu(rows: Rows) -> Rendered:
     if rows.has("choices"):
         listed = rows.column("choices")
         lengths = pc.list_value_length(listed)
-        bad = pc.index(pc.not_equal(lengths, 4), True).as_py()
-        if bad >= 0:
+        bad = np.flatnonzero(pc.not_equal(lengths, 4).to_numpy(zero_copy_only=False))
+        if bad.size:
             raise rows.fail(bad, "choices", "MMLU needs exactly 4 choices", "fix the row")
         options = [pc.list_element(listed, i).cast(pa.string()) for i in range(4)]
     else:

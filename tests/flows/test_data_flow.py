@@ -215,3 +215,29 @@ def test_a_data_spec_needs_no_base_model_or_arms(prefect_harness, tmp_path):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="surprise: unknown key"):  # given, they are checked
         load_spec(path, data_only=True)
+
+
+def test_skipped_bad_rows_are_in_the_catalog_and_the_source_table(prefect_harness, tmp_path):
+    import json
+
+    import yaml
+
+    from multilora_pipeline.flows.data import data_flow, format_source_table
+
+    lines = (DEMO.parent / "demo/boolq_train.jsonl").read_text().splitlines()
+    lines[4] = json.dumps({**json.loads(lines[4]), "label": "perhaps"})
+    (tmp_path / "boolq_train.jsonl").write_text("\n".join(lines) + "\n")
+    spec = yaml.safe_load(DEMO.read_text())
+    for item in spec["sources"] + spec["eval_suites"]:
+        item["path"] = str(DEMO.parent / item["path"])
+    boolq = next(s for s in spec["sources"] if s["name"] == "boolq")
+    boolq.update(path=str(tmp_path / "boolq_train.jsonl"), bad_rows="skip")
+    path = tmp_path / "skip.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    outputs = data_flow(str(path), str(tmp_path / "ws"))
+    row = next(r for r in outputs.source_table if r["source"] == "boolq")
+    assert row["invalid_drops"] == 1 and row["rows_in"] == len(lines) - 1
+    assert " bad " in format_source_table(outputs).splitlines()[0] + " "
+    (drop,) = Catalog(tmp_path / "ws" / "catalog.duckdb").query("SELECT * FROM invalid_drops")
+    assert (drop["source"], drop["row"], drop["field"]) == ("boolq", 5, "label")
+    assert "unknown label value 'perhaps'" in drop["reason"]
