@@ -199,7 +199,18 @@ def _render_readable(recipe, raw: pa.Table, origin: str, mapping: dict):
 
 
 def _bad_rows_error(bad: list[dict], origin: str) -> DataError:
-    """One error that lists the bad rows (the first MAX_LISTED) and counts the rest."""
+    """One error that lists the bad rows (the first MAX_LISTED) and counts the rest; one
+    bad row is said in one line, as every other data error."""
+    fix = (
+        "fix or delete these rows, or set bad_rows: skip on the source to leave them out "
+        "(recorded in the catalog)"
+    )
+    if len(bad) == 1:
+        (b,) = bad
+        where = (
+            f"{origin}{': ' + b['file'] if b['file'] else ''}, row {b['row']}, field {b['field']!r}"
+        )
+        return DataError(b["reason"], where=where, fix=fix.replace("these rows", "the row"))
     listed = [
         f"  {b['file'] + ', ' if b['file'] else ''}row {b['row']}, field {b['field']!r}: "
         f"{b['reason']}"
@@ -210,8 +221,7 @@ def _bad_rows_error(bad: list[dict], origin: str) -> DataError:
     return DataError(
         f"{len(bad)} bad row(s):\n" + "\n".join(listed),
         where=origin,
-        fix="fix or delete these rows, or set bad_rows: skip on the source to leave them out "
-        "(recorded in the catalog)",
+        fix=fix,
     )
 
 

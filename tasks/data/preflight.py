@@ -48,6 +48,7 @@ def check_local_data(spec: DataSpec, base_dir: Path, ws: Workspace) -> float:
             fields=getattr(item, "fields", None),
             explode=item.explode,
             end_marker=item.end_marker,
+            skipped=[] if item.bad_rows == "skip" else None,  # the stage counts them later
         ):
             pass  # rendering is the check; the flow's normalise stage writes the records
     seconds = time.perf_counter() - start
