@@ -88,7 +88,7 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
     """Index one eval suite (canonical records) for the three tests."""
     n_items = items.num_rows
     texts, owner = _field_docs(items)
-    sh = word_shingles(texts, config.ngram, full_hash=True)
+    sh = word_shingles(texts, config.ngram, full_hash=True, keep_symbols=False)  # word n-grams
     doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
     full = sh.lengths[doc_of] >= config.ngram  # short fields are for the exact/near tests
     hashes, item = sh.hashes[full], owner[doc_of[full]]
@@ -185,7 +185,7 @@ class RowNgrams:
     @classmethod
     def of(cls, batch: pa.Table, n: int) -> RowNgrams:
         texts, owner = _field_docs(batch)
-        sh = word_shingles(texts, n, full_hash=True)
+        sh = word_shingles(texts, n, full_hash=True, keep_symbols=False)
         doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
         full = sh.lengths[doc_of] >= n  # a shorter field's one shingle is no n-gram
         return cls(sh.hashes[full], owner[doc_of[full]])

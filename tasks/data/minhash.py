@@ -32,8 +32,10 @@ import pyarrow.compute as pc
 
 log = logging.getLogger("mlora.minhash")
 
-# Anything that is not a letter, a number, a combining mark or whitespace is punctuation.
-PUNCT_RE = r"[^\p{L}\p{N}\p{M}\s]"
+# Punctuation that only wraps or ends a word, trimmed from both ends of each token: "world!"
+# and "(world)" are "world". Marks inside a token or that carry meaning are kept, so "C",
+# "C++" and "C#", "3 + 4" and "3 - 4", "don't" and "dont" stay apart.
+EDGE_PUNCT = ".,;:!?\"'`()[]{}<>«»“”‘’„‚¡¿…–—*_"
 # Shingles per chunk: 2^12 shingles x 128 permutations x 8 bytes = 4 MiB of scratch per thread,
 # small enough to stay in cache across the multiply, add and min passes (2-3x faster than 2^17).
 CHUNK_SHINGLES = 1 << 12
@@ -51,20 +53,43 @@ LSH_RECALL = 0.99
 DEFAULT_SEED = 1
 
 
-def normalised_words(texts: pa.Array | pa.ChunkedArray | list[str]) -> pa.ListArray:
-    """Lower-case, strip punctuation and split on whitespace, for a whole column at once."""
+def normalised_tokens(tokens: pa.Array) -> pa.Array:
+    """Each whitespace token lower-cased, with the punctuation at its ends (EDGE_PUNCT)
+    trimmed; tokens that were only such punctuation become ""."""
+    return pc.utf8_trim(pc.utf8_lower(tokens), characters=EDGE_PUNCT)
+
+
+def _wordlike(words: pa.Array, keep_symbols: bool) -> pa.Array:
+    """Which normalised tokens count: non-empty ones, and without `keep_symbols` only
+    those with a letter or digit (a lone "+" or "####" is no word for n-grams)."""
+    if keep_symbols:
+        return pc.greater(pc.utf8_length(words), 0)
+    return pc.match_substring_regex(words, r"[\p{L}\p{N}]")
+
+
+def normalised_words(
+    texts: pa.Array | pa.ChunkedArray | list[str], *, keep_symbols: bool = False
+) -> pa.ListArray:
+    """Split on whitespace, lower-case, trim word-edge punctuation (normalised_tokens) and
+    drop what is left empty, for a whole column at once. Shingles and n-grams count words
+    only; `keep_symbols` keeps symbol tokens too ("3 + 4" is not "3 - 4"), for exact keys."""
     arr = pa.array(texts, type=pa.string()) if isinstance(texts, list) else texts
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    arr = pc.fill_null(arr, "")
-    stripped = pc.replace_substring_regex(pc.utf8_lower(arr), PUNCT_RE, "")
     # Arrow, unlike str.split(), yields empty strings for leading/trailing whitespace.
-    return pc.utf8_split_whitespace(pc.utf8_trim_whitespace(stripped))
+    tokens = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pc.fill_null(arr, "")))
+    words = normalised_tokens(tokens.flatten())
+    keep = _wordlike(words, keep_symbols)
+    parents = pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False)
+    kept_parents = parents[keep.to_numpy(zero_copy_only=False)]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(kept_parents, minlength=len(tokens)))])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), words.filter(keep))
 
 
 def normalised_text(texts: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:
-    """One normalised string per text: folded case, no punctuation, single spaces."""
-    return pc.binary_join(normalised_words(texts), " ")
+    """One normalised string per text (the exact-dedup key): folded case, no word-edge
+    punctuation, single spaces; symbols between words kept."""
+    return pc.binary_join(normalised_words(texts, keep_symbols=True), " ")
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -94,14 +119,16 @@ class Shingles:
         return self.hashes[self.offsets[i] : self.offsets[i + 1]]
 
 
-def word_shingles(texts, shingle: int, *, full_hash: bool = False) -> Shingles:
+def word_shingles(
+    texts, shingle: int, *, full_hash: bool = False, keep_symbols: bool = True
+) -> Shingles:
     """Hash every word `shingle`-gram of every text; texts shorter than `shingle` words
     give one shingle of all their words, empty texts none. MinHash needs 32-bit keys;
     `full_hash` keeps all 64 bits (for set membership tests with negligible collisions).
 
-    Words are split first and only the distinct tokens are normalised and hashed: removing
-    punctuation never creates whitespace, so this equals normalise-then-split (tokens that
-    were all punctuation are dropped).
+    Words are split first and only the distinct tokens are normalised and hashed, as
+    normalised_words does (tokens that were only word-edge punctuation are dropped; with
+    `keep_symbols` false, symbol-only tokens such as "+" or "####" too).
     """
     arr = pa.array(texts, type=pa.string()) if isinstance(texts, list) else texts
     if isinstance(arr, pa.ChunkedArray):
@@ -115,8 +142,8 @@ def word_shingles(texts, shingle: int, *, full_hash: bool = False) -> Shingles:
     if len(flat) == 0:
         return Shingles(np.zeros(0, np.uint64), np.zeros(n + 1, np.int64), np.zeros(n, np.int64))
     encoded = pc.dictionary_encode(flat)
-    vocab = pc.replace_substring_regex(pc.utf8_lower(encoded.dictionary), PUNCT_RE, "")
-    keep_vocab = pc.greater(pc.utf8_length(vocab), 0).to_numpy(zero_copy_only=False)
+    vocab = normalised_tokens(encoded.dictionary)
+    keep_vocab = _wordlike(vocab, keep_symbols).to_numpy(zero_copy_only=False)
     # Hash each distinct word once (siphash with a fixed key: same value in every process).
     vocab_hash = pd.util.hash_array(np.asarray(vocab.to_pylist(), dtype=object), categorize=False)
     idx = encoded.indices.to_numpy()

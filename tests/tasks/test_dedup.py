@@ -53,6 +53,26 @@ def test_exact_key_folds_case_spacing_punctuation():
     assert exact_keys(table, ["prompt"]).to_pylist()[0] == "hello world"
 
 
+def test_punctuation_that_carries_meaning_never_merges_rows():
+    # codealpaca's layout: the same task in C, C++ and C#; math that differs in an operator.
+    task = "Implement a {} function that calculates the factorial of a given number."
+    rows = [rec("code", task.format(lang), "5") for lang in ("C", "C++", "C#")]
+    rows += [rec("math", "What is 3 + 4?", "7"), rec("math", "What is 3 - 4?", "7")]
+    rows += [rec("math", "what is 3 + 4", "7.")]  # the first math row again: case, "?" and "."
+    kept = dedup(records_to_table(rows), DedupSpec(key=["prompt", "response"])).kept
+    assert kept.column("prompt").to_pylist() == [r["prompt"] for r in rows[:5]]
+    keys = exact_keys(records_to_table(rows), ["prompt"]).to_pylist()
+    assert keys[:3] == [task.format(x).lower()[:-1] for x in ("c", "c++", "c#")]
+    # Near-dup shingles keep symbols too; decontamination's word n-grams drop symbol-only
+    # tokens, never symbols inside a word.
+    texts = ["3 + 4 = 7 #### 7", "3 4 7 7", "C++ rocks", "C rocks"]
+    near = word_shingles(texts, 5)
+    assert near.doc(0).tolist() != near.doc(1).tolist()
+    words = word_shingles(texts, 5, keep_symbols=False)
+    assert words.doc(0).tolist() == words.doc(1).tolist()
+    assert words.doc(2).tolist() != words.doc(3).tolist()
+
+
 def test_exact_duplicate_keeps_higher_priority_copy_and_reports_it():
     rows = [
         rec("low", "What is two plus two?", "Four", row=1),
