@@ -32,22 +32,52 @@ class TemplateFormat:
     """True when records carry choices and a gold label."""
     nested: NestedLayout | None = None
     """The nested layout the dataset's authors publish, if the format has one."""
+    boilerplate: tuple[str, ...] = ()
+    """The literal text the template wraps a prompt's content in: dedup keys and shingles
+    leave it out, so one question rendered by two templates is one question."""
+
+
+ALPACA_WORDS = ("### Instruction:\n", "\n\n### Input:\n", "\n\n### Response:\n")
 
 
 TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
-    "alpaca": TemplateFormat(("instruction", "output")),
-    "dolly": TemplateFormat(("instruction", "response")),
-    "chat": TemplateFormat(("messages",)),
-    "gsm8k": TemplateFormat(("question", "answer")),
+    "alpaca": TemplateFormat(("instruction", "output"), boilerplate=ALPACA_WORDS),
+    "dolly": TemplateFormat(("instruction", "response"), boilerplate=ALPACA_WORDS),
+    "chat": TemplateFormat(
+        ("messages",), boilerplate=("System: ", "User: ", "Assistant: ", "Assistant:")
+    ),
+    "gsm8k": TemplateFormat(("question", "answer"), boilerplate=("Question: ", "\nAnswer:")),
     "generic": TemplateFormat(("prompt",)),
     "pretemplated": TemplateFormat(("prompt", "response")),
-    "superglue_boolq": TemplateFormat(("passage", "question", "label"), multiple_choice=True),
-    "superglue_rte": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
-    "superglue_cb": TemplateFormat(("premise", "hypothesis", "label"), multiple_choice=True),
-    "superglue_wic": TemplateFormat(("sentence1", "sentence2", "label"), multiple_choice=True),
+    "superglue_boolq": TemplateFormat(
+        ("passage", "question", "label"),
+        multiple_choice=True,
+        boilerplate=("\nQuestion: ", "?\nAnswer:"),
+    ),
+    "superglue_rte": TemplateFormat(
+        ("premise", "hypothesis", "label"),
+        multiple_choice=True,
+        boilerplate=("\nQuestion: ", " True or False?\nAnswer:"),
+    ),
+    "superglue_cb": TemplateFormat(
+        ("premise", "hypothesis", "label"),
+        multiple_choice=True,
+        boilerplate=("\nQuestion: ", ". True, False, or Neither?\nAnswer:"),
+    ),
+    "superglue_wic": TemplateFormat(
+        ("sentence1", "sentence2", "label"),
+        multiple_choice=True,
+        boilerplate=(
+            "Sentence 1: ",
+            "\nSentence 2: ",
+            "\nQuestion: Is the word '",
+            "' used in the same way in the two sentences above?\nAnswer:",
+        ),
+    ),
     "superglue_multirc": TemplateFormat(
         ("paragraph", "question", "answer", "label"),
         multiple_choice=True,
+        boilerplate=("\nQuestion: ", "\nAnswer:"),
         # SuperGLUE's MultiRC.zip: one passage per line, its questions, their answers.
         nested=NestedLayout(
             trigger="passage.questions",
@@ -67,7 +97,12 @@ TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
         ("question", "answer"),
         csv_columns=("question", "A", "B", "C", "D", "answer"),
         multiple_choice=True,
+        boilerplate=("\nA. ", "\nB. ", "\nC. ", "\nD. ", "\nAnswer:"),
     ),
-    "arc": TemplateFormat(("question", "choices", "answerKey"), multiple_choice=True),
+    "arc": TemplateFormat(
+        ("question", "choices", "answerKey"),
+        multiple_choice=True,
+        boilerplate=("Question: ", "\nAnswer:"),
+    ),
 }
 TEMPLATE_NAMES = tuple(TEMPLATE_FORMATS)

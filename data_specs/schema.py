@@ -277,12 +277,24 @@ class DedupSpec(Strict):
 
     exact: bool = True
     """Drop rows whose normalised key (case, spacing, punctuation folded) repeats."""
-    key: list[Literal["prompt", "response"]] = Field(default=["prompt", "response"], min_length=1)
-    """Fields of the dedup key (exact and near), across every source."""
-    key_by_category: dict[str, list[Literal["prompt", "response"]]] = {"instruction": ["prompt"]}
-    """A second exact key applied among the rows of one category. Default: instruction data is
-    also keyed on its prompt (instruction + input), so one request with two answers is one
-    example. ``{}`` turns it off."""
+    key: list[Literal["prompt", "response", "choices"]] = Field(
+        default=["prompt", "response"], min_length=1
+    )
+    """Fields of the dedup key (exact and near), across every source. Keys are taken on a
+    row's content: a prompt without its template's boilerplate (one question rendered by
+    two templates is one question), case, spacing and word-edge punctuation folded."""
+    key_by_category: dict[str, list[Literal["prompt", "response", "choices"]]] = {
+        "instruction": ["prompt"],
+        "math": ["prompt"],
+        "nlu": ["prompt", "choices"],
+        "knowledge": ["prompt", "choices"],
+    }
+    """A second exact key applied among the rows of one category. The defaults treat a
+    repeated question with another answer as a duplicate, as a training mixture should: an
+    instruction or a math problem is keyed on its prompt alone (GSM8K's question again with
+    FLAN's rationale is one example), a multiple-choice item on its prompt and choices (the
+    same item with a contradicting label is one item; MultiRC's answers to one question,
+    which differ in their choices, stay apart). ``{}`` turns it off."""
     near: NearDedupSpec = NearDedupSpec()
     """Near-duplicate settings."""
 

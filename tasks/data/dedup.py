@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec
 from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS
@@ -43,6 +44,7 @@ DEDUP_DROP_SCHEMA = pa.schema(
 )
 # Joins key fields; not whitespace, so normalisation never merges two fields into one.
 FIELD_SEP = "\x1f"
+CHOICE_SEP = " || "  # between the choices of one row in a key (a symbol token: kept)
 # Two fixed siphash keys (16 bytes each): two independent 64-bit hashes of every exact key.
 HASH_KEYS = ("mlora-exact-key1", "mlora-exact-key2")
 
@@ -76,10 +78,34 @@ def source_row(meta: str) -> int | None:
     return int(row) if isinstance(row, int) else None
 
 
+def content(table: pa.Table, field: str) -> pa.Array:
+    """What a row says in `field`, without what its template added: a prompt loses its
+    template's boilerplate (formats.TemplateFormat.boilerplate, by the record's `task`),
+    choices are joined into one text, a response is itself. Keys and shingles are taken
+    on this, so "Question: X\\nAnswer:" (gsm8k) and "X" (generic) are the same question."""
+    column = table.column(field).combine_chunks()
+    if field == "choices":
+        return pc.fill_null(pc.binary_join(column, CHOICE_SEP), "")
+    column = pc.fill_null(column, "")
+    if field != "prompt" or "task" not in table.column_names:
+        return column
+    tasks = table.column("task").combine_chunks()
+    out = column
+    for name in pc.unique(tasks).to_pylist():
+        words = TEMPLATE_FORMATS[name].boilerplate if name in TEMPLATE_FORMATS else ()
+        if not words:
+            continue
+        stripped = column
+        for piece in sorted(words, key=len, reverse=True):  # "?\nAnswer:" before "\nAnswer:"
+            stripped = pc.replace_substring(stripped, piece, " ")
+        out = pc.if_else(pc.equal(tasks, name), stripped, out)
+    return out
+
+
 def exact_keys(table: pa.Table, fields: list[str]) -> pa.Array:
-    """The exact-dedup key of each row: the named fields, each case-folded, without
-    punctuation and with whitespace collapsed."""
-    parts = [normalised_text(table.column(f)) for f in fields]
+    """The exact-dedup key of each row: the content (`content`) of the named fields, each
+    case-folded, without word-edge punctuation and with whitespace collapsed."""
+    parts = [normalised_text(content(table, f)) for f in fields]
     return pc.binary_join_element_wise(*parts, FIELD_SEP) if len(parts) > 1 else parts[0]
 
 
@@ -90,7 +116,7 @@ def key_codes(table: pa.Table, fields: list[str], rows: np.ndarray | None = None
     (a 128-bit digest: a false match among 10^9 rows has odds below 10^-20), so no Python
     string per row is alive at once beyond one slice.
     """
-    picked = table.select(fields)
+    picked = table.select([*fields, *(["task"] if "task" in table.column_names else [])])
     n = picked.num_rows if rows is None else len(rows)
     digests = np.empty((n, 2), dtype=np.uint64)
     for lo in range(0, n, SLICE_ROWS):
@@ -203,14 +229,9 @@ def dedup(
     near_cfg = config.near
     if near_cfg.enabled and n > 1:
         live = np.flatnonzero(dup_of < 0)
-        picked = table.select(list(config.key)).take(pa.array(rank[live], type=pa.int64()))
-        texts = (
-            pc.binary_join_element_wise(
-                *[pc.fill_null(picked.column(f), "") for f in config.key], " "
-            )
-            if len(config.key) > 1
-            else picked.column(config.key[0])
-        )
+        picked = table.select([*config.key, "task"]).take(pa.array(rank[live], type=pa.int64()))
+        parts = [content(picked, f) for f in config.key]
+        texts = pc.binary_join_element_wise(*parts, " ") if len(parts) > 1 else parts[0]
         del picked
         found = near_duplicates(
             texts,

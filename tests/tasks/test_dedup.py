@@ -73,6 +73,86 @@ def test_punctuation_that_carries_meaning_never_merges_rows():
     assert words.doc(2).tolist() != words.doc(3).tolist()
 
 
+def _record(source, task, category, prompt, response, choices=None, label=None, row=0):
+    return make_record(
+        source=source,
+        task=task,
+        category=category,
+        prompt=prompt,
+        response=response,
+        choices=choices,
+        label=label,
+        meta={"row": row},
+    )
+
+
+def test_one_question_rendered_by_two_templates_is_one_question():
+    question = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+    rows = [
+        _record("gsm8k", "gsm8k", "math", f"Question: {question}\nAnswer:", " 3 + 4 = 7\n#### 7"),
+        _record("mine", "generic", "math", question, "3 + 4 = 7\n#### 7", row=5),
+    ]
+    result = dedup(records_to_table(rows), DedupSpec())
+    (drop,) = result.drops.to_pylist()
+    assert (drop["source"], drop["row"], drop["kind"]) == ("mine", 5, "exact")
+
+
+def test_a_repeated_question_with_another_answer_is_a_duplicate_by_default():
+    q = "Question: A shop sells 5 pens a day. How many in a week?\nAnswer:"
+    passage = "The lake froze early that year.\nQuestion: did the lake freeze?\nAnswer:"
+    multirc = "The ship left at dawn.\nQuestion: When did the ship leave?\nAnswer:"
+    rows = [
+        # GSM8K's question again with FLAN's rationale: one example.
+        _record("gsm8k", "gsm8k", "math", q, " 5 * 7 = 35\n#### 35", row=1),
+        _record("flan", "gsm8k", "math", q, " A week has 7 days, so 35.\n#### 35", row=2),
+        # One BoolQ item with contradicting labels: one item.
+        _record("boolq", "superglue_boolq", "nlu", passage, " yes", ["no", "yes"], 1, row=3),
+        _record("boolq", "superglue_boolq", "nlu", passage, " no", ["no", "yes"], 0, row=4),
+        # MultiRC's answers to one question differ in their choices: different items.
+        *[
+            _record(
+                "multirc",
+                "superglue_multirc",
+                "nlu",
+                multirc,
+                f" {a}\nIs the answer correct? yes",
+                [f"{a}\nIs the answer correct? no", f"{a}\nIs the answer correct? yes"],
+                1,
+                row=5 + k,
+            )
+            for k, a in enumerate(["At dawn", "At noon"])
+        ],
+    ]
+    result = dedup(records_to_table(rows), DedupSpec())
+    assert sorted((d["source"], d["row"]) for d in result.drops.to_pylist()) == [
+        ("boolq", 4),
+        ("flan", 2),
+    ]
+    # The old default (instruction keyed on its prompt only) kept both repeats.
+    old = DedupSpec(key_by_category={"instruction": ["prompt"]})
+    assert dedup(records_to_table(rows), old).drops.num_rows == 0
+
+
+def test_template_words_do_not_dilute_near_duplicate_shingles():
+    words = text(31, 40)
+    rows = [
+        _record(
+            "a", "alpaca", "instruction", f"### Instruction:\n{words}\n\n### Response:\n", "ok"
+        ),
+        _record(
+            "b",
+            "alpaca",
+            "instruction",
+            f"### Instruction:\n{words} now\n\n### Input:\n6\n\n### Response:\n",
+            "ok",
+            row=9,
+        ),
+    ]
+    config = DedupSpec(key_by_category={})
+    (drop,) = dedup(records_to_table(rows), config).drops.to_pylist()
+    assert (drop["row"], drop["kind"]) == (9, "near")
+
+
 def test_exact_duplicate_keeps_higher_priority_copy_and_reports_it():
     rows = [
         rec("low", "What is two plus two?", "Four", row=1),
@@ -233,6 +313,14 @@ def test_demo_planted_duplicates_found_with_the_right_copy_kept(demo_tables):
     dropped = {(d["source"], d["row"]) for d in result.drops.to_pylist()}
     dups = [p for p in planted if not p["kind"].startswith("leak")]
     assert dups
+    # The generator measured Jaccard on rendered text, template words included; dedup
+    # measures content. One pair planted at 0.808 is exactly 0.800 on content by the
+    # generator's [a-z0-9]+ words and just under it by ours (a hyphenated word stays one
+    # token): it is kept. Every other planted pair is >= 0.826.
+    edge = [p for p in dups if p.get("jaccard", 1.0) < 0.81]
+    assert [(p["source"], p["row"]) for p in edge] == [("boolq", 248)]
+    assert not {(p["source"], p["row"]) for p in edge} & dropped
+    dups = [p for p in dups if p not in edge]
     for p in dups:
         pair = {(p["source"], p["row"]), (SOURCE_FILES[p["of"]["file"]], p["of"]["row"])}
         assert len(pair & dropped) == 1, p  # exactly one copy of every planted pair goes
