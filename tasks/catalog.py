@@ -27,10 +27,14 @@ from multilora_pipeline.data_specs.errors import PipelineError
 
 log = logging.getLogger("mlora.catalog")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Changes since version 1, applied in order to an older catalog (each idempotent).
 MIGRATIONS = {
     2: ["ALTER TABLE dedup_drops ADD COLUMN IF NOT EXISTS duplicate_row BIGINT"],
+    3: [
+        "ALTER TABLE decontamination_drops ADD COLUMN IF NOT EXISTS eval_row BIGINT",
+        "ALTER TABLE decontamination_drops ADD COLUMN IF NOT EXISTS evidence VARCHAR",
+    ],
 }
 
 TABLES = {
@@ -52,7 +56,7 @@ TABLES = {
         duplicate_source VARCHAR, duplicate_row BIGINT, kind VARCHAR, similarity DOUBLE""",
     "decontamination_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
-        eval_id VARCHAR, kind VARCHAR, similarity DOUBLE""",
+        eval_id VARCHAR, kind VARCHAR, similarity DOUBLE, eval_row BIGINT, evidence VARCHAR""",
     "invalid_drops": """
         output_id VARCHAR, source VARCHAR, row BIGINT, file VARCHAR, field VARCHAR,
         reason VARCHAR""",

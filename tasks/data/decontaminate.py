@@ -1,13 +1,17 @@
 """Decontaminate: drop training rows that overlap an evaluation suite.
 
-Three tests, against every suite (first matching suite in spec order is reported):
+Three tests, against every suite (first matching suite in spec order is reported), each
+drop labelled truthfully with the suite's row of the item it matches:
 - n-gram: the row shares a word n-gram (13 by default, GPT-3 / lm-eval practice) with an
   eval item's prompt or response, ignoring n-grams found in more than `boilerplate_fraction`
   of the suite's items (instructions and answer templates, not content), or in more than that
   share of one group's items (`boilerplate_group`, MMLU's subject: "Construct a complete truth
   table ..." opens many formal_logic items and no others);
-- exact: a prompt shorter than n words equals an eval prompt after normalisation;
-- near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one.
+- exact: the prompt equals an eval prompt after normalisation (a verbatim copy of any
+  length: similarity 1.0);
+- near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one;
+- ngram (the rest of the n-gram hits): `evidence` holds the matched n-gram and `similarity`
+  the word-set Jaccard of the row (prompt and response) with the eval item.
 Words are normalised as in dedup (case folded, punctuation stripped).
 
 Why the eval item's response counts too: GPT-3 and lm-eval decontaminate against an eval
@@ -47,8 +51,10 @@ DECON_DROP_SCHEMA = pa.schema(
         pa.field("row", pa.int64()),
         pa.field("suite", pa.string(), nullable=False),
         pa.field("eval_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # ngram | exact | near
+        pa.field("kind", pa.string(), nullable=False),  # exact | near | ngram
         pa.field("similarity", pa.float64(), nullable=False),
+        pa.field("eval_row", pa.int64()),  # the suite file's row of the matched item
+        pa.field("evidence", pa.string()),  # ngram: the matched n-gram (normalised words)
     ]
 )
 
@@ -69,6 +75,8 @@ class SuiteIndex:
     ngram_hashes: np.ndarray  # sorted uint64, boilerplate removed
     ngram_item: np.ndarray  # eval item index of each hash (first item that has it)
     ids: list[str]
+    rows: list[int | None]  # the suite file's row of each item
+    item_words: list[frozenset]  # per item: words of its prompt and response
     prompts: dict[str, int]  # normalised prompt -> item index
     word_sets: list[frozenset]  # per item: set of prompt words
     by_word: dict[str, list[int]]  # word -> items whose prompt has it
@@ -117,11 +125,14 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
     prompts = {}
     for i, w in enumerate(words):
         prompts.setdefault(" ".join(w), i)
+    responses = normalised_words(items.column("response")).to_pylist()
     return SuiteIndex(
         name=name,
         ngram_hashes=kept_hashes,
         ngram_item=item[keep][first_at].astype(np.int64),
         ids=items.column("id").to_pylist(),
+        rows=[source_row(m) for m in items.column("meta").to_pylist()],
+        item_words=[frozenset(p) | frozenset(r) for p, r in zip(words, responses, strict=True)],
         prompts=prompts,
         word_sets=word_sets,
         by_word=dict(by_word),
@@ -181,6 +192,8 @@ class RowNgrams:
 
     hashes: np.ndarray  # uint64
     rows: np.ndarray  # batch row of each hash
+    fields: np.ndarray  # 0: the prompt's n-gram, 1: the response's
+    starts: np.ndarray  # its first word in that field's normalised words
 
     @classmethod
     def of(cls, batch: pa.Table, n: int) -> RowNgrams:
@@ -188,21 +201,23 @@ class RowNgrams:
         sh = word_shingles(texts, n, full_hash=True, keep_symbols=False)
         doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
         full = sh.lengths[doc_of] >= n  # a shorter field's one shingle is no n-gram
-        return cls(sh.hashes[full], owner[doc_of[full]])
+        within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k starts at word k
+        field = (doc_of >= batch.num_rows).astype(np.int8)
+        return cls(sh.hashes[full], owner[doc_of[full]], field[full], within[full])
 
 
-def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, int]:
-    """Row -> eval item for rows sharing a content n-gram with the suite (the row's first
-    such n-gram, prompt before response, names the item)."""
+def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, tuple[int, int, int]]:
+    """Row -> (eval item, field, first word) for rows sharing a content n-gram with the
+    suite: the row's first such n-gram, prompt before response, names the item."""
     if len(index.ngram_hashes) == 0 or len(ngrams.hashes) == 0:
         return {}
     pos = np.searchsorted(index.ngram_hashes, ngrams.hashes)
     pos = np.minimum(pos, len(index.ngram_hashes) - 1)
     hit = np.flatnonzero(index.ngram_hashes[pos] == ngrams.hashes)
-    out: dict[int, int] = {}
+    out: dict[int, tuple[int, int, int]] = {}
     items = index.ngram_item[pos[hit]].tolist()
-    for row, item in zip(ngrams.rows[hit].tolist(), items, strict=True):
-        out.setdefault(row, item)
+    for k, row, item in zip(hit.tolist(), ngrams.rows[hit].tolist(), items, strict=True):
+        out.setdefault(row, (item, int(ngrams.fields[k]), int(ngrams.starts[k])))
     return out
 
 
@@ -233,7 +248,8 @@ def _short_prompt_hit(words: list[str], index: SuiteIndex, threshold: float):
 # however big the training table, while each suite's index (the small side) stays whole.
 BATCH_ROWS = 50_000
 
-Hit = tuple[str, str, float, str]  # (suite, kind, similarity, eval id)
+Hit = tuple[str, str, float, str, int | None, str | None]
+"""(suite, kind, similarity, eval id, eval file row, evidence)."""
 
 
 def decontaminate(
@@ -270,17 +286,39 @@ def _batch_hits(
     short = np.flatnonzero(pc.list_value_length(prompt_words).to_numpy() < config.ngram)
     short_words = prompt_words.take(pa.array(short, pa.int64())).to_pylist()
     hits: dict[int, Hit] = {}
+    field_words: dict[tuple[int, int], list[str]] = {}  # only rows that hit reach Python
+
+    def words_of(row: int, field: int) -> list[str]:
+        if (row, field) not in field_words:
+            column = batch.column("prompt" if field == 0 else "response")
+            field_words[row, field] = normalised_words([column[row].as_py()]).to_pylist()[0]
+        return field_words[row, field]
+
     for index in indexes:
-        for row, item in _ngram_hits(ngrams, index).items():
-            hits.setdefault(row, (index.name, "ngram", 1.0, index.ids[item]))
+        for row, (item, field, start) in _ngram_hits(ngrams, index).items():
+            if row in hits:
+                continue
+            prompt = words_of(row, 0)
+            if index.prompts.get(" ".join(prompt)) == item:  # the item's prompt itself
+                hits[row] = _hit(index, item, "exact", 1.0)
+                continue
+            mine = frozenset(prompt) | frozenset(words_of(row, 1))
+            other = index.item_words[item]
+            similarity = len(mine & other) / max(len(mine | other), 1)
+            gram = " ".join(words_of(row, field)[start : start + config.ngram])
+            hits[row] = _hit(index, item, "ngram", similarity, gram)
         for row, words in zip(short.tolist(), short_words, strict=True):
             if row in hits:
                 continue
             found = _short_prompt_hit(words, index, config.near_threshold)
             if found:
                 kind, item, sim = found
-                hits[row] = (index.name, kind, sim, index.ids[item])
+                hits[row] = _hit(index, item, kind, sim)
     return hits
+
+
+def _hit(index: SuiteIndex, item: int, kind: str, similarity: float, evidence=None) -> Hit:
+    return (index.name, kind, similarity, index.ids[item], index.rows[item], evidence)
 
 
 def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
@@ -298,8 +336,12 @@ def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
                 "eval_id": eval_id,
                 "kind": kind,
                 "similarity": round(sim, 6),
+                "eval_row": eval_row,
+                "evidence": evidence,
             }
-            for i, (suite, kind, sim, eval_id) in enumerate(hits[r] for r in rows)
+            for i, (suite, kind, sim, eval_id, eval_row, evidence) in enumerate(
+                hits[r] for r in rows
+            )
         ],
         schema=DECON_DROP_SCHEMA,
     )

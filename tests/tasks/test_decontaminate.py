@@ -19,7 +19,7 @@ TEMPLATE = (
 )
 
 
-def item(prompt: str, response: str = " yes", source: str = "suite") -> dict:
+def item(prompt: str, response: str = " yes", source: str = "suite", row: int | None = None):
     return make_record(
         source=source,
         task="t",
@@ -28,6 +28,7 @@ def item(prompt: str, response: str = " yes", source: str = "suite") -> dict:
         response=response,
         choices=["no", "yes"],
         label=1,
+        meta=None if row is None else {"row": row},
     )
 
 
@@ -190,7 +191,9 @@ def qa_suite(prompts: list[str], responses: list[str]) -> pa.Table:
     """The given items plus 20 unrelated ones (an n-gram in every item would be boilerplate)."""
     prompts = prompts + [f"unrelated question {i} about topic {i}" for i in range(20)]
     responses = responses + [f" unrelated answer {i}" for i in range(20)]
-    return records_to_table([item(p, r) for p, r in zip(prompts, responses, strict=True)])
+    return records_to_table(
+        [item(p, r, row=i + 1) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
+    )
 
 
 LONG_ANSWER = (
@@ -198,7 +201,7 @@ LONG_ANSWER = (
 )
 
 
-def test_first_suite_wins_and_ngram_beats_exact_whatever_the_batch_size(monkeypatch):
+def test_first_suite_wins_and_a_copied_prompt_is_exact_whatever_the_batch_size(monkeypatch):
     first = qa_suite(["What is the capital of France?"], [" Paris."])
     second = qa_suite(["Name the capital of Peru please"], [f" {LONG_ANSWER}"])
     rows = [
@@ -207,17 +210,30 @@ def test_first_suite_wins_and_ngram_beats_exact_whatever_the_batch_size(monkeypa
             "what is the capital of france", f"{LONG_ANSWER}.", row=2
         ),  # and a 13-gram in the 2nd
         train("something else entirely", row=3),
-        train("name the capital of peru please", f"So: {LONG_ANSWER}", row=4),  # both in 2nd
+        train("name the capital of peru please", f"So: {LONG_ANSWER}", row=4),  # its prompt
+        train("tell me something", f"So: {LONG_ANSWER}", row=5),  # only the answer's 13-gram
     ]
     table = records_to_table(rows)
     suites = {"first": first, "second": second}
-    expected = {1: ("first", "exact"), 2: ("first", "exact"), 4: ("second", "ngram")}
+    expected = {
+        1: ("first", "exact"),
+        2: ("first", "exact"),
+        4: ("second", "exact"),  # a verbatim copy is exact, not "ngram"
+        5: ("second", "ngram"),
+    }
     for batch_rows in (1, 3, 50_000):
         monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", batch_rows)
         result = decontaminate(table, suites, DecontaminationSpec())
         got = {d["row"]: (d["suite"], d["kind"]) for d in result.drops.to_pylist()}
         assert got == expected, batch_rows
         assert [json.loads(m)["row"] for m in result.kept.column("meta").to_pylist()] == [3]
+        by_row = {d["row"]: d for d in result.drops.to_pylist()}
+        assert by_row[4]["similarity"] == 1.0 and by_row[4]["evidence"] is None
+        ngram = by_row[5]
+        # The evidence: the matched n-gram, a real similarity, the suite's row of the item.
+        assert len(ngram["evidence"].split()) == 13 and ngram["evidence"] in LONG_ANSWER.lower()
+        assert 0 < ngram["similarity"] < 1
+        assert ngram["eval_row"] == 1  # the suite file's first row
 
 
 def test_demo_drops_are_the_same_in_small_batches(monkeypatch, tmp_path):
