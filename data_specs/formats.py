@@ -32,6 +32,9 @@ class TemplateFormat:
     """True when records carry choices and a gold label."""
     nested: NestedLayout | None = None
     """The nested layout the dataset's authors publish, if the format has one."""
+    group_field: str | None = None
+    """The meta field that groups the format's items into templated families (MMLU's
+    subject), which decontamination expects to find."""
     boilerplate: tuple[str, ...] = ()
     """The literal text the template wraps a prompt's content in: dedup keys and shingles
     leave it out, so one question rendered by two templates is one question."""
@@ -98,6 +101,7 @@ TEMPLATE_FORMATS: dict[str, TemplateFormat] = {
         csv_columns=("question", "A", "B", "C", "D", "answer"),
         multiple_choice=True,
         boilerplate=("\nA. ", "\nB. ", "\nC. ", "\nD. ", "\nAnswer:"),
+        group_field="subject",
     ),
     "arc": TemplateFormat(
         ("question", "choices", "answerKey"),

@@ -12,7 +12,8 @@ drop labelled truthfully with the suite's row of the item it matches:
 - near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one;
 - ngram (the rest of the n-gram hits): `evidence` holds the matched n-gram and `similarity`
   the word-set Jaccard of the row (prompt and response) with the eval item.
-Words are normalised as in dedup (case folded, punctuation stripped).
+Both sides are compared on content, as in dedup: prompts without their template's
+boilerplate, case and word-edge punctuation folded, symbol-only tokens left out of n-grams.
 
 Why the eval item's response counts too: GPT-3 and lm-eval decontaminate against an eval
 item's full text, and a training row that reproduces a gold answer (a GSM8K rationale, a
@@ -39,10 +40,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DecontaminationSpec
-from multilora_pipeline.tasks.data.dedup import source_row
+from multilora_pipeline.tasks.data.dedup import content, source_row
 from multilora_pipeline.tasks.data.minhash import normalised_words, word_shingles
+from multilora_pipeline.tasks.data.outputs import stage_logger
 
 DECON_DROP_SCHEMA = pa.schema(
     [
@@ -77,18 +80,36 @@ class SuiteIndex:
     ids: list[str]
     rows: list[int | None]  # the suite file's row of each item
     item_words: list[frozenset]  # per item: words of its prompt and response
-    prompts: dict[str, int]  # normalised prompt -> item index
-    word_sets: list[frozenset]  # per item: set of prompt words
-    by_word: dict[str, list[int]]  # word -> items whose prompt has it
+    plain: StemIndex  # the items' prompts
+    with_choices: StemIndex  # prompts with their choices (multiple-choice training rows)
+
+
+@dataclass
+class StemIndex:
+    """Short-prompt matching over one word list per item."""
+
+    prompts: dict[str, int]  # normalised text -> item index
+    word_sets: list[frozenset]  # per item: its set of words
+    by_word: dict[str, list[int]]  # word -> items that have it
+
+    @classmethod
+    def of(cls, words: list[list[str]]) -> StemIndex:
+        word_sets = [frozenset(w) for w in words]
+        by_word: dict[str, list[int]] = defaultdict(list)
+        for i, ws in enumerate(word_sets):
+            for w in ws:
+                by_word[w].append(i)
+        prompts: dict[str, int] = {}
+        for i, w in enumerate(words):
+            prompts.setdefault(" ".join(w), i)
+        return cls(prompts, word_sets, dict(by_word))
 
 
 def _field_docs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
     """Prompt and response of every row as separate texts, and the row each came from:
     n-grams never span the boundary between two fields."""
     n = table.num_rows
-    texts = pa.concat_arrays(
-        [table.column("prompt").combine_chunks(), table.column("response").combine_chunks()]
-    )
+    texts = pa.concat_arrays([content(table, "prompt"), content(table, "response")])
     return texts, np.concatenate([np.arange(n), np.arange(n)])
 
 
@@ -105,27 +126,35 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
     uniq, first, inverse, counts = np.unique(
         pair[:, 0], return_index=True, return_inverse=True, return_counts=True
     )
-    content = counts <= config.boilerplate_fraction * n_items
-    if config.boilerplate_group:
-        content &= ~_group_boilerplate(items, config, pair, inverse.reshape(-1), len(uniq))
+    is_content = counts <= config.boilerplate_fraction * n_items
+    if config.boilerplate_group and _has_group(items, config.boilerplate_group):
+        is_content &= ~_group_boilerplate(items, config, pair, inverse.reshape(-1), len(uniq))
+    elif config.boilerplate_group and _expects_group(items, config.boilerplate_group):
+        # Grouped data without its groups (MMLU without subjects): one subject's template is
+        # then only a few percent of the suite. A stricter whole-suite cut stands in.
+        cut = max(
+            GROUP_TEMPLATE_MIN_ITEMS, FALLBACK_FRACTION * config.boilerplate_fraction * n_items
+        )
+        is_content &= counts < cut
+        stage_logger().warning(
+            "decontaminate: suite %s has no %r field, so its groups' templates cannot be told "
+            "apart: n-grams in %d or more of its %d items count as boilerplate (give the "
+            "field, e.g. with file_fields for one file per subject)",
+            name,
+            config.boilerplate_group,
+            int(np.ceil(cut)),
+            n_items,
+        )
     # An n-gram occurrence counts only if most of its words lie outside template spans:
     # "... as of 2020? Scenario 1 | I asked" is template plus two words, not a leak.
     occurrence = np.searchsorted(uniq, hashes)
     start = _word_positions(sh, doc_of, full, config.ngram)
-    covered = _template_words(start[~content[occurrence]], int(sh.lengths.sum()), config.ngram)
+    covered = _template_words(start[~is_content[occurrence]], int(sh.lengths.sum()), config.ngram)
     own = config.ngram - (covered[start + config.ngram] - covered[start])
-    keep = content[occurrence] & (own >= MIN_OWN_WORDS_SHARE * config.ngram)
+    keep = is_content[occurrence] & (own >= MIN_OWN_WORDS_SHARE * config.ngram)
     kept_hashes, first_at = np.unique(hashes[keep], return_index=True)
-    words = normalised_words(items.column("prompt")).to_pylist()
-    word_sets = [frozenset(w) for w in words]
-    by_word: dict[str, list[int]] = defaultdict(list)
-    for i, ws in enumerate(word_sets):
-        for w in ws:
-            by_word[w].append(i)
-    prompts = {}
-    for i, w in enumerate(words):
-        prompts.setdefault(" ".join(w), i)
     responses = normalised_words(items.column("response")).to_pylist()
+    words = normalised_words(content(items, "prompt")).to_pylist()
     return SuiteIndex(
         name=name,
         ngram_hashes=kept_hashes,
@@ -133,9 +162,8 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
         ids=items.column("id").to_pylist(),
         rows=[source_row(m) for m in items.column("meta").to_pylist()],
         item_words=[frozenset(p) | frozenset(r) for p, r in zip(words, responses, strict=True)],
-        prompts=prompts,
-        word_sets=word_sets,
-        by_word=dict(by_word),
+        plain=StemIndex.of(words),
+        with_choices=StemIndex.of(stem_words(items).to_pylist()),
     )
 
 
@@ -164,14 +192,30 @@ def _template_words(starts: np.ndarray, total_words: int, n: int) -> np.ndarray:
 GROUP_TEMPLATE_MIN_ITEMS = 3
 
 
+# Without its groups, a grouped suite's whole-suite cut is this share of boilerplate_fraction.
+FALLBACK_FRACTION = 0.1
+
+
+def _group_values(items: pa.Table, field: str) -> list:
+    return [json.loads(m or "{}").get(field) for m in items.column("meta").to_pylist()]
+
+
+def _has_group(items: pa.Table, field: str) -> bool:
+    return any(v is not None for v in _group_values(items, field))
+
+
+def _expects_group(items: pa.Table, field: str) -> bool:
+    """Whether the suite's format groups its items by `field` (formats.group_field)."""
+    tasks = pc.unique(items.column("task")).to_pylist()
+    return any(TEMPLATE_FORMATS.get(t) and TEMPLATE_FORMATS[t].group_field == field for t in tasks)
+
+
 def _group_boilerplate(
     items: pa.Table, config: DecontaminationSpec, pair: np.ndarray, ngram: np.ndarray, n: int
 ) -> np.ndarray:
     """Per distinct n-gram: True when it is the template of one group of items (more than
     boilerplate_fraction of the group, and at least GROUP_TEMPLATE_MIN_ITEMS items)."""
-    values = [json.loads(m).get(config.boilerplate_group) for m in items.column("meta").to_pylist()]
-    if all(v is None for v in values):
-        return np.zeros(n, dtype=bool)
+    values = _group_values(items, config.boilerplate_group)
     codes, labels = pd.factorize(np.array([str(v) for v in values], dtype=object))
     sizes = np.bincount(codes)
     group = codes[pair[:, 1].astype(np.int64)]
@@ -182,6 +226,14 @@ def _group_boilerplate(
     out = np.zeros(n, dtype=bool)
     out[cells[template, 0]] = True
     return out
+
+
+def stem_words(table: pa.Table) -> pa.ListArray:
+    """What the short-prompt tests compare: the prompt's words, and for a multiple-choice
+    item its choices' words after them. ARC's "Which statement is an opinion?" opens many
+    items whose options all differ: the stem alone is not the item."""
+    stems = pc.binary_join_element_wise(content(table, "prompt"), content(table, "choices"), " ")
+    return normalised_words(stems)
 
 
 @dataclass(frozen=True)
@@ -221,7 +273,7 @@ def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, tuple[int, in
     return out
 
 
-def _short_prompt_hit(words: list[str], index: SuiteIndex, threshold: float):
+def _short_prompt_hit(words: list[str], index: StemIndex, threshold: float):
     """(kind, item, similarity) for a short prompt that equals or nearly equals an eval prompt."""
     key = " ".join(words)
     if key and key in index.prompts:
@@ -282,16 +334,29 @@ def _batch_hits(
     """Batch row -> match, suites in spec order: n-gram overlap first, then (prompts shorter
     than n words) an exact or near-identical eval prompt."""
     ngrams = RowNgrams.of(batch, config.ngram)
-    prompt_words = normalised_words(batch.column("prompt"))
+    prompt_words = normalised_words(content(batch, "prompt"))
     short = np.flatnonzero(pc.list_value_length(prompt_words).to_numpy() < config.ngram)
-    short_words = prompt_words.take(pa.array(short, pa.int64())).to_pylist()
+    # A multiple-choice training row is compared with its choices, against items with theirs.
+    picked = batch.take(pa.array(short, pa.int64()))
+    has_choices = pc.is_valid(picked.column("choices")).to_numpy(zero_copy_only=False)
+    short_words = [
+        (stems, has)
+        for stems, has in zip(
+            pc.if_else(
+                pa.array(has_choices), stem_words(picked), prompt_words.take(pa.array(short))
+            ).to_pylist(),
+            has_choices.tolist(),
+            strict=True,
+        )
+    ]
     hits: dict[int, Hit] = {}
     field_words: dict[tuple[int, int], list[str]] = {}  # only rows that hit reach Python
 
     def words_of(row: int, field: int) -> list[str]:
         if (row, field) not in field_words:
-            column = batch.column("prompt" if field == 0 else "response")
-            field_words[row, field] = normalised_words([column[row].as_py()]).to_pylist()[0]
+            one = batch.slice(row, 1)
+            text = content(one, "prompt" if field == 0 else "response")
+            field_words[row, field] = normalised_words(text).to_pylist()[0]
         return field_words[row, field]
 
     for index in indexes:
@@ -299,7 +364,7 @@ def _batch_hits(
             if row in hits:
                 continue
             prompt = words_of(row, 0)
-            if index.prompts.get(" ".join(prompt)) == item:  # the item's prompt itself
+            if index.plain.prompts.get(" ".join(prompt)) == item:  # the item's prompt itself
                 hits[row] = _hit(index, item, "exact", 1.0)
                 continue
             mine = frozenset(prompt) | frozenset(words_of(row, 1))
@@ -307,10 +372,11 @@ def _batch_hits(
             similarity = len(mine & other) / max(len(mine | other), 1)
             gram = " ".join(words_of(row, field)[start : start + config.ngram])
             hits[row] = _hit(index, item, "ngram", similarity, gram)
-        for row, words in zip(short.tolist(), short_words, strict=True):
+        for row, (words, mc) in zip(short.tolist(), short_words, strict=True):
             if row in hits:
                 continue
-            found = _short_prompt_hit(words, index, config.near_threshold)
+            stems = index.with_choices if mc else index.plain
+            found = _short_prompt_hit(words, stems, config.near_threshold)
             if found:
                 kind, item, sim = found
                 hits[row] = _hit(index, item, kind, sim)

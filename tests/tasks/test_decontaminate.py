@@ -261,3 +261,75 @@ def test_memory_follows_the_batch_not_the_training_table(monkeypatch):
 
     whole, batched = traced_peak(len(table)), traced_peak(250)
     assert batched < whole / 4, (batched, whole)
+
+
+def test_a_short_multiple_choice_stem_matches_only_with_its_choices():
+    stem = "Question: Which statement is an opinion?\nAnswer:"
+    suite = records_to_table(
+        [
+            make_record(
+                source="arc",
+                task="arc",
+                category="knowledge",
+                prompt=stem,
+                response=" Red is the best colour.",
+                choices=["Red is the best colour.", "Water boils at 100 C."],
+                label=0,
+                meta={"row": 1},
+            )
+        ]
+        + [item(f"unrelated question {i} about topic {i}") for i in range(20)]
+    )
+
+    def arc_row(choices, row):
+        return make_record(
+            source="arc_train",
+            task="arc",
+            category="knowledge",
+            prompt=stem,
+            response=" " + choices[0],
+            choices=choices,
+            label=0,
+            meta={"row": row},
+        )
+
+    rows = [
+        arc_row(["Cats are cuter than dogs.", "Ice is frozen water."], 1),  # other options
+        arc_row(["Red is the best colour.", "Water boils at 100 C."], 2),  # the item itself
+        train("Which statement is an opinion?", row=3),  # free-form: the stem is the question
+    ]
+    result = decontaminate(records_to_table(rows), {"arc": suite}, DecontaminationSpec())
+    got = {d["row"]: (d["kind"], d["eval_row"]) for d in result.drops.to_pylist()}
+    assert got == {2: ("exact", 1), 3: ("exact", 1)}
+
+
+def test_mmlu_without_subjects_falls_back_to_a_stricter_suite_wide_cut_and_says_so(caplog):
+    stem = "For which of these two scenarios does the main character do something wrong"
+
+    def mmlu_item(prompt: str) -> dict:
+        return make_record(
+            source="suite",
+            task="mmlu",
+            category="knowledge",
+            prompt=prompt,
+            response=" A",
+            choices=["A", "B"],
+            label=0,
+        )
+
+    # moral_scenarios' template sentence in 6 of 100 items (6%, under the 10% whole-suite
+    # cut), and no subject field to find it by.
+    scenarios = [mmlu_item(f"{stem}, according to norms {i}? Scenario {i}") for i in range(6)]
+    others = [mmlu_item(f"Unrelated item {i} on rivers lakes and seas") for i in range(94)]
+    suite = records_to_table(scenarios + others)
+    row = records_to_table([train(f"{stem}, according to ordinary moral standards?", row=1)])
+    with caplog.at_level("WARNING"):
+        result = decontaminate(row, {"mmlu": suite}, DecontaminationSpec())
+    assert result.drops.num_rows == 0  # the template is not a leak
+    assert "has no 'subject' field" in caplog.text
+    # A suite whose format groups nothing (BoolQ, GSM8K) keeps the 10% cut and no warning.
+    caplog.clear()
+    plain = records_to_table([item(r["prompt"]) for r in scenarios + others])
+    with caplog.at_level("WARNING"):
+        assert decontaminate(row, {"s": plain}, DecontaminationSpec()).drops.num_rows == 1
+    assert "subject" not in caplog.text
