@@ -246,6 +246,11 @@ class EvalSuiteSpec(DataLocation):
     None takes them from the suite itself, never the item being scored."""
     fields: dict[str, str] | None = None
     """Template field -> source column, as for sources."""
+    drop_duplicates: bool = False
+    """Items that repeat an earlier item of the suite (same prompt and choices, case,
+    spacing and word-edge punctuation folded; MMLU's test split has about a hundred) are
+    always reported, in the catalog (`suite_duplicates`) and the `mlora data` table; true
+    also removes the repeats, so each item is scored once (the first copy stays)."""
 
     def dev_suite(self) -> EvalSuiteSpec | None:
         """The dev split as a suite of its own (`<name>-dev`): read exactly like the suite,

@@ -50,7 +50,7 @@ from multilora_pipeline.tasks.data.outputs import (
     stage_logger,
 )
 from multilora_pipeline.tasks.data.stages import Prepared, read_drops
-from multilora_pipeline.tasks.data.summary import catalog_batch, source_table
+from multilora_pipeline.tasks.data.summary import catalog_batch, source_table, suite_table
 from multilora_pipeline.tasks.workspace import Workspace
 
 if TYPE_CHECKING:  # evaluation imports torch; the data stages never need it
@@ -79,6 +79,8 @@ class DataOutputs(BaseModel):
     requested_share, achieved_share."""
     reused_stages: list[str]
     """Stages whose every output was reused from an earlier run."""
+    suite_table: list[dict] = []
+    """Per suite: items, repeated (items that repeat an earlier one), dropped."""
 
     def suites(self, spec: DataSpec) -> list[SuiteData]:
         """The spec's evaluation suites with their Parquet (and dev split), as scored."""
@@ -271,6 +273,7 @@ def run_data_stages(spec: DataSpec, base_dir: str | Path, workspace: Workspace) 
         eval_dev_paths={p.name: p.dev.path for p in suites if p.dev},
         source_table=table,
         reused_stages=reused_stages,
+        suite_table=suite_table(suites),
     )
 
 
@@ -339,6 +342,13 @@ def format_source_table(outputs: DataOutputs) -> str:
     )
     out = [line([h for h, _, _ in cols]), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
+    for suite in outputs.suite_table:
+        line = f"suite {suite['suite']}: {suite['items']} items"
+        if suite["repeated"]:
+            line += f", {suite['repeated']} repeating an earlier item " + (
+                "(dropped)" if suite["dropped"] else "(kept; drop_duplicates: true removes them)"
+            )
+        out.append(line)
     out.append(f"mixture {outputs.mixture_id}: {outputs.train_dir}")
     out.append(f"reused stages: {', '.join(outputs.reused_stages) or 'none'}")
     return "\n".join(out)

@@ -57,6 +57,9 @@ TABLES = {
     "decontamination_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
         eval_id VARCHAR, kind VARCHAR, similarity DOUBLE, eval_row BIGINT, evidence VARCHAR""",
+    "suite_duplicates": """
+        output_id VARCHAR, suite VARCHAR, row BIGINT, duplicate_of_row BIGINT,
+        dropped BOOLEAN""",
     "invalid_drops": """
         output_id VARCHAR, source VARCHAR, row BIGINT, file VARCHAR, field VARCHAR,
         reason VARCHAR""",
@@ -75,7 +78,7 @@ TABLES = {
 }
 # Drop tables have no natural key (identical rows share an id), so a stage output's drops are
 # replaced as a whole: writing the same output twice leaves one copy.
-DROP_TABLES = ("dedup_drops", "decontamination_drops", "invalid_drops")
+DROP_TABLES = ("dedup_drops", "decontamination_drops", "invalid_drops", "suite_duplicates")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
 from multilora_pipeline.tasks.data.decontaminate import decontaminate
-from multilora_pipeline.tasks.data.dedup import dedup
+from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_row
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
 from multilora_pipeline.tasks.data.files.parquet_io import (
     filtered_slices,
@@ -137,8 +137,69 @@ def normalise_stage(
             write_parquet(skipped_table(item.name, skipped), tmp / SKIPPED)
         return rows
 
-    files = (RECORDS, SKIPPED) if skip else (RECORDS,)
-    return produce(ws, "normalise", [snapshot.content_hash], params, files, write, known)
+    suite = isinstance(item, EvalSuiteSpec)
+    if suite and item.drop_duplicates:
+        params["drop_duplicates"] = True
+    files = (RECORDS, *([SKIPPED] if skip else []), *([REPEATS] if suite else []))
+
+    def write_suite(tmp: Path) -> int:  # a suite is small: its repeats are found whole
+        rows = write(tmp)
+        records = pq.read_table(tmp / RECORDS)
+        repeats, first = suite_repeats(records)
+        write_parquet(repeats_table(item.name, records, first, item.drop_duplicates), tmp / REPEATS)
+        if item.drop_duplicates and repeats.any():
+            write_parquet(records.filter(pa.array(~repeats)), tmp / RECORDS)
+            rows -= int(repeats.sum())
+        return rows
+
+    return produce(
+        ws,
+        "normalise",
+        [snapshot.content_hash],
+        params,
+        files,
+        write_suite if suite else write,
+        known,
+    )
+
+
+REPEATS = "repeats.parquet"  # a suite's items that repeat an earlier item
+REPEATS_SCHEMA = pa.schema(
+    [
+        ("suite", pa.string()),
+        ("row", pa.int64()),
+        ("duplicate_of_row", pa.int64()),
+        ("dropped", pa.bool_()),
+    ]
+)
+
+
+def suite_repeats(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(is a repeat, index of the first copy) per item: the same prompt content and choices
+    (dedup's exact key)."""
+    codes = key_codes(records, ["prompt", "choices"])
+    _, first_at, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    first = first_at[inverse.reshape(-1)]
+    return first != np.arange(len(codes)), first
+
+
+def repeats_table(suite: str, records: pa.Table, first: np.ndarray, dropped: bool) -> pa.Table:
+    rows = [source_row(m) for m in records.column("meta").to_pylist()]
+    return pa.Table.from_pylist(
+        [
+            {"suite": suite, "row": rows[i], "duplicate_of_row": rows[f], "dropped": dropped}
+            for i, f in enumerate(first.tolist())
+            if f != i
+        ],
+        schema=REPEATS_SCHEMA,
+    )
+
+
+def read_repeats(output: StageOutput) -> pa.Table:
+    """A suite's repeated items (none for a source, or an output written before they were
+    recorded)."""
+    path = Path(output.path).with_name(REPEATS)
+    return pq.read_table(path) if path.exists() else REPEATS_SCHEMA.empty_table()
 
 
 SKIPPED_SCHEMA = pa.schema(

@@ -11,7 +11,7 @@ import pyarrow as pa
 from multilora_pipeline.data_specs.schema import DataSpec
 from multilora_pipeline.tasks.catalog import CatalogBatch
 from multilora_pipeline.tasks.data.outputs import StageOutput
-from multilora_pipeline.tasks.data.stages import Prepared, read_drops, read_skipped
+from multilora_pipeline.tasks.data.stages import Prepared, read_drops, read_repeats, read_skipped
 
 
 def catalog_batch(
@@ -68,6 +68,9 @@ def catalog_batch(
         skipped = read_skipped(out)
         if not out.reused and skipped.num_rows:
             batch.add_drops("invalid_drops", out.output_id, skipped)
+        repeats = read_repeats(out)
+        if not out.reused and repeats.num_rows:
+            batch.add_drops("suite_duplicates", out.output_id, repeats)
     if mixed.reused:
         return batch
     manifest = mixed.extra["manifest"]
@@ -97,6 +100,24 @@ def catalog_batch(
             achieved_share=m["achieved_share"],
         )
     return batch
+
+
+def suite_table(suites: list[Prepared]) -> list[dict]:
+    """Per suite: items scored, items that repeat an earlier one, and whether they were
+    dropped (drop_duplicates)."""
+    out = []
+    for p in suites:
+        repeats = read_repeats(p.normalised)
+        dropped = bool(repeats.num_rows) and all(repeats.column("dropped").to_pylist())
+        out.append(
+            {
+                "suite": p.name,
+                "items": p.normalised.rows,
+                "repeated": repeats.num_rows,
+                "dropped": dropped,
+            }
+        )
+    return out
 
 
 def source_table(

@@ -217,7 +217,7 @@ def test_a_data_spec_needs_no_base_model_or_arms(prefect_harness, tmp_path):
         load_spec(path, data_only=True)
 
 
-def test_skipped_bad_rows_are_in_the_catalog_and_the_source_table(prefect_harness, tmp_path):
+def test_skipped_bad_rows_and_repeated_suite_items_are_in_the_catalog_and_the_table(prefect_harness, tmp_path):
     import json
 
     import yaml
@@ -232,6 +232,11 @@ def test_skipped_bad_rows_are_in_the_catalog_and_the_source_table(prefect_harnes
         item["path"] = str(DEMO.parent / item["path"])
     boolq = next(s for s in spec["sources"] if s["name"] == "boolq")
     boolq.update(path=str(tmp_path / "boolq_train.jsonl"), bad_rows="skip")
+    # And a suite that repeats one of its items: reported, kept.
+    suite = next(s for s in spec["eval_suites"] if s["name"] == "boolq_mc")
+    items = Path(suite["path"]).read_text().splitlines()
+    (tmp_path / "boolq_eval.jsonl").write_text("\n".join([*items, items[2]]) + "\n")
+    suite["path"] = str(tmp_path / "boolq_eval.jsonl")
     path = tmp_path / "skip.yaml"
     path.write_text(yaml.safe_dump(spec))
     outputs = data_flow(str(path), str(tmp_path / "ws"))
@@ -241,3 +246,8 @@ def test_skipped_bad_rows_are_in_the_catalog_and_the_source_table(prefect_harnes
     (drop,) = Catalog(tmp_path / "ws" / "catalog.duckdb").query("SELECT * FROM invalid_drops")
     assert (drop["source"], drop["row"], drop["field"]) == ("boolq", 5, "label")
     assert "unknown label value 'perhaps'" in drop["reason"]
+    repeated = next(r for r in outputs.suite_table if r["suite"] == "boolq_mc")
+    assert (repeated["repeated"], repeated["dropped"]) == (1, False)
+    assert "1 repeating an earlier item (kept; drop_duplicates" in format_source_table(outputs)
+    (dup,) = Catalog(tmp_path / "ws" / "catalog.duckdb").query("SELECT * FROM suite_duplicates")
+    assert (dup["suite"], dup["row"], dup["duplicate_of_row"]) == ("boolq_mc", len(items) + 1, 3)

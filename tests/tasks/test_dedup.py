@@ -353,3 +353,32 @@ def test_items_sharing_a_passage_are_near_duplicates_only_if_they_ask_the_same()
     assert [(d["row"], d["duplicate_row"], d["kind"]) for d in result.drops.to_pylist()] == [
         (3, 1, "near")
     ]
+
+
+# ---------------------------------------------------------------- a suite's own repeats
+
+
+def test_a_suites_repeated_items_are_reported_and_dropped_on_request(tmp_path):
+    from multilora_pipeline.data_specs.schema import EvalSuiteSpec
+    from multilora_pipeline.tasks.data.fetch import fetch
+    from multilora_pipeline.tasks.data.stages import normalise_stage, read_repeats
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    items = [
+        {"passage": f"Passage {i}.", "question": f"is it {i}", "label": True} for i in range(5)
+    ]
+    items.insert(3, {**items[1], "question": "IS IT 1"})  # row 4 repeats row 2 (case folded)
+    items.append({**items[0], "label": False})  # row 7 repeats row 1's question and choices
+    (tmp_path / "suite.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    kept = EvalSuiteSpec(name="boolq", path="suite.jsonl", template="superglue_boolq")
+    out = normalise_stage(ws, fetch(kept, "boolq", tmp_path, ws), kept)
+    assert out.rows == 7  # reported, not removed, by default
+    repeats = read_repeats(out).to_pylist()
+    assert [(r["row"], r["duplicate_of_row"], r["dropped"]) for r in repeats] == [
+        (4, 2, False),
+        (7, 1, False),
+    ]
+    dropping = kept.model_copy(update={"drop_duplicates": True})
+    out = normalise_stage(ws, fetch(dropping, "boolq", tmp_path, ws), dropping)
+    assert out.rows == 5 and all(r["dropped"] for r in read_repeats(out).to_pylist())
