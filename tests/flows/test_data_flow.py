@@ -217,7 +217,9 @@ def test_a_data_spec_needs_no_base_model_or_arms(prefect_harness, tmp_path):
         load_spec(path, data_only=True)
 
 
-def test_skipped_bad_rows_and_repeated_suite_items_are_in_the_catalog_and_the_table(prefect_harness, tmp_path):
+def test_skipped_bad_rows_and_repeated_suite_items_are_in_the_catalog_and_the_table(
+    prefect_harness, tmp_path
+):
     import json
 
     import yaml
