@@ -1,28 +1,33 @@
-"""The data stages on real public data (../shared/data/real), and what they dropped, shown so
-a person can check every decision.
+"""The data stages on real public data and on datasets in the layouts their authors
+publish (../shared/data/real and ../shared/data/formats), and what they loaded, dropped and
+why, shown so a person can check every decision.
 
-    .venv/bin/python benchmarks/real_data_report.py                     # default data folder
-    .venv/bin/python benchmarks/real_data_report.py --data DIR --examples 5
+    .venv/bin/python benchmarks/real_data_report.py                     # default data folders
+    .venv/bin/python benchmarks/real_data_report.py --data DIR --formats DIR --examples 5
 
-A spec is written to a temp folder. The data files are read where they are, except MMLU: a
-source is one file, so each split's 57 subject CSVs are joined there into one JSONL in the
-hub's form, which keeps each item's subject:
+A spec is written to a temp folder; every file is read where it is and as it is published
+(no conversion):
 
     training   alpaca_en_demo (999, priority 1) · alpaca_200 (first 200 of the original Alpaca)
                rte_train (2,490) · boolq (BoolQ val, 3,270: the only BoolQ split here)
-               mmlu_dev (285, 5 per subject)
-    evaluation rte_val (277) · mmlu_val (1,531) · gsm8k_test (1,319, generation)
+               mmlu_dev (57 headerless per-subject CSVs: a glob, the subject from each name)
+               flan_cot_gsm8k (headerless TSV, declared columns, answer from the rationale)
+               self_instruct (nested: instances exploded) · dolly_alpaca (pre-templated,
+               a literal end marker) · codealpaca (C / C++ / C# versions of one task)
+               wic (labels as strings) · arc_challenge (nested question and choices)
+    evaluation rte_val (277) · mmlu_val (1,531, a glob) · gsm8k_test (1,319, generation)
+               multirc (SuperGLUE's nested passage > questions > answers)
 
-It runs the data flow (Prefect, threads), then prints the per-source table, drop counts per
-source pair and per suite, and for each kind of drop a few examples: the dropped row next to
-the row it duplicates (or the eval item it leaks), with the similarity. The last line is a JSON
-summary. Nothing is written outside the temp folder.
+It runs the data flow (Prefect, threads), then prints the per-source table (with the rows
+skipped as bad and each suite's repeated items), drop counts per source pair and per suite,
+and for each kind of drop a few examples: the dropped row next to the row it duplicates (or
+the eval item it leaks, with the matched n-gram), with the similarity. The last line is a
+JSON summary. Nothing is written outside the temp folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import tempfile
@@ -32,32 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "real"
+DEFAULT_FORMATS = REPO.parent / "shared" / "data" / "formats"
 WIDTH = 100
 
 
-def mmlu_jsonl(folder: Path, out: Path) -> int:
-    """The 57 headerless per-subject CSVs as one JSONL in the hub's form (question, choices,
-    answer, subject), so each item keeps its subject (decontamination groups by it)."""
-    rows = 0
-    with out.open("w", encoding="utf-8") as fh:
-        for path in sorted(folder.glob("*.csv")):
-            subject = path.stem.rsplit("_", 1)[0]
-            with path.open(encoding="utf-8", newline="") as src:
-                for question, a, b, c, d, answer in csv.reader(src):
-                    item = {
-                        "question": question,
-                        "choices": [a, b, c, d],
-                        "answer": answer,
-                        "subject": subject,
-                    }
-                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-                    rows += 1
-    return rows
-
-
-def write_spec(data: Path, work: Path) -> Path:
-    mmlu_jsonl(data / "mmlu/dev", work / "mmlu_dev.jsonl")
-    mmlu_jsonl(data / "mmlu/val", work / "mmlu_val.jsonl")
+def write_spec(data: Path, formats: Path, work: Path) -> Path:
     spec = {
         "name": "real-data-report",
         "sources": [
@@ -88,8 +72,50 @@ def write_spec(data: Path, work: Path) -> Path:
             },
             {
                 "name": "mmlu_dev",
-                "path": "mmlu_dev.jsonl",
+                "path": str(data / "mmlu/dev/*_dev.csv"),
+                "file_fields": "(?P<subject>.+)_dev",
                 "template": "mmlu",
+                "category": "knowledge",
+            },
+            {
+                "name": "flan_cot_gsm8k",
+                "path": str(formats / "flan_cot_gsm8k_sample.tsv"),
+                "columns": ["question", "final_answer", "rationale"],
+                "template": "gsm8k",
+                "category": "math",
+            },
+            {
+                "name": "self_instruct",
+                "path": str(formats / "self_instruct_seed_tasks_sample.jsonl"),
+                "explode": ["instances"],
+                "fields": {"input": "instances.input", "output": "instances.output"},
+                "template": "alpaca",
+                "category": "instruction",
+            },
+            {
+                "name": "dolly_alpaca",
+                "path": str(formats / "dolly_alpaca_prompt_sample.jsonl"),
+                "template": "pretemplated",
+                "fields": {"response": "answer"},
+                "end_marker": "###eos_token###",
+                "category": "instruction",
+            },
+            {
+                "name": "codealpaca",
+                "path": str(formats / "code_instructions_sample.json"),
+                "template": "alpaca",
+                "category": "instruction",
+            },
+            {
+                "name": "wic",
+                "path": str(formats / "superglue_wic_sample.jsonl"),
+                "template": "superglue_wic",
+                "category": "nlu",
+            },
+            {
+                "name": "arc_challenge",
+                "path": str(formats / "arc_challenge_sample.jsonl"),
+                "template": "arc",
                 "category": "knowledge",
             },
         ],
@@ -102,9 +128,16 @@ def write_spec(data: Path, work: Path) -> Path:
             },
             {
                 "name": "mmlu_val",
-                "path": "mmlu_val.jsonl",
+                "path": str(data / "mmlu/val/*_val.csv"),
+                "file_fields": "(?P<subject>.+)_val",
                 "template": "mmlu",
                 "category": "knowledge",
+            },
+            {
+                "name": "multirc",
+                "path": str(formats / "superglue_multirc_sample.jsonl"),
+                "template": "superglue_multirc",
+                "category": "nlu",
             },
             {
                 "name": "gsm8k_test",
@@ -115,8 +148,6 @@ def write_spec(data: Path, work: Path) -> Path:
             },
         ],
         "mixture": {"strategy": "proportional", "validation_fraction": 0.05},
-        "base_model": {"tiny": {}},
-        "arms": [{"name": "lora", "kind": "lora"}],
     }
     path = work / "spec.yaml"
     path.write_text(json.dumps(spec, indent=1))  # JSON is YAML
@@ -146,6 +177,7 @@ def show(record: dict, label: str, row: int | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--formats", default=str(DEFAULT_FORMATS))
     parser.add_argument("--examples", type=int, default=4, help="examples per kind of drop")
     args = parser.parse_args()
     for key, value in {
@@ -159,7 +191,7 @@ def main() -> None:
     from multilora_pipeline.tasks.workspace import Workspace
 
     ws = Workspace.resolve(work / "workspace").activate()  # before Prefect is imported
-    spec_path = write_spec(Path(args.data), work)
+    spec_path = write_spec(Path(args.data), Path(args.formats), work)
 
     from multilora_pipeline.flows.data import data_flow, format_source_table
     from multilora_pipeline.tasks.catalog import Catalog
@@ -207,11 +239,19 @@ def main() -> None:
         step = max(1, len(items) // max(args.examples, 1))  # spread over the sources
         for d, other, label, other_row in items[::step][: args.examples]:
             print("-" * WIDTH)
-            print(f"similarity {d['similarity']:.3f}")
+            print(
+                f"similarity {d['similarity']:.3f}"
+                + (f"; n-gram: {d['evidence']!r}" if d.get("evidence") else "")
+            )
             print(show(records[d["id"]], "DROPPED", d["row"]))
             print(show(other, label, other_row))
+    invalid = catalog.query("SELECT * FROM invalid_drops ORDER BY source, row")
+    for d in invalid[: args.examples]:
+        print(f"skipped as bad: {d['source']} row {d['row']}, field {d['field']}: {d['reason']}")
     summary = {
         "mixture_id": outputs.mixture_id,
+        "suites": outputs.suite_table,
+        "rows_skipped_as_bad": len(invalid),
         "rows_in": sum(r["rows_in"] for r in outputs.source_table),
         "exact_drops": sum(r["exact_drops"] for r in outputs.source_table),
         "near_drops": sum(r["near_drops"] for r in outputs.source_table),
