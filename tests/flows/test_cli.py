@@ -247,7 +247,9 @@ def test_run_with_a_missing_base_model_prints_one_error_line(
         "or give a hub id such as Qwen/Qwen2.5-0.5B"
     ]
     assert not (ws / "catalog.duckdb").exists() and not (ws / "mlflow.db").exists()
-    assert not list((ws / "data").iterdir())
+    # Only the raw snapshots the pre-Prefect data check fetched (a content-keyed cache the
+    # next run reuses): no stage output, no catalog row, no run.
+    assert [p.name for p in (ws / "data").iterdir()] == ["raw"]
 
 
 def test_ui_on_a_taken_port_is_an_error_with_exit_code_2(mlora, tmp_path, capsys):
