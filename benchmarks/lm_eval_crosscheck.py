@@ -51,7 +51,7 @@ def main() -> None:
     report = {"spec": spec.name, "prompt_format": written["prompt_format"], "versions": []}
     for version in client.search_model_versions(f"name = '{spec.registered_model_name}'"):
         local = mlflow.artifacts.download_artifacts(
-            f"models:/{version.name}/{version.version}", dst_path=str(out / version.version)
+            f"models:/{version.name}/{version.version}", dst_path=str(out / str(version.version))
         )
         started = time.perf_counter()
         results = lm_eval.simple_evaluate(
@@ -85,7 +85,7 @@ def main() -> None:
                 )
         report["versions"].append(
             {
-                "version": version.version,
+                "version": str(version.version),
                 "arm": version.tags.get("arm"),
                 "lm_eval_seconds": round(time.perf_counter() - started, 1),
                 "suites": suites,
