@@ -29,13 +29,12 @@ def main() -> None:
     from multilora_pipeline.tasks.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace).activate()  # before Prefect is imported
-    import lm_eval
     import mlflow
-    from lm_eval.tasks import TaskManager
     from mlflow import MlflowClient
 
     from multilora_pipeline.data_specs.schema import load_spec
     from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+    from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
 
     spec, _ = load_spec(args.spec)
     out = Path(tempfile.mkdtemp(prefix="mlora-lm-eval-"))
@@ -54,19 +53,8 @@ def main() -> None:
             f"models:/{version.name}/{version.version}", dst_path=str(out / str(version.version))
         )
         started = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args={
-                "pretrained": written["base_model"],
-                "peft": str(Path(local) / "artifacts" / "peft"),
-                "add_bos_token": False,
-                "dtype": "float32",
-            },
-            tasks=mc,
-            task_manager=TaskManager(include_path=str(out / "tasks")),
-            batch_size=1,
-            device="cpu",
-        )
+        peft = str(Path(local) / "artifacts" / "peft")
+        results = run_lm_eval(written["base_model"], peft, out / "tasks", mc)
         ours = client.get_run(version.run_id).data.metrics
         suites = {}
         for task in mc:

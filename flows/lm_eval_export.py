@@ -14,7 +14,7 @@ from prefect import flow
 
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.flows.data import run_data_stages
-from multilora_pipeline.tasks.evaluation.lm_eval_tasks import write_lm_eval_tasks
+from multilora_pipeline.tasks.evaluation.lm_eval_tasks import model_args, write_lm_eval_tasks
 from multilora_pipeline.tasks.evaluation.suites import LM_EVAL_VERSION
 from multilora_pipeline.tasks.training.base_model import (
     base_model_path,
@@ -27,10 +27,10 @@ from multilora_pipeline.tasks.workspace import Workspace
 
 def lm_eval_command(base: str, revision: str | None, tasks: list[str], out_dir: Path) -> str:
     """The lm_eval command line for a version whose PEFT export is at $PEFT."""
-    model_args = f"pretrained={base}" + (f",revision={revision}" if revision else "")
+    args = ",".join(f"{k}={v}" for k, v in model_args(base, "$PEFT", revision).items())
     return (
-        f"lm_eval --model hf --model_args {model_args},peft=$PEFT,add_bos_token=False,"
-        f"dtype=float32 --include_path {out_dir} --tasks {','.join(tasks)} --batch_size 1"
+        f"lm_eval --model hf --model_args {args} --include_path {out_dir} "
+        f"--tasks {','.join(tasks)} --batch_size 1"
     )
 
 

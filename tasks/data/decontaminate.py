@@ -127,8 +127,9 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
         pair[:, 0], return_index=True, return_inverse=True, return_counts=True
     )
     is_content = counts <= config.boilerplate_fraction * n_items
-    if config.boilerplate_group and _has_group(items, config.boilerplate_group):
-        is_content &= ~_group_boilerplate(items, config, pair, inverse.reshape(-1), len(uniq))
+    groups = _group_values(items, config.boilerplate_group) if config.boilerplate_group else []
+    if any(v is not None for v in groups):
+        is_content &= ~_group_boilerplate(groups, config, pair, inverse.reshape(-1), len(uniq))
     elif config.boilerplate_group and _expects_group(items, config.boilerplate_group):
         # Grouped data without its groups (MMLU without subjects): one subject's template is
         # then only a few percent of the suite. A stricter whole-suite cut stands in.
@@ -200,10 +201,6 @@ def _group_values(items: pa.Table, field: str) -> list:
     return [json.loads(m or "{}").get(field) for m in items.column("meta").to_pylist()]
 
 
-def _has_group(items: pa.Table, field: str) -> bool:
-    return any(v is not None for v in _group_values(items, field))
-
-
 def _expects_group(items: pa.Table, field: str) -> bool:
     """Whether the suite's format groups its items by `field` (formats.group_field)."""
     tasks = pc.unique(items.column("task")).to_pylist()
@@ -211,11 +208,10 @@ def _expects_group(items: pa.Table, field: str) -> bool:
 
 
 def _group_boilerplate(
-    items: pa.Table, config: DecontaminationSpec, pair: np.ndarray, ngram: np.ndarray, n: int
+    values: list, config: DecontaminationSpec, pair: np.ndarray, ngram: np.ndarray, n: int
 ) -> np.ndarray:
     """Per distinct n-gram: True when it is the template of one group of items (more than
     boilerplate_fraction of the group, and at least GROUP_TEMPLATE_MIN_ITEMS items)."""
-    values = _group_values(items, config.boilerplate_group)
     codes, labels = pd.factorize(np.array([str(v) for v in values], dtype=object))
     sizes = np.bincount(codes)
     group = codes[pair[:, 1].astype(np.int64)]

@@ -227,16 +227,9 @@ def _fetch_files(
     content_hash = _digest(SNAPSHOT_VERSION, "files", options)
     out = raw_dir / f"{content_hash}.parquet"
     manifest = out.with_suffix(".files.json")
-    if out.exists():
-        rows = pq.ParquetFile(out).metadata.num_rows
-        log.info(
-            "fetch %s: unchanged (%s), reused snapshot %s (%d rows)",
-            name,
-            origin,
-            content_hash[:12],
-            rows,
-        )
-        return Snapshot(name, out, content_hash, rows, origin, None, reused=True)
+    reused = _existing(raw_dir, content_hash, name, origin)
+    if reused is not None:
+        return reused
     start = time.perf_counter()
     schema = None
     streams = []
@@ -320,16 +313,9 @@ def _fetch_file(
     }
     content_hash = _digest(SNAPSHOT_VERSION, facts.sha256, options)
     out = raw_dir / f"{content_hash}.parquet"
-    if out.exists():
-        rows = pq.ParquetFile(out).metadata.num_rows
-        log.info(
-            "fetch %s: unchanged (%s), reused snapshot %s (%d rows)",
-            name,
-            origin,
-            content_hash[:12],
-            rows,
-        )
-        return Snapshot(name, out, content_hash, rows, origin, facts.sha256, reused=True)
+    reused = _existing(raw_dir, content_hash, name, origin, facts.sha256)
+    if reused is not None:
+        return reused
     start = time.perf_counter()
     source = read_batches(path, fmt, columns=columns, blank_lines=facts.blank_lines)
     # write_batches writes a temp file and renames it: a failure never leaves a half snapshot
@@ -483,13 +469,22 @@ def _fetch_hub(location: DataLocation, name: str, raw_dir: Path, workspace: Work
     return Snapshot(name, out, content_hash, table.num_rows, origin)
 
 
-def _existing(raw_dir: Path, content_hash: str, name: str, origin: str) -> Snapshot | None:
+def _existing(
+    raw_dir: Path, content_hash: str, name: str, origin: str, file_sha: str | None = None
+) -> Snapshot | None:
+    """The snapshot of this content hash made earlier, or None (files, URLs, hub alike)."""
     out = raw_dir / f"{content_hash}.parquet"
     if not out.exists():
         return None
     rows = pq.ParquetFile(out).metadata.num_rows
-    log.info("fetch %s: unchanged (%s), reused snapshot %s", name, origin, content_hash[:12])
-    return Snapshot(name, out, content_hash, rows, origin, reused=True)
+    log.info(
+        "fetch %s: unchanged (%s), reused snapshot %s (%d rows)",
+        name,
+        origin,
+        content_hash[:12],
+        rows,
+    )
+    return Snapshot(name, out, content_hash, rows, origin, file_sha, reused=True)
 
 
 def _load_hub(hub, origin: str, workspace: Workspace):

@@ -62,22 +62,51 @@ class WrittenTask:
     """The lm-eval metric names, each equal to the pipeline's `<suite>_<metric>`."""
 
 
+# What the written tasks ask of lm-eval's hf model: the bos is in the text already, and fp32
+# is what the pipeline scores in on a CPU.
+MODEL_ARGS = {"add_bos_token": False, "dtype": "float32"}
+
+
+def model_args(base: str, peft: str, revision: str | None = None) -> dict:
+    """lm-eval's `--model_args` for a version's PEFT export on its base."""
+    return {
+        "pretrained": base,
+        **({"revision": revision} if revision else {}),
+        "peft": peft,
+        **MODEL_ARGS,
+    }
+
+
+def run_lm_eval(base: str, peft: str, task_dir: str | Path, tasks: list[str], **kwargs) -> dict:
+    """lm_eval (the installed harness, a dev dependency) on written tasks: its results dict."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(
+        model="hf",
+        model_args=model_args(base, peft, kwargs.pop("revision", None)),
+        tasks=tasks,
+        task_manager=TaskManager(include_path=str(task_dir)),
+        batch_size=1,
+        device="cpu",
+        **kwargs,
+    )
+
+
 def task_name(suite: str) -> str:
     return TASK_PREFIX + suite
 
 
-def lm_eval_context(fmt: PromptFormat, context: str) -> str:
-    """The context as lm-eval must see it: rendered in the run's prompt format, with the
-    bos token as text where the pipeline prefixes bos."""
-    rendered = fmt.render([context])[0]
+def lm_eval_context(fmt: PromptFormat, rendered: str) -> str:
+    """A context rendered in the run's prompt format as lm-eval must see it: with the bos
+    token as text where the pipeline prefixes bos."""
     bos = fmt.tokenizer.bos_token if fmt.prefix(rendered) else ""
     return bos + rendered
 
 
-def _check_tokens(fmt: PromptFormat, suite: str, i: int, text: str, context: str) -> None:
+def _check_tokens(fmt: PromptFormat, suite: str, i: int, text: str, rendered: str) -> None:
     """lm-eval's context ids (the text with no special tokens added, trailing whitespace
     moved out) must be the pipeline's, or its numbers would be of other inputs."""
-    rendered = fmt.render([context])[0]
     ours = (
         fmt.prefix(rendered)
         + fmt.tokenizer(rendered.rstrip(), add_special_tokens=False)["input_ids"]
@@ -165,7 +194,8 @@ def write_lm_eval_tasks(
         items = suite_items(suite, settings)
         name = task_name(suite.spec.name)
         rows = []
-        for i, (row, context) in enumerate(zip(items.rows, items.contexts, strict=True)):
+        rendered = fmt.render(items.contexts)  # once per suite, as the scorer renders them
+        for i, (row, context) in enumerate(zip(items.rows, rendered, strict=True)):
             text = lm_eval_context(fmt, context)
             _check_tokens(fmt, suite.spec.name, i, text, context)
             record = {"context": text, "item": i}

@@ -252,11 +252,11 @@ def test_changed_evaluation_setting_scores_base_and_arms_again(pipeline_runs):
 
 
 def test_lm_eval_scores_the_exported_tasks_as_the_pipeline_does(pipeline_runs, tmp_path):
-    lm_eval = pytest.importorskip("lm_eval")  # a dev dependency: CI has it
+    pytest.importorskip("lm_eval")  # a dev dependency: CI has it
     import mlflow
-    from lm_eval.tasks import TaskManager
 
     from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+    from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
 
     runs = pipeline_runs
     written = lm_eval_tasks_flow(str(runs.spec), str(tmp_path / "tasks"), str(runs.ws.root))
@@ -272,20 +272,9 @@ def test_lm_eval_scores_the_exported_tasks_as_the_pipeline_does(pipeline_runs, t
             f"models:/{runs.first['registered_model']}/{arm['version']}",
             dst_path=str(tmp_path / arm["arm"]),
         )
-        results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args={
-                "pretrained": written["base_model"],
-                "peft": str(Path(version) / "artifacts" / "peft"),
-                "add_bos_token": False,
-                "dtype": "float32",
-            },
-            tasks=[f"mlora_{s}" for s in suites],
-            task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-            batch_size=1,
-            device="cpu",
-            log_samples=True,
-        )
+        peft = str(Path(version) / "artifacts" / "peft")
+        tasks = [f"mlora_{s}" for s in suites]
+        results = run_lm_eval(written["base_model"], peft, tmp_path / "tasks", tasks)
         ours = client.get_run(arm["run_id"]).data.metrics
         for suite in suites:
             theirs = results["results"][f"mlora_{suite}"]
