@@ -629,6 +629,12 @@ class TrainingSpec(Strict):
     """Also train on prompt tokens (default: loss on the response only)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto uses a GPU when one is visible; cuda fails clearly when none is."""
+    work_pool: str | None = Field(default=None, min_length=1)
+    """Train on this Prefect work pool instead of in the pipeline's process: each run is a
+    flow run of the `mlora-train` deployment, executed by a worker of the pool (a GPU
+    machine), while the pipeline scores and registers where it runs (README, "A team
+    setup"). `mlora run --training-pool` overrides it. Where a run trains does not change
+    its weights: the same run is found again whichever pool trained it."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
     compile: bool = False
@@ -661,7 +667,9 @@ class TrainingSpec(Strict):
 
     def identity(self) -> dict:
         """What of these settings decides one run's weights (seeds and the grid choose runs)."""
-        return self.model_dump(mode="json", exclude={"seeds", "learning_rates", "probe_steps"})
+        return self.model_dump(
+            mode="json", exclude={"seeds", "learning_rates", "probe_steps", "work_pool"}
+        )
 
     @property
     def run_seeds(self) -> list[int]:
@@ -685,6 +693,10 @@ class EvaluationSpec(Strict):
     """Greedy decoding budget for generation suites."""
     few_shot: int = Field(default=0, ge=0)
     """Exemplars prepended to each prompt (taken deterministically from the suite's first items)."""
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    """Where the base model and the arms are scored; None scores where training runs
+    (training.device). With training on a GPU work pool and the pipeline on a CPU machine,
+    set cpu (or auto)."""
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
     """Resamples of the paired bootstrap over evaluation items that gives every comparison
     (arm - base, arm - arm, challenger - champion) its 95% interval. Changes no score, so
@@ -692,7 +704,8 @@ class EvaluationSpec(Strict):
 
     def scoring_settings(self) -> dict:
         """The settings that decide the scores (what the base evaluation's cache key holds)."""
-        return self.model_dump(mode="json", exclude={"bootstrap_resamples"})
+        # The device is in the cache key as resolved (cpu / cuda), not as asked for.
+        return self.model_dump(mode="json", exclude={"bootstrap_resamples", "device"})
 
 
 class RegistrySpec(Strict):
@@ -844,6 +857,16 @@ class PipelineSpec(DataSpec):
     @property
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"mlora-{self.name}"
+
+    @property
+    def evaluation_device(self) -> str:
+        """Where scoring runs, as asked for: evaluation.device, else training.device."""
+        return self.evaluation.device or self.training.device
+
+    @property
+    def evaluation_device_field(self) -> str:
+        """The spec field `evaluation_device` comes from (for errors)."""
+        return "evaluation.device" if self.evaluation.device else "training.device"
 
 
 def _yaml_path(loc: tuple) -> str:

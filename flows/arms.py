@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
 from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs
+from multilora_pipeline.flows.training import training_parameters
+from multilora_pipeline.flows.training_pool import train_on_pool
 from multilora_pipeline.models.content import content_key
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.evaluation.confidence import (
@@ -136,7 +139,10 @@ def train_arm_task(
     run: ArmRun,
     parent_id: str,
     lineage: Lineage,
+    pool: str | None = None,
 ) -> TrainedArm:
+    """Train `run` (or find it trained) in its MLflow child run: here, or as a flow run of
+    the mlora-train deployment on work pool `pool` (flows/training_pool.py)."""
     arm, training = run.arm, run.training
     tags = lineage.run_tags(arm=arm.name, adapter_kind=arm.kind)
     tags["mlora.seed"] = str(training.seed)
@@ -157,25 +163,36 @@ def train_arm_task(
             run_id,
             {"arm": arm.model_dump(mode="json"), "training": training.model_dump(mode="json")},
         )
-        # A finished arm is only looked up: no system metrics to sample then.
-        with tracker.system_metrics(run_id) if not finished else nullcontext():
-            result = launch_arm(
-                arm=arm,
-                training=training,
-                model_path=base,
-                train_path=data.train_dir,
-                validation_path=data.validation_path,
-                output_dir=done_dir,
-                revision=load_revision(spec),
-                dtype=spec.base_model.dtype,
-                trust_remote_code=spec.base_model.trust_remote_code,
-                attn_implementation=spec.base_model.attn_implementation,
-                # What PEFT users load the export on: the hub id, or the folder (a converted
-                # GGUF file, the tiny model) the arm was trained on.
-                base_model_name=base,
-                prompt_format=lineage.prompt_format,
-                tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
-                callbacks=[tracker.training_callback(run_id)],
+        if finished:  # only looked up
+            result = load_result(done_dir)
+        elif pool:
+            train_on_pool(
+                pool,
+                training_parameters(
+                    ws, spec, data.mixture_id, base, run, run_id, lineage.prompt_format
+                ),
+                run.run_name(spec),
+            )
+            result = load_result(done_dir)
+            if result is None:
+                raise TrainingError(
+                    f"arm {arm.name!r}: its training flow run completed but left no result in "
+                    f"{done_dir}",
+                    fix="check that the worker's $MLORA_WORKSPACE is this workspace (shared "
+                    "storage), then rerun",
+                )
+        else:
+            result = train_here(
+                ws,
+                tracker,
+                spec,
+                data.train_dir,
+                data.validation_path,
+                base,
+                run,
+                data.mixture_id,
+                lineage.prompt_format,
+                run_id,
             )
         if not finished:
             tracker.log_metrics(
@@ -197,6 +214,42 @@ def train_arm_task(
         tracker.finish(run_id, "FAILED")
         raise
     return TrainedArm(result, run_id, finished)
+
+
+def train_here(
+    ws: Workspace,
+    tracker: Tracker,
+    spec: PipelineSpec,
+    train_dir: str | Path,
+    validation_path: str | Path,
+    base: str,
+    run: ArmRun,
+    mixture_id: str,
+    prompt_format: str,
+    run_id: str,
+) -> ArmResult:
+    """Train `run` in this process (or under torchrun) into its arm folder, logging steps and
+    system metrics into MLflow run `run_id`: the pipeline's train stage in process, and the
+    mlora-train flow on a worker (flows/training.py)."""
+    with tracker.system_metrics(run_id):
+        return launch_arm(
+            arm=run.arm,
+            training=run.training,
+            model_path=base,
+            train_path=str(train_dir),
+            validation_path=str(validation_path),
+            output_dir=arm_dir(ws, spec, mixture_id, run),
+            revision=load_revision(spec),
+            dtype=spec.base_model.dtype,
+            trust_remote_code=spec.base_model.trust_remote_code,
+            attn_implementation=spec.base_model.attn_implementation,
+            # What PEFT users load the export on: the hub id, or the folder (a converted
+            # GGUF file, the tiny model) the arm was trained on.
+            base_model_name=base,
+            prompt_format=prompt_format,
+            tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
+            callbacks=[tracker.training_callback(run_id)],
+        )
 
 
 def score(spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | None) -> EvalResult:
@@ -300,7 +353,15 @@ def choose_learning_rates(run: RunContext, arm: ArmSpec) -> tuple[ArmSpec, list[
             probe=True,
         )
         trained = train_arm_task(
-            run.ws, run.tracker, spec, run.data, run.base, probe, run.parent_id, run.lineage
+            run.ws,
+            run.tracker,
+            spec,
+            run.data,
+            run.base,
+            probe,
+            run.parent_id,
+            run.lineage,
+            run.training_pool,
         )
         run.tracker.finish(trained.run_id)  # a probe is never scored on the suites or registered
         result = trained.result
@@ -399,7 +460,15 @@ def train_and_score_arm(run: RunContext, arm: ArmSpec, base_scores: Scores) -> A
         seed_run = ArmRun(arm, spec.training.for_run(seed))
         with timed(run.stages, f"train_{arm.name}"):
             trained = train_arm_task(
-                run.ws, run.tracker, spec, run.data, run.base, seed_run, run.parent_id, run.lineage
+                run.ws,
+                run.tracker,
+                spec,
+                run.data,
+                run.base,
+                seed_run,
+                run.parent_id,
+                run.lineage,
+                run.training_pool,
             )
         with timed(run.stages, f"evaluate_{arm.name}"):
             scores = evaluate_task(run.tracker, spec, run.data, run.base, trained, eval_id, sizes)
@@ -407,3 +476,19 @@ def train_and_score_arm(run: RunContext, arm: ArmSpec, base_scores: Scores) -> A
     mean, spread = mean_and_spread([r.scores.metrics for r in runs])
     items = mean_over_seeds([item_scores(r.scores.predictions) for r in runs])
     return ArmOutcome(arm, runs, probes, mean, spread, items)
+
+
+def train_and_score_arms(run: RunContext, base_scores: Scores) -> list[ArmOutcome]:
+    """Every arm of the spec, in spec order. In process they run one after the other (they
+    compete for the same cores or GPU); on a work pool at once, each in a thread of its
+    own waiting on its training flow runs, so the pool runs as many as its workers and
+    concurrency limit allow."""
+    if not run.training_pool or len(run.spec.arms) == 1:
+        return [train_and_score_arm(run, arm, base_scores) for arm in run.spec.arms]
+    # Each thread runs in a copy of this one's context: its tasks belong to the flow run.
+    with ThreadPoolExecutor(max_workers=len(run.spec.arms)) as pool:
+        futures = [
+            pool.submit(copy_context().run, train_and_score_arm, run, arm, base_scores)
+            for arm in run.spec.arms
+        ]
+        return [f.result() for f in futures]

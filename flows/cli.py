@@ -1,11 +1,13 @@
 """`mlora`: the command line.
 
-    mlora run SPEC            the whole DAG, then a summary
+    mlora run SPEC            the whole DAG, then a summary (--training-pool P: train on
+                              Prefect work pool P, e.g. a GPU worker's)
     mlora data SPEC           the data stages alone, then the per-source table
     mlora ui                  the MLflow UI for the workspace, on 127.0.0.1
     mlora promote NAME VER    point the `champion` alias at a version
     mlora rollback NAME       give `champion` back to the previous holder
     mlora serve SPEC --cron   the pipeline as a Prefect deployment on a schedule
+                              (--training-pool P: its training on work pool P)
     mlora lm-eval-tasks SPEC DIR   the spec's suites as lm-evaluation-harness tasks
 
 The workspace is activated before Prefect is imported, because Prefect reads
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--summary-json", help="also write the run's summary (metrics, stage times) to this file"
     )
+    run.add_argument("--training-pool", help=TRAINING_POOL_HELP)
     data = command("data", help="run the data stages only and print the per-source table")
     data.add_argument("spec")
     data.add_argument(
@@ -80,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--name", help="deployment name (default: the spec name)")
     serve.add_argument("--timezone", help="IANA timezone of the schedule (default UTC)")
+    serve.add_argument("--training-pool", help=TRAINING_POOL_HELP)
     lm_eval = command(
         "lm-eval-tasks",
         help="write the spec's suites as lm-evaluation-harness tasks (YAML + data) in DIR",
@@ -87,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     lm_eval.add_argument("spec")
     lm_eval.add_argument("dir", help="folder for the task YAMLs and data files")
     return parser
+
+
+TRAINING_POOL_HELP = (
+    "train on this Prefect work pool (a GPU worker) instead of in this process; overrides "
+    "the spec's training.work_pool (needs PREFECT_API_URL)"
+)
 
 
 def _port(text: str) -> int:
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from multilora_pipeline.flows.pipeline import pipeline_flow
 
-            summary = pipeline_flow(args.spec, str(ws.root))
+            summary = pipeline_flow(args.spec, str(ws.root), args.training_pool)
             if args.summary_json:
                 Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
             print(format_summary(summary))
@@ -178,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{task}: {info['items']} items ({info['yaml']})")
             print(f"run them on a version's PEFT export ($PEFT):\n  {written['command']}")
         elif args.command == "ui":
+            if ws.tracking_server:  # its own UI shows the runs: nothing to start here
+                print(f"the runs are on the MLflow tracking server: open {ws.tracking_server}")
+                return 0
             _check_port_free(args.port)
             cmd = [
                 sys.executable,
@@ -208,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             from multilora_pipeline.flows.deploy import serve_pipeline
 
             serve_pipeline(
-                args.spec, str(ws.root), cron=args.cron, name=args.name, timezone=args.timezone
+                args.spec,
+                str(ws.root),
+                cron=args.cron,
+                name=args.name,
+                timezone=args.timezone,
+                training_pool=args.training_pool,
             )
         elif args.command == "rollback":
             from multilora_pipeline.tasks.registry.promote import rollback

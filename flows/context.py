@@ -26,6 +26,8 @@ class RunContext:
     lineage: Lineage
     stages: dict[str, float]
     """Wall time per stage (the summary's stage_seconds), filled as the stages run."""
+    training_pool: str | None = None
+    """The Prefect work pool training runs go to (flows/training_pool.py); None trains here."""
 
 
 @contextmanager

@@ -13,7 +13,9 @@ Two ways to run it (the README shows both):
 
 The deployment's entrypoint is the module path `multilora_pipeline.flows.pipeline.pipeline_flow`,
 so any process where the project is installed can execute it, whatever its
-working directory.
+working directory. With a training pool (`--training-pool`, or the spec's
+training.work_pool) the training deployment `mlora-train/<pool>` is declared on that pool
+as well (flows/training_pool.py), and served runs send their training there.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prefect.types.entrypoint import EntrypointType
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.flows.pipeline import pipeline_flow
+from multilora_pipeline.flows.training_pool import ensure_training_deployment
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.deploy")
@@ -46,11 +49,13 @@ def build_deployment(
     cron: str = DEFAULT_CRON,
     name: str | None = None,
     timezone: str | None = None,
+    training_pool: str | None = None,
 ) -> RunnerDeployment:
     """The pipeline on `spec_path` as a deployment with a cron schedule (not yet registered).
 
     The spec is validated now, so a bad spec fails before anything is served;
-    the deployment is named after the spec unless `name` is given.
+    the deployment is named after the spec unless `name` is given. `training_pool` is
+    passed to every run (training on that work pool).
     """
     spec, _ = load_spec(spec_path)
     _check_timezone(timezone)
@@ -63,13 +68,16 @@ def build_deployment(
             fix='give five fields: minute hour day-of-month month day-of-week, e.g. "0 3 * * *"',
         ) from None
     workspace = Workspace.resolve(workspace_root)
+    parameters = {
+        "spec_path": str(Path(spec_path).resolve()),
+        "workspace_root": str(workspace.root),
+    }
+    if training_pool:
+        parameters["training_pool"] = training_pool
     return pipeline_flow.to_deployment(
         name=name or spec.name,
         schedules=[schedule],
-        parameters={
-            "spec_path": str(Path(spec_path).resolve()),
-            "workspace_root": str(workspace.root),
-        },
+        parameters=parameters,
         description=spec.description or f"mlora pipeline on {spec.name}",
         tags=["mlora", spec.name],
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -97,15 +105,26 @@ def serve_pipeline(
     name: str | None = None,
     timezone: str | None = None,
     limit: int = 1,
+    training_pool: str | None = None,
 ) -> None:
     """Register the deployment and execute its runs until SIGTERM / Ctrl-C (blocks).
 
     `limit` runs at most that many flow runs at once: 1 by default, because
-    runs of one spec compete for the same cores or GPU and the same workspace.
+    runs of one spec compete for the same cores or GPU and the same workspace. With
+    `training_pool` (else the spec's training.work_pool), the training deployment is
+    declared on that pool too, and its workers train what these runs send them.
     """
     deployment = build_deployment(
-        spec_path, workspace_root, cron=cron, name=name, timezone=timezone
+        spec_path,
+        workspace_root,
+        cron=cron,
+        name=name,
+        timezone=timezone,
+        training_pool=training_pool,
     )
+    pool = training_pool or load_spec(spec_path)[0].training.work_pool
+    if pool:
+        ensure_training_deployment(pool)
     if not get_current_settings().api.url:
         log.warning(
             "no PREFECT_API_URL: serving on Prefect's temporary API, where the cron %r never "

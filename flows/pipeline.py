@@ -38,7 +38,7 @@ from multilora_pipeline.flows.arms import (
     log_evaluation,
     run_key,
     score,
-    train_and_score_arm,
+    train_and_score_arms,
 )
 from multilora_pipeline.flows.comparison import (
     Comparison,
@@ -212,7 +212,7 @@ def evaluate_base_task(
     inputs = base_eval_inputs(
         spec,
         base,
-        resolve_device(spec.training.device),
+        resolve_device(spec.evaluation_device, spec.evaluation_device_field),
         data.mixture_id,
         data.eval_paths,
         data.eval_dev_paths,
@@ -345,23 +345,34 @@ def register_task(
 
 
 @flow(name="mlora-pipeline", log_prints=True)
-def pipeline_flow(spec_path: str, workspace_root: str | None = None) -> dict:
-    """Run the whole DAG on a spec file; returns the summary as a dict."""
+def pipeline_flow(
+    spec_path: str, workspace_root: str | None = None, training_pool: str | None = None
+) -> dict:
+    """Run the whole DAG on a spec file; returns the summary as a dict. `training_pool`
+    (else the spec's training.work_pool) sends every training run to that Prefect work
+    pool (flows/training_pool.py); without one, arms train in this process."""
     logger = get_run_logger()
     ws = Workspace.resolve(workspace_root).ensure()
     spec, base_dir = load_spec(spec_path)
+    pool = training_pool or spec.training.work_pool
     logger.info("spec %s (hash %s), workspace %s", spec.name, spec.spec_hash, ws.root)
     for note in vllm_notes(spec):
         logger.warning("serving: %s", note)
-    resolve_device(spec.training.device)  # a spec that demands a GPU fails before any work
+    # A spec that demands a GPU where there is none fails before any work (a training
+    # pool's worker checks its own).
+    if not pool:
+        resolve_device(spec.training.device)
+    resolve_device(spec.evaluation_device, spec.evaluation_device_field)
     # The lock first: a second run of the spec stops here, before any stage or MLflow run.
     with spec_lock(ws, spec):
         close_stale_runs(ws, spec)  # this spec's runs a killed process left "Running"
-        summary = _locked_run(ws, spec, spec_path, base_dir)
+        summary = _locked_run(ws, spec, spec_path, base_dir, pool)
     return asdict(summary)
 
 
-def _locked_run(ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Path):
+def _locked_run(
+    ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Path, pool: str | None
+):
     logger = get_run_logger()
     # A base model that cannot be found fails before any work; a GGUF file is converted
     # here, once.
@@ -385,7 +396,7 @@ def _locked_run(ws: Workspace, spec: PipelineSpec, spec_path: str, base_dir: Pat
         params=spec.params(),  # URLs redacted: parameters are read by everyone
     )
     try:
-        run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
+        run = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages, pool)
         summary = _train_evaluate_register(run, fmt.describe())
         tracker.log_metrics(
             parent_id, {f"stage_seconds_{k}": v for k, v in summary.stage_seconds.items()}
@@ -406,8 +417,7 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
         tracker.log_artifact(run.parent_id, manifest, "data")
     with timed(run.stages, "evaluate_base"):
         base_scores = evaluate_base_task(run.ws, tracker, spec, data, run.base, run.parent_id)
-    # Sequential: arms compete for the same cores / GPU.
-    outcomes = [train_and_score_arm(run, arm, base_scores) for arm in spec.arms]
+    outcomes = train_and_score_arms(run, base_scores)
     with timed(run.stages, "register"):
         versions = {
             o.arm.name: register_task(run.ws, tracker, spec, data, run.base, o, run.lineage).version

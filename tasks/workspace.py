@@ -16,6 +16,7 @@ from pathlib import Path
 from multilora_pipeline.data_specs.errors import PipelineError
 
 ENV_VAR = "MLORA_WORKSPACE"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_ROOT = "workspace"
 
 
@@ -53,8 +54,17 @@ class Workspace:
         return self.root / "mlflow.db"
 
     @property
+    def tracking_server(self) -> str | None:
+        """The MLflow tracking server exported in $MLFLOW_TRACKING_URI (an http(s) URL), or
+        None: then runs, registry and artifacts live in this workspace (`mlflow.db`,
+        `mlartifacts/`). A local store named there (sqlite:, file:) is not used: a
+        workspace's store is its own."""
+        uri = os.environ.get(TRACKING_ENV, "")
+        return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+    @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_db}"
+        return self.tracking_server or f"sqlite:///{self.mlflow_db}"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -130,13 +140,14 @@ class Workspace:
     def activate(self) -> Workspace:
         """Create the folders and point Prefect, MLflow and HF at them (env vars).
 
-        Settings the user already exported win, except PREFECT_HOME and the
-        MLflow tracking URI, which belong to the workspace.
+        Settings the user already exported win, except PREFECT_HOME and a local MLflow
+        store, which belong to the workspace; an exported tracking server is kept
+        (`tracking_server`).
         """
         self.ensure()
         os.environ[ENV_VAR] = str(self.root)
         os.environ["PREFECT_HOME"] = str(self.prefect_home)
-        os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        os.environ[TRACKING_ENV] = self.tracking_uri
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

@@ -90,6 +90,8 @@ def check_tracking_store(workspace: Workspace, known_runs: int = 0) -> None:
     MLflow recreates a missing or zero-byte SQLite file without a word, and the registry
     history (versions, aliases) would be gone while the catalog still points at its runs.
     """
+    if workspace.tracking_server:
+        return  # the server guards its own store
     db = workspace.mlflow_db
     size = db.stat().st_size if db.exists() else 0
     if size:
@@ -113,7 +115,9 @@ def check_tracking_store(workspace: Workspace, known_runs: int = 0) -> None:
 
 
 class Tracker:
-    """MLflow experiment for one spec, in the workspace's SQLite store and artifact folder."""
+    """MLflow experiment for one spec: in the workspace's SQLite store and artifact folder,
+    or on the tracking server `Workspace.tracking_server` names (artifacts proxied by it:
+    `mlflow server --serve-artifacts`)."""
 
     def __init__(self, workspace: Workspace, experiment: str):
         self.workspace = workspace
@@ -126,7 +130,12 @@ class Tracker:
             self.client = MlflowClient(self.uri, self.uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
-                location = (workspace.artifacts_dir / experiment).as_uri()
+                # A server stores artifacts where it was told to (its proxy's destination).
+                location = (
+                    None
+                    if workspace.tracking_server
+                    else (workspace.artifacts_dir / experiment).as_uri()
+                )
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=location
                 )
@@ -295,6 +304,8 @@ class Tracker:
             monitor.finish()
 
     def ui_command(self) -> str:
+        if self.workspace.tracking_server:
+            return f"open {self.workspace.tracking_server} (the MLflow tracking server's UI)"
         return f"mlora ui --workspace {self.workspace.root}"
 
     # artifacts of a run --------------------------------------------------------

@@ -26,7 +26,7 @@ from multilora_pipeline.tasks.training.train import ArmResult
 
 def load_for_inference(spec: PipelineSpec, base: str, result: ArmResult | None, *, merge=True):
     """(model, tokenizer, device) in eval mode: the base model when `result` is None."""
-    device = resolve_device(spec.training.device)
+    device = resolve_device(spec.evaluation_device, spec.evaluation_device_field)
     dtype = resolve_dtype(spec.base_model.dtype, device)
     full = result is not None and result.kind == "full"
     # A full fine-tune was saved whole (weights + tokenizer): load it instead of the base.

@@ -35,14 +35,15 @@ def resolve_prompt_format(tokenizer, requested: str, model_path: str) -> PromptF
         ) from None
 
 
-def resolve_device(requested: str) -> str:
-    """'cuda' when asked for (or auto and available); fail clearly when demanded but absent."""
+def resolve_device(requested: str, field: str = "training.device") -> str:
+    """'cuda' when asked for (or auto and available); fail clearly when demanded but absent.
+    `field` is the spec field that asked (named in the error)."""
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
         raise TrainingError(
-            "training.device is 'cuda' but no GPU is visible",
-            where="spec training.device",
-            fix="run on a GPU machine, or set training.device: auto (uses the CPU)",
+            f"{field} is 'cuda' but no GPU is visible",
+            where=f"spec {field}",
+            fix=f"run on a GPU machine, or set {field}: auto (uses the CPU)",
         )
     return "cuda" if has_cuda and requested in ("auto", "cuda") else "cpu"
 

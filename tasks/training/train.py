@@ -231,7 +231,17 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 def load_result(output_dir: Path) -> ArmResult | None:
     """The finished result of an arm, if it completed before (the stage is then skipped)."""
     done = output_dir / DONE_FILE
-    return ArmResult(**json.loads(done.read_text())) if done.is_file() else None
+    if not done.is_file():
+        return None
+    stored = json.loads(done.read_text())
+    # Folders as seen from here: a worker that trained the arm may have had the (shared)
+    # workspace mounted at another path.
+    written_in = Path(stored["output_dir"])
+    for key in ("adapter_dir", "peft_dir"):
+        if stored.get(key) and Path(stored[key]).is_relative_to(written_in):
+            stored[key] = str(output_dir / Path(stored[key]).relative_to(written_in))
+    stored["output_dir"] = str(output_dir)
+    return ArmResult(**stored)
 
 
 @dataclass

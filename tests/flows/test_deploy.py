@@ -10,23 +10,29 @@ complete (the serving process executes it) and stops every process it started.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from multilora_pipeline.data_specs.errors import PipelineError, SpecError
+from multilora_pipeline.flows.training_pool import RUN_ENV, TRAINING_TAG
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.processes import stop_process_group
+from tests.flows.servers import (
+    BIN,
+    api,
+    find_deployment,
+    finished,
+    prefect_env,
+    run_logs,
+    start,
+    start_prefect_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow  # Prefect deployments and workers: left out by -m "not slow"
 
@@ -96,89 +102,8 @@ def test_build_deployment_rejects_a_bad_cron_and_a_bad_spec(tmp_path):
 # --- a real server ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    # A session of its own: stopping it signals its children too (uvicorn, flow-run processes).
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _api(base: str, path: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        base + path,
-        data=data,
-        headers={"content-type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    for attempt in range(5):
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            # The server answers 503 while its SQLite database is busy (its scheduler writes
-            # the cron's runs at the same moment): what a Prefect client retries, so do we.
-            if err.code != 503 or attempt == 4:
-                raise
-            time.sleep(0.5 * 2**attempt)
-
-
-def _run_logs(base: str, flow_run_id: str) -> list[dict]:
-    """Every log entry of a flow run (the API pages them, 200 at a time)."""
-    entries: list[dict] = []
-    while page := _api(
-        base,
-        "/logs/filter",
-        {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": len(entries)},
-    ):
-        entries += page
-    return entries
-
-
-def _wait_for(what: str, probe, timeout: float, procs: dict[str, tuple]):
-    """Poll `probe` until it returns something truthy; fail with the logs if a process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, (proc, log) in procs.items():
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"{name} exited ({proc.returncode}) waiting for {what}:\n"
-                    + log.read_text()[-4000:]
-                )
-        try:
-            result = probe()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {n}\n{log.read_text()[-3000:]}" for n, (_, log) in procs.items())
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
-
-
-def _deployment(base: str, name: str) -> dict | None:
-    found = _api(base, "/deployments/filter", {"deployments": {"name": {"any_": [name]}}})
-    return found[0] if found else None
-
-
 def test_served_deployment_runs_on_a_real_server(tmp_path):
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "server-home"),
-        "PREFECT_API_URL": base,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("PYTEST_CURRENT_TEST", None)
-    bin_dir = Path(sys.executable).parent
+    env = prefect_env(tmp_path)
     # A time of day 12 hours away: the cron runs get scheduled but never fire during the test.
     hour = (dt.datetime.now(dt.timezone.utc).hour + 12) % 24
     cron = f"0 {hour} * * *"
@@ -186,28 +111,11 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
     ws = tmp_path / "ws"
     procs: dict[str, tuple] = {}
     try:
-        server_log = tmp_path / "server.log"
-        procs["server"] = (
-            _start(
-                [
-                    str(bin_dir / "prefect"),
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env,
-                server_log,
-            ),
-            server_log,
-        )
-        _wait_for("the server's health check", lambda: _api(base, "/health"), 60, procs)
+        base = start_prefect_server(tmp_path, env, procs)
 
         serve_log = tmp_path / "serve.log"
         procs["mlora serve"] = (
-            _start(
+            start(
                 [
                     sys.executable,
                     "-m",
@@ -224,8 +132,8 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
             ),
             serve_log,
         )
-        deployment = _wait_for(
-            "the served deployment", lambda: _deployment(base, "reduced"), 60, procs
+        deployment = wait_for(
+            "the served deployment", lambda: find_deployment(base, "reduced"), 60, procs
         )
         (schedule,) = deployment["schedules"]
         assert schedule["schedule"]["cron"] == cron and schedule["active"]
@@ -233,7 +141,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
 
         # The server's scheduler turns the cron into scheduled runs (at `hour`, not now).
         def scheduled_runs():
-            return _api(
+            return api(
                 base,
                 "/flow_runs/filter",
                 {
@@ -244,22 +152,23 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
                 },
             )
 
-        runs = _wait_for("the cron's scheduled runs", scheduled_runs, 30, procs)
+        runs = wait_for("the cron's scheduled runs", scheduled_runs, 30, procs)
         assert all(dt.datetime.fromisoformat(r["expected_start_time"]).hour == hour for r in runs)
 
-        flow_run = _api(base, f"/deployments/{deployment['id']}/create_flow_run", {})
+        flow_run = api(base, f"/deployments/{deployment['id']}/create_flow_run", {})
 
-        # Meanwhile: prefect.yaml declares the same pipeline for a work pool.
-        cli = str(bin_dir / "prefect")
+        # Meanwhile: prefect.yaml declares the pipeline on a CPU pool, its training on a GPU one.
+        cli = str(BIN / "prefect")
         deploy_env = {**env, "PWD": str(REPO)}
-        subprocess.run(
-            [cli, "work-pool", "create", "mlora-process", "--type", "process"],
-            cwd=REPO,
-            env=deploy_env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        for pool in ("mlora-cpu", "mlora-gpu"):
+            subprocess.run(
+                [cli, "work-pool", "create", pool, "--type", "process"],
+                cwd=REPO,
+                env=deploy_env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         deployed = subprocess.run(
             [cli, "--no-prompt", "deploy", "--all"],
             cwd=REPO,
@@ -269,30 +178,34 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
             timeout=90,
         )
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-        pooled = _deployment(base, "demo")
-        assert pooled["work_pool_name"] == "mlora-process"
+        pooled = find_deployment(base, "demo")
+        assert pooled["work_pool_name"] == "mlora-cpu"
         assert pooled["entrypoint"] == "multilora_pipeline.flows.pipeline.pipeline_flow"
+        assert pooled["parameters"]["training_pool"] == "mlora-gpu"
         assert pooled["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         assert pooled["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
+        # The training deployment the pipeline looks up on its pool (flows/training_pool.py).
+        training = find_deployment(base, "mlora-gpu")
+        assert training["work_pool_name"] == "mlora-gpu"
+        assert training["entrypoint"] == "multilora_pipeline.flows.training.training_flow"
+        assert training["job_variables"]["env"] == RUN_ENV
+        assert TRAINING_TAG in training["tags"]
 
-        def finished():
-            state = _api(base, f"/flow_runs/{flow_run['id']}")["state"]["type"]
-            return state if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
-
-        assert _wait_for("the triggered run", finished, 150, procs) == "COMPLETED", (
-            serve_log.read_text()[-4000:]
-        )
+        assert (
+            wait_for("the triggered run", lambda: finished(base, flow_run["id"]), 150, procs)
+            == "COMPLETED"
+        ), serve_log.read_text()[-4000:]
         # The project's own lines (training progress, registry) reach the run's Prefect logs
         # (shipped in batches by a background thread: they may land after the final state).
         wanted = {"mlora.train", "mlora.registry", "mlora.pipeline"}  # pipeline: the gate line
 
         def project_loggers():
-            names = {entry["name"] for entry in _run_logs(base, flow_run["id"])}
+            names = {entry["name"] for entry in run_logs(base, flow_run["id"])}
             return names if wanted <= names else None
 
-        _wait_for("the project's log lines in Prefect's store", project_loggers, 30, procs)
+        wait_for("the project's log lines in Prefect's store", project_loggers, 30, procs)
     finally:
         for proc, _ in reversed(list(procs.values())):
             stop_process_group(proc)

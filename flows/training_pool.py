@@ -1,0 +1,166 @@
+"""Training on a Prefect work pool: the pipeline's side of the `mlora-train` deployment.
+
+    the deployment mlora-train/<pool>   found, or created on the pool (`prefect.yaml` and
+                                        `mlora serve --training-pool` declare it too)
+    the zombie automation               found, or created once per Prefect server
+    run_deployment(...)                 a child flow run of the pipeline's; wait for its end
+    not Completed                       the pipeline fails with the child's state message
+
+A worker killed mid-run (a lost machine, SIGKILL) leaves its flow run Running for good:
+nothing is left to report its end. Prefect's answer is heartbeats plus an automation that
+marks a run whose heartbeats stop Crashed ("detect zombie flows" in Prefect's docs). The
+deployment turns heartbeats on for its runs and tags them; the automation watches that tag
+only. The pipeline then fails with the crash, and the next `mlora run` resumes the
+training from its last checkpoint in the shared workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
+from prefect.types.entrypoint import EntrypointType
+
+from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.flows.training import TRAIN_FLOW, training_flow
+
+log = logging.getLogger("mlora.pipeline")
+
+TRAINING_TAG = "mlora-training"
+HEARTBEAT_SECONDS = 30
+"""Heartbeat period of a training flow run (Prefect's minimum)."""
+MISSED_HEARTBEATS = 3
+"""Heartbeats a run may miss before the automation marks it Crashed (~90 s of silence)."""
+ZOMBIE_AUTOMATION = "mlora: crash training runs whose heartbeats stopped"
+# The run's own processes need these from their start (tasks/workspace.py: activate).
+RUN_ENV = {
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "mlora",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def deployment_name(pool: str) -> str:
+    """The training deployment on `pool`: named after the pool, one per pool."""
+    return f"{TRAIN_FLOW}/{pool}"
+
+
+def training_deployment(pool: str) -> RunnerDeployment:
+    """The `mlora-train` flow as a deployment on work pool `pool` (not yet registered)."""
+    return training_flow.to_deployment(
+        name=pool,
+        work_pool_name=pool,
+        job_variables={"env": RUN_ENV},
+        tags=["mlora", TRAINING_TAG],
+        description="One training run of one arm (the mlora pipeline calls it per run).",
+        # Module path, not file path: any worker where the project is installed can load it.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def ensure_training_deployment(pool: str) -> UUID:
+    """The id of mlora-train/<pool>, registering it when the server lacks it; one error
+    when there is no server to register it with, or no such pool."""
+    from prefect.client.orchestration import get_client
+
+    api = get_current_settings().api.url
+    if not api:
+        raise TrainingError(
+            f"training on work pool {pool!r} needs a Prefect server: Prefect's temporary API "
+            "lives in this process, where no worker can reach it",
+            where="training.work_pool (or --training-pool)",
+            fix="start `prefect server start` and export PREFECT_API_URL, or train in process "
+            "(no work pool)",
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise TrainingError(
+                f"work pool {pool!r} does not exist on the Prefect server {api}",
+                where="training.work_pool (or --training-pool)",
+                fix=f"create it (prefect work-pool create {pool} --type process) and start a "
+                f"worker on the GPU machine (prefect worker start --pool {pool})",
+            ) from None
+        try:
+            return client.read_deployment_by_name(deployment_name(pool)).id
+        except ObjectNotFound:
+            pass
+    log.info("registering deployment %s on work pool %s", deployment_name(pool), pool)
+    return training_deployment(pool).apply()
+
+
+def ensure_zombie_automation() -> None:
+    """Create, once per server, the automation that marks training runs Crashed when their
+    heartbeats stop (module docstring)."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return
+    except ValueError:  # not found
+        pass
+    heartbeat = "prefect.flow-run.heartbeat"
+    ends = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        description=f"Training flow runs (tag {TRAINING_TAG}) beat every {HEARTBEAT_SECONDS}s; "
+        f"{MISSED_HEARTBEATS} missed beats mean their worker died.",
+        trigger=EventTrigger(
+            after={heartbeat},
+            expect={heartbeat, *ends},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification(
+                {
+                    "prefect.resource.role": "tag",
+                    "prefect.resource.id": f"prefect.tag.{TRAINING_TAG}",
+                }
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEAT_SECONDS * MISSED_HEARTBEATS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {HEARTBEAT_SECONDS * MISSED_HEARTBEATS}s: the "
+                "worker or its machine died mid-run",
+            )
+        ],
+    ).create()
+    log.info("created the Prefect automation %r", ZOMBIE_AUTOMATION)
+
+
+def train_on_pool(pool: str, parameters: dict, label: str) -> None:
+    """Run one training run as a child flow run of mlora-train/<pool> and wait for it; a
+    run that does not complete fails this one with its state and message."""
+    ensure_training_deployment(pool)
+    ensure_zombie_automation()
+    log.info("[%s] training on work pool %s (deployment %s)", label, pool, deployment_name(pool))
+    child = run_deployment(
+        deployment_name(pool),
+        parameters=parameters,
+        tags=[TRAINING_TAG],
+        timeout=None,  # training takes what it takes; a dead worker ends it (automation)
+        poll_interval=5,
+    )
+    state = child.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "without a state"
+        raise TrainingError(
+            f"training flow run {child.name!r} ({child.id}) on work pool {pool!r} ended "
+            f"{name}: {state.message if state else ''}",
+            where=f"arm {label}",
+            fix="see that flow run's logs in the Prefect UI; then rerun `mlora run`: training "
+            "resumes from its last checkpoint",
+        )

@@ -1,0 +1,156 @@
+"""The training deployment's contract, without servers: what the pipeline passes, what a
+worker checks before it trains, and where the tracking URI comes from.
+(tests/flows/test_team_setup.py runs it all on real servers and workers.)"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.data_specs.schema import (
+    ArmSpec,
+    PipelineSpec,
+    TrainingSpec,
+    demo_spec_path,
+    load_spec,
+)
+from multilora_pipeline.flows.arms import ArmRun, run_key, training_hash
+from multilora_pipeline.flows.training import (
+    reachable_workspace,
+    training_parameters,
+    worker_base_model,
+)
+from multilora_pipeline.flows.training_pool import ensure_training_deployment
+from multilora_pipeline.tasks.training.train import load_result
+from multilora_pipeline.tasks.workspace import Workspace
+
+
+@pytest.mark.parametrize("tiny", [True, False])
+def test_parameters_are_json_relative_to_the_workspace_and_give_the_same_run(tiny, tmp_path):
+    spec, _ = load_spec(demo_spec_path(tiny=tiny))
+    ws = Workspace.resolve(tmp_path / "ws")
+    arm = spec.arms[0].with_learning_rates(3e-4, None, spec.training)
+    run = ArmRun(arm, spec.training.for_run(7))
+    base = str(ws.models_dir / "tiny-abc") if tiny else "HuggingFaceTB/SmolLM2-135M"
+    params = json.loads(json.dumps(training_parameters(ws, spec, "m1", base, run, "r1", "chat")))
+    assert params["base_model"] == ("models/tiny-abc" if tiny else base)
+    assert not any(str(ws.root) in json.dumps(v) for v in params.values())
+    # What the worker rebuilds from them is the same run: same key, same folder.
+    again = ArmRun(
+        ArmSpec.model_validate(params["arm"]),
+        TrainingSpec.model_validate(params["training"]),
+        params["probe"],
+    )
+    rebuilt = PipelineSpec.model_validate(params["spec"])
+    assert rebuilt == spec
+    assert run_key(rebuilt, "m1", again) == params["run_key"] == run_key(spec, "m1", run)
+    assert params["training"]["seed"] == 7 and params["arm"]["learning_rate"] == 3e-4
+
+
+def test_where_a_run_trains_does_not_change_its_identity():
+    spec, _ = load_spec(demo_spec_path(tiny=True))
+    pooled = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"work_pool": "gpu"})}
+    )
+    run = ArmRun(spec.arms[0], spec.training.for_run(0))
+    pooled_run = ArmRun(spec.arms[0], pooled.training.for_run(0))
+    assert training_hash(spec, run) == training_hash(pooled, pooled_run)
+
+
+def test_a_worker_without_the_workspace_or_the_mixture_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLORA_WORKSPACE", str(tmp_path / "not-mounted"))
+    with pytest.raises(TrainingError, match="sees no pipeline workspace at .*not-mounted"):
+        reachable_workspace("m1")
+    assert not (tmp_path / "not-mounted").exists()  # the check creates nothing
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    ws.catalog_path.write_bytes(b"")
+    monkeypatch.setenv("MLORA_WORKSPACE", str(ws.root))
+    with pytest.raises(TrainingError, match="mixture m1 is not in the workspace") as err:
+        reachable_workspace("m1")
+    assert "export MLORA_WORKSPACE" in str(err.value)
+
+
+def test_the_worker_finds_the_base_model_in_its_own_mount(tmp_path):
+    ws = Workspace.resolve(tmp_path / "mounted-elsewhere").ensure()
+    (ws.models_dir / "tiny-abc").mkdir()
+    assert worker_base_model(ws, "models/tiny-abc") == str(ws.models_dir / "tiny-abc")
+    assert worker_base_model(ws, "HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    with pytest.raises(TrainingError, match="base model folder /nowhere/model is not on this"):
+        worker_base_model(ws, "/nowhere/model")
+
+
+def test_a_result_written_under_another_mount_names_this_ones_folders(tmp_path):
+    here = tmp_path / "here" / "multilora"
+    here.mkdir(parents=True)
+    there = "/mnt/shared/ws/runs/x/multilora"
+    (here / "result.json").write_text(
+        json.dumps(
+            {
+                "arm": "multilora",
+                "kind": "multilora",
+                "output_dir": there,
+                "adapter_dir": f"{there}/adapter",
+                "peft_dir": f"{there}/peft",
+                "steps": 3,
+                "train_loss": 1.0,
+                "eval_loss": None,
+                "tokens_per_second": 1.0,
+                "peak_memory_mb": 1.0,
+                "trainable_parameters": 1,
+                "trainable_share": 0.1,
+            }
+        )
+    )
+    result = load_result(here)
+    assert (result.output_dir, result.adapter_dir, result.peft_dir) == (
+        str(here),
+        str(here / "adapter"),
+        str(here / "peft"),
+    )
+
+
+def test_a_training_pool_needs_a_prefect_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(TrainingError, match="work pool 'gpu' needs a Prefect server"):
+        ensure_training_deployment("gpu")
+
+
+@pytest.fixture
+def activation_undone(monkeypatch):
+    """What `Workspace.activate` sets, restored after the test (the session's workspace)."""
+    for key in ("MLORA_WORKSPACE", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+
+
+def test_an_exported_tracking_server_wins_a_local_store_does_not(
+    tmp_path, monkeypatch, activation_undone
+):
+    ws = Workspace.resolve(tmp_path / "ws")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert ws.tracking_server is None
+    assert ws.tracking_uri == f"sqlite:///{ws.mlflow_db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000/")
+    assert ws.tracking_uri == ws.tracking_server == "http://mlflow.internal:5000"
+    ws.activate()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+
+
+def test_evaluation_device_defaults_to_training_device(tmp_path):
+    spec, _ = load_spec(demo_spec_path(tiny=True))
+    assert spec.evaluation_device == spec.training.device
+    on_cpu = spec.model_copy(
+        update={"evaluation": spec.evaluation.model_copy(update={"device": "cpu"})}
+    )
+    assert on_cpu.evaluation_device == "cpu"
+    assert on_cpu.evaluation.scoring_settings() == spec.evaluation.scoring_settings()
+
+
+def test_ui_points_at_the_tracking_server(monkeypatch, capsys, tmp_path, activation_undone):
+    from multilora_pipeline.flows.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert main(["--workspace", str(tmp_path / "ws"), "ui"]) == 0
+    assert "open http://127.0.0.1:5999" in capsys.readouterr().out
