@@ -9,7 +9,8 @@
   `mlflow server --serve-artifacts`, the repo's prefect.yaml deployed on a "cpu" and a
   "gpu" process pool with one worker each, then one pipeline run in a fresh workspace, from
   its creation to Completed. Server and worker start-up is reported apart (`setup_s`): a
-  team pays it once, not per run.
+  team pays it once, not per run. The gpu worker runs one training run at a time by
+  default (`--gpu-limit 1`: one GPU); `--gpu-limit 0` lets the arms train at once.
 
 Both runs start from an empty workspace, so both do the data stages and score the base
 model. Prints one JSON object.
@@ -68,7 +69,7 @@ def in_process(spec: Path, folder: Path) -> dict:
     return {"wall_s": round(seconds, 1), "stage_seconds": summary["stage_seconds"]}
 
 
-def two_pools(spec: Path, folder: Path) -> dict:
+def two_pools(spec: Path, folder: Path, gpu_limit: int | None) -> dict:
     env, procs = prefect_env(folder), {}
     ws = folder / "ws"
     try:
@@ -78,7 +79,7 @@ def two_pools(spec: Path, folder: Path) -> dict:
         worker_env = {**env, "MLORA_WORKSPACE": str(ws), "MLFLOW_TRACKING_URI": tracking}
         deploy_team_setup(folder, spec, ws, "bench", "cpu", "gpu", env)
         start_worker("cpu", folder, worker_env, procs)
-        start_worker("gpu", folder, worker_env, procs)
+        start_worker("gpu", folder, worker_env, procs, limit=gpu_limit)
         deployment = find_deployment(base, "bench")
         setup = time.perf_counter() - start
         start = time.perf_counter()
@@ -108,6 +109,12 @@ def two_pools(spec: Path, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default=str(REPO / "data_specs" / "demo_tiny.yaml"))
+    parser.add_argument(
+        "--gpu-limit",
+        type=int,
+        default=1,
+        help="flow runs the gpu worker runs at once (1: one GPU; 0: no limit)",
+    )
     args = parser.parse_args()
     spec = Path(args.spec).resolve()
     with tempfile.TemporaryDirectory(prefix="mlora-team-") as tmp:
@@ -118,7 +125,8 @@ def main() -> None:
             "spec": str(spec.relative_to(REPO)) if spec.is_relative_to(REPO) else str(spec),
             "cpu_count": os.cpu_count(),
             "in_process": in_process(spec, here),
-            "two_pools": two_pools(spec, pooled),
+            "gpu_worker_limit": args.gpu_limit or None,
+            "two_pools": two_pools(spec, pooled, args.gpu_limit or None),
         }
     result["two_pools_over_in_process"] = round(
         result["two_pools"]["wall_s"] / result["in_process"]["wall_s"], 2

@@ -181,14 +181,16 @@ def start_mlflow_server(folder: Path, env: dict, procs: dict) -> str:
     return url
 
 
-def start_worker(pool: str, folder: Path, env: dict, procs: dict) -> None:
+def start_worker(pool: str, folder: Path, env: dict, procs: dict, limit: int | None = None) -> None:
     """A process worker on `pool` that polls every second (the default 10 s is for idle
-    production servers, not a test that waits on it)."""
+    production servers, not a test that waits on it), running at most `limit` flow runs at
+    once (None: no limit)."""
     log = folder / f"worker-{pool}.log"
     with_log = log if not log.exists() else folder / f"worker-{pool}-{len(procs)}.log"
     procs[f"worker {pool}"] = (
         start(
-            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+            + ([] if limit is None else ["--limit", str(limit)]),
             {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"},
             with_log,
         ),
