@@ -33,7 +33,7 @@ from prefect.types.entrypoint import EntrypointType
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.flows.pipeline import pipeline_flow
-from multilora_pipeline.flows.training_pool import ensure_training_deployment
+from multilora_pipeline.flows.training_pool import prepare_training_pool
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.deploy")
@@ -124,7 +124,7 @@ def serve_pipeline(
     )
     pool = training_pool or load_spec(spec_path)[0].training.work_pool
     if pool:
-        ensure_training_deployment(pool)
+        prepare_training_pool(pool)
     if not get_current_settings().api.url:
         log.warning(
             "no PREFECT_API_URL: serving on Prefect's temporary API, where the cron %r never "

@@ -50,6 +50,7 @@ from multilora_pipeline.flows.comparison import (
 from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
 from multilora_pipeline.flows.stale_runs import close_stale_runs
+from multilora_pipeline.flows.training_pool import prepare_training_pool
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
 from multilora_pipeline.tasks.analysis.spectra import (
     aggregate_analysis,
@@ -359,15 +360,34 @@ def pipeline_flow(
     for note in vllm_notes(spec):
         logger.warning("serving: %s", note)
     # A spec that demands a GPU where there is none fails before any work (a training
-    # pool's worker checks its own).
-    if not pool:
+    # pool's worker checks its own), and so does a pool the server cannot use.
+    if pool:
+        prepare_training_pool(pool)
+    else:
         resolve_device(spec.training.device)
-    resolve_device(spec.evaluation_device, spec.evaluation_device_field)
+    _check_scoring_device(spec, pool)
     # The lock first: a second run of the spec stops here, before any stage or MLflow run.
     with spec_lock(ws, spec):
         close_stale_runs(ws, spec)  # this spec's runs a killed process left "Running"
         summary = _locked_run(ws, spec, spec_path, base_dir, pool)
     return asdict(summary)
+
+
+def _check_scoring_device(spec: PipelineSpec, pool: str | None) -> None:
+    """Scoring runs in this process: its device must be here (with training on a pool, the
+    training device need not be)."""
+    try:
+        resolve_device(spec.evaluation_device, spec.evaluation_device_field)
+    except TrainingError:
+        if not pool or spec.evaluation.device:
+            raise
+        raise TrainingError(
+            f"training goes to work pool {pool!r}, but scoring runs here, on "
+            f"training.device {spec.training.device!r} (evaluation.device is unset), and no "
+            "GPU is visible here",
+            where="spec evaluation.device",
+            fix="set evaluation.device: cpu (or auto) to score on this machine",
+        ) from None
 
 
 def _locked_run(

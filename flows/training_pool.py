@@ -1,9 +1,11 @@
 """Training on a Prefect work pool: the pipeline's side of the `mlora-train` deployment.
 
-    the deployment mlora-train/<pool>   found, or created on the pool (`prefect.yaml` and
+    prepare_training_pool (once, before the data stages):
+      the deployment mlora-train/<pool> found, or created on the pool (`prefect.yaml` and
                                         `mlora serve --training-pool` declare it too)
-    the zombie automation               found, or created once per Prefect server
-    run_deployment(...)                 a child flow run of the pipeline's; wait for its end
+      the zombie automation             found, or created once per Prefect server
+    train_on_pool (per training run):
+      run_deployment(...)                 a child flow run of the pipeline's; wait for its end
     not Completed                       the pipeline fails with the child's state message
 
 A worker killed mid-run (a lost machine, SIGKILL) leaves its flow run Running for good:
@@ -141,11 +143,17 @@ def ensure_zombie_automation() -> None:
     log.info("created the Prefect automation %r", ZOMBIE_AUTOMATION)
 
 
-def train_on_pool(pool: str, parameters: dict, label: str) -> None:
-    """Run one training run as a child flow run of mlora-train/<pool> and wait for it; a
-    run that does not complete fails this one with its state and message."""
+def prepare_training_pool(pool: str) -> None:
+    """What training on `pool` needs on the server: its deployment and the automation. Run
+    once per pipeline run, before any work, so a missing server or pool fails at once."""
     ensure_training_deployment(pool)
     ensure_zombie_automation()
+
+
+def train_on_pool(pool: str, parameters: dict, label: str) -> None:
+    """Run one training run as a child flow run of mlora-train/<pool> (`prepare_training_pool`
+    first) and wait for it; a run that does not complete fails this one with its state and
+    message."""
     log.info("[%s] training on work pool %s (deployment %s)", label, pool, deployment_name(pool))
     child = run_deployment(
         deployment_name(pool),

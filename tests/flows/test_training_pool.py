@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import (
@@ -112,10 +113,38 @@ def test_a_result_written_under_another_mount_names_this_ones_folders(tmp_path):
     )
 
 
-def test_a_training_pool_needs_a_prefect_server(monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with pytest.raises(TrainingError, match="work pool 'gpu' needs a Prefect server"):
-        ensure_training_deployment("gpu")
+def test_a_training_pool_needs_a_prefect_server():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # whatever ran before
+        with pytest.raises(TrainingError, match="work pool 'gpu' needs a Prefect server"):
+            ensure_training_deployment("gpu")
+
+
+def test_a_pool_the_server_lacks_is_named_with_the_commands_to_make_it(prefect_harness):
+    with pytest.raises(TrainingError, match="work pool 'gpu-nowhere' does not exist") as err:
+        ensure_training_deployment("gpu-nowhere")
+    assert "prefect work-pool create gpu-nowhere --type process" in str(err.value)
+    assert "prefect worker start --pool gpu-nowhere" in str(err.value)
+
+
+def test_scoring_on_a_gpu_that_is_not_here_says_set_evaluation_device():
+    from multilora_pipeline.flows.pipeline import _check_scoring_device
+
+    spec, _ = load_spec(demo_spec_path(tiny=True))
+    on_gpu = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"device": "cuda"})}
+    )
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: cuda scoring is fine here")
+    with pytest.raises(TrainingError, match="evaluation.device: training goes to work pool"):
+        _check_scoring_device(on_gpu, "gpu")
+    with pytest.raises(TrainingError, match="training.device is 'cuda' but no GPU"):
+        _check_scoring_device(on_gpu, None)
+    on_cpu = on_gpu.model_copy(
+        update={"evaluation": on_gpu.evaluation.model_copy(update={"device": "cpu"})}
+    )
+    _check_scoring_device(on_cpu, "gpu")
 
 
 @pytest.fixture
