@@ -365,7 +365,7 @@ def pipeline_flow(
         prepare_training_pool(pool)
     else:
         resolve_device(spec.training.device)
-    _check_scoring_device(spec, pool)
+    check_scoring_device(spec, pool)
     # The lock first: a second run of the spec stops here, before any stage or MLflow run.
     with spec_lock(ws, spec):
         close_stale_runs(ws, spec)  # this spec's runs a killed process left "Running"
@@ -373,7 +373,7 @@ def pipeline_flow(
     return asdict(summary)
 
 
-def _check_scoring_device(spec: PipelineSpec, pool: str | None) -> None:
+def check_scoring_device(spec: PipelineSpec, pool: str | None) -> None:
     """Scoring runs in this process: its device must be here (with training on a pool, the
     training device need not be)."""
     try:

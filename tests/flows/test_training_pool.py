@@ -129,7 +129,7 @@ def test_a_pool_the_server_lacks_is_named_with_the_commands_to_make_it(prefect_h
 
 
 def test_scoring_on_a_gpu_that_is_not_here_says_set_evaluation_device():
-    from multilora_pipeline.flows.pipeline import _check_scoring_device
+    from multilora_pipeline.flows.pipeline import check_scoring_device
 
     spec, _ = load_spec(demo_spec_path(tiny=True))
     on_gpu = spec.model_copy(
@@ -138,13 +138,13 @@ def test_scoring_on_a_gpu_that_is_not_here_says_set_evaluation_device():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: cuda scoring is fine here")
     with pytest.raises(TrainingError, match="evaluation.device: training goes to work pool"):
-        _check_scoring_device(on_gpu, "gpu")
+        check_scoring_device(on_gpu, "gpu")
     with pytest.raises(TrainingError, match="training.device is 'cuda' but no GPU"):
-        _check_scoring_device(on_gpu, None)
+        check_scoring_device(on_gpu, None)
     on_cpu = on_gpu.model_copy(
         update={"evaluation": on_gpu.evaluation.model_copy(update={"device": "cpu"})}
     )
-    _check_scoring_device(on_cpu, "gpu")
+    check_scoring_device(on_cpu, "gpu")
 
 
 @pytest.fixture
