@@ -138,9 +138,9 @@ def training_flow(
     run = ArmRun(ArmSpec.model_validate(arm), TrainingSpec.model_validate(training), probe)
     if key_of(pipeline_spec, mixture_id, run) != run_key:
         raise TrainingError(
-            f"this worker's code (version {current_code_version()}) computes another run key than the "
-            f"pipeline's (version {code_version}) for the same run: it would train into "
-            "another folder than the pipeline reads",
+            f"this worker's code (version {current_code_version()}) computes another run "
+            f"key than the pipeline's (version {code_version}) for the same run: it would "
+            "train into another folder than the pipeline reads",
             where="the mlora-train worker",
             fix=f"install the pipeline's code version ({code_version}) on the worker",
         )
