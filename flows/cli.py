@@ -122,6 +122,18 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
+def temporary_server_hint() -> None:
+    """Say, once, what the coming wait is and how to skip it: without PREFECT_API_URL every
+    command starts Prefect's temporary server, 5 s or more (13 s in a fresh workspace,
+    which sets up its database), often longer than `mlora data`'s own work."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    logging.getLogger("mlora.cli").info(
+        "no PREFECT_API_URL: Prefect's temporary server starts now (5-15 s); with "
+        "`prefect server start` running and PREFECT_API_URL exported, commands skip it"
+    )
+
+
 def _tracker(ws: Workspace, name: str):
     from multilora_pipeline.tasks.registry.tracking import Tracker
 
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 from multilora_pipeline.tasks.data.preflight import check_local_data
 
                 check_local_data(spec, base_dir, ws)
+        if args.command in ("run", "data", "lm-eval-tasks"):
+            temporary_server_hint()
         if args.command == "run":
             from multilora_pipeline.flows.pipeline import pipeline_flow
 

@@ -183,3 +183,16 @@ def test_ui_points_at_the_tracking_server(monkeypatch, capsys, tmp_path, activat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert main(["--workspace", str(tmp_path / "ws"), "ui"]) == 0
     assert "open http://127.0.0.1:5999" in capsys.readouterr().out
+
+
+def test_commands_say_when_they_start_prefects_temporary_server(monkeypatch, caplog):
+    from multilora_pipeline.flows.cli import temporary_server_hint
+
+    caplog.set_level("INFO", logger="mlora.cli")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    temporary_server_hint()
+    assert not caplog.records
+    monkeypatch.delenv("PREFECT_API_URL")
+    temporary_server_hint()
+    (record,) = caplog.records
+    assert "temporary server starts now" in record.message and "PREFECT_API_URL" in record.message
