@@ -1,10 +1,11 @@
 """Schedules: the deployment object, and a real Prefect server executing a served run.
 
 The server test starts `prefect server start` on a free port (its own
-PREFECT_HOME), `mlora serve` on a reduced spec, and a `prefect deploy` of the
-repo's prefect.yaml; it checks both schedules through the REST API, sees the
-server's scheduler create the cron runs, triggers a run, waits for it to
-complete (the serving process executes it) and stops every process it started.
+PREFECT_HOME), `mlora serve --training-pool mlora-gpu` on a reduced spec, and a `prefect
+deploy` of the repo's prefect.yaml; it checks both schedules and both training deployments
+through the REST API, sees the server's scheduler create the cron runs, triggers a run,
+waits for it to complete (the serving process executes it, a worker on mlora-gpu trains)
+and stops every process it started.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from tests.flows.servers import (
     api,
     find_deployment,
     finished,
+    prefect_cli,
     prefect_env,
     run_logs,
     start,
     start_prefect_server,
+    start_worker,
     wait_for,
 )
 
@@ -112,6 +115,8 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
     procs: dict[str, tuple] = {}
     try:
         base = start_prefect_server(tmp_path, env, procs)
+        for pool in ("mlora-cpu", "mlora-gpu"):
+            prefect_cli("work-pool", "create", pool, "--type", "process", env=env)
 
         serve_log = tmp_path / "serve.log"
         procs["mlora serve"] = (
@@ -126,6 +131,8 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
                     str(spec),
                     "--cron",
                     cron,
+                    "--training-pool",
+                    "mlora-gpu",
                 ],
                 env,
                 serve_log,
@@ -138,6 +145,13 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         (schedule,) = deployment["schedules"]
         assert schedule["schedule"]["cron"] == cron and schedule["active"]
         assert deployment["parameters"]["spec_path"] == str(spec.resolve())
+        assert deployment["parameters"]["training_pool"] == "mlora-gpu"
+        # `mlora serve --training-pool` declares the training deployment on that pool.
+        served_training = wait_for(
+            "the training deployment", lambda: find_deployment(base, "mlora-gpu"), 30, procs
+        )
+        assert served_training["work_pool_name"] == "mlora-gpu"
+        assert served_training["job_variables"]["env"] == RUN_ENV
 
         # The server's scheduler turns the cron into scheduled runs (at `hour`, not now).
         def scheduled_runs():
@@ -160,15 +174,6 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         # Meanwhile: prefect.yaml declares the pipeline on a CPU pool, its training on a GPU one.
         cli = str(BIN / "prefect")
         deploy_env = {**env, "PWD": str(REPO)}
-        for pool in ("mlora-cpu", "mlora-gpu"):
-            subprocess.run(
-                [cli, "work-pool", "create", pool, "--type", "process"],
-                cwd=REPO,
-                env=deploy_env,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
         deployed = subprocess.run(
             [cli, "--no-prompt", "deploy", "--all"],
             cwd=REPO,
@@ -193,19 +198,38 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
         assert training["job_variables"]["env"] == RUN_ENV
         assert TRAINING_TAG in training["tags"]
 
+        # The served run trains on the pool: a worker there, with the served workspace.
+        start_worker("mlora-gpu", tmp_path, {**env, "MLORA_WORKSPACE": str(ws)}, procs)
         assert (
-            wait_for("the triggered run", lambda: finished(base, flow_run["id"]), 150, procs)
+            wait_for("the triggered run", lambda: finished(base, flow_run["id"]), 180, procs)
             == "COMPLETED"
         ), serve_log.read_text()[-4000:]
-        # The project's own lines (training progress, registry) reach the run's Prefect logs
-        # (shipped in batches by a background thread: they may land after the final state).
-        wanted = {"mlora.train", "mlora.registry", "mlora.pipeline"}  # pipeline: the gate line
+        (training_run,) = api(
+            base, "/flow_runs/filter", {"flows": {"name": {"any_": ["mlora-train"]}}}
+        )
+        assert training_run["state"]["type"] == "COMPLETED"
+        assert training_run["work_pool_name"] == "mlora-gpu"
 
-        def project_loggers():
-            names = {entry["name"] for entry in run_logs(base, flow_run["id"])}
+        # The project's own lines reach each run's Prefect logs: registry and gate in the
+        # pipeline's, training progress in the training run's (shipped in batches by a
+        # background thread: they may land after the final state).
+        def project_loggers(run_id: str, wanted: set[str]):
+            names = {entry["name"] for entry in run_logs(base, run_id)}
             return names if wanted <= names else None
 
-        wait_for("the project's log lines in Prefect's store", project_loggers, 30, procs)
+        pipeline_lines = {"mlora.registry", "mlora.pipeline"}  # pipeline: the gate line
+        wait_for(
+            "the pipeline's log lines in Prefect's store",
+            lambda: project_loggers(flow_run["id"], pipeline_lines),
+            30,
+            procs,
+        )
+        wait_for(
+            "the training run's log lines in Prefect's store",
+            lambda: project_loggers(training_run["id"], {"mlora.train"}),
+            30,
+            procs,
+        )
     finally:
         for proc, _ in reversed(list(procs.values())):
             stop_process_group(proc)
