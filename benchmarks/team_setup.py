@@ -77,7 +77,7 @@ def two_pools(spec: Path, folder: Path, gpu_limit: int | None) -> dict:
         base = start_prefect_server(folder, env, procs)
         tracking = start_mlflow_server(folder, env, procs)
         worker_env = {**env, "MLORA_WORKSPACE": str(ws), "MLFLOW_TRACKING_URI": tracking}
-        deploy_team_setup(folder, spec, ws, "bench", "cpu", "gpu", env)
+        deploy_team_setup(folder, spec, "bench", "cpu", "gpu", env)
         start_worker("cpu", folder, worker_env, procs)
         start_worker("gpu", folder, worker_env, procs, limit=gpu_limit)
         deployment = find_deployment(base, "bench")

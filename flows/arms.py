@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.pipeline")
 PREDICTIONS = "eval/predictions.json"
+SCORING = threading.Lock()
+"""Scoring loads a model and uses every core: one at a time in this process."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ def evaluate_task(
         predictions = tracker.load_table(run_id, PREDICTIONS)
         if predictions is not None and suite_sizes(predictions) == items_per_suite:
             return Scores(tracker.metrics(run_id), True, eval_id, predictions)
-    evaluation = score(spec, data, base, trained.result)
+    with SCORING:  # arms trained at once on a pool are scored here one at a time
+        evaluation = score(spec, data, base, trained.result)
     log_evaluation(tracker, run_id, evaluation, prefix="")
     tracker.set_tags(run_id, {EVAL_ID_TAG: eval_id})
     return Scores(evaluation.metrics, False, eval_id, evaluation.predictions)

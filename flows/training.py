@@ -7,8 +7,8 @@ waits; a worker of the pool (a GPU machine) executes it. The worker needs three 
 - the project installed (the same code version as the pipeline: the run key says so);
 - the pipeline's workspace on shared storage, at $MLORA_WORKSPACE (any mount point: every
   path the pipeline passes is relative to the workspace root);
-- the MLflow tracking URI, $MLFLOW_TRACKING_URI (a tracking server once the workers run on
-  other machines than the pipeline).
+- the MLflow tracking URI, $MLFLOW_TRACKING_URI, the same as the pipeline's (a tracking
+  server once the workers run on other machines than the pipeline; checked first).
 
 The flow writes what the in-process train stage writes: checkpoints, the adapter and
 result.json in the arm's folder of the workspace, and per-step and system metrics in the
@@ -49,7 +49,8 @@ def training_parameters(
     from multilora_pipeline.flows.arms import run_key
 
     return {
-        "spec": spec.canonical(),
+        "spec": spec.params(),  # URLs redacted: flow-run parameters are read by everyone
+        "tracking": _tracking(ws),
         "mixture_id": mixture_id,
         "arm": run.arm.model_dump(mode="json"),
         "training": run.training.model_dump(mode="json"),
@@ -60,6 +61,26 @@ def training_parameters(
         "run_key": run_key(spec, mixture_id, run),
         "code_version": current_code_version(),
     }
+
+
+def _tracking(ws: Workspace) -> str:
+    """Where runs are tracked, as the pipeline and its worker must agree on it: the server's
+    URL, or "workspace" for the workspace's own store."""
+    return ws.tracking_server or "workspace"
+
+
+def check_same_tracking(ws: Workspace, pipeline_tracking: str) -> None:
+    """The worker must log into the MLflow store the pipeline opened the run in."""
+    if _tracking(ws) != pipeline_tracking:
+        ours = _tracking(ws)
+        raise TrainingError(
+            f"this worker tracks into {ours!r} (MLFLOW_TRACKING_URI), the pipeline into "
+            f"{pipeline_tracking!r}: the run it logs into is not in this worker's store",
+            where="the mlora-train worker",
+            fix="export the pipeline's MLFLOW_TRACKING_URI in the worker's environment"
+            if pipeline_tracking != "workspace"
+            else "unset MLFLOW_TRACKING_URI on the worker (the pipeline tracks in the workspace)",
+        )
 
 
 def _relative_to(ws: Workspace, base: str) -> str:
@@ -117,6 +138,7 @@ def reachable_workspace(mixture_id: str):
 @flow(name=TRAIN_FLOW, flow_run_name="{arm[name]}-seed{training[seed]}", log_prints=True)
 def training_flow(
     spec: dict,
+    tracking: str,
     mixture_id: str,
     arm: dict,
     training: dict,
@@ -133,6 +155,7 @@ def training_flow(
     from multilora_pipeline.flows.arms import run_key as key_of
 
     ws, mixture = reachable_workspace(mixture_id)
+    check_same_tracking(ws, tracking)
     ws.activate()  # HF caches in the workspace; the tracking URI the worker exported wins
     pipeline_spec = PipelineSpec.model_validate(spec)
     run = ArmRun(ArmSpec.model_validate(arm), TrainingSpec.model_validate(training), probe)

@@ -5,8 +5,10 @@
                                         `mlora serve --training-pool` declare it too)
       the zombie automation             found, or created once per Prefect server
     train_on_pool (per training run):
-      run_deployment(...)                 a child flow run of the pipeline's; wait for its end
-    not Completed                       the pipeline fails with the child's state message
+      an unfinished child of the same run key (a killed pipeline run's)? wait on it
+      else run_deployment(...): a child flow run of the pipeline's
+      wait, with a line a minute; stopped here (Ctrl-C, a failure) -> the child is cancelled
+      not Completed -> the pipeline fails with the child's state and message
 
 A worker killed mid-run (a lost machine, SIGKILL) leaves its flow run Running for good:
 nothing is left to report its end. Prefect's answer is heartbeats plus an automation that
@@ -19,6 +21,7 @@ training from its last checkpoint in the shared workspace.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from uuid import UUID
 
@@ -30,6 +33,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.flows.training import TRAIN_FLOW, training_flow
+from multilora_pipeline.models.content import content_key
 
 log = logging.getLogger("mlora.pipeline")
 
@@ -90,9 +94,19 @@ def ensure_training_deployment(pool: str) -> UUID:
                 f"worker on the GPU machine (prefect worker start --pool {pool})",
             ) from None
         try:
-            return client.read_deployment_by_name(deployment_name(pool)).id
+            found = client.read_deployment_by_name(deployment_name(pool))
         except ObjectNotFound:
-            pass
+            found = None
+    if found is not None:
+        env = (found.job_variables or {}).get("env") or {}
+        if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in env:
+            log.warning(
+                "deployment %s sets no PREFECT_FLOWS_HEARTBEAT_FREQUENCY in its env: its runs "
+                "beat every 180 s (Prefect's default), so a dead worker's run is marked "
+                "Crashed only after 9 min; redeploy it from prefect.yaml",
+                deployment_name(pool),
+            )
+        return found.id
     log.info("registering deployment %s on work pool %s", deployment_name(pool), pool)
     return training_deployment(pool).apply()
 
@@ -150,25 +164,118 @@ def prepare_training_pool(pool: str) -> None:
     ensure_zombie_automation()
 
 
+def run_tag(run_key: str) -> str:
+    """The tag of every training flow run of one run key: a rerun finds a child an earlier
+    pipeline run left running, and waits on it instead of starting a second one."""
+    return f"mlora-run:{content_key(run_key)[:16]}"
+
+
 def train_on_pool(pool: str, parameters: dict, label: str) -> None:
     """Run one training run as a child flow run of mlora-train/<pool> (`prepare_training_pool`
-    first) and wait for it; a run that does not complete fails this one with its state and
-    message."""
-    log.info("[%s] training on work pool %s (deployment %s)", label, pool, deployment_name(pool))
-    child = run_deployment(
-        deployment_name(pool),
-        parameters=parameters,
-        tags=[TRAINING_TAG],
-        timeout=None,  # training takes what it takes; a dead worker ends it (automation)
-        poll_interval=5,
-    )
-    state = child.state
-    if state is None or not state.is_completed():
-        name = state.name if state else "without a state"
+    first) and wait for it, saying every minute what it waits on; a run that does not
+    complete fails this one with its state and message. Interrupted or failed here, the
+    child is cancelled: no training goes on that nobody waits for."""
+    from prefect.client.orchestration import get_client
+
+    tag = run_tag(parameters["run_key"])
+    with get_client(sync_client=True) as client:
+        child = _unfinished_child(client, tag)
+        if child is not None:
+            log.info(
+                "[%s] waiting on training run %s, still %s from an earlier pipeline run",
+                label,
+                child.name,
+                child.state.name if child.state else "unknown",
+            )
+        else:
+            _warn_without_workers(client, pool, label)
+            child = run_deployment(
+                deployment_name(pool),
+                parameters=parameters,
+                flow_run_name=label,
+                tags=[TRAINING_TAG, tag],
+                timeout=0,  # created: waited on below
+            )
+            log.info("[%s] training on work pool %s: flow run %s", label, pool, child.name)
+        try:
+            state = _wait(client, child.id, pool, label)
+        except BaseException:
+            _cancel(client, child.id, label)
+            raise
+    if not state.is_completed():
         raise TrainingError(
             f"training flow run {child.name!r} ({child.id}) on work pool {pool!r} ended "
-            f"{name}: {state.message if state else ''}",
+            f"{state.name}" + (f": {state.message}" if state.message else ""),
             where=f"arm {label}",
             fix="see that flow run's logs in the Prefect UI; then rerun `mlora run`: training "
             "resumes from its last checkpoint",
         )
+
+
+POLL_SECONDS = 5
+SAY_EVERY_SECONDS = 60
+
+
+def _wait(client, flow_run_id, pool: str, label: str):
+    """The child's final state; a line every minute while it is not Running (queued, late:
+    no worker took it) or runs."""
+    started, said = time.monotonic(), time.monotonic()
+    while True:
+        state = client.read_flow_run(flow_run_id).state
+        if state is not None and state.is_final():
+            return state
+        if time.monotonic() - said >= SAY_EVERY_SECONDS:
+            said = time.monotonic()
+            waited = f"{(said - started) / 60:.0f} min"
+            name = state.name if state else "no state"
+            hint = "" if name == "Running" else f": no worker of pool {pool!r} has taken it yet"
+            log.info("[%s] training run %s after %s%s", label, name, waited, hint)
+        time.sleep(POLL_SECONDS)
+
+
+def _unfinished_child(client, tag: str):
+    """A training flow run of this run key that is not over (an earlier pipeline run's)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    open_states = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[tag]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=open_states)),
+        ),
+        limit=1,
+    )
+    return runs[0] if runs else None
+
+
+def _warn_without_workers(client, pool: str, label: str) -> None:
+    """A pool without an online worker queues the run until one starts: said at once."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    workers = client.read_workers_for_work_pool(pool)
+    if not any(w.status == WorkerStatus.ONLINE for w in workers):
+        log.warning(
+            "[%s] no worker of work pool %r is online: the training run waits until one "
+            "starts (prefect worker start --pool %s)",
+            label,
+            pool,
+            pool,
+        )
+
+
+def _cancel(client, flow_run_id, label: str) -> None:
+    """Ask the child's worker to stop it (Cancelling); a child already over stays as it is."""
+    from prefect.states import Cancelling
+
+    try:
+        if not client.read_flow_run(flow_run_id).state.is_final():
+            client.set_flow_run_state(flow_run_id, Cancelling(message="its pipeline run stopped"))
+            log.warning("[%s] cancelled its training flow run %s", label, flow_run_id)
+    except Exception:  # the server may be what failed: the automation still ends the run
+        log.warning("[%s] could not cancel training flow run %s", label, flow_run_id)

@@ -215,28 +215,26 @@ def prefect_cli(*args: str, env: dict) -> None:
 def deploy_team_setup(
     folder: Path,
     spec: Path,
-    ws: Path,
     name: str,
     pipeline_pool: str,
     training_pool: str,
     env: dict,
 ) -> None:
-    """Both pools, and both deployments of the repo's prefect.yaml on them, with this spec,
-    workspace and deployment name (and no schedule): `prefect deploy` as a user runs it."""
+    """Both pools, and both deployments of the repo's prefect.yaml on them, with this spec
+    and deployment name (and no schedule): `prefect deploy` as a user runs it. The workers'
+    $MLORA_WORKSPACE is the workspace."""
     import yaml
 
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
     pipeline, training = project["deployments"]
     pipeline.update(
         name=name,
-        parameters={
-            "spec_path": str(spec),
-            "workspace_root": str(ws),
-            "training_pool": training_pool,
-        },
+        # The workspace as the README has it: each worker's $MLORA_WORKSPACE.
+        parameters={**pipeline["parameters"], "spec_path": str(spec)},
         schedules=[],
         pull=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
     )
+    pipeline["parameters"]["training_pool"] = training_pool
     pipeline["work_pool"]["name"] = pipeline_pool
     training["name"] = training_pool
     training["work_pool"]["name"] = training_pool

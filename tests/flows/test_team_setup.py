@@ -67,7 +67,7 @@ def test_training_on_a_gpu_pool_survives_a_killed_worker(tmp_path):
         tracking = start_mlflow_server(tmp_path, env, procs)
         # What a worker needs: the workspace (shared storage) and the MLflow URI.
         worker_env = {**env, "MLORA_WORKSPACE": str(ws), "MLFLOW_TRACKING_URI": tracking}
-        deploy_team_setup(tmp_path, spec, ws, PIPELINE, PIPELINE_POOL, TRAINING_POOL, env)
+        deploy_team_setup(tmp_path, spec, PIPELINE, PIPELINE_POOL, TRAINING_POOL, env)
         start_worker(PIPELINE_POOL, tmp_path, worker_env, procs)
         start_worker(TRAINING_POOL, tmp_path, worker_env, procs)
         pipeline = find_deployment(base, PIPELINE)

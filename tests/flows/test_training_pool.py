@@ -38,6 +38,7 @@ def test_parameters_are_json_relative_to_the_workspace_and_give_the_same_run(tin
     base = str(ws.models_dir / "tiny-abc") if tiny else "HuggingFaceTB/SmolLM2-135M"
     params = json.loads(json.dumps(training_parameters(ws, spec, "m1", base, run, "r1", "chat")))
     assert params["base_model"] == ("models/tiny-abc" if tiny else base)
+    assert params["tracking"] == "workspace"
     assert not any(str(ws.root) in json.dumps(v) for v in params.values())
     # What the worker rebuilds from them is the same run: same key, same folder.
     again = ArmRun(
@@ -196,3 +197,17 @@ def test_commands_say_when_they_start_prefects_temporary_server(monkeypatch, cap
     temporary_server_hint()
     (record,) = caplog.records
     assert "temporary server starts now" in record.message and "PREFECT_API_URL" in record.message
+
+
+def test_a_worker_on_another_tracking_store_refuses_the_run(monkeypatch, tmp_path):
+    from multilora_pipeline.flows.training import check_same_tracking
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    check_same_tracking(ws, "workspace")
+    with pytest.raises(TrainingError, match="export the pipeline's MLFLOW_TRACKING_URI"):
+        check_same_tracking(ws, "http://mlflow.internal:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    check_same_tracking(ws, "http://mlflow.internal:5000")
+    with pytest.raises(TrainingError, match="unset MLFLOW_TRACKING_URI on the worker"):
+        check_same_tracking(ws, "workspace")
