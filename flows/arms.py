@@ -143,6 +143,7 @@ def train_arm_task(
     parent_id: str,
     lineage: Lineage,
     pool: str | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainedArm:
     """Train `run` (or find it trained) in its MLflow child run: here, or as a flow run of
     the mlora-train deployment on work pool `pool` (flows/training_pool.py)."""
@@ -175,6 +176,7 @@ def train_arm_task(
                     ws, spec, data.mixture_id, base, run, run_id, lineage.prompt_format
                 ),
                 run.run_name(spec),
+                stop,
             )
             result = load_result(done_dir)
             if result is None:
@@ -366,6 +368,7 @@ def choose_learning_rates(run: RunContext, arm: ArmSpec) -> tuple[ArmSpec, list[
             run.parent_id,
             run.lineage,
             run.training_pool,
+            run.stop,
         )
         run.tracker.finish(trained.run_id)  # a probe is never scored on the suites or registered
         result = trained.result
@@ -473,6 +476,7 @@ def train_and_score_arm(run: RunContext, arm: ArmSpec, base_scores: Scores) -> A
                 run.parent_id,
                 run.lineage,
                 run.training_pool,
+                run.stop,
             )
         with timed(run.stages, f"evaluate_{arm.name}"):
             scores = evaluate_task(run.tracker, spec, run.data, run.base, trained, eval_id, sizes)
@@ -495,4 +499,8 @@ def train_and_score_arms(run: RunContext, base_scores: Scores) -> list[ArmOutcom
             pool.submit(copy_context().run, train_and_score_arm, run, arm, base_scores)
             for arm in run.spec.arms
         ]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            run.stop.set()  # the other arms stop waiting and cancel their training runs
+            raise

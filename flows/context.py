@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multilora_pipeline.data_specs.schema import PipelineSpec
 from multilora_pipeline.flows.data import DataOutputs
@@ -28,6 +29,9 @@ class RunContext:
     """Wall time per stage (the summary's stage_seconds), filled as the stages run."""
     training_pool: str | None = None
     """The Prefect work pool training runs go to (flows/training_pool.py); None trains here."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when one arm failed or the run was interrupted: the other arms' waits on their
+    training runs end, and those runs are cancelled."""
 
 
 @contextmanager

@@ -21,6 +21,7 @@ training from its last checkpoint in the shared workspace.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import timedelta
 from uuid import UUID
@@ -170,11 +171,14 @@ def run_tag(run_key: str) -> str:
     return f"mlora-run:{content_key(run_key)[:16]}"
 
 
-def train_on_pool(pool: str, parameters: dict, label: str) -> None:
+def train_on_pool(
+    pool: str, parameters: dict, label: str, stop: threading.Event | None = None
+) -> None:
     """Run one training run as a child flow run of mlora-train/<pool> (`prepare_training_pool`
     first) and wait for it, saying every minute what it waits on; a run that does not
-    complete fails this one with its state and message. Interrupted or failed here, the
-    child is cancelled: no training goes on that nobody waits for."""
+    complete fails this one with its state and message. Interrupted or failed here, or
+    `stop` set (another arm failed), the child is cancelled: no training goes on that
+    nobody waits for."""
     from prefect.client.orchestration import get_client
 
     tag = run_tag(parameters["run_key"])
@@ -198,7 +202,7 @@ def train_on_pool(pool: str, parameters: dict, label: str) -> None:
             )
             log.info("[%s] training on work pool %s: flow run %s", label, pool, child.name)
         try:
-            state = _wait(client, child.id, pool, label)
+            state = _wait(client, child.id, pool, label, stop or threading.Event())
         except BaseException:
             _cancel(client, child.id, label)
             raise
@@ -216,11 +220,17 @@ POLL_SECONDS = 5
 SAY_EVERY_SECONDS = 60
 
 
-def _wait(client, flow_run_id, pool: str, label: str):
+def _wait(client, flow_run_id, pool: str, label: str, stop: threading.Event):
     """The child's final state; a line every minute while it is not Running (queued, late:
-    no worker took it) or runs."""
+    no worker took it) or runs. Raises TrainingError once `stop` is set."""
     started, said = time.monotonic(), time.monotonic()
     while True:
+        if stop.is_set():
+            raise TrainingError(
+                f"stopped waiting for training flow run {flow_run_id}: another arm failed",
+                where=f"arm {label}",
+                fix="see the other arm's error; a rerun resumes both from their checkpoints",
+            )
         state = client.read_flow_run(flow_run_id).state
         if state is not None and state.is_final():
             return state
@@ -230,7 +240,7 @@ def _wait(client, flow_run_id, pool: str, label: str):
             name = state.name if state else "no state"
             hint = "" if name == "Running" else f": no worker of pool {pool!r} has taken it yet"
             log.info("[%s] training run %s after %s%s", label, name, waited, hint)
-        time.sleep(POLL_SECONDS)
+        stop.wait(POLL_SECONDS)
 
 
 def _unfinished_child(client, tag: str):
@@ -270,12 +280,18 @@ def _warn_without_workers(client, pool: str, label: str) -> None:
 
 
 def _cancel(client, flow_run_id, label: str) -> None:
-    """Ask the child's worker to stop it (Cancelling); a child already over stays as it is."""
-    from prefect.states import Cancelling
+    """Stop the child: Cancelled if no worker took it yet, else Cancelling (its worker then
+    kills the process); a child already over stays as it is."""
+    from prefect.states import Cancelled, Cancelling
 
     try:
-        if not client.read_flow_run(flow_run_id).state.is_final():
-            client.set_flow_run_state(flow_run_id, Cancelling(message="its pipeline run stopped"))
+        state = client.read_flow_run(flow_run_id).state
+        if not state.is_final():
+            message = "its pipeline run stopped waiting for it"
+            stopped = (
+                Cancelled(message=message) if state.is_scheduled() else Cancelling(message=message)
+            )
+            client.set_flow_run_state(flow_run_id, stopped, force=True)
             log.warning("[%s] cancelled its training flow run %s", label, flow_run_id)
     except Exception:  # the server may be what failed: the automation still ends the run
         log.warning("[%s] could not cancel training flow run %s", label, flow_run_id)

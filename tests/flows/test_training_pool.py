@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -211,3 +212,65 @@ def test_a_worker_on_another_tracking_store_refuses_the_run(monkeypatch, tmp_pat
     check_same_tracking(ws, "http://mlflow.internal:5000")
     with pytest.raises(TrainingError, match="unset MLFLOW_TRACKING_URI on the worker"):
         check_same_tracking(ws, "workspace")
+
+
+def test_a_stopped_pipeline_cancels_its_training_run_and_a_rerun_waits_on_a_live_one(
+    prefect_harness, tmp_path, caplog
+):
+    """On a real (temporary) server, a pool with no worker: the run is queued and said to
+    be; a second wait on the same run key adopts it instead of starting another; once
+    stopped (another arm failed), the waits end and the queued run is Cancelled."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from multilora_pipeline.flows.training_pool import (
+        prepare_training_pool,
+        run_tag,
+        train_on_pool,
+    )
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="idle-gpu", type="process"))
+    prepare_training_pool("idle-gpu")
+    spec, _ = load_spec(demo_spec_path(tiny=True))
+    ws = Workspace.resolve(tmp_path / "ws")
+    run = ArmRun(spec.arms[0], spec.training.for_run(0))
+    params = training_parameters(ws, spec, "m1", "models/tiny", run, "r1", "plain")
+    tag = run_tag(params["run_key"])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def wait_in_thread():
+        try:
+            train_on_pool("idle-gpu", params, "multilora", stop)
+        except BaseException as err:  # noqa: BLE001 - the test reads it
+            errors.append(err)
+
+    caplog.set_level("INFO", logger="mlora.pipeline")
+    threads = [threading.Thread(target=wait_in_thread) for _ in range(2)]
+    threads[0].start()
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while not client.read_flow_runs(flow_run_filter=_tagged(tag)):
+            assert time.monotonic() < deadline, "no training flow run was created"
+            time.sleep(0.2)
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while "waiting on training run" not in caplog.text:
+            assert time.monotonic() < deadline, "the second wait did not adopt the first run"
+            time.sleep(0.2)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        (child,) = client.read_flow_runs(flow_run_filter=_tagged(tag))
+    assert len(errors) == 2 and all("another arm failed" in str(e) for e in errors)
+    assert child.state.is_cancelled()
+    assert "no worker of work pool 'idle-gpu' is online" in caplog.text
+
+
+def _tagged(tag: str):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    return FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
