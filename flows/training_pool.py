@@ -26,6 +26,7 @@ import time
 from datetime import timedelta
 from uuid import UUID
 
+import httpx
 from prefect.deployments import run_deployment
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
@@ -87,6 +88,12 @@ def ensure_training_deployment(pool: str) -> UUID:
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
+        except httpx.TransportError as err:  # nothing listens there, or the network is down
+            raise TrainingError(
+                f"the Prefect server at PREFECT_API_URL={api} does not answer ({err})",
+                where="training.work_pool (or --training-pool)",
+                fix="start it (prefect server start) or fix PREFECT_API_URL",
+            ) from None
         except ObjectNotFound:
             raise TrainingError(
                 f"work pool {pool!r} does not exist on the Prefect server {api}",

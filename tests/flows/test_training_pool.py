@@ -123,6 +123,20 @@ def test_a_training_pool_needs_a_prefect_server():
             ensure_training_deployment("gpu")
 
 
+def test_a_server_that_does_not_answer_is_one_error():
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        with pytest.raises(TrainingError, match=f"server at PREFECT_API_URL={url} does not"):
+            ensure_training_deployment("gpu")
+
+
 def test_a_pool_the_server_lacks_is_named_with_the_commands_to_make_it(prefect_harness):
     with pytest.raises(TrainingError, match="work pool 'gpu-nowhere' does not exist") as err:
         ensure_training_deployment("gpu-nowhere")
