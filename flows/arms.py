@@ -29,9 +29,9 @@ from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
 from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs
+from multilora_pipeline.flows.runs import ArmRun, arm_dir, run_key, train_here
 from multilora_pipeline.flows.training import training_parameters
 from multilora_pipeline.flows.training_pool import train_on_pool
-from multilora_pipeline.models.content import content_key
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.evaluation.confidence import (
     ItemScores,
@@ -43,8 +43,6 @@ from multilora_pipeline.tasks.evaluation.evaluate import EvalResult, evaluate_mo
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.training.arm_models import load_for_inference
-from multilora_pipeline.tasks.training.base_model import load_revision
-from multilora_pipeline.tasks.training.launch import launch_arm
 from multilora_pipeline.tasks.training.loading import resolve_prompt_format
 from multilora_pipeline.tasks.training.train import ArmResult, load_result
 from multilora_pipeline.tasks.workspace import Workspace
@@ -53,62 +51,6 @@ log = logging.getLogger("mlora.pipeline")
 PREDICTIONS = "eval/predictions.json"
 SCORING = threading.Lock()
 """Scoring loads a model and uses every core: one at a time in this process."""
-
-
-@dataclass(frozen=True)
-class ArmRun:
-    """One training run of an arm: the arm with its learning rates fixed, the settings of
-    this run (one seed, no grid) and whether it is a learning-rate probe."""
-
-    arm: ArmSpec
-    training: TrainingSpec
-    probe: bool = False
-
-    def run_name(self, spec: PipelineSpec) -> str:
-        """The MLflow run name: the arm's name, with the learning rate and seed when the
-        arm has runs at several of them."""
-        parts = [self.arm.name]
-        if self.arm_has_grid(spec):
-            parts.append(f"lr{self.arm.learning_rate or spec.training.learning_rate:g}")
-            if self.arm.scale_learning_rate is not None:
-                parts.append(f"slr{self.arm.scale_learning_rate:g}")
-        if self.arm_has_grid(spec) or len(spec.training.run_seeds) > 1:
-            parts.append(f"seed{self.training.seed}")
-        if self.probe and spec.training.probe_steps is not None:
-            parts.append(f"probe{spec.training.probe_steps}")
-        return "-".join(parts)
-
-    def arm_has_grid(self, spec: PipelineSpec) -> bool:
-        declared = next(a for a in spec.arms if a.name == self.arm.name)
-        return bool(declared.probe_grid(spec.training))
-
-
-def training_hash(spec: PipelineSpec, run: ArmRun) -> str:
-    """Hash of what decides a run's weights: base model, the arm, this run's training
-    settings (its seed among them) and the prompt format.
-
-    Editing a spec's description, evaluation or promotion settings changes its spec
-    hash but not this: the trained arms, their runs and versions are reused. So does
-    adding seeds or a grid: the runs it already has are found again.
-    """
-    return content_key(
-        [
-            spec.base_model.model_dump(mode="json"),
-            run.arm.identity(),
-            run.training.identity(),
-            spec.seed,
-            spec.prompt_format,  # the tokens the arm is trained on
-        ]
-    )
-
-
-def run_key(spec: PipelineSpec, mixture_id: str, run: ArmRun) -> str:
-    """Identity of a training run: same training, same mixture -> same run and version."""
-    return f"{training_hash(spec, run)}:{mixture_id}:{run.arm.name}"
-
-
-def arm_dir(ws: Workspace, spec: PipelineSpec, mixture_id: str, run: ArmRun) -> Path:
-    return ws.runs_dir / spec.name / f"{training_hash(spec, run)}-{mixture_id}" / run.arm.name
 
 
 @dataclass
@@ -219,42 +161,6 @@ def train_arm_task(
         tracker.finish(run_id, "FAILED")
         raise
     return TrainedArm(result, run_id, finished)
-
-
-def train_here(
-    ws: Workspace,
-    tracker: Tracker,
-    spec: PipelineSpec,
-    train_dir: str | Path,
-    validation_path: str | Path,
-    base: str,
-    run: ArmRun,
-    mixture_id: str,
-    prompt_format: str,
-    run_id: str,
-) -> ArmResult:
-    """Train `run` in this process (or under torchrun) into its arm folder, logging steps and
-    system metrics into MLflow run `run_id`: the pipeline's train stage in process, and the
-    mlora-train flow on a worker (flows/training.py)."""
-    with tracker.system_metrics(run_id):
-        return launch_arm(
-            arm=run.arm,
-            training=run.training,
-            model_path=base,
-            train_path=str(train_dir),
-            validation_path=str(validation_path),
-            output_dir=arm_dir(ws, spec, mixture_id, run),
-            revision=load_revision(spec),
-            dtype=spec.base_model.dtype,
-            trust_remote_code=spec.base_model.trust_remote_code,
-            attn_implementation=spec.base_model.attn_implementation,
-            # What PEFT users load the export on: the hub id, or the folder (a converted
-            # GGUF file, the tiny model) the arm was trained on.
-            base_model_name=base,
-            prompt_format=prompt_format,
-            tracking={"workspace": str(ws.root), "experiment": spec.name, "run_id": run_id},
-            callbacks=[tracker.training_callback(run_id)],
-        )
 
 
 def score(spec: PipelineSpec, data: DataOutputs, base: str, result: ArmResult | None) -> EvalResult:

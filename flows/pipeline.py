@@ -33,10 +33,8 @@ from multilora_pipeline.data_specs.schema import PipelineSpec, load_spec
 from multilora_pipeline.data_specs.serving import vllm_notes
 from multilora_pipeline.flows.arms import (
     ArmOutcome,
-    ArmRun,
     Scores,
     log_evaluation,
-    run_key,
     score,
     train_and_score_arms,
 )
@@ -49,6 +47,7 @@ from multilora_pipeline.flows.comparison import (
 )
 from multilora_pipeline.flows.context import RunContext, timed
 from multilora_pipeline.flows.data import DataOutputs, run_data_stages
+from multilora_pipeline.flows.runs import ArmRun, run_key
 from multilora_pipeline.flows.stale_runs import close_stale_runs
 from multilora_pipeline.flows.training_pool import prepare_training_pool
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves

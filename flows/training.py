@@ -25,6 +25,8 @@ from prefect import flow
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
+from multilora_pipeline.flows.runs import ArmRun, arm_dir, train_here
+from multilora_pipeline.flows.runs import run_key as key_of
 from multilora_pipeline.tasks.data.mixture import load_mixture
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.tracking import code_version as current_code_version
@@ -40,14 +42,12 @@ def training_parameters(
     spec: PipelineSpec,
     mixture_id: str,
     base: str,
-    run,
+    run: ArmRun,
     run_id: str,
     prompt_format: str,
 ) -> dict:
-    """The deployment's parameters for `run` (a flows.arms.ArmRun): small, JSON, and every
+    """The deployment's parameters for `run`: small, JSON, and every
     path relative to the workspace root."""
-    from multilora_pipeline.flows.arms import run_key
-
     return {
         "spec": spec.params(),  # URLs redacted: flow-run parameters are read by everyone
         "tracking": _tracking(ws),
@@ -58,7 +58,7 @@ def training_parameters(
         "base_model": _relative_to(ws, base),
         "prompt_format": prompt_format,
         "mlflow_run_id": run_id,
-        "run_key": run_key(spec, mixture_id, run),
+        "run_key": key_of(spec, mixture_id, run),
         "code_version": current_code_version(),
     }
 
@@ -151,9 +151,6 @@ def training_flow(
 ) -> dict:
     """Train one run of one arm in this worker's view of the workspace (module docstring);
     returns where its result is, relative to the workspace."""
-    from multilora_pipeline.flows.arms import ArmRun, arm_dir, train_here
-    from multilora_pipeline.flows.arms import run_key as key_of
-
     ws, mixture = reachable_workspace(mixture_id)
     check_same_tracking(ws, tracking)
     ws.activate()  # HF caches in the workspace; the tracking URI the worker exported wins

@@ -19,7 +19,7 @@ from multilora_pipeline.data_specs.schema import (
     demo_spec_path,
     load_spec,
 )
-from multilora_pipeline.flows.arms import ArmRun, run_key, training_hash
+from multilora_pipeline.flows.runs import ArmRun, run_key, training_hash
 from multilora_pipeline.flows.training import (
     reachable_workspace,
     training_parameters,
