@@ -22,11 +22,13 @@ import logging
 import os
 import socket
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
 from multilora_pipeline.flows.summary import format_summary
+from multilora_pipeline.flows.temporary_server import TemporaryServer
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
 
 
@@ -122,18 +124,6 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
-def temporary_server_hint() -> None:
-    """Say, once, what the coming wait is and how to skip it: without PREFECT_API_URL every
-    command starts Prefect's temporary server, 5 s or more (13 s in a fresh workspace,
-    which sets up its database), often longer than `mlora data`'s own work."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    logging.getLogger("mlora.cli").info(
-        "no PREFECT_API_URL: Prefect's temporary server starts now (5-15 s); with "
-        "`prefect server start` running and PREFECT_API_URL exported, commands skip it"
-    )
-
-
 def _tracker(ws: Workspace, name: str):
     from multilora_pipeline.tasks.registry.tracking import Tracker
 
@@ -169,87 +159,102 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(QUIET_PIPELINE_ERRORS)
+    spec = base_dir = None
     try:
         if args.command in ("run", "data", "serve", "lm-eval-tasks"):
-            # A spec mistake is reported in a second, before Prefect and torch are imported
-            # and Prefect's temporary server is started (~20 s).
+            # A spec mistake is reported in a second, before Prefect and torch import.
             spec, base_dir = load_spec(args.spec, data_only=args.command == "data")
             if args.command != "serve":  # a scheduled run may find files that appear later
                 check_local_files(spec, Path(args.spec).resolve(), base_dir)
-                # A bad row too: the fetch and normalise stages' own checks, run now.
-                from multilora_pipeline.tasks.data.preflight import check_local_data
-
-                check_local_data(spec, base_dir, ws)
-        if args.command in ("run", "data", "lm-eval-tasks"):
-            temporary_server_hint()
-        if args.command == "run":
-            from multilora_pipeline.flows.pipeline import pipeline_flow
-
-            summary = pipeline_flow(args.spec, str(ws.root), args.training_pool)
-            if args.summary_json:
-                Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
-            print(format_summary(summary))
-        elif args.command == "data":
-            from multilora_pipeline.flows.data import data_flow, format_source_table
-
-            outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
-            print(format_source_table(outputs))
-        elif args.command == "lm-eval-tasks":
-            from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
-
-            written = lm_eval_tasks_flow(args.spec, args.dir, str(ws.root))
-            for task, info in written["tasks"].items():
-                print(f"{task}: {info['items']} items ({info['yaml']})")
-            print(f"run them on a version's PEFT export ($PEFT):\n  {written['command']}")
-        elif args.command == "ui":
-            if ws.tracking_server:  # its own UI shows the runs: nothing to start here
-                print(f"the runs are on the MLflow tracking server: open {ws.tracking_server}")
-                return 0
-            _check_port_free(args.port)
-            cmd = [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "ui",
-                "--backend-store-uri",
-                ws.tracking_uri,
-                "--default-artifact-root",
-                ws.artifacts_dir.as_uri(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(args.port),
-            ]
-            print(
-                f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)",
-                flush=True,
-            )
-            # Become the server (exec): a signal to `mlora ui` then reaches MLflow itself.
-            os.execve(sys.executable, cmd, os.environ.copy())
-        elif args.command == "promote":
-            from multilora_pipeline.tasks.registry.promote import promote
-
-            previous = promote(_tracker(ws, args.name), args.name, args.version)
-            print(f"{args.name}: champion is now v{args.version} (was v{previous})")
-        elif args.command == "serve":
-            from multilora_pipeline.flows.deploy import serve_pipeline
-
-            serve_pipeline(
-                args.spec,
-                str(ws.root),
-                cron=args.cron,
-                name=args.name,
-                timezone=args.timezone,
-                training_pool=args.training_pool,
-            )
-        elif args.command == "rollback":
-            from multilora_pipeline.tasks.registry.promote import rollback
-
-            restored = rollback(_tracker(ws, args.name), args.name)
-            print(f"{args.name}: champion rolled back to v{restored}")
+        # Launched now, it starts (~5 s) while the data is checked and the flows import.
+        server = (
+            TemporaryServer(ws)
+            if args.command in ("run", "data", "lm-eval-tasks")
+            and not os.environ.get("PREFECT_API_URL")
+            else None
+        )
+        with server or nullcontext():
+            return _command(args, ws, spec, base_dir, server.api if server else nullcontext)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _command(args, ws: Workspace, spec, base_dir, prefect_api) -> int:
+    """Run one command; `prefect_api()` is the block in which flows reach a Prefect API."""
+    if args.command in ("run", "data", "lm-eval-tasks"):
+        # A bad row: the fetch and normalise stages' own checks, run before Prefect's.
+        from multilora_pipeline.tasks.data.preflight import check_local_data
+
+        check_local_data(spec, base_dir, ws)
+    if args.command == "run":
+        from multilora_pipeline.flows.pipeline import pipeline_flow
+
+        with prefect_api():
+            summary = pipeline_flow(args.spec, str(ws.root), args.training_pool)
+        if args.summary_json:
+            Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+        print(format_summary(summary))
+    elif args.command == "data":
+        from multilora_pipeline.flows.data import data_flow, format_source_table
+
+        with prefect_api():
+            outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
+        print(format_source_table(outputs))
+    elif args.command == "lm-eval-tasks":
+        from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+
+        with prefect_api():
+            written = lm_eval_tasks_flow(args.spec, args.dir, str(ws.root))
+        for task, info in written["tasks"].items():
+            print(f"{task}: {info['items']} items ({info['yaml']})")
+        print(f"run them on a version's PEFT export ($PEFT):\n  {written['command']}")
+    elif args.command == "ui":
+        if ws.tracking_server:  # its own UI shows the runs: nothing to start here
+            print(f"the runs are on the MLflow tracking server: open {ws.tracking_server}")
+            return 0
+        _check_port_free(args.port)
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            ws.tracking_uri,
+            "--default-artifact-root",
+            ws.artifacts_dir.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ]
+        print(
+            f"MLflow UI for {ws.root} on http://127.0.0.1:{args.port} (Ctrl-C to stop)",
+            flush=True,
+        )
+        # Become the server (exec): a signal to `mlora ui` then reaches MLflow itself.
+        os.execve(sys.executable, cmd, os.environ.copy())
+    elif args.command == "promote":
+        from multilora_pipeline.tasks.registry.promote import promote
+
+        previous = promote(_tracker(ws, args.name), args.name, args.version)
+        print(f"{args.name}: champion is now v{args.version} (was v{previous})")
+    elif args.command == "serve":
+        from multilora_pipeline.flows.deploy import serve_pipeline
+
+        serve_pipeline(
+            args.spec,
+            str(ws.root),
+            cron=args.cron,
+            name=args.name,
+            timezone=args.timezone,
+            training_pool=args.training_pool,
+        )
+    elif args.command == "rollback":
+        from multilora_pipeline.tasks.registry.promote import rollback
+
+        restored = rollback(_tracker(ws, args.name), args.name)
+        print(f"{args.name}: champion rolled back to v{restored}")
     return 0
 
 

@@ -21,6 +21,7 @@ training from its last checkpoint in the shared workspace.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -34,6 +35,7 @@ from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
 from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.flows.temporary_server import TEMPORARY_API_ENV
 from multilora_pipeline.flows.training import TRAIN_FLOW, training_flow
 from multilora_pipeline.models.content import content_key
 
@@ -77,10 +79,10 @@ def ensure_training_deployment(pool: str) -> UUID:
     from prefect.client.orchestration import get_client
 
     api = get_current_settings().api.url
-    if not api:
+    if not api or api == os.environ.get(TEMPORARY_API_ENV):
         raise TrainingError(
-            f"training on work pool {pool!r} needs a Prefect server: Prefect's temporary API "
-            "lives in this process, where no worker can reach it",
+            f"training on work pool {pool!r} needs a Prefect server: a temporary one lives "
+            "only as long as this command, and a worker elsewhere cannot reach it",
             where="training.work_pool (or --training-pool)",
             fix="start `prefect server start` and export PREFECT_API_URL, or train in process "
             "(no work pool)",

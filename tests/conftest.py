@@ -28,6 +28,8 @@ for key, value in {
 from multilora_pipeline.tasks.workspace import Workspace  # noqa: E402
 
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="mlora-tests-"))
+# The user's cache (the Prefect database template, flows/temporary_server.py) stays untouched.
+os.environ["XDG_CACHE_HOME"] = str(SESSION_ROOT / "cache")
 SESSION_WORKSPACE = Workspace.resolve(SESSION_ROOT / "workspace").activate()
 REPO = Path(__file__).resolve().parents[1]
 

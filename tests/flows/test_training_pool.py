@@ -20,6 +20,7 @@ from multilora_pipeline.data_specs.schema import (
     load_spec,
 )
 from multilora_pipeline.flows.runs import ArmRun, run_key, training_hash
+from multilora_pipeline.flows.temporary_server import TEMPORARY_API_ENV
 from multilora_pipeline.flows.training import (
     reachable_workspace,
     training_parameters,
@@ -123,6 +124,16 @@ def test_a_training_pool_needs_a_prefect_server():
             ensure_training_deployment("gpu")
 
 
+def test_a_training_pool_refuses_a_commands_temporary_server(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = "http://127.0.0.1:4999/api"
+    monkeypatch.setenv(TEMPORARY_API_ENV, url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        with pytest.raises(TrainingError, match="a temporary one lives only as long as"):
+            ensure_training_deployment("gpu")
+
+
 def test_a_server_that_does_not_answer_is_one_error():
     import socket
 
@@ -199,19 +210,6 @@ def test_ui_points_at_the_tracking_server(monkeypatch, capsys, tmp_path, activat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert main(["--workspace", str(tmp_path / "ws"), "ui"]) == 0
     assert "open http://127.0.0.1:5999" in capsys.readouterr().out
-
-
-def test_commands_say_when_they_start_prefects_temporary_server(monkeypatch, caplog):
-    from multilora_pipeline.flows.cli import temporary_server_hint
-
-    caplog.set_level("INFO", logger="mlora.cli")
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    temporary_server_hint()
-    assert not caplog.records
-    monkeypatch.delenv("PREFECT_API_URL")
-    temporary_server_hint()
-    (record,) = caplog.records
-    assert "temporary server starts now" in record.message and "PREFECT_API_URL" in record.message
 
 
 def test_a_worker_on_another_tracking_store_refuses_the_run(monkeypatch, tmp_path):
