@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.response_logits import response_logits
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import (
     CausalLM,
@@ -105,20 +106,25 @@ def heldout_loss(
             nll, count = 0.0, 0
             start = 0
             while start < len(examples):
-                # Full logits are rows x length x vocab floats: with a 49k vocabulary 16 rows
-                # of 160 tokens are 0.5 GB (and as much again for the log-softmax), so a batch
-                # runs in as many rows as fit the budget.
+                # Only response positions get logits, but a batch of all-response rows would
+                # need rows x length x vocab floats (16 x 160 x 49k: 0.5 GB, and as much again
+                # for the log-softmax), so a batch still runs in as many rows as fit the budget.
                 rows_now = min(batch_size, lm.rows_within_budget(len(examples[start].input_ids)))
                 chunk = examples[start : start + rows_now]
                 start += rows_now
                 ids, mask = right_pad([e.input_ids for e in chunk], lm.pad_id)
                 labels, _ = right_pad([e.labels for e in chunk], IGNORE)
-                logits, _ = lm(ids, mask, position_ids(mask))
-                targets = labels[:, 1:].to(logits.device)
-                keep = targets != IGNORE
-                logp = token_logprobs(logits[:, :-1], targets.clamp(min=0))
-                nll -= float(logp[keep].sum())
-                count += int(keep.sum())
+                logits, targets = response_logits(
+                    model,
+                    ids.to(lm.device),
+                    labels,
+                    ignore_index=IGNORE,
+                    attention_mask=mask.to(lm.device),
+                    position_ids=position_ids(mask).to(lm.device),
+                    use_cache=False,
+                )
+                nll -= float(token_logprobs(logits, targets).sum())
+                count += targets.numel()
             totals[source] = (nll, count)
     return totals
 

@@ -48,6 +48,7 @@ from multilora_pipeline.models.multilora import (
 )
 from multilora_pipeline.models.multilora.model import ADAPTER_WEIGHTS_NAME
 from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.response_logits import response_logits
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
 from multilora_pipeline.tasks.training.dataset import build_dataset, read_records
 from multilora_pipeline.tasks.training.gguf import SOURCE_FILE as GGUF_SOURCE_FILE
@@ -126,6 +127,26 @@ class ArmTrainer(Trainer):
             targets = int((batch[:, 1:] != IGNORE).sum())
             loss = loss * (targets / batch.shape[0]) * self._eval_weight
         return loss, logits, labels
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The response tokens' mean cross-entropy, as the model's own loss, with the output
+        head run only where a label is predicted (models/response_logits.py). Normalised
+        as Trainer's default rule expects: over the accumulated batch's `num_items_in_batch`
+        when the model takes loss kwargs (Trainer then leaves it as it is), else over this
+        batch (Trainer divides by the accumulation steps)."""
+        if return_outputs:  # prediction_step wants the model's outputs: its own path
+            return super().compute_loss(model, inputs, True, num_items_in_batch)
+        inputs = dict(inputs)
+        logits, targets = response_logits(
+            model, inputs.pop("input_ids"), inputs.pop("labels"), ignore_index=IGNORE, **inputs
+        )
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = nll / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # the count is summed over processes
+                loss = loss * self.accelerator.num_processes
+            return loss
+        return nll / max(1, targets.numel())
 
     def create_optimizer(self, model=None):
         if self.arm.kind == "full":  # Trainer's own AdamW, with its no-decay groups

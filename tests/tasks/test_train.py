@@ -246,6 +246,34 @@ def test_scales_get_their_own_learning_rate_and_weight_decay(setup):
     assert len(groups["lora"]["params"]) == 2 * n_layers
 
 
+@pytest.mark.parametrize("accumulated", [False, True], ids=["batch", "accumulated"])
+def test_training_loss_is_the_models_own(setup, tmp_path, accumulated):
+    """ArmTrainer's loss (the output head only on response positions) is Trainer's own, with
+    the normalisation Trainer expects: per batch, or over the accumulated batch's items."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from multilora_pipeline.tasks.training.dataset import build_dataset
+    from multilora_pipeline.tasks.training.loading import load_base
+    from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model
+
+    root, base = setup
+    model, tokenizer = load_base(base, revision=None, dtype=torch.float32, trust_remote_code=False)
+    prepare_arm_model(model, ARMS["lora"])
+    data, _ = build_dataset(root / "mix", PromptFormat.resolve(tokenizer), TRAINING)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = ArmTrainer(
+        model=model, args=args, train_dataset=data, arm=ARMS["lora"], training=TRAINING
+    )
+    inputs = default_data_collator(data[:4])
+    assert (inputs["labels"] == -100).float().mean() > 0.3  # prompts are masked out
+    items = int((inputs["labels"][:, 1:] != -100).sum()) * 3 if accumulated else None
+    ours = trainer.compute_loss(model, dict(inputs), num_items_in_batch=items)
+    own = Trainer.compute_loss(trainer, model, dict(inputs), num_items_in_batch=items)
+    torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-6)
+    if accumulated:  # a third of the accumulated batch's items: a third of the mean
+        torch.testing.assert_close(ours * 3, trainer.compute_loss(model, dict(inputs)))
+
+
 def test_epochs_and_gradient_checkpointing(setup, tmp_path):
     root, base = setup
     training = TRAINING.model_copy(
