@@ -7,7 +7,10 @@ Measures, in one run on the same converted model:
 - training tokens/s of the multilora arm and of a PEFT LoRA of equal total rank (n·r),
   both on every linear layer of each block, through the pipeline's training path
   (benchmarks/train_throughput.py's `run_arm`) on packed batches of the demo mixture's
-  text in the chat format (target: multilora / PEFT >= 0.95);
+  text in the chat format, prompts masked out of the loss as the train stage does. Each
+  arm twice: with the pipeline's loss (the output head on response positions only) and
+  with Trainer's own (the head everywhere). Targets: multilora / PEFT >= 0.95 on the same
+  loss code; `multilora/multilora_full_head` is what the response-only head buys;
 - multiple-choice scoring items/s of the base model on the demo's boolq suite, in the
   chat format the demo scores in;
 - the process's peak RSS;
@@ -71,6 +74,10 @@ def scoring_rate(folder: Path, fmt: PromptFormat, suite_path: str, items: int, b
     }
 
 
+def ratio(by: dict, a: str, b: str) -> float | None:
+    return round(by[a] / by[b], 3) if a in by and b in by else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, default=160, help="the demo's training.max_length")
@@ -79,7 +86,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--n", type=int, default=4, help="MultiLoRA modules (LoRA gets n*r)")
     parser.add_argument("--r", type=int, default=4, help="rank per module")
-    parser.add_argument("--arms", default="multilora,peft_lora")
+    parser.add_argument(
+        "--arms", default="multilora,peft_lora_response_head,multilora_full_head,peft_lora"
+    )
     parser.add_argument("--score-items", type=int, default=40)
     parser.add_argument("--workspace", default=None, help="where the GGUF file is converted")
     parser.add_argument("--demo-summary", default=None, help="JSON summary of a demo run")
@@ -124,9 +133,12 @@ def main():
             "rank_per_module": args.r,
             "targets": "every linear layer of each block (7 per block)",
             "arms": arms,
-            "multilora/peft_lora": round(by["multilora"] / by["peft_lora"], 3)
-            if {"multilora", "peft_lora"} <= set(by)
-            else None,
+            # The adapters' cost, same loss code on both (target >= 0.95).
+            "multilora/peft_lora_response_head": ratio(by, "multilora", "peft_lora_response_head"),
+            # The pipeline's arm against PEFT trained the usual way (Trainer's own loss).
+            "multilora/peft_lora": ratio(by, "multilora", "peft_lora"),
+            # What running the head on response positions only buys (models/response_logits.py).
+            "multilora/multilora_full_head": ratio(by, "multilora", "multilora_full_head"),
         },
         "scoring": scoring_rate(
             folder, fmt, data.eval_paths["boolq_mc"], args.score_items, batch=16

@@ -37,7 +37,7 @@ from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
 from multilora_pipeline.models.tiny import BLOCK_LINEARS
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
 from multilora_pipeline.tasks.training.tokenise import IGNORE, TokenisedExample, pack_examples
-from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model
+from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model, response_loss
 
 H100_BF16_FLOPS = 989e12
 SIZES = {
@@ -60,6 +60,27 @@ SIZES = {
         num_key_value_heads=4,
     ),
 }
+
+
+# Arm-name suffixes that swap the loss path: ArmTrainer runs the output head on response
+# positions only (tasks/training/train.py: response_loss), Trainer on every position.
+FULL_HEAD, RESPONSE_HEAD = "_full_head", "_response_head"
+
+
+class FullHeadArmTrainer(ArmTrainer):
+    """ArmTrainer with Trainer's own loss (the head at every position): response_loss's baseline."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+class ResponseLossTrainer(Trainer):
+    """Trainer (for PEFT) with the pipeline's loss path: the same loss code on both arms."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            return super().compute_loss(model, inputs, True, num_items_in_batch)
+        return response_loss(self, model, inputs, num_items_in_batch)
 
 
 def packed_blocks(n_blocks: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -122,24 +143,29 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
         eval_steps=10**6,
         gradient_checkpointing=args.checkpointing,
     )
-    if name == "peft_lora":
+    if name.startswith("peft_lora"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model, LoraConfig(r=args.n * args.r, lora_alpha=args.n * args.r, target_modules=targets)
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        trainer_cls, extra = Trainer, {}
+        trainer_cls, extra = (ResponseLossTrainer if name.endswith(RESPONSE_HEAD) else Trainer), {}
     else:
         arm = (
             ArmSpec(
-                name=name, kind="multilora", n_modules=args.n, rank=args.r, target_modules=targets
+                name="multilora",
+                kind="multilora",
+                n_modules=args.n,
+                rank=args.r,
+                target_modules=targets,
             )
-            if name == "multilora"
+            if name.startswith("multilora")
             else ArmSpec(name=name, kind="lora", rank=args.n * args.r, target_modules=targets)
         )
         trainable, _ = prepare_arm_model(model, arm)
-        trainer_cls, extra = ArmTrainer, {"arm": arm, "training": training}
+        trainer_cls = FullHeadArmTrainer if name.endswith(FULL_HEAD) else ArmTrainer
+        extra = {"arm": arm, "training": training}
     if args.checkpointing:
         enable_activation_checkpointing(model)
     if args.compile:

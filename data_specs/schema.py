@@ -591,6 +591,11 @@ class ArmSpec(AdapterSettings):
     """Weight decay of the MultiLoRA scales (decaying them pulls the update back to zero)."""
 
 
+# TrainingSpec fields added after runs were first trained, with their defaults: left out of a
+# run's identity while at the default, which trains as before they existed.
+ADDED_LATER = {"loss_weighting": "token", "mixed_precision": "auto"}
+
+
 class TrainingSpec(Strict):
     """Shared training settings; every arm uses exactly these."""
 
@@ -635,6 +640,18 @@ class TrainingSpec(Strict):
     machine), while the pipeline scores and registers where it runs (README, "A team
     setup"). `mlora run --training-pool` overrides it. Where a run trains does not change
     its weights: the same run is found again whichever pool trained it."""
+    loss_weighting: Literal["token", "example"] = "token"
+    """token: the loss is the mean over all response tokens in a batch (transformers' own), so
+    a source's weight in training is its share of response tokens: a yes/no answer counts two
+    tokens against a rationale's hundred. example: the mean over examples of each example's
+    mean token loss, so every example counts the same and the mixture's weights are the
+    sources' weights in training too. The held-out loss stays token-weighted either way."""
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    """bf16: train under bf16 autocast (the matmuls in bf16, the adapter's weights, the
+    optimizer and the loss in fp32), on a GPU or a CPU. auto: bf16 on a GPU when the weights
+    are bf16 (base_model.dtype auto or bfloat16), none on a CPU. On a CPU with AVX512-BF16 or
+    AMX, bf16 makes a SmolLM2-135M step about twice as fast (benchmarks/RESULTS.md); on one
+    without, slower. Evaluation always runs in the weights' dtype."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
     compile: bool = False
@@ -667,9 +684,13 @@ class TrainingSpec(Strict):
 
     def identity(self) -> dict:
         """What of these settings decides one run's weights (seeds and the grid choose runs)."""
-        return self.model_dump(
+        identity = self.model_dump(
             mode="json", exclude={"seeds", "learning_rates", "probe_steps", "work_pool"}
         )
+        for name, default in ADDED_LATER.items():  # runs trained before them keep their keys
+            if identity[name] == default:
+                del identity[name]
+        return identity
 
     @property
     def run_seeds(self) -> list[int]:

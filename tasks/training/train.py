@@ -103,6 +103,51 @@ def prepare_arm_model(model, arm: ArmSpec) -> tuple[int, float]:
     return report.trainable_params, report.trainable_share
 
 
+def response_loss(
+    trainer: Trainer, model, inputs: dict, num_items_in_batch=None, *, per_example: bool = False
+) -> torch.Tensor:
+    """The response tokens' cross-entropy, with the output head run only where a label is
+    predicted (models/response_logits.py).
+
+    Token-weighted (the model's own loss): the mean over response tokens, normalised as
+    Trainer's default rule expects, over the accumulated batch's `num_items_in_batch` when
+    the model takes loss kwargs (Trainer then leaves it as it is), else over this batch
+    (Trainer divides by the accumulation steps). `per_example`: the mean over examples of
+    each example's mean token loss, examples told apart in a packed block by their
+    restarting position ids."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    logits, targets = response_logits(
+        model, inputs.pop("input_ids"), labels, ignore_index=IGNORE, **inputs
+    )
+    trainer_divides = not (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None)
+    if per_example:
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        example = _example_of_targets(labels, inputs.get("position_ids")).to(nll.device)
+        _, which, tokens = torch.unique(example, return_inverse=True, return_counts=True)
+        loss = (nll / tokens[which]).sum() / max(1, tokens.numel())
+        return loss if trainer_divides else loss / trainer.args.gradient_accumulation_steps
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    if trainer_divides:
+        return nll / max(1, targets.numel())
+    loss = nll / num_items_in_batch
+    if trainer.args.average_tokens_across_devices:  # the count is summed over processes
+        loss = loss * trainer.accelerator.num_processes
+    return loss
+
+
+def _example_of_targets(labels: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """For each predicted label (in response_logits' order), a number naming its example:
+    rows are examples, or, packed, each run of position ids from 0 is one."""
+    rows, length = labels.shape
+    if position_ids is None:
+        example = torch.arange(rows, device=labels.device)[:, None].expand(rows, length)
+    else:
+        starts = (position_ids == 0).long().cumsum(dim=1)
+        example = starts + torch.arange(rows, device=labels.device)[:, None] * (length + 1)
+    return example[:, 1:][labels[:, 1:] != IGNORE]
+
+
 class ArmTrainer(Trainer):
     """Trainer with MultiLoRA parameter groups and adapter-only checkpoints."""
 
@@ -129,24 +174,15 @@ class ArmTrainer(Trainer):
         return loss, logits, labels
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The response tokens' mean cross-entropy, as the model's own loss, with the output
-        head run only where a label is predicted (models/response_logits.py). Normalised
-        as Trainer's default rule expects: over the accumulated batch's `num_items_in_batch`
-        when the model takes loss kwargs (Trainer then leaves it as it is), else over this
-        batch (Trainer divides by the accumulation steps)."""
         if return_outputs:  # prediction_step wants the model's outputs: its own path
             return super().compute_loss(model, inputs, True, num_items_in_batch)
-        inputs = dict(inputs)
-        logits, targets = response_logits(
-            model, inputs.pop("input_ids"), inputs.pop("labels"), ignore_index=IGNORE, **inputs
+        return response_loss(
+            self,
+            model,
+            inputs,
+            num_items_in_batch,
+            per_example=self.training.loss_weighting == "example",
         )
-        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            loss = nll / num_items_in_batch
-            if self.args.average_tokens_across_devices:  # the count is summed over processes
-                loss = loss * self.accelerator.num_processes
-            return loss
-        return nll / max(1, targets.numel())
 
     def create_optimizer(self, model=None):
         if self.arm.kind == "full":  # Trainer's own AdamW, with its no-decay groups
@@ -369,7 +405,12 @@ def training_arguments(
         use_cpu=device == "cpu",
         # CPU data parallelism (how the distributed path is tested) needs gloo.
         ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
-        bf16=device == "cuda" and dtype in ("auto", "bfloat16"),
+        bf16=training.mixed_precision == "bf16"
+        or (
+            training.mixed_precision == "auto"
+            and device == "cuda"
+            and dtype in ("auto", "bfloat16")
+        ),
         report_to="none",
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
         dataloader_num_workers=0,

@@ -11,7 +11,7 @@ import yaml
 
 from multilora_pipeline.data_specs.errors import SpecError
 from multilora_pipeline.data_specs.formats import TEMPLATE_NAMES
-from multilora_pipeline.data_specs.schema import RegistrySpec, load_spec, parse_spec
+from multilora_pipeline.data_specs.schema import RegistrySpec, TrainingSpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data_specs" / "demo_tiny.yaml"
@@ -447,6 +447,19 @@ def test_seeds_and_grids_leave_the_runs_they_already_have_the_same(demo):
     assert probing.training.for_run(0).identity() == plain.training.for_run(0).identity()
     grid = parse_spec(edited(demo, "arms.1.learning_rates", [1e-3]), FILE)
     assert grid.arms[1].identity() == plain.arms[1].identity()
+
+
+@pytest.mark.parametrize(
+    "name, other", [("mixed_precision", "bf16"), ("loss_weighting", "example")]
+)
+def test_fields_added_later_left_at_their_default_keep_the_runs_trained_before_them(
+    demo, name, other
+):
+    default = TrainingSpec.model_fields[name].default
+    plain = parse_spec(edited(demo, f"training.{name}", default), FILE).training
+    assert name not in plain.identity()  # as before the field existed
+    changed = parse_spec(edited(demo, f"training.{name}", other), FILE).training
+    assert changed.identity() == {**plain.identity(), name: other}
 
 
 def test_mlflow_parameters_show_urls_redacted_and_the_hash_still_sees_them(demo):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 from transformers import TrainerCallback
+from transformers import default_data_collator as default_collate
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.record import make_record, records_to_table
@@ -123,6 +124,40 @@ def test_loss_goes_down_and_adapter_is_exported(setup, tmp_path, arm):
     assert (tmp_path / arm.name / "peft" / "adapter_config.json").is_file()
     assert json.loads((tmp_path / arm.name / "result.json").read_text())["steps"] == 8
     assert not list((tmp_path / arm.name).glob("checkpoint-*"))
+
+
+class _AutocastSeen(TrainerCallback):
+    """Records, at each step's end, whether the model's blocks ran under CPU autocast."""
+
+    def __init__(self):
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        block = model.model.layers[0].mlp
+        block.register_forward_hook(
+            lambda _m, _i, out: self.seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        )
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_mixed_precision_bf16_trains_under_autocast_on_a_cpu(setup, tmp_path, precision):
+    root, base = setup
+    seen = _AutocastSeen()
+    training = TRAINING.model_copy(update={"mixed_precision": precision, "max_steps": 4})
+    result = train_arm(
+        arm=ARMS["lora"],
+        training=training,
+        callbacks=[seen],
+        **on_mix(setup),
+        output_dir=tmp_path / "lora",
+    )
+    bf16 = precision == "bf16"
+    assert seen.seen and all(
+        s == (bf16, torch.bfloat16 if bf16 else torch.float32) for s in seen.seen
+    )
+    assert math.isfinite(result.train_loss)
+    weights = _weights(tmp_path / "lora")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # the adapter stays fp32
 
 
 class _Crash(TrainerCallback):
@@ -272,6 +307,42 @@ def test_training_loss_is_the_models_own(setup, tmp_path, accumulated):
     torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-6)
     if accumulated:  # a third of the accumulated batch's items: a third of the mean
         torch.testing.assert_close(ours * 3, trainer.compute_loss(model, dict(inputs)))
+
+
+def test_example_weighting_averages_each_examples_own_mean_in_a_packed_block(setup):
+    """loss_weighting: example gives every example of a packed block the same weight: the
+    mean of the examples' mean token losses, each example scored on its own."""
+    from transformers import Trainer, TrainingArguments
+
+    from multilora_pipeline.tasks.training.loading import load_base
+    from multilora_pipeline.tasks.training.tokenise import (
+        TokenisedExample,
+        pack_examples,
+        pad_examples,
+    )
+    from multilora_pipeline.tasks.training.train import response_loss
+
+    _, base = setup
+    model, _ = load_base(base, revision=None, dtype=torch.float32, trust_remote_code=False)
+    torch.manual_seed(0)
+    examples = []
+    for prompt, answer in ((6, 1), (5, 9), (8, 2), (4, 12)):  # short and long answers
+        ids = torch.randint(4, 300, (prompt + answer,)).tolist()
+        examples.append(TokenisedExample(ids, [-100] * prompt + ids[prompt:]))
+    packed = default_collate(pack_examples(examples, 24, pad_id=0))
+    assert packed["input_ids"].shape[0] == 3  # the first block packs two examples
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none"),
+    )
+    ours = response_loss(trainer, model, packed, per_example=True)
+    alone = [
+        response_loss(trainer, model, default_collate(pad_examples([ex], 24, pad_id=0)))
+        for ex in examples
+    ]
+    torch.testing.assert_close(ours, torch.stack(alone).mean(), rtol=1e-5, atol=1e-6)
+    tokens = response_loss(trainer, model, packed)  # token-weighted: the long answers dominate
+    assert not torch.allclose(tokens, ours, rtol=1e-3)
 
 
 def test_epochs_and_gradient_checkpointing(setup, tmp_path):
