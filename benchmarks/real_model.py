@@ -10,7 +10,8 @@ Measures, in one run on the same converted model:
   text in the chat format, prompts masked out of the loss as the train stage does. Each
   arm twice: with the pipeline's loss (the output head on response positions only) and
   with Trainer's own (the head everywhere). Targets: multilora / PEFT >= 0.95 on the same
-  loss code; `multilora/multilora_full_head` is what the response-only head buys;
+  loss code; `multilora/multilora_full_head` is what the response-only head buys,
+  `multilora_bf16/multilora` what bf16 autocast buys (fp32 otherwise);
 - multiple-choice scoring items/s of the base model on the demo's boolq suite, in the
   chat format the demo scores in;
 - the process's peak RSS;
@@ -87,7 +88,8 @@ def main():
     parser.add_argument("--n", type=int, default=4, help="MultiLoRA modules (LoRA gets n*r)")
     parser.add_argument("--r", type=int, default=4, help="rank per module")
     parser.add_argument(
-        "--arms", default="multilora,peft_lora_response_head,multilora_full_head,peft_lora"
+        "--arms",
+        default="multilora,peft_lora_response_head,multilora_full_head,peft_lora,multilora_bf16",
     )
     parser.add_argument("--score-items", type=int, default=40)
     parser.add_argument("--workspace", default=None, help="where the GGUF file is converted")
@@ -139,6 +141,8 @@ def main():
             "multilora/peft_lora": ratio(by, "multilora", "peft_lora"),
             # What running the head on response positions only buys (models/response_logits.py).
             "multilora/multilora_full_head": ratio(by, "multilora", "multilora_full_head"),
+            # What bf16 autocast buys on this CPU (training.mixed_precision: bf16).
+            "multilora_bf16/multilora": ratio(by, "multilora_bf16", "multilora"),
         },
         "scoring": scoring_rate(
             folder, fmt, data.eval_paths["boolq_mc"], args.score_items, batch=16

@@ -65,6 +65,8 @@ SIZES = {
 # Arm-name suffixes that swap the loss path: ArmTrainer runs the output head on response
 # positions only (tasks/training/train.py: response_loss), Trainer on every position.
 FULL_HEAD, RESPONSE_HEAD = "_full_head", "_response_head"
+# And one that trains under bf16 autocast (training.mixed_precision: bf16), on a CPU too.
+BF16 = "_bf16"
 
 
 class FullHeadArmTrainer(ArmTrainer):
@@ -150,7 +152,7 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
             model, LoraConfig(r=args.n * args.r, lora_alpha=args.n * args.r, target_modules=targets)
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        trainer_cls, extra = (ResponseLossTrainer if name.endswith(RESPONSE_HEAD) else Trainer), {}
+        trainer_cls, extra = (ResponseLossTrainer if RESPONSE_HEAD in name else Trainer), {}
     else:
         arm = (
             ArmSpec(
@@ -164,7 +166,7 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
             else ArmSpec(name=name, kind="lora", rank=args.n * args.r, target_modules=targets)
         )
         trainable, _ = prepare_arm_model(model, arm)
-        trainer_cls = FullHeadArmTrainer if name.endswith(FULL_HEAD) else ArmTrainer
+        trainer_cls = FullHeadArmTrainer if FULL_HEAD in name else ArmTrainer
         extra = {"arm": arm, "training": training}
     if args.checkpointing:
         enable_activation_checkpointing(model)
@@ -183,7 +185,7 @@ def run_arm(name, config, data, args, device, dtype, make_model=random_model):
         report_to="none",
         disable_tqdm=True,
         use_cpu=device == "cpu",
-        bf16=dtype == torch.bfloat16,
+        bf16=dtype == torch.bfloat16 or BF16 in name,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )

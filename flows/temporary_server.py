@@ -35,6 +35,7 @@ from importlib.metadata import entry_points, version
 from pathlib import Path
 
 from multilora_pipeline.data_specs.errors import PipelineError
+from multilora_pipeline.models.content import write_text_atomic
 from multilora_pipeline.tasks.workspace import Workspace
 
 log = logging.getLogger("mlora.cli")
@@ -96,6 +97,26 @@ def save_database_template(database: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _current_marker(database: Path) -> Path:
+    return database.with_name(f"{database.name}.migrated-by")
+
+
+def database_is_current(database: Path) -> bool:
+    """Whether a workspace's database was last migrated by the installed Prefect and Prefect
+    collections (the template's name says which); False when it has no database."""
+    marker = _current_marker(database)
+    return (
+        database.is_file()
+        and marker.is_file()
+        and marker.read_text().strip() == database_template().name
+    )
+
+
+def mark_current(database: Path) -> None:
+    """Record that the installed Prefect has migrated `database` (a server started on it)."""
+    write_text_atomic(_current_marker(database), database_template().name + "\n")
+
+
 class TemporaryServer:
     """One command's Prefect server: `launch()` early, `api()` around the flow call,
     `stop()` at the end (or use it as a context manager, which launches and stops)."""
@@ -110,7 +131,7 @@ class TemporaryServer:
         )
         self.process: subprocess.Popen | None = None
         self.url = ""
-        self._new_database = self._seeded = False
+        self._new_database = self._seeded = self._current = False
         self._ready = False
 
     def __enter__(self) -> TemporaryServer:
@@ -125,12 +146,19 @@ class TemporaryServer:
         if self.database is not None:
             self._seeded = seed_database(self.database)
             self._new_database = not self._seeded and not self.database.exists()
+            if self._seeded:
+                mark_current(self.database)
+            self._current = self._seeded or database_is_current(self.database)
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.ws.prefect_home),  # the database seeded above
             "PREFECT_SERVER_UI_ENABLED": "false",
         }
-        if self._seeded:  # the template has the block types that registering would add
+        if self._current:
+            # Migrated, and its block types registered, by this Prefect and these collections:
+            # checking the migrations again (alembic reads every revision) and registering
+            # the blocks again would only repeat work.
+            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
             env["PREFECT_SERVER_REGISTER_BLOCKS_ON_START"] = "false"
         with socket.socket() as sock:
             # Bound here and handed over, not picked and re-bound: no other process can
@@ -181,8 +209,10 @@ class TemporaryServer:
                 self._fail(f"did not answer within {timeout:.0f} s")
             time.sleep(0.1)
         self._ready = True
-        if self._new_database and self.database is not None:
-            save_database_template(self.database)
+        if self.database is not None and not self._current:
+            mark_current(self.database)
+            if self._new_database:
+                save_database_template(self.database)
         return self.url
 
     def _fail(self, what: str):

@@ -19,7 +19,9 @@ from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.flows.temporary_server import (
     TEMPORARY_API_ENV,
     TemporaryServer,
+    database_is_current,
     database_template,
+    mark_current,
     save_database_template,
     seed_database,
 )
@@ -68,6 +70,18 @@ def test_a_new_workspace_gets_a_whole_copy_of_the_template_once(cache, tmp_path)
     assert sorted(p.name for p in database.parent.iterdir()) == ["prefect.db"]  # no .tmp
 
 
+def test_a_database_migrated_by_this_prefect_is_not_migrated_again(cache, tmp_path):
+    database = tmp_path / "prefect.db"
+    assert not database_is_current(database)
+    database.write_bytes(b"")
+    assert not database_is_current(database)  # never started by a server here
+    mark_current(database)
+    assert database_is_current(database)
+    marker = tmp_path / "prefect.db.migrated-by"
+    marker.write_text("prefect-2.0.0-000000000000.db\n")  # another Prefect: migrate again
+    assert not database_is_current(database)
+
+
 @pytest.mark.slow  # starts Prefect servers
 def test_the_server_serves_the_commands_flows_and_a_new_workspace_starts_from_the_template(
     cache, tmp_path, no_prefect_api
@@ -97,12 +111,14 @@ def test_the_server_serves_the_commands_flows_and_a_new_workspace_starts_from_th
         process = server.process
     assert process.poll() is not None  # stopped with the block
     assert database_template().is_file()  # kept from the first, freshly migrated database
+    assert database_is_current(first.prefect_home / "prefect.db")  # the next start skips it
 
     second = Workspace.resolve(tmp_path / "second").ensure()
     server = TemporaryServer(second)
     server.launch()
     try:
         assert (second.prefect_home / "prefect.db").is_file()  # seeded before it starts
+        assert database_is_current(second.prefect_home / "prefect.db")
         with server.api():
             assert doubled(1) == 2
             with get_client(sync_client=True) as client:
