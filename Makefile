@@ -27,7 +27,7 @@ $(BIN)/mlora: pyproject.toml
 
 install: $(BIN)/mlora     ## virtual environment with the project and its dev tools
 
-demo: install             ## the whole DAG on SmolLM2-135M-Instruct (~12 min on 2 CPU cores)
+demo: install             ## the whole DAG on SmolLM2-135M-Instruct (~11 min on 2 CPU cores)
 	$(BIN)/mlora run data_specs/demo.yaml
 
 demo-tiny: install        ## the same DAG on a tiny random model: the mechanics in ~1 min
