@@ -146,9 +146,9 @@ class TemporaryServer:
         if self.database is not None:
             self._seeded = seed_database(self.database)
             self._new_database = not self._seeded and not self.database.exists()
-            if self._seeded:
+            if self._seeded:  # the template was migrated by this Prefect
                 mark_current(self.database)
-            self._current = self._seeded or database_is_current(self.database)
+            self._current = database_is_current(self.database)
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.ws.prefect_home),  # the database seeded above

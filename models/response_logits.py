@@ -3,8 +3,9 @@
 A causal LM's head turns every position's hidden state into a vocabulary-sized row of
 logits, and the loss then keeps the rows that predict a label. With prompts masked out
 of the loss (the default) that is a few rows in a hundred, and with SmolLM2's 49k
-vocabulary the head and its log-softmax are a fifth to a third of a training step on a
-CPU: 3.5 s vs 2.2-2.5 s for a step of 4 x 160 tokens (benchmarks/RESULTS.md).
+vocabulary the head and its log-softmax over every position are a quarter of a training
+step: SmolLM2-135M on this 2-core CPU trains 279 tokens/s instead of 202 (x1.38,
+benchmarks/real_model.py, RESULTS.md).
 
 The model is still called as a whole (so DDP, accelerate's wrappers and activation
 checkpointing see their usual forward); a pre-hook on its output embeddings hands the head

@@ -36,13 +36,11 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.models.prompt_format import PromptFormat
-from multilora_pipeline.models.response_logits import response_logits
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import (
     CausalLM,
     choice_metrics,
     eval_mode,
-    position_ids,
     right_pad,
     score_choices,
     token_logprobs,
@@ -114,15 +112,7 @@ def heldout_loss(
                 start += rows_now
                 ids, mask = right_pad([e.input_ids for e in chunk], lm.pad_id)
                 labels, _ = right_pad([e.labels for e in chunk], IGNORE)
-                logits, targets = response_logits(
-                    model,
-                    ids.to(lm.device),
-                    labels,
-                    ignore_index=IGNORE,
-                    attention_mask=mask.to(lm.device),
-                    position_ids=position_ids(mask).to(lm.device),
-                    use_cache=False,
-                )
+                logits, targets = lm.response_logits(ids, mask, labels, ignore_index=IGNORE)
                 nll -= float(token_logprobs(logits, targets).sum())
                 count += targets.numel()
             totals[source] = (nll, count)

@@ -2,7 +2,7 @@
 version (`CausalLM`), eval mode, padding, positions and token log-probabilities.
 
 Multiple-choice scoring (scoring.py), greedy generation (generate.py) and the held-out
-loss (evaluate.py) all go through these, so the three see the model identically.
+loss (evaluate.py, through `CausalLM.response_logits`) all go through these, so the three see the model identically.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.models.response_logits import response_logits
 
 # --- the model, called the same way whatever its transformers version ----------------
 
@@ -61,13 +62,24 @@ class CausalLM:
         # The pad id only fills masked positions, so any valid id will do.
         self.pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
 
-    def __call__(self, ids, mask, positions, cache=None, use_cache=False, last_only=False):
-        kwargs = {
+    def _inputs(self, ids, mask, positions, use_cache: bool) -> dict:
+        return {
             "input_ids": ids.to(self.device),
             "attention_mask": mask.to(self.device),
             "position_ids": positions.to(self.device),
             "use_cache": use_cache,
         }
+
+    def response_logits(self, ids, mask, labels, ignore_index: int):
+        """(logits, targets) where a label is predicted (models/response_logits.py): the
+        output head runs on those positions only. The held-out loss's call."""
+        kwargs = self._inputs(ids, mask, position_ids(mask), use_cache=False)
+        return response_logits(
+            self.model, kwargs.pop("input_ids"), labels, ignore_index=ignore_index, **kwargs
+        )
+
+    def __call__(self, ids, mask, positions, cache=None, use_cache=False, last_only=False):
+        kwargs = self._inputs(ids, mask, positions, use_cache)
         if cache is not None:
             kwargs[self.cache_arg] = cache
         if last_only and self.keeps_last:
