@@ -3,6 +3,9 @@ writes them, the spec that may pick one as `registry.primary_metric`, the gate t
 compares them and the summaries that show them.
 
     <suite>_acc, <suite>_acc_norm        multiple-choice suites (lm-eval's two accuracies)
+    <suite>_balanced_acc                 multiple-choice suites: mean recall over the gold labels
+    <suite>_majority, <suite>_chance     what acc is read against: always the most common
+                                         answer, and uniform guessing (from the suite's labels)
     <suite>_exact_match                  generation suites (the headline score)
     <suite>_strict_match, _flexible_extract   gsm8k generation suites (lm-eval's two scores)
     category_<category>_score            mean headline score of a category's suites
@@ -20,7 +23,11 @@ MULTIPLE_CHOICE = ("acc", "acc_norm")
 GENERATION = ("exact_match",)
 GSM8K = ("strict_match", "flexible_extract")
 """lm-eval's gsm8k scores: `#### N` answer only, and the last number in the text."""
-SUITE_SCORES = (*MULTIPLE_CHOICE, *GENERATION)
+BALANCED_ACC = "balanced_acc"
+MAJORITY, CHANCE = "majority", "chance"
+BASELINES = (MAJORITY, CHANCE)
+"""A multiple-choice suite's two constant references: the same for every model scored on it."""
+SUITE_SCORES = (*MULTIPLE_CHOICE, BALANCED_ACC, *GENERATION)
 """The per-suite scores a summary shows beside the macro mean."""
 
 

@@ -746,6 +746,12 @@ class RegistrySpec(Strict):
     same run) by min_improvement: an adapter worse than no adapter never becomes champion,
     even when there is no champion yet. False promotes on the champion comparison alone
     (the gate's reasons still state the base model's score)."""
+    must_beat_majority: bool | None = None
+    """Promote only a challenger that beats always giving the majority answer on every
+    multiple-choice suite its primary metric is made of: the 95% paired interval of its
+    accuracy minus the constant predictor's must have its lower end above 0, and the gate
+    names the suite that fails. None (the default) turns it on for a pretrained base model
+    and off for a tiny random one (which sits at chance by design)."""
 
 
 class DataSpec(Strict):
@@ -878,6 +884,12 @@ class PipelineSpec(DataSpec):
     @property
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"mlora-{self.name}"
+
+    @property
+    def must_beat_majority(self) -> bool:
+        """registry.must_beat_majority as decided: unset, on unless the base model is tiny."""
+        chosen = self.registry.must_beat_majority
+        return self.base_model.tiny is None if chosen is None else chosen
 
     @property
     def evaluation_device(self) -> str:

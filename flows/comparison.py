@@ -39,6 +39,25 @@ def compared_metrics(spec: PipelineSpec) -> list[str]:
     return list(dict.fromkeys([spec.registry.primary_metric, *suites]))
 
 
+def majority_metrics(spec: PipelineSpec) -> list[str]:
+    """The compared metrics a constant answer has a score on: those made of multiple-choice
+    suites only (each such suite's accuracy, and the primary metric if all its parts are)."""
+    kinds = {s.name: s.kind for s in spec.eval_suites}
+    return [
+        m
+        for m in compared_metrics(spec)
+        if all(kinds[suite] == "multiple_choice" for suite, _ in metric_parts(m, spec.eval_suites))
+    ]
+
+
+def gate_majority_metrics(spec: PipelineSpec) -> list[str]:
+    """The suite metrics registry.must_beat_majority checks: each multiple-choice part of the
+    primary metric, as that suite's own metric."""
+    kinds = {s.name: s.kind for s in spec.eval_suites}
+    parts = metric_parts(spec.registry.primary_metric, spec.eval_suites)
+    return [names.suite_metric(s, k) for s, k in parts if kinds[s] == "multiple_choice"]
+
+
 def interval(spec: PipelineSpec, a: ItemScores, b: ItemScores | None, metric: str) -> Interval:
     """`metric` of a minus that of b (or a's own score when b is None), paired over items."""
     return paired_bootstrap(
@@ -60,6 +79,9 @@ class Comparison:
     """(arm a, arm b) -> metric -> interval of a - b."""
     scores: dict[str, dict[str, Interval]]
     """model (base and arms) -> metric -> interval of its own score."""
+    versus_majority: dict[str, dict[str, Interval]]
+    """model (base and arms) -> metric -> interval of model - always the majority answer
+    (`majority_metrics`: multiple-choice suites only)."""
 
     def as_rows(self) -> list[dict]:
         """One row per comparison and metric (the parent run's `eval/intervals.json`)."""
@@ -73,13 +95,20 @@ class Comparison:
             for (a, b), by in self.between_arms.items()
             for m, i in by.items()
         ]
+        rows += [
+            {"comparison": f"{model} - majority", "metric": m, **i.as_dict()}
+            for model, by in self.versus_majority.items()
+            for m, i in by.items()
+        ]
         return rows
 
     def as_metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics: `<arm>_vs_base_<metric>_{gain,low,high}` and the same per pair."""
+        """Flat MLflow metrics: `<arm>_vs_base_<metric>_{gain,low,high}`, the same per pair of
+        arms, and `<model>_vs_majority_<metric>_*` (the base model's too)."""
         out = {}
         named = {f"{arm}_vs_base": by for arm, by in self.versus_base.items()}
         named |= {f"{a}_vs_{b}": by for (a, b), by in self.between_arms.items()}
+        named |= {f"{model}_vs_majority": by for model, by in self.versus_majority.items()}
         for prefix, by in named.items():
             for metric, i in by.items():
                 out |= {
@@ -90,7 +119,14 @@ class Comparison:
         return out
 
 
-def compare(spec: PipelineSpec, base_items: ItemScores, outcomes: list[ArmOutcome]) -> Comparison:
+def compare(
+    spec: PipelineSpec,
+    base_items: ItemScores,
+    outcomes: list[ArmOutcome],
+    constant_items: ItemScores,
+) -> Comparison:
+    """Every interval of the run; `constant_items` are the constant predictor's per-item
+    scores (tasks/evaluation/baselines.py)."""
     metrics = compared_metrics(spec)
     versus_base = {
         o.arm.name: {m: interval(spec, o.items, base_items, m) for m in metrics} for o in outcomes
@@ -101,11 +137,23 @@ def compare(spec: PipelineSpec, base_items: ItemScores, outcomes: list[ArmOutcom
     }
     scores = {"base": {m: interval(spec, base_items, None, m) for m in metrics}}
     scores |= {o.arm.name: {m: interval(spec, o.items, None, m) for m in metrics} for o in outcomes}
-    return Comparison(versus_base, between, scores)
+    models = {"base": base_items, **{o.arm.name: o.items for o in outcomes}}
+    against = majority_metrics(spec) if constant_items else []
+    versus_majority = {
+        model: {m: interval(spec, items, constant_items, m) for m in against}
+        for model, items in models.items()
+    }
+    return Comparison(versus_base, between, scores, versus_majority)
 
 
-def log_comparison(run: RunContext, comparison: Comparison, outcomes: list[ArmOutcome]) -> None:
-    """The comparison on the parent run: metrics, the interval table, the two plots."""
+def log_comparison(
+    run: RunContext,
+    comparison: Comparison,
+    outcomes: list[ArmOutcome],
+    references: dict[str, dict[str, float]],
+) -> None:
+    """The comparison on the parent run: metrics, the interval table, the two plots (the
+    scores beside `references`: chance and the majority rate per suite metric)."""
     tracker, parent = run.tracker, run.parent_id
     tracker.log_metrics(parent, comparison.as_metrics())
     tracker.log_json(parent, comparison.as_rows(), "eval/intervals.json")
@@ -118,7 +166,9 @@ def log_comparison(run: RunContext, comparison: Comparison, outcomes: list[ArmOu
         arm: {m: (i.estimate, i.low, i.high) for m, i in by.items() if m in suites}
         for arm, by in comparison.versus_base.items()
     }
-    tracker.log_figure(parent, plot_suite_intervals(as_tuples, gains), "plots/suite_scores.png")
+    tracker.log_figure(
+        parent, plot_suite_intervals(as_tuples, gains, references), "plots/suite_scores.png"
+    )
     probes = {f"{o.arm.name} {p.label}": p.history for o in outcomes for p in o.probes if p.history}
     if probes:
         figure = plot_loss_curves(probes, title="Learning-rate probes (the lowest eval loss wins)")

@@ -14,7 +14,11 @@ from prefect import flow
 
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.flows.data import run_data_stages
-from multilora_pipeline.tasks.evaluation.lm_eval_tasks import model_args, write_lm_eval_tasks
+from multilora_pipeline.tasks.evaluation.lm_eval_tasks import (
+    lm_eval_flags,
+    model_args,
+    write_lm_eval_tasks,
+)
 from multilora_pipeline.tasks.evaluation.suites import LM_EVAL_VERSION
 from multilora_pipeline.tasks.training.base_model import (
     base_model_path,
@@ -25,23 +29,39 @@ from multilora_pipeline.tasks.training.base_model import (
 from multilora_pipeline.tasks.workspace import Workspace
 
 
-def lm_eval_command(base: str, revision: str | None, tasks: list[str], out_dir: Path) -> str:
+def lm_eval_command(
+    base: str, revision: str | None, tasks: list[str], out_dir: Path, chat: bool
+) -> str:
     """The lm_eval command line for a version whose PEFT export is at $PEFT."""
-    args = ",".join(f"{k}={v}" for k, v in model_args(base, "$PEFT", revision).items())
+    args = ",".join(f"{k}={v}" for k, v in model_args(base, "$PEFT", revision, chat).items())
+    flags = "".join(f" {f}" for f in lm_eval_flags(chat))
     return (
-        f"lm_eval --model hf --model_args {args} --include_path {out_dir} "
+        f"lm_eval --model hf{flags} --model_args {args} --include_path {out_dir} "
         f"--tasks {','.join(tasks)} --batch_size 1"
     )
 
 
 def _readme(spec_name: str, registered: str, command: str, fmt: str, tasks) -> str:
+    how = (
+        [
+            "Each task holds the items the pipeline scores, with their few-shot exemplars, as the",
+            "user turn, and the suite's header as the task description; lm-eval renders the",
+            "chat template itself: run it with --apply_chat_template (and no --num_fewshot).",
+            'The choices are plain ("yes", "A"): under a chat template lm-eval drops the',
+            "space before a choice, as the pipeline does.",
+        ]
+        if fmt == "chat"
+        else [
+            "Each task holds the items the pipeline scores, with their few-shot exemplars and",
+            "the bos token already in the context: run it with no --num_fewshot and no",
+            "--apply_chat_template.",
+        ]
+    )
     lines = [
         f"# lm-evaluation-harness tasks for spec `{spec_name}`",
         "",
-        f"Written by `mlora lm-eval-tasks` for lm-eval {LM_EVAL_VERSION}. Each task scores the",
-        "items the pipeline scores, with their few-shot exemplars and the run's prompt format",
-        f"(`{fmt}`) already in the context: run it with no --num_fewshot and no",
-        "--apply_chat_template.",
+        f"Written by `mlora lm-eval-tasks` for lm-eval {LM_EVAL_VERSION}, prompt format `{fmt}`.",
+        *how,
         "",
         "A registered version's PEFT export (or an arm's peft/ in the workspace):",
         "",
@@ -72,7 +92,8 @@ def lm_eval_tasks_flow(spec_path: str, out_dir: str, workspace_root: str | None 
     fmt = prompt_format(spec, base)
     out = Path(out_dir).resolve()
     written = write_lm_eval_tasks(data.suites(spec), spec.evaluation, fmt, out)
-    command = lm_eval_command(base, load_revision(spec), [t.task for t in written], out)
+    chat = fmt.kind == "chat"
+    command = lm_eval_command(base, load_revision(spec), [t.task for t in written], out, chat)
     readme = out / "README.md"
     readme.write_text(
         _readme(spec.name, spec.registered_model_name, command, fmt.kind, written),

@@ -41,6 +41,7 @@ from multilora_pipeline.flows.arms import (
 from multilora_pipeline.flows.comparison import (
     Comparison,
     compare,
+    gate_majority_metrics,
     interval,
     log_comparison,
     version_items,
@@ -59,13 +60,14 @@ from multilora_pipeline.tasks.analysis.spectra import (
     summarise_flatness,
 )
 from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.evaluation.baselines import baseline_rows, constant_item_scores
 from multilora_pipeline.tasks.evaluation.cache import (
     base_eval_inputs,
     base_eval_key,
     load_base_eval,
     save_base_eval,
 )
-from multilora_pipeline.tasks.evaluation.confidence import item_scores
+from multilora_pipeline.tasks.evaluation.confidence import item_scores, metric_parts
 from multilora_pipeline.tasks.evaluation.evaluate import compare_arms
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.promote import run_gate
@@ -146,6 +148,12 @@ class PipelineSummary:
     between_arms: list[dict]
     """One row per pair of arms and metric: the paired interval of a - b."""
     bootstrap_resamples: int
+    baselines: dict[str, dict[str, float]]
+    """What the scores are read against: "chance" and "majority" -> metric -> rate
+    (multiple-choice suites, tasks/evaluation/baselines.py)."""
+    versus_majority: list[dict]
+    """One row per model (base and arms) and metric: the paired interval of the model minus
+    always giving the majority answer."""
 
 
 def run_lineage(
@@ -294,10 +302,20 @@ def register_task(
     metrics = outcome.metrics
     manifest = Path(data.train_dir) / "manifest.json"
     extra = {"mixture_manifest": str(manifest)} if manifest.is_file() else {}
+    # The version's headline: its primary metric, categories, and each multiple-choice
+    # suite's accuracy beside what it is read against (majority, chance, balanced accuracy).
+    read_against = {
+        names.suite_metric(s.name, kind)
+        for s in spec.eval_suites
+        if s.kind == "multiple_choice"
+        for kind in ("acc", names.BALANCED_ACC, *names.BASELINES)
+    }
     headline = {
         k: f"{v:.4f}"
         for k, v in metrics.items()
-        if k == spec.registry.primary_metric or k.startswith(names.CATEGORY_PREFIX)
+        if k == spec.registry.primary_metric
+        or k.startswith(names.CATEGORY_PREFIX)
+        or k in read_against
     }
     version = register_adapter(
         tracker,
@@ -442,10 +460,17 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
             o.arm.name: register_task(run.ws, tracker, spec, data, run.base, o, run.lineage).version
             for o in outcomes
         }
-    comparison = compare(spec, item_scores(base_scores.predictions), outcomes)
+    constant = constant_item_scores(base_scores.predictions)
+    comparison = compare(spec, item_scores(base_scores.predictions), outcomes, constant)
+    primary = spec.registry.primary_metric
+    baselines = baseline_rows(
+        base_scores.metrics,
+        base_scores.predictions,
+        (primary, metric_parts(primary, spec.eval_suites)),
+    )
     arms = [_arm_summary(o, versions[o.arm.name], comparison, spec) for o in outcomes]
-    _compare_on_parent(run, base_scores.metrics, arms, outcomes, comparison)
-    best, decision = _promote(run, arms, outcomes, base_scores)
+    _compare_on_parent(run, base_scores.metrics, arms, outcomes, comparison, baselines)
+    best, decision = _promote(run, arms, outcomes, base_scores, comparison)
     champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
     return PipelineSummary(
         spec=spec.name,
@@ -472,6 +497,12 @@ def _train_evaluate_register(run: RunContext, format_description: str) -> Pipeli
             for m, i in by.items()
         ],
         bootstrap_resamples=spec.evaluation.bootstrap_resamples,
+        baselines=baselines,
+        versus_majority=[
+            {"model": model, "metric": m, **i.as_dict()}
+            for model, by in comparison.versus_majority.items()
+            for m, i in by.items()
+        ],
     )
 
 
@@ -511,16 +542,17 @@ def _compare_on_parent(
     arms: list[ArmSummary],
     outcomes: list[ArmOutcome],
     comparison: Comparison,
+    baselines: dict[str, dict[str, float]],
 ) -> None:
     """The parent run's comparison: per-arm metrics (seed means and spread), intervals, loss
-    curves, probe curves, spectra, the table."""
+    curves, probe curves, spectra, the table (with the chance and majority rows)."""
     tracker, parent_id = run.tracker, run.parent_id
     tracker.log_metrics(parent_id, {f"{a.arm}_{k}": v for a in arms for k, v in a.metrics.items()})
     if any(len(a.seeds) > 1 for a in arms):
         tracker.log_metrics(
             parent_id, {f"{a.arm}_{k}_sd": v for a in arms for k, v in a.metrics_sd.items()}
         )
-    log_comparison(run, comparison, outcomes)
+    log_comparison(run, comparison, outcomes, baselines)
     several = len(run.spec.training.run_seeds) > 1
     histories = {
         (f"{o.arm.name} seed {r.seed}" if several else o.arm.name): r.trained.result.history
@@ -533,20 +565,31 @@ def _compare_on_parent(
         analysis = analyse_task(tracker, run.spec, run.base, results, parent_id)
     tracker.set_tags(parent_id, {"mlflow.note.content": analysis})
     base_row = _headline(base_metrics, run.spec)
-    table = [{"model": "base", **base_row}] + [
-        {"model": a.arm, "version": a.version, **a.metrics} for a in arms
-    ]
-    create_table_artifact(table, key="arm-comparison", description="Evaluation of base and arms")
-    comparison_table = compare_arms({"base": base_row, **{a.arm: a.metrics for a in arms}})
+    references = {name: rates for name, rates in baselines.items() if rates}
+    table = [{"model": name, **rates} for name, rates in references.items()]
+    table += [{"model": "base", **base_row}]
+    table += [{"model": a.arm, "version": a.version, **a.metrics} for a in arms]
+    create_table_artifact(
+        table,
+        key="arm-comparison",
+        description="Evaluation of base and arms, beside chance and always the majority answer",
+    )
+    comparison_table = compare_arms(
+        {**references, "base": base_row, **{a.arm: a.metrics for a in arms}}
+    )
     tracker.log_table(parent_id, comparison_table, "eval/comparison.json")
 
 
 def _promote(
-    run: RunContext, arms: list[ArmSummary], outcomes: list[ArmOutcome], base_scores: Scores
+    run: RunContext,
+    arms: list[ArmSummary],
+    outcomes: list[ArmOutcome],
+    base_scores: Scores,
+    comparison: Comparison,
 ):
     """The best arm (seed mean of the primary metric) becomes the challenger; the gate decides
-    on the intervals of its gain over the base and over the champion whether it is the
-    champion. Returns (the best arm, the gate's decision)."""
+    on the intervals of its gain over the base, over always the majority answer and over the
+    champion whether it is the champion. Returns (the best arm, the gate's decision)."""
     spec, tracker, name = run.spec, run.tracker, run.spec.registered_model_name
     for a in arms:  # the analysis compares the arms, so it joins each version only now
         attach_run_artifacts(tracker, name, a.version, run.parent_id)
@@ -577,6 +620,12 @@ def _promote(
         regression_tolerance=spec.registry.regression_tolerance,
         base_metrics=base_scores.metrics,
         must_beat_base=spec.registry.must_beat_base,
+        versus_majority={
+            m: comparison.versus_majority[best.arm][m]
+            for m in gate_majority_metrics(spec)
+            if m in comparison.versus_majority.get(best.arm, {})
+        },
+        must_beat_majority=spec.must_beat_majority,
         versus_base=interval(spec, challenger_items, base_items, primary),
         versus_champion=(
             interval(spec, challenger_items, champion_items, primary) if champion_items else None

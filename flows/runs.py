@@ -13,6 +13,7 @@ from pathlib import Path
 
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
 from multilora_pipeline.models.content import content_key
+from multilora_pipeline.models.prompt_format import run_identity
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.training.base_model import load_revision
 from multilora_pipeline.tasks.training.launch import launch_arm
@@ -62,7 +63,7 @@ def training_hash(spec: PipelineSpec, run: ArmRun) -> str:
             run.arm.identity(),
             run.training.identity(),
             spec.seed,
-            spec.prompt_format,  # the tokens the arm is trained on
+            run_identity(spec.prompt_format),  # the tokens the arm is trained on
         ]
     )
 

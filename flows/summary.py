@@ -1,5 +1,7 @@
-"""The summary `mlora run` prints: the table of base and arms (seed means ± spread), the
-paired intervals of every comparison, the learning rates chosen, and the gate's decision.
+"""The summary `mlora run` prints: the table of base and arms (seed means ± spread) under
+chance and the majority answer, the paired intervals of every comparison (against the
+base, between arms, against the majority answer), the learning rates chosen, and the
+gate's decision.
 It reads the dict `pipeline_flow` returns (also what `--summary-json` writes)."""
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ def _interval(found: dict | None) -> str:
 
 
 def score_table(summary: dict) -> str:
-    """Base and arms: version, seeds, learning rate, and the headline metrics (mean ± sd
-    over seeds when an arm has several)."""
+    """Chance and the majority answer, then base and arms: version, seeds, learning rate,
+    and the headline metrics (mean ± sd over seeds when an arm has several)."""
     metrics = summary_columns(summary)
     rows = [["model", "version", "seeds", "lr", *metrics]]
+    # What every score is read against, from the suites' own labels (multiple choice only).
+    for name, rates in summary.get("baselines", {}).items():
+        if rates:
+            rows.append([name, "-", "-", "-", *[_value(rates.get(m)) for m in metrics]])
     rows.append(["base", "-", "-", "-", *[_value(summary["base_metrics"].get(m)) for m in metrics]])
     for arm in summary["arms"]:
         several = len(arm["seeds"]) > 1
@@ -57,7 +63,8 @@ def score_table(summary: dict) -> str:
 
 
 def interval_table(summary: dict) -> str:
-    """Every arm minus the base, and every arm minus every other, with the paired interval."""
+    """Every arm minus the base, every arm minus every other, and every model minus always
+    giving the majority answer, with the paired interval."""
     metrics = list(summary["arms"][0]["versus_base"]) if summary["arms"] else []
     rows = [["comparison", *metrics]]
     for arm in summary["arms"]:
@@ -67,7 +74,10 @@ def interval_table(summary: dict) -> str:
     pairs: dict[str, dict] = {}
     for row in summary.get("between_arms", []):
         pairs.setdefault(row["arms"], {})[row["metric"]] = row
-    for name, by in pairs.items():
+    against: dict[str, dict] = {}
+    for row in summary.get("versus_majority", []):
+        against.setdefault(f"{row['model']} - majority", {})[row["metric"]] = row
+    for name, by in [*pairs.items(), *against.items()]:
         rows.append([name, *[_interval(by.get(m)) for m in metrics]])
     return _table(rows)
 

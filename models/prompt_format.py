@@ -7,8 +7,15 @@ arm are scored in the format the arms were trained in. A run has one format, cho
 
 - ``chat``: the prompt is the user turn of the tokenizer's chat template, followed by the
   assistant's generation prompt (instruct models such as SmolLM2-Instruct or Qwen-Instruct);
-  the response follows it directly, and the model ends its turn with the tokenizer's eos.
-- ``plain``: the prompt text as the template rendered it (base models, the tiny demo model).
+  the response is the assistant turn's own content (no leading space: `response`), and the
+  model ends its turn with the tokenizer's eos. A suite's header (MMLU's "The following are
+  multiple choice questions ...") is the system turn. This is lm-evaluation-harness's
+  rendering under `--apply_chat_template`, which also drops the target delimiter before a
+  choice, so a registered version scored by the harness with its standard flags gets the
+  pipeline's numbers.
+- ``plain``: the prompt text as the template rendered it (base models, the tiny demo model),
+  the header in front of it, and the response as written (" yes": lm-eval's target
+  delimiter is part of it).
 
 Either way the token sequence starts with the tokenizer's bos token unless the rendered
 text already does (chat templates such as SmolLM2's and Llama 3's open with it).
@@ -27,8 +34,18 @@ from pathlib import Path
 from typing import Literal
 
 FORMATS = ("auto", "chat", "plain")
+CHAT_RENDERING = 2
+"""Bump when what a chat format puts in front of the model changes; a training run's key
+records it (`run_identity`), so arms trained under an older rendering are trained again.
+2: the response is the assistant turn's own content, without the leading space."""
 # Written beside every adapter and PEFT export: how to prompt the model it was trained for.
 FORMAT_FILE = "prompt_format.json"
+
+
+def run_identity(requested: str) -> str:
+    """What a training run's key records of its prompt format: the spec's request, and the
+    chat rendering's version wherever it may resolve to a chat (plain keys never move)."""
+    return requested if requested == "plain" else f"{requested}/chat-rendering-{CHAT_RENDERING}"
 
 
 class PromptFormatError(ValueError):
@@ -89,16 +106,33 @@ class PromptFormat:
         path.write_text(json.dumps(record, indent=2) + "\n")
         return path
 
-    def render(self, prompts: Sequence[str]) -> list[str]:
-        """The prompt texts the model sees: the chat turn and generation prompt, or as is."""
+    def render(self, prompts: Sequence[str], systems: Sequence[str] | None = None) -> list[str]:
+        """The prompt texts the model sees: the chat turn and generation prompt, or as is.
+
+        `systems` (one per prompt, "" for none) is a header: the system turn of a chat (as
+        lm-eval puts a task's description), or the text in front of a plain prompt."""
+        systems = systems or [""] * len(prompts)
         if self.kind == "plain":
-            return list(prompts)
+            return [s + p for s, p in zip(systems, prompts, strict=True)]
         return [
             self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                [{"role": "system", "content": s}] * bool(s) + [{"role": "user", "content": p}],
+                tokenize=False,
+                add_generation_prompt=True,
             )
-            for p in prompts
+            for s, p in zip(systems, prompts, strict=True)
         ]
+
+    def response(self, text: str) -> str:
+        """A response as the model is taught to give it after its rendered prompt: as written
+        in plain text; in a chat, the assistant turn's content without leading whitespace."""
+        return text.lstrip() if self.kind == "chat" else text
+
+    def delimiter(self, target_delimiter: str) -> str:
+        """What goes between a rendered context and a scored choice: the suite's target
+        delimiter in plain text, nothing in a chat (the choice is the turn's first text,
+        as `response` trains it and lm-eval scores it under --apply_chat_template)."""
+        return "" if self.kind == "chat" else target_delimiter
 
     def prefix(self, rendered: str) -> list[int]:
         """bos, unless there is none or the rendered text already opens with it."""
@@ -107,9 +141,11 @@ class PromptFormat:
             return []
         return [bos_id]
 
-    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+    def encode(
+        self, prompts: Sequence[str], systems: Sequence[str] | None = None
+    ) -> list[list[int]]:
         """Token ids of each prompt as the model sees it: prefix + rendered prompt."""
-        rendered = self.render(prompts)
+        rendered = self.render(prompts, systems)
         if not rendered:
             return []
         ids = self.tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"]

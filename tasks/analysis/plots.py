@@ -29,11 +29,27 @@ def plot_loss_curves(histories: dict[str, list[dict]], title: str | None = None)
     return fig
 
 
-def plot_suite_intervals(scores: dict[str, dict[str, tuple]], gains: dict[str, dict[str, tuple]]):
-    """Left: each model's score per suite (the seed mean) with its 95% interval; right: each
+def _reference_bars(panel, suites: list[str], references: dict[str, dict[str, float]]) -> None:
+    """A short vertical bar per suite row at its majority rate and at chance."""
+    for name, color, style in (("majority", "black", "-"), ("chance", "grey", ":")):
+        rows = [r for r, suite in enumerate(suites) if suite in references.get(name, {})]
+        if rows:
+            values = [references[name][suites[r]] for r in rows]
+            lows, highs = [r - 0.45 for r in rows], [r + 0.45 for r in rows]
+            panel.vlines(values, lows, highs, colors=color, linestyles=style, label=name)
+
+
+def plot_suite_intervals(
+    scores: dict[str, dict[str, tuple]],
+    gains: dict[str, dict[str, tuple]],
+    references: dict[str, dict[str, float]] | None = None,
+):
+    """Left: each model's score per suite (the seed mean) with its 95% interval, and what it
+    is read against: the majority rate (a black bar) and chance (a grey one); right: each
     arm's gain over the base model per suite with the paired interval, and the zero line.
 
-    `scores[model][suite]` and `gains[arm][suite]` are (estimate, low, high).
+    `scores[model][suite]` and `gains[arm][suite]` are (estimate, low, high);
+    `references["majority" | "chance"][suite]` a rate (multiple-choice suites only).
     """
     suites = list(next(iter(scores.values())))
     colors = {model: f"C{i}" for i, model in enumerate(scores)}  # a model's colour in both panels
@@ -53,6 +69,8 @@ def plot_suite_intervals(scores: dict[str, dict[str, tuple]], gains: dict[str, d
             panel.errorbar(
                 est, rows, xerr=err, fmt="o", capsize=3, color=colors[model], label=model
             )
+        if panel is left:
+            _reference_bars(panel, suites, references or {})
         panel.set_yticks(range(len(suites)), suites)
         panel.invert_yaxis()
         panel.set_title(title)

@@ -41,8 +41,11 @@ from multilora_pipeline.tasks.workspace import Workspace
 # 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match); 3: every scorer encodes
 # prompts in the run's prompt format (models/prompt_format.py), as training does; 4: lm-eval
 # 0.4.13 exactly: per-(context, choice) truncation to the window, gsm8k's filters, stops and
-# exact_match normalisation.
-EVAL_CODE_VERSION = 4
+# exact_match normalisation; 5: a chat format scores a choice as the assistant turn's first
+# text (no delimiter) and moves the generation prompt's newline into it, as lm-eval does with
+# --apply_chat_template; a suite header is the system turn; majority, chance and balanced
+# accuracy beside acc.
+EVAL_CODE_VERSION = 5
 STAGE, FILE = "base_eval", "evaluation.json"
 # On an arm's run: the key of the evaluation its logged scores come from. A reused arm
 # is scored again when the current key differs, so arms and base compare like with like.

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.models.prompt_format import PromptFormat
+from multilora_pipeline.tasks.evaluation.baselines import suite_baselines
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import (
     CausalLM,
@@ -181,10 +182,18 @@ def _description(row: dict, fmt: SuiteFormat) -> str:
         return ""  # the row does not carry the header's fields: no header, as lm-eval without one
 
 
+def build_headers(rows: list[dict], fmt: SuiteFormat) -> list[str]:
+    """Each item's header (the suite format's description with the row's fields, "" for
+    none): lm-eval's task description, which the prompt format puts in front of the
+    context, or in the system turn of a chat (models/prompt_format.py)."""
+    return [_description(row, fmt) for row in rows]
+
+
 def build_contexts(
     rows: list[dict], fmt: SuiteFormat, k: int, dev_rows: list[dict] | None = None
 ) -> list[str]:
-    """Each item's full prompt: header, k exemplars, the item's own prompt.
+    """Each item's prompt as the user gives it: k exemplars, then the item's own prompt (the
+    header is apart: `build_headers`).
 
     Exemplars are deterministic: the first k rows of the dev split when given
     (lm-eval's `first_n` sampler, as MMLU uses), else the suite's first k + 1
@@ -199,7 +208,7 @@ def build_contexts(
         else:
             shots = [r for j, r in enumerate(rows[: k + 1]) if j != i][:k]
         body = "".join(_shot_text(s, fmt) + fmt.fewshot_delimiter for s in shots)
-        contexts.append(_description(row, fmt) + body + row["prompt"])
+        contexts.append(body + row["prompt"])
     return contexts
 
 
@@ -209,7 +218,9 @@ class SuiteItems(NamedTuple):
     fmt: SuiteFormat
     rows: list[dict]
     contexts: list[str]
-    """Header + few-shot exemplars + the row's prompt, before the prompt format renders it."""
+    """Few-shot exemplars + the row's prompt, before the prompt format renders it."""
+    headers: list[str]
+    """Each row's header ("" for none): the prompt format's `systems`."""
 
 
 def suite_items(suite: SuiteData, settings: EvaluationSpec) -> SuiteItems:
@@ -229,14 +240,14 @@ def suite_items(suite: SuiteData, settings: EvaluationSpec) -> SuiteItems:
     contexts = contexts[: len(rows)]
     if not rows:
         raise DataError(f"suite {spec.name!r} has no items", where=str(suite.path))
-    return SuiteItems(fmt, rows, contexts)
+    return SuiteItems(fmt, rows, contexts, build_headers(rows, fmt))
 
 
 def _score_suite(
     model, prompts: PromptFormat, suite: SuiteData, settings: EvaluationSpec, device
 ) -> tuple[dict[str, float], pd.DataFrame]:
     spec = suite.spec
-    fmt, rows, contexts = suite_items(suite, settings)
+    fmt, rows, contexts, headers = suite_items(suite, settings)
     records = []
     if fmt.kind == "multiple_choice":
         lls = score_choices(
@@ -245,6 +256,7 @@ def _score_suite(
             contexts,
             [r["choices"] for r in rows],
             delimiter=fmt.target_delimiter,
+            systems=headers,
             batch_size=settings.batch_size,
             device=device,
             progress=True,
@@ -271,11 +283,13 @@ def _score_suite(
                 np.mean([r["correct_norm"] for r in records])
             ),
         }
+        metrics.update(suite_baselines(spec.name, rows, records))
     else:
         outputs = generate_greedy(
             model,
             prompts,
             contexts,
+            systems=headers,
             max_new_tokens=settings.max_new_tokens,
             stop_sequences=fmt.stop_sequences,
             batch_size=settings.batch_size,

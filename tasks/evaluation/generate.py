@@ -32,6 +32,7 @@ def generate_greedy(
     fmt: PromptFormat,
     prompts: Sequence[str],
     *,
+    systems: Sequence[str] | None = None,
     max_new_tokens: int,
     stop_sequences: Sequence[str] = (),
     batch_size: int = 16,
@@ -41,12 +42,13 @@ def generate_greedy(
 ) -> list[str]:
     """Greedy continuations of `prompts`, batched with left padding and a KV cache.
 
-    Each row stops at an end-of-turn token or when its text contains a stop sequence;
+    `systems` are the prompts' headers (prompt_format.render). Each row stops at an
+    end-of-turn token or when its text contains a stop sequence;
     the text is returned cut before the first stop sequence (end tokens are never included).
     """
     lm = CausalLM(model, fmt, device)
     budget = None if lm.max_length is None else max(1, lm.max_length - max_new_tokens)
-    encoded = [ids or list(lm.empty_context) for ids in fmt.encode(list(prompts))]
+    encoded = [ids or list(lm.empty_context) for ids in fmt.encode(list(prompts), systems)]
     if budget is not None:
         encoded = [ids[-budget:] for ids in encoded]  # keep the question, drop old shots
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))

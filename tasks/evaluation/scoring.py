@@ -16,7 +16,8 @@ so only their own tokens are run.
 
 Prompts go through the run's prompt format (models/prompt_format.py), exactly as
 training encoded them: with a chat format the context is the user turn plus the
-assistant's generation prompt, and the choice follows it as the trained response did.
+assistant's generation prompt, and the choice follows it with no delimiter, as the
+trained response did and as lm-eval scores it under `--apply_chat_template`.
 `score_choices_reference` scores one (context, choice) pair per forward pass,
 with no padding and no cache; a test holds the two to the same numbers.
 
@@ -128,20 +129,27 @@ def _fit_to_window(
 
 
 def encode_requests(
-    lm: CausalLM, contexts: Sequence[str], choices: Sequence[Sequence[str]], delimiter: str
+    lm: CausalLM,
+    contexts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    delimiter: str,
+    systems: Sequence[str] | None = None,
 ) -> list[_Request]:
     """Tokenise as lm-eval's `_encode_pair`: continuation = tokens(context + cont)[len(context):],
     the context rendered in the run's prompt format (its prefix added after), and truncate
-    to the model's window per (context, choice) pair as lm-eval does (`_fit_to_window`)."""
+    to the model's window per (context, choice) pair as lm-eval does (`_fit_to_window`).
+
+    The context's trailing whitespace moves into the continuation, as lm-eval moves it: a
+    chat context ends with its generation prompt's newline, so every choice then carries
+    that newline's log-probability too (the same for each choice: acc cannot change, and
+    acc_norm is lm-eval's to the item)."""
     ctx_texts, cont_texts = [], []
-    chat = lm.fmt.kind == "chat"
-    for context, options in zip(lm.fmt.render(contexts), choices, strict=True):
-        # lm-eval moves the context's trailing whitespace into the continuation. Not in
-        # a chat format: its generation prompt ends the context, as it did in training.
-        stripped = context if chat else context.rstrip()
+    joint = lm.fmt.delimiter(delimiter)
+    for context, options in zip(lm.fmt.render(contexts, systems), choices, strict=True):
+        stripped = context.rstrip()
         moved = context[len(stripped) :]
         ctx_texts.append(stripped)
-        cont_texts.append([moved + delimiter + c for c in options])
+        cont_texts.append([moved + joint + c for c in options])
     ctx_ids = lm.encode(ctx_texts)
     flat_whole = lm.encode(
         [c + t for c, conts in zip(ctx_texts, cont_texts, strict=True) for t in conts]
@@ -221,6 +229,7 @@ def score_choices(
     choices: Sequence[Sequence[str]],
     *,
     delimiter: str = " ",
+    systems: Sequence[str] | None = None,
     batch_size: int = 16,
     device=None,
     progress: bool = False,
@@ -229,12 +238,14 @@ def score_choices(
 ) -> list[list[float]]:
     """Summed log p(delimiter + choice | context) for every choice of every context, batched.
 
-    `batch_size` is items (contexts) per forward pass. Items are scored longest
+    `delimiter` is the suite's target delimiter (the prompt format decides whether it is
+    used), `systems` each context's header (prompt_format.render). `batch_size` is items
+    (contexts) per forward pass. Items are scored longest
     first (less padding) and returned in input order. Multi-token choices run in
     extra passes grouped by length (`split_overhead_tokens`: see `length_groups`).
     """
     lm = CausalLM(model, fmt, device)
-    requests = encode_requests(lm, contexts, choices, delimiter)
+    requests = encode_requests(lm, contexts, choices, delimiter, systems)
     order = sorted(
         range(len(requests)),
         key=lambda i: (
@@ -265,12 +276,13 @@ def score_choices_reference(
     choices: Sequence[Sequence[str]],
     *,
     delimiter: str = " ",
+    systems: Sequence[str] | None = None,
     device=None,
 ) -> list[list[float]]:
     """The same numbers as `score_choices`, one (context, choice) per forward pass: no padding,
     no cache. Slow; it is the reference the batched scorer is checked against."""
     lm = CausalLM(model, fmt, device)
-    requests = encode_requests(lm, contexts, choices, delimiter)
+    requests = encode_requests(lm, contexts, choices, delimiter, systems)
     results = []
     with eval_mode(model):
         for r in requests:

@@ -13,7 +13,12 @@ metric) is promoted. Given the base model's metrics, the reasons state the
 challenger's primary metric against the base's, and with `must_beat_base` (the
 spec's `registry.must_beat_base`, default true) a challenger that does not beat
 the base in the same way is never promoted, champion or not: an adapter worse
-than no adapter is no win.
+than no adapter is no win. With `must_beat_majority` (the spec's
+`registry.must_beat_majority`, on by default for a pretrained base model) it must also
+beat always giving the majority answer, on each multiple-choice suite its primary metric
+is made of, by an interval whose lower end clears 0 (the constant predictor is paired
+with it item by item, tasks/evaluation/baselines.py): an adapter worse than a constant
+answer is never crowned, and the reasons name the suite that failed.
 
 The decision and its reasons become tags on the version (`run_gate`) and on
 the pipeline's parent run (`record_decision`), and the pipeline publishes
@@ -152,6 +157,35 @@ def _versus_base(
     return f"{line}: no better than the base model (registry.must_beat_base is off)", False
 
 
+def _versus_majority(
+    challenger_metrics: dict[str, float], versus: dict[str, Interval], must_beat: bool
+) -> tuple[list[str], list[str]]:
+    """(reason lines, blocking lines) comparing the challenger with the constant predictor on
+    each multiple-choice suite (`versus`: suite metric -> interval of challenger - constant)."""
+    lines, blocking = [], []
+    for metric, found in versus.items():
+        score = challenger_metrics.get(metric)
+        if not _finite(score):
+            continue
+        majority = score - found.estimate  # the seed mean minus the gain over the constant
+        line = (
+            f"{metric} {score:.4f} vs always the majority answer {majority:.4f}: "
+            f"{_gain_text(found.estimate, found)}"
+        )
+        if found.low > 0:
+            lines.append(line)
+        elif must_beat:
+            blocking.append(
+                f"{line}, needs the interval's lower end above +0.0000 "
+                "(registry.must_beat_majority)"
+            )
+        else:
+            lines.append(
+                f"{line}: no better than a constant answer (registry.must_beat_majority is off)"
+            )
+    return lines, blocking
+
+
 def decide(
     challenger: str,
     challenger_metrics: dict[str, float],
@@ -165,6 +199,8 @@ def decide(
     must_beat_base: bool = False,
     versus_base: Interval | None = None,
     versus_champion: Interval | None = None,
+    versus_majority: dict[str, Interval] | None = None,
+    must_beat_majority: bool = False,
 ) -> GateDecision:
     """Pure gate logic: metrics in, decision and reasons out (higher is better everywhere).
 
@@ -172,7 +208,10 @@ def decide(
     reasons always state the challenger's primary metric against the base's, and
     `must_beat_base` refuses a challenger that does not beat the base by `min_improvement`.
     `versus_base` / `versus_champion` are the intervals of the challenger's gain on the
-    primary metric; given, the gate decides on their lower ends.
+    primary metric; given, the gate decides on their lower ends. `versus_majority` holds,
+    per multiple-choice suite metric of the primary one, the interval of the challenger
+    minus always answering the majority; `must_beat_majority` refuses a challenger whose
+    lower end is not above 0 on any of them.
     """
     score = challenger_metrics.get(primary_metric)
     decision = GateDecision(False, challenger, champion, primary_metric, score, None)
@@ -184,7 +223,10 @@ def decide(
     base_line, base_blocks = _versus_base(
         decision, base_metrics, min_improvement, must_beat_base, versus_base
     )
-    base_reasons = [base_line] if base_line else []
+    majority_lines, majority_blocks = _versus_majority(
+        challenger_metrics, versus_majority or {}, must_beat_majority
+    )
+    base_reasons = ([base_line] if base_line else []) + majority_lines
     if champion is not None and champion_metrics is not None and challenger == champion:
         decision.champion_score = champion_metrics.get(primary_metric)
         decision.reasons = ["challenger is already the champion", *base_reasons]
@@ -197,12 +239,11 @@ def decide(
         regression_tolerance,
         versus_champion,
     )
-    if base_blocks:
-        blockers.insert(0, base_line)
+    blockers[:0] = ([base_line] if base_blocks else []) + majority_blocks
     decision.promote = not blockers
     decision.reasons = blockers or [verdict]
-    if not base_blocks:  # the base comparison is always stated: as a blocker, or after the rest
-        decision.reasons += base_reasons
+    # The base and majority comparisons are always stated: as blockers, or after the rest.
+    decision.reasons += [r for r in base_reasons if r not in blockers]
     return decision
 
 
@@ -257,6 +298,8 @@ def run_gate(
     must_beat_base: bool = False,
     versus_base: Interval | None = None,
     versus_champion: Interval | None = None,
+    versus_majority: dict[str, Interval] | None = None,
+    must_beat_majority: bool = False,
     notes: tuple[str, ...] = (),
 ) -> GateDecision:
     """Compare a registered challenger with the current champion (and the base model, given
@@ -283,6 +326,8 @@ def run_gate(
         must_beat_base=must_beat_base,
         versus_base=versus_base,
         versus_champion=versus_champion,
+        versus_majority=versus_majority,
+        must_beat_majority=must_beat_majority,
     )
     decision.reasons += list(notes)
     if decision.challenger != decision.champion:

@@ -52,11 +52,12 @@ def tokenise_records(
     """Tokenise prompt/response columns of a canonical table into training examples.
 
     The prompt goes through the run's prompt format (models/prompt_format.py: the chat
-    template or plain text, with bos), exactly as scoring and generation encode it.
+    template or plain text, with bos), exactly as scoring and generation encode it, and
+    the response as the format gives it (in a chat, without its leading space).
     """
     tokenizer = fmt.tokenizer
     prompt_ids = fmt.encode(table.column("prompt").to_pylist())
-    responses = table.column("response").to_pylist()
+    responses = [fmt.response(r) for r in table.column("response").to_pylist()]
     # Batched calls go through the Rust tokenizer in one go: ~50x faster than a Python loop.
     # verbose=False: truncation to max_length happens below, so transformers' "longer than
     # the model's maximum ... will result in indexing errors" warning would only alarm.

@@ -274,7 +274,8 @@ def test_lm_eval_scores_the_exported_tasks_as_the_pipeline_does(pipeline_runs, t
         )
         peft = str(Path(version) / "artifacts" / "peft")
         tasks = [f"mlora_{s}" for s in suites]
-        results = run_lm_eval(written["base_model"], peft, tmp_path / "tasks", tasks)
+        chat = written["prompt_format"] == "chat"
+        results = run_lm_eval(written["base_model"], peft, tmp_path / "tasks", tasks, chat=chat)
         ours = client.get_run(arm["run_id"]).data.metrics
         for suite in suites:
             theirs = results["results"][f"mlora_{suite}"]

@@ -97,3 +97,61 @@ def test_a_bad_item_writes_no_task_at_all(tmp_path, bpe):
     with pytest.raises(DataError, match="label 5"):
         write_lm_eval_tasks([good, bad], EvaluationSpec(), plain(bpe), out)
     assert not out.exists() or not any(out.iterdir())
+
+
+def _mmlu(i):
+    return make_record(
+        source="mmlu",
+        task="mc",
+        category="knowledge",
+        prompt=f"Which is {i}?\nA. {i}\nB. {i + 1}\nC. {i + 2}\nD. {i + 3}\nAnswer:",
+        response=" A",
+        choices=["A", "B", "C", "D"],
+        label=i % 4,
+        meta={"subject": "high_school_geography"},
+    )
+
+
+@pytest.mark.slow  # lm-eval's harness on a tiny chat model
+def test_lm_eval_with_apply_chat_template_equals_the_pipeline_item_for_item(tmp_path):
+    """The chat export holds the user turn and the header; lm-eval renders the chat with its
+    standard flag and plain choices, and scores every item as the pipeline does."""
+    pytest.importorskip("lm_eval")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from multilora_pipeline.models.prompt_format import PromptFormat
+    from multilora_pipeline.tasks.evaluation.evaluate import evaluate_model
+    from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
+    from tests.tasks.test_prompt_format import build_chat_model
+
+    folder = build_chat_model(tmp_path / "chat")
+    fmt = PromptFormat.resolve(AutoTokenizer.from_pretrained(folder))
+    assert fmt.kind == "chat"
+    boolq = _suite(
+        tmp_path, "boolq", "superglue_boolq", "multiple_choice", [_mc(i) for i in range(6)]
+    )
+    mmlu = _suite(tmp_path, "mmlu", "mmlu", "multiple_choice", [_mmlu(i) for i in range(6)])
+    settings = EvaluationSpec(few_shot=1)
+    out = tmp_path / "tasks"
+    write_lm_eval_tasks([boolq, mmlu], settings, fmt, out)
+    rows = [json.loads(line) for line in (out / "mlora_mmlu.jsonl").read_text().splitlines()]
+    assert rows[0]["description"].startswith("The following are multiple choice questions")
+    assert yaml.safe_load((out / "mlora_mmlu.yaml").read_text())["description"] == (
+        "{{description}}"
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ours = evaluate_model(model, fmt, [boolq, mmlu], None, settings).predictions
+    results = run_lm_eval(
+        str(folder), None, out, ["mlora_boolq", "mlora_mmlu"], chat=True, log_samples=True
+    )
+    for suite in ("boolq", "mmlu"):
+        theirs = sorted(results["samples"][f"mlora_{suite}"], key=lambda s: s["doc"]["item"])
+        mine = ours[ours["suite"] == suite].reset_index(drop=True)
+        assert len(theirs) == len(mine) == 6
+        for sample, (_, row) in zip(theirs, mine.iterrows(), strict=True):
+            lls = [float(r[0]) for r in sample["filtered_resps"]]
+            assert lls == pytest.approx(json.loads(row["choice_loglik"]), abs=1e-4)
+            assert sample["acc"] == float(row["correct"]) and sample["acc_norm"] == float(
+                row["correct_norm"]
+            )

@@ -71,7 +71,9 @@ def _trained_ids(fmt: PromptFormat) -> tuple[list[int], list[int]]:
         ]
     )
     (example,), _ = tokenise_records(table, fmt, max_length=256)
-    response = fmt.tokenizer(" " + CHOICES[LABEL], add_special_tokens=False)["input_ids"]
+    response = fmt.tokenizer(fmt.response(" " + CHOICES[LABEL]), add_special_tokens=False)[
+        "input_ids"
+    ]
     whole = example.input_ids[: -len(fmt.end_ids())]  # without the eos training appends
     return whole[: len(whole) - len(response)], whole
 
@@ -153,3 +155,35 @@ def test_multiple_choice_scores_are_finite_in_both_formats(chat_folder):
     for fmt in (PromptFormat.resolve(tokenizer), plain(tokenizer)):
         (lls,) = score_choices(model, fmt, [PROMPT], [CHOICES])
         assert all(torch.isfinite(torch.tensor(lls)))
+
+
+def test_a_chat_response_is_the_assistant_turn_without_the_delimiter_space(chat_folder):
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    chat, flat = PromptFormat.resolve(tokenizer), plain(tokenizer)
+    table = records_to_table(
+        [make_record(source="s", task="t", prompt=PROMPT, response=" yes", category="nlu")]
+    )
+    words = tokenizer(["yes", " yes"], add_special_tokens=False)["input_ids"]
+    assert words[0] != words[1]  # the tiny tokenizer tells the two apart
+    for fmt, answer in ((chat, words[0]), (flat, words[1])):
+        (example,), _ = tokenise_records(table, fmt, max_length=256)
+        (prompt_ids,) = fmt.encode([PROMPT])
+        assert example.input_ids == prompt_ids + answer + fmt.end_ids()
+    # Multiple choice: lm-eval's chat scoring, the generation prompt's newline moved into
+    # every choice and no delimiter before it; the gold continuation is what was trained.
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    (request,) = encode_requests(CausalLM(model, chat), [PROMPT], [CHOICES], " ")
+    (prompt_ids,) = chat.encode([PROMPT])
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert request.context + newline == prompt_ids  # the newline moved out of the context
+    assert request.continuations[LABEL] == newline + words[0]
+
+
+def test_a_suite_header_is_the_system_turn_of_a_chat_and_leads_a_plain_prompt(chat_folder):
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    header = "The following are multiple choice questions (with answers) about marketing.\n\n"
+    (chat,) = PromptFormat.resolve(tokenizer).render([PROMPT], [header])
+    assert chat == f"<s>system\n{header}</s>\n<s>user\n{PROMPT}</s>\n<s>assistant\n"
+    (flat,) = plain(tokenizer).render([PROMPT], [header])
+    assert flat == header + PROMPT
+    assert plain(tokenizer).render([PROMPT], [""]) == plain(tokenizer).render([PROMPT])
