@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: install demo demo-tiny test lint format ui clean
+.PHONY: install demo demo-synthetic demo-tiny test test-fast lint format ui clean
 
 $(BIN)/mlora: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ $(BIN)/mlora: pyproject.toml
 
 install: $(BIN)/mlora     ## virtual environment with the project and its dev tools
 
-demo: install             ## the whole DAG on SmolLM2-135M-Instruct (~11 min on 2 CPU cores)
+demo: install             ## the whole DAG on SmolLM2-135M-Instruct and real BoolQ/MMLU rows (~12 min on 2 CPU cores)
+	$(BIN)/mlora run data_specs/real.yaml
+
+demo-synthetic: install   ## the same model on the invented demo data, which the arms do learn (~11 min)
 	$(BIN)/mlora run data_specs/demo.yaml
 
 demo-tiny: install        ## the same DAG on a tiny random model: the mechanics in ~1 min
@@ -35,6 +38,9 @@ demo-tiny: install        ## the same DAG on a tiny random model: the mechanics 
 
 test: install             ## the test suite (offline, CPU)
 	$(BIN)/pytest
+
+test-fast: install        ## the unit tests alone, no servers, training or pipelines (under a minute)
+	$(BIN)/pytest -m "not slow"
 
 lint: install             ## what CI checks besides the tests
 	$(BIN)/ruff check .

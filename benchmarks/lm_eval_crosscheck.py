@@ -1,11 +1,14 @@
 """lm-evaluation-harness against the pipeline, on a workspace's registered versions.
 
-    python benchmarks/lm_eval_crosscheck.py data_specs/demo.yaml --workspace WS
+    python benchmarks/lm_eval_crosscheck.py data_specs/real.yaml --workspace WS
 
 writes the spec's suites as lm-eval tasks (`mlora lm-eval-tasks`), runs lm_eval 0.4.x on
 every version of the spec's registered model (its own PEFT export, downloaded from
-MLflow), and prints JSON: per version and multiple-choice suite, lm-eval's acc / acc_norm
-beside the pipeline's (the version's run metrics) and how many items apart they are.
+MLflow) with the flags `mlora lm-eval-tasks` prints (a chat run: lm-eval's standard
+`--apply_chat_template`, plain choices), and prints JSON: per version and multiple-choice
+suite, lm-eval's acc / acc_norm beside the pipeline's (the version's run metrics), and,
+item by item against the version's prediction table, how many items' acc and acc_norm
+differ and the largest log-likelihood difference of any choice.
 Needs a workspace where `mlora run SPEC` finished; lm-eval is a dev dependency.
 """
 
@@ -18,6 +21,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def _item_by_item(samples: list[dict], predictions, suite: str) -> dict:
+    """How many items lm-eval's per-item acc / acc_norm differ from the pipeline's, and the
+    largest log-likelihood difference of any choice."""
+    mine = predictions[predictions["suite"] == suite].reset_index(drop=True)
+    theirs = sorted(samples, key=lambda s: s["doc"]["item"])
+    apart = {"acc": 0, "acc_norm": 0}
+    worst = 0.0
+    for sample, (_, row) in zip(theirs, mine.iterrows(), strict=True):
+        apart["acc"] += sample["acc"] != float(row["correct"])
+        apart["acc_norm"] += sample["acc_norm"] != float(row["correct_norm"])
+        lls = [float(r[0]) for r in sample["filtered_resps"]]
+        worst = max(
+            worst, *(abs(a - b) for a, b in zip(lls, json.loads(row["choice_loglik"]), strict=True))
+        )
+    return {
+        "items_compared": len(theirs),
+        "acc_items_differing": apart["acc"],
+        "acc_norm_items_differing": apart["acc_norm"],
+        "max_loglik_difference": round(worst, 6),
+    }
 
 
 def main() -> None:
@@ -33,8 +58,10 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from multilora_pipeline.data_specs.schema import load_spec
+    from multilora_pipeline.flows.arms import PREDICTIONS
     from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
     from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
+    from multilora_pipeline.tasks.registry.tracking import Tracker
 
     spec, _ = load_spec(args.spec)
     out = Path(tempfile.mkdtemp(prefix="mlora-lm-eval-"))
@@ -47,6 +74,7 @@ def main() -> None:
     ]
     mlflow.set_tracking_uri(ws.tracking_uri)
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
+    tracker = Tracker(ws, spec.name)
     report = {"spec": spec.name, "prompt_format": written["prompt_format"], "versions": []}
     for version in client.search_model_versions(f"name = '{spec.registered_model_name}'"):
         local = mlflow.artifacts.download_artifacts(
@@ -54,14 +82,21 @@ def main() -> None:
         )
         started = time.perf_counter()
         peft = str(Path(local) / "artifacts" / "peft")
-        results = run_lm_eval(written["base_model"], peft, out / "tasks", mc)
+        chat = written["prompt_format"] == "chat"
+        results = run_lm_eval(
+            written["base_model"], peft, out / "tasks", mc, chat=chat, log_samples=True
+        )
         ours = client.get_run(version.run_id).data.metrics
+        predictions = tracker.load_table(version.run_id, PREDICTIONS)
         suites = {}
         for task in mc:
             suite = written["tasks"][task]["suite"]
             theirs = results["results"][task]
             items = written["tasks"][task]["items"]
-            suites[suite] = {"items": items}
+            suites[suite] = {
+                "items": items,
+                **_item_by_item(results["samples"][task], predictions, suite),
+            }
             for m in ("acc", "acc_norm"):
                 a, b = theirs[f"{m},none"], ours.get(f"{suite}_{m}")
                 suites[suite].update(

@@ -241,7 +241,7 @@ def run_data_stages(spec: DataSpec, base_dir: str | Path, workspace: Workspace) 
     known = known_outputs(workspace)  # read once: every stage looks its output up in it
     sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)
 
-    batch = catalog_batch(spec, sources, suites, across, clean, mixed, known)
+    batch = catalog_batch(spec, sources, suites, across, clean, mixed, known, workspace.root)
     Catalog(workspace.catalog_path).commit(batch)
     table = source_table(sources, across, clean, mixed)
     if len(batch):  # a fully reused run has the same reports as the run that made them

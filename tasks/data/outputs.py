@@ -130,7 +130,7 @@ def produce(
     oid = stage_id(stage, inputs, params)
     row = reusable(ws, stage, oid, files, known)
     if row:
-        return reused_output(stage, oid, inputs, params, row)
+        return reused_output(stage, oid, inputs, params, row, ws.stage_dir(stage, oid) / files[0])
     written = {}
     folder = publish(ws, stage, oid, lambda tmp: written.setdefault("rows", write(tmp)))
     main = folder / files[0]
@@ -140,9 +140,17 @@ def produce(
 
 
 def reused_output(
-    stage: str, oid: str, inputs: list[str], params: dict, row: dict, extra: dict | None = None
+    stage: str,
+    oid: str,
+    inputs: list[str],
+    params: dict,
+    row: dict,
+    path: Path,
+    extra: dict | None = None,
 ) -> StageOutput:
-    """The StageOutput of an output found by `reusable` (its catalog `row`)."""
+    """The StageOutput of an output found by `reusable` (its catalog `row`), at `path` in
+    this workspace: never the path the catalog recorded, which names wherever the workspace
+    was when the output was made (a moved or copied workspace reads its own files)."""
     return StageOutput(
-        stage, oid, inputs, params, row["path"], row["rows"], row["content_hash"], True, extra or {}
+        stage, oid, inputs, params, str(path), row["rows"], row["content_hash"], True, extra or {}
     )

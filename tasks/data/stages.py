@@ -313,7 +313,7 @@ def mixture_stage(
     if row:
         mixture = load_mixture(folder)
         return reused_output(
-            "mixture", mid, [clean.output_id], params, row, {"manifest": mixture.manifest}
+            "mixture", mid, [clean.output_id], params, row, folder, {"manifest": mixture.manifest}
         )
     if folder.exists():  # leftover of a run that failed before its catalog commit
         shutil.rmtree(folder)

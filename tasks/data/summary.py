@@ -6,6 +6,8 @@ the caller, so bad input anywhere leaves no catalog row behind.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 from multilora_pipeline.data_specs.schema import DataSpec
@@ -22,9 +24,17 @@ def catalog_batch(
     clean: StageOutput,
     mixed: StageOutput,
     known: dict,
+    root: Path,
 ) -> CatalogBatch:
-    """The rows this run adds to the catalog (nothing for a fully reused run)."""
+    """The rows this run adds to the catalog (nothing for a fully reused run). Paths are
+    recorded relative to the workspace `root`, so a moved or copied workspace's catalog
+    still names its own files."""
     batch = CatalogBatch()
+
+    def relative(path: str) -> str:
+        found = Path(path)
+        return str(found.relative_to(root)) if found.is_relative_to(root) else path
+
     for s, prepared in zip(spec.sources, sources, strict=True):
         if f"source/{s.name}/{spec.spec_hash}" in known:
             continue
@@ -52,13 +62,13 @@ def catalog_batch(
             content_hash=info["content_hash"],
             origin=info["origin"],
             rows=info["rows"],
-            path=info["path"],
+            path=relative(info["path"]),
         )
     outputs = [p.normalised for p in [*sources, *suites]] + [p.deduped for p in sources]
     outputs += [p.dev for p in suites if p.dev]
     for out in [*outputs, across, clean, mixed]:
         if not out.reused:
-            batch.add("stage_outputs", **out.catalog_row())
+            batch.add("stage_outputs", **{**out.catalog_row(), "path": relative(out.path)})
     for out in [*(p.deduped for p in sources), across]:
         if not out.reused:
             batch.add_drops("dedup_drops", out.output_id, read_drops(out))
@@ -84,7 +94,7 @@ def catalog_batch(
         unit=manifest["unit"],
         rows=manifest["rows"],
         validation_rows=manifest["validation_rows"],
-        path=mixed.path,
+        path=relative(mixed.path),
         manifest=manifest,
     )
     for name, m in manifest["sources"].items():

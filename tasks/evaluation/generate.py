@@ -70,7 +70,7 @@ def _generate_batch(
 ) -> list[str]:
     ids, mask = left_pad(prompts, lm.pad_id)
     positions = position_ids(mask)
-    logits, cache = lm(ids, mask, positions, use_cache=True, last_only=True)
+    logits, cache = lm(ids, mask, positions, use_cache=True, keep=1)
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in range(max_new_tokens):

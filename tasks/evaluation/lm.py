@@ -78,12 +78,14 @@ class CausalLM:
             self.model, kwargs.pop("input_ids"), labels, ignore_index=ignore_index, **kwargs
         )
 
-    def __call__(self, ids, mask, positions, cache=None, use_cache=False, last_only=False):
+    def __call__(self, ids, mask, positions, cache=None, use_cache=False, keep: int | None = None):
+        """(logits, new cache); `keep`: only the last `keep` positions' logits are needed
+        (a model that cannot skip the others returns them all: slice from the end)."""
         kwargs = self._inputs(ids, mask, positions, use_cache)
         if cache is not None:
             kwargs[self.cache_arg] = cache
-        if last_only and self.keeps_last:
-            kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
+        if keep and self.keeps_last:
+            kwargs["logits_to_keep"] = keep
         out = self.model(**kwargs)
         new_cache = None
         if use_cache:

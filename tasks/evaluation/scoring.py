@@ -10,7 +10,9 @@ divided by the choice's length in characters (lm_eval/api/task.py,
 Speed: the batched scorer runs each item's shared context once. Contexts of a
 batch are left-padded, so the last column holds every row's next-token
 distribution: single-token choices (MMLU letters, yes/no, True/False) are
-scored from that one forward pass alone. Longer choices reuse the context's KV
+scored from that one forward pass alone, and so are tokens every choice of an
+item starts with (a chat context's newline, moved into the choices as lm-eval
+moves it): they join the context, and the columns before the last score them. Longer choices reuse the context's KV
 cache (its rows picked per choice, choices grouped by length to limit padding),
 so only their own tokens are run.
 
@@ -100,12 +102,30 @@ def length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD_TOKENS) -> 
 @dataclass(frozen=True)
 class _Request:
     """One forward of an item, tokenised: a context (with prefix) and the tokens of the
-    item's choices `choices` that share it (every choice, unless the item is too long)."""
+    item's choices `choices` that share it (every choice, unless the item is too long).
+
+    The context's last `shared` tokens belong to every continuation (a chat context's
+    newline, which lm-eval moves into the choices): they are scored with the context, once,
+    and their log-probability is added to every choice."""
 
     context: list[int]
     continuations: list[list[int]]
     item: int = 0
     choices: tuple[int, ...] = (0,)
+    shared: int = 0
+
+
+def _share_prefix(context: list[int], continuations: list[list[int]]) -> _Request:
+    """The tokens every continuation starts with, moved to the end of the context (each
+    continuation keeps at least one token): single-token choices such as "\nyes" / "\nno"
+    are then scored from the context's forward pass alone."""
+    shared = 0
+    shortest = min(len(c) for c in continuations)
+    while shared < shortest - 1 and len({c[shared] for c in continuations}) == 1:
+        shared += 1
+    return _Request(
+        context + continuations[0][:shared], [c[shared:] for c in continuations], shared=shared
+    )
 
 
 def _fit_to_window(
@@ -117,7 +137,8 @@ def _fit_to_window(
     for that choice alone. Choices left with the same context still share it."""
     everything = tuple(range(len(continuations)))
     if window is None or all(len(context) + len(c) <= window + 1 for c in continuations):
-        return [_Request(context, continuations, item, everything)]
+        shared = _share_prefix(context, continuations)
+        return [_Request(shared.context, shared.continuations, item, everything, shared.shared)]
     by_context: dict[int, list[int]] = {}
     for j, cont in enumerate(continuations):
         keep = min(len(context), max(1, window + 1 - len(cont)))
@@ -187,15 +208,21 @@ def _score_batch(
     """Log-likelihood of every choice of every item in `batch`; each context runs once."""
     ctx_ids, ctx_mask = left_pad([r.context for r in batch], lm.pad_id)
     needs_rest = any(len(c) > 1 for r in batch for c in r.continuations)
+    shared = max(r.shared for r in batch)
     logits, cache = lm(
-        ctx_ids, ctx_mask, position_ids(ctx_mask), use_cache=needs_rest, last_only=True
+        ctx_ids, ctx_mask, position_ids(ctx_mask), use_cache=needs_rest, keep=shared + 1
     )
-    # Left padding puts every row's last context token in the last column.
-    first = logits[:, -1].float().log_softmax(-1).cpu()
-    scores = [
-        [float(first[b, cont[0]]) if cont else 0.0 for cont in r.continuations]
-        for b, r in enumerate(batch)
-    ]
+    # Left padding puts every row's last context token in the last column, and its shared
+    # tokens (predicted by the columns before it) just before.
+    logp = logits[:, -(shared + 1) :].float().log_softmax(-1).cpu()
+    first = logp[:, -1]
+    scores = []
+    for b, r in enumerate(batch):
+        common = sum(
+            float(logp[b, shared - r.shared + j, token])
+            for j, token in enumerate(r.context[len(r.context) - r.shared :])
+        )
+        scores.append([common + float(first[b, c[0]]) if c else 0.0 for c in r.continuations])
     if not needs_rest:
         return scores
 
@@ -294,8 +321,8 @@ def score_choices_reference(
                 ids = torch.tensor([r.context + cont])
                 mask = torch.ones_like(ids)
                 logits, _ = lm(ids, mask, position_ids(mask))
-                n = len(r.context)
-                targets = torch.tensor(cont, device=logits.device)
+                n = len(r.context) - r.shared  # the shared tokens are the choice's too
+                targets = torch.tensor(r.context[n:] + cont, device=logits.device)
                 lls.append(float(token_logprobs(logits[0, n - 1 : -1], targets).sum()))
             results.append(lls)
     return _per_item(requests, results, len(contexts))

@@ -123,6 +123,31 @@ def test_dask_runner_gives_the_same_mixture(demo_runs, tmp_path):
     assert outputs.mixture_id == demo_runs[1].mixture_id
 
 
+@pytest.mark.parametrize("original", ["renamed", "kept"])
+def test_a_moved_or_copied_workspace_reuses_its_own_files(demo_runs, tmp_path, original):
+    """Issue 26: the catalog named outputs by absolute path, so a copy read the original's
+    files (or died with FileNotFoundError once the original was renamed)."""
+    from multilora_pipeline.flows.data import data_flow
+
+    root, first, _ = demo_runs
+    source = tmp_path / "original"
+    shutil.copytree(root, source)  # the module's workspace stays as it was for other tests
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    if original == "renamed":
+        source.rename(tmp_path / "gone")
+    again = data_flow(str(DEMO), str(copy))
+    assert again.mixture_id == first.mixture_id
+    assert set(again.reused_stages) >= {"normalise", "dedup", "decontaminate", "mixture"}
+    used = [again.train_dir, again.validation_path, *again.eval_paths.values()]
+    assert all(Path(p).is_relative_to(copy) for p in used), used
+    assert pq.read_table(again.eval_paths["boolq_mc"]).num_rows > 0  # its own files, readable
+    catalog = Catalog(copy / "catalog.duckdb")
+    paths = [r["path"] for r in catalog.query("SELECT path FROM stage_outputs")]
+    paths += [r["path"] for r in catalog.query("SELECT path FROM mixtures")]
+    assert paths and not any(Path(p).is_absolute() for p in paths)
+
+
 def test_bad_input_leaves_no_catalog_row(prefect_harness, tmp_path):
     from multilora_pipeline.flows.data import data_flow
 

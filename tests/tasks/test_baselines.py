@@ -180,3 +180,16 @@ def test_the_summary_reads_every_score_against_chance_and_the_majority_answer():
     assert rows["majority"][6] == "-"  # no held-out loss for a constant answer
     assert rows["lora"][4:6] == ["0.7200", "0.7000"]
     assert "lora - majority" in text and "base - majority" in text
+
+
+def test_must_beat_majority_is_on_for_a_pretrained_base_and_off_for_a_tiny_one(repo_root):
+    from multilora_pipeline.data_specs.schema import load_spec
+
+    real, _ = load_spec(repo_root / "data_specs" / "real.yaml")
+    tiny, _ = load_spec(repo_root / "data_specs" / "demo_tiny.yaml")
+    assert real.registry.must_beat_majority is True and real.must_beat_majority
+    assert tiny.registry.must_beat_majority is None and not tiny.must_beat_majority
+    unset = real.model_copy(
+        update={"registry": real.registry.model_copy(update={"must_beat_majority": None})}
+    )
+    assert unset.must_beat_majority  # unset: on, the base model is pretrained

@@ -21,6 +21,7 @@ from multilora_pipeline.data_specs.schema import EvalSuiteSpec, EvaluationSpec
 from multilora_pipeline.tasks.evaluation.evaluate import (
     SuiteData,
     build_contexts,
+    build_headers,
     compare_arms,
     evaluate_model,
     heldout_loss,
@@ -117,15 +118,15 @@ def test_few_shot_contexts_are_deterministic_and_never_show_the_item():
     header = (
         "The following are multiple choice questions (with answers) about high school math.\n\n"
     )
-    assert ctx[0] == header + "Q1\nAnswer: B\n\nQ2\nAnswer: A\n\nQ0\nAnswer:"
-    assert ctx[1] == header + "Q0\nAnswer: A\n\nQ2\nAnswer: A\n\nQ1\nAnswer:"
-    assert ctx[3] == header + "Q0\nAnswer: A\n\nQ1\nAnswer: B\n\nQ3\nAnswer:"
+    # The header is apart: the prompt format puts it first, or in a chat's system turn.
+    assert build_headers(rows, fmt) == [header] * 4
+    assert ctx[0] == "Q1\nAnswer: B\n\nQ2\nAnswer: A\n\nQ0\nAnswer:"
+    assert ctx[1] == "Q0\nAnswer: A\n\nQ2\nAnswer: A\n\nQ1\nAnswer:"
+    assert ctx[3] == "Q0\nAnswer: A\n\nQ1\nAnswer: B\n\nQ3\nAnswer:"
     dev = [_mc_row("D0\nAnswer:", ["A", "B"], 1)]
-    assert (
-        build_contexts(rows[:1], fmt, k=1, dev_rows=dev)[0]
-        == header + "D0\nAnswer: B\n\nQ0\nAnswer:"
-    )
+    assert build_contexts(rows[:1], fmt, k=1, dev_rows=dev)[0] == "D0\nAnswer: B\n\nQ0\nAnswer:"
     assert build_contexts(rows[:1], BUILTIN_SUITES["superglue_boolq"], k=0) == ["Q0\nAnswer:"]
+    assert build_headers(rows[:1], BUILTIN_SUITES["superglue_boolq"]) == [""]
 
 
 # --- generation ---------------------------------------------------------------------------

@@ -171,12 +171,13 @@ def test_a_chat_response_is_the_assistant_turn_without_the_delimiter_space(chat_
         assert example.input_ids == prompt_ids + answer + fmt.end_ids()
     # Multiple choice: lm-eval's chat scoring, the generation prompt's newline moved into
     # every choice and no delimiter before it; the gold continuation is what was trained.
+    # The newline every choice starts with is scored once, with the context (`shared`).
     model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
     (request,) = encode_requests(CausalLM(model, chat), [PROMPT], [CHOICES], " ")
     (prompt_ids,) = chat.encode([PROMPT])
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    assert request.context + newline == prompt_ids  # the newline moved out of the context
-    assert request.continuations[LABEL] == newline + words[0]
+    assert request.shared == 1 and request.context == prompt_ids
+    assert request.context[-1:] == tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert request.continuations[LABEL] == words[0]
 
 
 def test_a_suite_header_is_the_system_turn_of_a_chat_and_leads_a_plain_prompt(chat_folder):

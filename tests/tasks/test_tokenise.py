@@ -152,8 +152,10 @@ def test_chat_template_wraps_the_prompt_when_the_tokenizer_has_one(char_tokenize
     (chat,), _ = tokenise_records(table, PromptFormat.resolve(char_tokenizer), max_length=32)
     text = char_tokenizer.decode(chat.input_ids, skip_special_tokens=True)
     assert text.replace(" ", "") == "#ab\na:cd".replace(" ", "")
-    assert len(chat.input_ids) == len(bare.input_ids) + 4  # "#", "\n", "a", ":"
-    assert chat.labels[-4:] == chat.input_ids[-4:]  # response + eos still the only targets
+    # "#", "\n", "a", ":" added; the response's leading space dropped, as lm-eval's chat rendering does
+    assert len(chat.input_ids) == len(bare.input_ids) + 4 - 1
+    # "cd" + eos are the only targets
+    assert chat.labels[-3:] == chat.input_ids[-3:] and set(chat.labels[:-3]) == {-100}
     char_tokenizer.chat_template = None
 
 
