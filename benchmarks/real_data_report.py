@@ -21,13 +21,16 @@ A spec is written to a temp folder; every file is read where it is and as it is 
 It runs the data flow (Prefect, threads), then prints the per-source table (with the rows
 skipped as bad and each suite's repeated items), drop counts per source pair and per suite,
 and for each kind of drop a few examples: the dropped row next to the row it duplicates (or
-the eval item it leaks, with the matched n-gram), with the similarity. The last line is a
-JSON summary. Nothing is written outside the temp folder.
+the eval item it leaks, with the matched n-gram), with the similarity. Then the held-out
+checks (write_heldout_spec): every decontamination drop between disjoint halves of GSM8K
+and of MMLU, with its evidence and its hand label (decontamination_labels.json), and the
+precision. The last line is a JSON summary. Nothing is written outside the temp folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import tempfile
@@ -154,6 +157,120 @@ def write_spec(data: Path, formats: Path, work: Path) -> Path:
     return path
 
 
+def write_heldout_spec(data: Path, work: Path) -> Path:
+    """The held-out style checks: one published split cut into disjoint halves, one half
+    trained on and the other evaluated. Every drop there is a claim that two different
+    published items overlap, which a person can check (HELDOUT_LABELS):
+
+        gsm8k   test rows 0-659 (training)  vs rows 660-1318 (suite, generation)
+        mmlu    per subject, dev and the first half of val (training) vs the second half
+    """
+    folder = work / "heldout"
+    (folder / "mmlu_train").mkdir(parents=True)
+    (folder / "mmlu_eval").mkdir()
+    lines = (data / "gsm8k/test.jsonl").read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    (folder / "gsm8k_a.jsonl").write_bytes(b"".join(lines[:half]))
+    (folder / "gsm8k_b.jsonl").write_bytes(b"".join(lines[half:]))
+    for val in sorted((data / "mmlu/val").glob("*_val.csv")):
+        subject = val.name.removesuffix("_val.csv")
+        dev = read_csv_rows(data / "mmlu/dev" / f"{subject}_dev.csv")
+        rows = read_csv_rows(val)
+        cut = len(rows) // 2
+        write_csv_rows(folder / "mmlu_train" / f"{subject}_x.csv", dev + rows[:cut])
+        write_csv_rows(folder / "mmlu_eval" / f"{subject}_x.csv", rows[cut:])
+    spec = {
+        "name": "real-data-heldout",
+        "sources": [
+            {"name": "gsm8k_a", "path": str(folder / "gsm8k_a.jsonl"), "template": "gsm8k"},
+            {
+                "name": "mmlu_a",
+                "path": str(folder / "mmlu_train/*_x.csv"),
+                "file_fields": "(?P<subject>.+)_x",
+                "template": "mmlu",
+            },
+        ],
+        "eval_suites": [
+            {
+                "name": "gsm8k_b",
+                "path": str(folder / "gsm8k_b.jsonl"),
+                "template": "gsm8k",
+                "kind": "generation",
+            },
+            {
+                "name": "mmlu_b",
+                "path": str(folder / "mmlu_eval/*_x.csv"),
+                "file_fields": "(?P<subject>.+)_x",
+                "template": "mmlu",
+            },
+        ],
+        "dedup": {"exact": False, "key_by_category": {}, "near": {"enabled": False}},
+        "mixture": {"strategy": "proportional", "validation_fraction": 0.0},
+    }
+    path = work / "heldout.yaml"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
+LABELS = Path(__file__).with_name("decontamination_labels.json")
+
+
+def drop_key(d: dict, records: dict[str, dict]) -> str:
+    """'source:subject:row>suite:subject:row', the key of a drop in LABELS."""
+
+    def where(record: dict, name: str, row) -> str:
+        return f"{name}:{json.loads(record['meta']).get('subject') or ''}:{row}"
+
+    return (
+        where(records[d["id"]], d["source"], d["row"])
+        + ">"
+        + where(records[d["eval_id"]], d["suite"], d["eval_row"])
+    )
+
+
+def heldout_report(data: Path, work: Path) -> dict:
+    """Run the held-out checks, print every drop with its evidence and label, and return
+    the counts and the precision (drops labelled leak or passage, over all drops)."""
+    from multilora_pipeline.flows.data import data_flow
+    from multilora_pipeline.tasks.catalog import Catalog
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(work / "heldout_workspace")
+    data_flow(str(write_heldout_spec(data, work)), str(ws.root))
+    records = records_by_id(ws.root)
+    drops = Catalog(ws.catalog_path).query("SELECT * FROM decontamination_drops ORDER BY id")
+    labels = json.loads(LABELS.read_text())["labels"]
+    print("=" * WIDTH)
+    print(f"held-out checks (write_heldout_spec): {len(drops)} decontamination drops")
+    verdicts = Counter()
+    for d in sorted(drops, key=lambda d: drop_key(d, records)):
+        key = drop_key(d, records)
+        verdict, why = labels.get(key, ("unlabelled", "not yet checked by a person"))
+        verdicts[verdict] += 1
+        print("-" * WIDTH)
+        print(f"{key}  {d['kind']}, similarity {d['similarity']:.3f}: {verdict.upper()} ({why})")
+        if d.get("evidence"):
+            print(f"n-gram: {d['evidence']!r}")
+        print(show(records[d["id"]], "DROPPED", d["row"]))
+        print(show(records[d["eval_id"]], "EVAL", d["eval_row"]))
+    right = verdicts["leak"] + verdicts["passage"]
+    return {
+        "drops": len(drops),
+        **{k: verdicts[k] for k in ("leak", "passage", "not", "unlabelled")},
+        "precision": round(right / len(drops), 3) if drops else None,
+    }
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def write_csv_rows(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+
+
 def records_by_id(workspace: Path) -> dict[str, dict]:
     """Every normalised record of this run (training rows and eval items) by id."""
     import pyarrow.parquet as pq
@@ -260,6 +377,7 @@ def main() -> None:
         "drops_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},
         "workspace": str(ws.root),
     }
+    summary["heldout"] = heldout_report(Path(args.data), work)
     print("=" * WIDTH)
     print(json.dumps(summary))
 

@@ -316,9 +316,11 @@ class DecontaminationSpec(Strict):
     boilerplate_group: str | None = "subject"
     """Meta field that groups a suite's items (MMLU's subject): an n-gram in more than
     boilerplate_fraction of one group's items, and in at least 3 of them, is that group's
-    template (e.g. "Construct a complete truth table ..."). None: whole-suite counts only."""
+    template (e.g. "Construct a complete truth table ..."); training rows of the group count
+    with the suite's items. None: whole-suite counts only."""
     near_threshold: float = Field(default=0.8, gt=0, le=1)
-    """For prompts shorter than ngram words: word-set Jaccard at or above which a row matches."""
+    """For prompts without an ngram-word piece: word-set Jaccard at or above which a row
+    matches an eval prompt."""
 
 
 class MixtureSpec(Strict):

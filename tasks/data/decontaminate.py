@@ -2,29 +2,36 @@
 
 Three tests, against every suite (first matching suite in spec order is reported), each
 drop labelled truthfully with the suite's row of the item it matches:
-- n-gram: the row shares a word n-gram (13 by default, GPT-3 / lm-eval practice) with an
-  eval item's prompt or response, ignoring n-grams found in more than `boilerplate_fraction`
-  of the suite's items (instructions and answer templates, not content), or in more than that
-  share of one group's items (`boilerplate_group`, MMLU's subject: "Construct a complete truth
-  table ..." opens many formal_logic items and no others);
+- n-gram: the row shares a content word n-gram (13 by default, GPT-3 / lm-eval practice) with
+  an eval item's prompt or response, and asks the item's question (QUESTION_SUPPORT);
 - exact: the prompt equals an eval prompt after normalisation (a verbatim copy of any
   length: similarity 1.0);
-- near: a prompt shorter than n words has word-set Jaccard >= near_threshold with one;
-- ngram (the rest of the n-gram hits): `evidence` holds the matched n-gram and `similarity`
-  the word-set Jaccard of the row (prompt and response) with the eval item.
-Both sides are compared on content, as in dedup: prompts without their template's
-boilerplate, case and word-edge punctuation folded, symbol-only tokens left out of n-grams.
+- near: a prompt without an n-gram of its own has word-set Jaccard >= near_threshold with
+  an eval prompt.
+For n-gram drops `evidence` holds the matched n-gram and `similarity` the word-set Jaccard
+of the row (prompt and response) with the eval item.
 
-Why the eval item's response counts too: GPT-3 and lm-eval decontaminate against an eval
-item's full text, and a training row that reproduces a gold answer (a GSM8K rationale, a
-passage quoted in an answer) teaches the answer even when the question is reworded. The price
-is visible in the demo: three templated math rows whose rationale has the same numbers as an
-eval rationale ("each friend has 14 - 5 = 9 cookies left ...") are removed although their
-questions differ; data_specs/demo/PLANTED.json lists them as `incidental_leaks`. Templated
-answers shared by many items are not affected: boilerplate n-grams are ignored.
+What counts as content, so that a drop means a leak (benchmarks/real_data_report.py checks
+it on disjoint halves of GSM8K and MMLU, every drop labelled by hand):
+- Both sides are compared on content, as in dedup: prompts without their template's
+  boilerplate, case and word-edge punctuation folded, symbol-only tokens left out. A prompt
+  is also cut where its template joins its parts (SEAM): no n-gram spans an MMLU stem and
+  its options, so "... to the store. A. Wrong, Wrong B. Wrong, Not wrong ..." is no match.
+- Template: an n-gram in more than `boilerplate_fraction` of the suite's items, or of one
+  group's (`boilerplate_group`, MMLU's subject), counted with the training rows of that
+  group ("Construct a complete truth table ..." opens formal_logic items and no others). An
+  n-gram counts only if half its words lie outside such spans, and shorter template phrases
+  ("Which of the following is the most appropriate next step in management?") are found as
+  frequent TEMPLATE_SPAN-grams.
+- The question: a shared n-gram matches only if the row also holds half of the words the
+  item's prompt has outside its template and its answer. GPT-3 and lm-eval match an item's
+  full text, and a row that reproduces a gold answer with its question reworded still
+  matches (data_specs/demo/PLANTED.json lists three templated math rows, `incidental_leaks`);
+  two different GSM8K problems whose solutions share "there are 7 days in a week so ..." do
+  not.
 
 Memory: each suite is indexed once and whole (sorted 64-bit hashes of its content n-grams,
-its short prompts): the small side. The training rows, the big side, stream past the indexes
+its prompts): the small side. The training rows, the big side, stream past the indexes
 BATCH_ROWS at a time, their n-grams hashed once per batch for all suites.
 """
 
@@ -34,6 +41,7 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -81,6 +89,8 @@ class SuiteIndex:
     rows: list[int | None]  # the suite file's row of each item
     item_words: list[frozenset]  # per item: words of its prompt and response
     plain: StemIndex  # the items' prompts
+    questions: list[frozenset]  # per item: its prompt's words outside template spans
+    # and not in its answer (what a row must hold to ask the item's question)
     with_choices: StemIndex  # prompts with their choices (multiple-choice training rows)
 
 
@@ -101,59 +111,101 @@ class StemIndex:
                 by_word[w].append(i)
         prompts: dict[str, int] = {}
         for i, w in enumerate(words):
-            prompts.setdefault(" ".join(w), i)
+            if w:
+                prompts.setdefault(" ".join(w), i)
         return cls(prompts, word_sets, dict(by_word))
 
+    @cached_property
+    def keys(self) -> pa.Array:
+        return pa.array(list(self.prompts), pa.string())
 
-def _field_docs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
-    """Prompt and response of every row as separate texts, and the row each came from:
-    n-grams never span the boundary between two fields."""
-    n = table.num_rows
-    texts = pa.concat_arrays([content(table, "prompt"), content(table, "response")])
-    return texts, np.concatenate([np.arange(n), np.arange(n)])
+    @cached_property
+    def key_items(self) -> list[int]:
+        return list(self.prompts.values())
 
 
-def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -> SuiteIndex:
-    """Index one eval suite (canonical records) for the three tests."""
-    n_items = items.num_rows
-    texts, owner = _field_docs(items)
-    sh = word_shingles(texts, config.ngram, full_hash=True, keep_symbols=False)  # word n-grams
-    doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
-    full = sh.lengths[doc_of] >= config.ngram  # short fields are for the exact/near tests
-    hashes, item = sh.hashes[full], owner[doc_of[full]]
-    # Count each n-gram once per item, then drop the ones too many items share.
-    pair = np.unique(np.stack([hashes, item.astype(np.uint64)], axis=1), axis=0)
-    uniq, first, inverse, counts = np.unique(
-        pair[:, 0], return_index=True, return_inverse=True, return_counts=True
-    )
-    is_content = counts <= config.boilerplate_fraction * n_items
-    groups = _group_values(items, config.boilerplate_group) if config.boilerplate_group else []
-    if any(v is not None for v in groups):
-        is_content &= ~_group_boilerplate(groups, config, pair, inverse.reshape(-1), len(uniq))
-    elif config.boilerplate_group and _expects_group(items, config.boilerplate_group):
-        # Grouped data without its groups (MMLU without subjects): one subject's template is
-        # then only a few percent of the suite. A stricter whole-suite cut stands in.
-        cut = max(
-            GROUP_TEMPLATE_MIN_ITEMS, FALLBACK_FRACTION * config.boilerplate_fraction * n_items
-        )
-        is_content &= counts < cut
-        stage_logger().warning(
-            "decontaminate: suite %s has no %r field, so its groups' templates cannot be told "
-            "apart: n-grams in %d or more of its %d items count as boilerplate (give the "
-            "field, e.g. with file_fields for one file per subject)",
-            name,
-            config.boilerplate_group,
-            int(np.ceil(cut)),
-            n_items,
-        )
+# Where a prompt's template joins its parts (formats.TemplateFormat.boilerplate): the text is
+# cut there, so no n-gram spans an MMLU stem and its options, or one option and the next.
+SEAM = "\x1e"
+
+
+@dataclass(frozen=True)
+class FieldPieces:
+    """Every row's prompt, cut at its template's seams, and its response, as separate
+    texts: n-grams are taken within one piece."""
+
+    texts: pa.Array
+    rows: np.ndarray  # the row each piece belongs to
+    fields: np.ndarray  # 0: a piece of the prompt, 1: the response
+
+    @classmethod
+    def of(cls, table: pa.Table) -> FieldPieces:
+        n = table.num_rows
+        prompts = pc.split_pattern(content(table, "prompt", seam=SEAM), SEAM)
+        per_row = pc.list_value_length(prompts).to_numpy()
+        texts = pa.concat_arrays([pc.list_flatten(prompts), content(table, "response")])
+        rows = np.concatenate([np.repeat(np.arange(n), per_row), np.arange(n)])
+        fields = np.concatenate([np.zeros(int(per_row.sum()), np.int8), np.ones(n, np.int8)])
+        return cls(texts, rows, fields)
+
+
+@dataclass(frozen=True)
+class PieceNgrams:
+    """The full n-grams of some pieces: hash, piece, and the piece word where it starts."""
+
+    hashes: np.ndarray  # uint64, in piece order, each piece's n-grams in text order
+    pieces: np.ndarray
+    starts: np.ndarray  # first word in the piece's normalised words
+    flat_starts: np.ndarray  # the same over all pieces' words laid end to end
+    lengths: np.ndarray  # normalised words per piece
+
+    @classmethod
+    def of(cls, texts: pa.Array, n: int) -> PieceNgrams:
+        sh = word_shingles(texts, n, full_hash=True, keep_symbols=False)
+        doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
+        full = sh.lengths[doc_of] >= n  # a shorter piece's one shingle is no n-gram
+        within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k starts at word k
+        word_start = np.concatenate([[0], np.cumsum(sh.lengths)])[:-1]
+        flat = word_start[doc_of] + within
+        return cls(sh.hashes[full], doc_of[full], within[full], flat[full], sh.lengths)
+
+    @property
+    def total_words(self) -> int:
+        return int(self.lengths.sum())
+
+
+def build_suite_index(
+    name: str, items: pa.Table, config: DecontaminationSpec, context: pa.Table | None = None
+) -> SuiteIndex:
+    """Index one eval suite (canonical records) for the three tests. `context`: training
+    rows of the suite's groups (grouped_rows), counted with the items when telling a group's
+    template from content and never matched: five formal_logic items of a small suite do
+    not show that "Construct a complete truth table ..." opens the subject's items, the
+    subject's training rows beside them do."""
+    n = config.ngram
+    population = items if context is None else pa.concat_tables([items, context])
+    pieces = FieldPieces.of(population)
+    grams = PieceNgrams.of(pieces.texts, n)
+    item = pieces.rows[grams.pieces]
+    groups, fallback_cut = _grouping(name, population, config)
+    template = _template(grams.hashes, item, population.num_rows, groups, fallback_cut, config)
     # An n-gram occurrence counts only if most of its words lie outside template spans:
-    # "... as of 2020? Scenario 1 | I asked" is template plus two words, not a leak.
-    occurrence = np.searchsorted(uniq, hashes)
-    start = _word_positions(sh, doc_of, full, config.ngram)
-    covered = _template_words(start[~is_content[occurrence]], int(sh.lengths.sum()), config.ngram)
-    own = config.ngram - (covered[start + config.ngram] - covered[start])
-    keep = is_content[occurrence] & (own >= MIN_OWN_WORDS_SHARE * config.ngram)
-    kept_hashes, first_at = np.unique(hashes[keep], return_index=True)
+    # "... as of 2020? Scenario 1 | I asked" is template plus two words, and "no abnormalities.
+    # Which of the following is the most appropriate next step in" is a template phrase that
+    # is shorter than n words (found as frequent TEMPLATE_SPAN-grams) plus two.
+    spans = [(grams.flat_starts[template], n)]
+    if TEMPLATE_SPAN < n:
+        short = PieceNgrams.of(pieces.texts, TEMPLATE_SPAN)
+        short_item = pieces.rows[short.pieces]
+        common = _template(
+            short.hashes, short_item, population.num_rows, groups, fallback_cut, config
+        )
+        spans.append((short.flat_starts[common], TEMPLATE_SPAN))
+    covered = _template_words(spans, grams.total_words)
+    start = grams.flat_starts
+    own = n - (covered[start + n] - covered[start])
+    keep = ~template & (own >= MIN_OWN_WORDS_SHARE * n) & (item < items.num_rows)
+    kept_hashes, first_at = np.unique(grams.hashes[keep], return_index=True)
     responses = normalised_words(items.column("response")).to_pylist()
     words = normalised_words(content(items, "prompt")).to_pylist()
     return SuiteIndex(
@@ -164,26 +216,111 @@ def build_suite_index(name: str, items: pa.Table, config: DecontaminationSpec) -
         rows=[source_row(m) for m in items.column("meta").to_pylist()],
         item_words=[frozenset(p) | frozenset(r) for p, r in zip(words, responses, strict=True)],
         plain=StemIndex.of(words),
+        questions=[
+            q - frozenset(r) or q
+            for q, r in zip(
+                _question_words(pieces, grams.lengths, covered, items.num_rows),
+                responses,
+                strict=True,
+            )
+        ],
         with_choices=StemIndex.of(stem_words(items).to_pylist()),
     )
 
 
 # A matching n-gram must have at least this share of its words outside template spans.
 MIN_OWN_WORDS_SHARE = 0.5
+# Template phrases shorter than the n-gram are found as frequent n-grams of this length.
+TEMPLATE_SPAN = 8
 
 
-def _word_positions(sh, doc_of: np.ndarray, full: np.ndarray, n: int) -> np.ndarray:
-    """Flat word index (over all documents) where each kept n-gram occurrence starts."""
-    word_start = np.concatenate([[0], np.cumsum(sh.lengths)])[:-1]
-    within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k of its document = word k
-    return (word_start[doc_of] + within)[full]
+def _question_words(
+    pieces: FieldPieces, lengths: np.ndarray, covered: np.ndarray, n_items: int
+) -> list[frozenset]:
+    """Per item: the words of its prompt outside template spans (what a row must hold to
+    ask the item's question), or all of them where the template covers the prompt whole."""
+    words = pc.list_flatten(normalised_words(pieces.texts)).to_numpy(zero_copy_only=False)
+    piece_of = np.repeat(np.arange(len(lengths)), lengths)
+    row = pieces.rows[piece_of]
+    mine = (pieces.fields[piece_of] == 0) & (row < n_items)
+    own = np.diff(covered) == 0
+    all_words: list[set] = [set() for _ in range(n_items)]
+    own_words: list[set] = [set() for _ in range(n_items)]
+    for r, word, is_own in zip(row[mine].tolist(), words[mine], own[mine].tolist(), strict=True):
+        all_words[r].add(word)
+        if is_own:
+            own_words[r].add(word)
+    return [frozenset(o or a) for o, a in zip(own_words, all_words, strict=True)]
 
 
-def _template_words(starts: np.ndarray, total_words: int, n: int) -> np.ndarray:
-    """Prefix sums (length total_words + 1) of "this word lies in a boilerplate n-gram"."""
+def _grouping(name: str, items: pa.Table, config: DecontaminationSpec):
+    """(each item's group or None, the whole-suite cut standing in for missing groups)."""
+    field = config.boilerplate_group
+    groups = _group_values(items, field) if field else []
+    if any(v is not None for v in groups):
+        return groups, None
+    if not (field and _expects_group(items, field)):
+        return None, None
+    # Grouped data without its groups (MMLU without subjects): one subject's template is
+    # then only a few percent of the suite. A stricter whole-suite cut stands in.
+    n_items = items.num_rows
+    cut = max(GROUP_TEMPLATE_MIN_ITEMS, FALLBACK_FRACTION * config.boilerplate_fraction * n_items)
+    stage_logger().warning(
+        "decontaminate: suite %s has no %r field, so its groups' templates cannot be told "
+        "apart: n-grams in %d or more of its %d items count as boilerplate (give the "
+        "field, e.g. with file_fields for one file per subject)",
+        name,
+        field,
+        int(np.ceil(cut)),
+        n_items,
+    )
+    return None, cut
+
+
+def grouped_rows(train: pa.Table, config: DecontaminationSpec) -> pa.Table | None:
+    """The training rows whose format groups its items by boilerplate_group (MMLU's subject)
+    and that say their group: the context in which a suite's group templates are counted."""
+    field = config.boilerplate_group
+    tasks = [t for t, f in TEMPLATE_FORMATS.items() if field and f.group_field == field]
+    if not tasks:
+        return None
+    rows = train.filter(pc.is_in(train.column("task"), pa.array(tasks)))
+    if rows.num_rows == 0:
+        return None
+    has_group = [v is not None for v in _group_values(rows, field)]
+    return rows.filter(pa.array(has_group)) if any(has_group) else None
+
+
+def _template(
+    hashes: np.ndarray,
+    item: np.ndarray,
+    n_items: int,
+    groups: list | None,
+    fallback_cut: float | None,
+    config: DecontaminationSpec,
+) -> np.ndarray:
+    """Per n-gram occurrence: True when the n-gram is boilerplate, shared by more than
+    boilerplate_fraction of the suite's items or of one group's (_group_boilerplate)."""
+    if len(hashes) == 0:
+        return np.zeros(0, dtype=bool)
+    # Count each n-gram once per item.
+    pair = np.unique(np.stack([hashes, item.astype(np.uint64)], axis=1), axis=0)
+    uniq, inverse, counts = np.unique(pair[:, 0], return_inverse=True, return_counts=True)
+    template = counts > config.boilerplate_fraction * n_items
+    if groups is not None:
+        template |= _group_boilerplate(groups, config, pair, inverse.reshape(-1), len(uniq))
+    elif fallback_cut is not None:
+        template |= counts >= fallback_cut
+    return template[np.searchsorted(uniq, hashes)]
+
+
+def _template_words(spans: list[tuple[np.ndarray, int]], total_words: int) -> np.ndarray:
+    """Prefix sums (length total_words + 1) of "this word lies in a template span"; spans
+    are (flat start words, length) pairs."""
     diff = np.zeros(total_words + 1, dtype=np.int64)
-    np.add.at(diff, starts, 1)
-    np.add.at(diff, starts + n, -1)
+    for starts, length in spans:
+        np.add.at(diff, starts, 1)
+        np.add.at(diff, starts + length, -1)
     inside = np.cumsum(diff)[:total_words] > 0
     return np.concatenate([[0], np.cumsum(inside)])
 
@@ -235,38 +372,78 @@ def stem_words(table: pa.Table) -> pa.ListArray:
 @dataclass(frozen=True)
 class RowNgrams:
     """The full n-grams of a batch of training rows, hashed once and probed against every
-    suite: prompt and response apart (n-grams never span the two), in row order, each
-    field's own n-grams in text order."""
+    suite: within the pieces of each row (FieldPieces), in row order."""
 
-    hashes: np.ndarray  # uint64
-    rows: np.ndarray  # batch row of each hash
-    fields: np.ndarray  # 0: the prompt's n-gram, 1: the response's
-    starts: np.ndarray  # its first word in that field's normalised words
+    pieces: FieldPieces
+    grams: PieceNgrams
 
     @classmethod
     def of(cls, batch: pa.Table, n: int) -> RowNgrams:
-        texts, owner = _field_docs(batch)
-        sh = word_shingles(texts, n, full_hash=True, keep_symbols=False)
-        doc_of = np.repeat(np.arange(len(sh.lengths)), np.diff(sh.offsets))
-        full = sh.lengths[doc_of] >= n  # a shorter field's one shingle is no n-gram
-        within = np.arange(len(doc_of)) - sh.offsets[doc_of]  # shingle k starts at word k
-        field = (doc_of >= batch.num_rows).astype(np.int8)
-        return cls(sh.hashes[full], owner[doc_of[full]], field[full], within[full])
+        pieces = FieldPieces.of(batch)
+        return cls(pieces, PieceNgrams.of(pieces.texts, n))
+
+    def has_prompt_ngram(self, n_rows: int) -> np.ndarray:
+        """Per row: whether a piece of its prompt is n words or longer. Rows without one
+        (a short question, or MMLU's short stem with its short options) are compared whole."""
+        pieces = self.grams.pieces[self.pieces.fields[self.grams.pieces] == 0]
+        out = np.zeros(n_rows, dtype=bool)
+        out[self.pieces.rows[pieces]] = True
+        return out
+
+    def words(self, piece: int, start: int, n: int) -> str:
+        """The normalised words of one n-gram occurrence (a drop's evidence)."""
+        text = self.pieces.texts.slice(piece, 1)
+        return " ".join(normalised_words(text).to_pylist()[0][start : start + n])
 
 
-def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, tuple[int, int, int]]:
-    """Row -> (eval item, field, first word) for rows sharing a content n-gram with the
-    suite: the row's first such n-gram, prompt before response, names the item."""
-    if len(index.ngram_hashes) == 0 or len(ngrams.hashes) == 0:
+NgramHit = tuple[int, int, int]
+"""(eval item, the row's piece, the n-gram's first word in that piece)."""
+
+
+def _ngram_hits(ngrams: RowNgrams, index: SuiteIndex) -> dict[int, list[NgramHit]]:
+    """Row -> its n-grams that are content n-grams of the suite, prompt before response."""
+    hashes = ngrams.grams.hashes
+    if len(index.ngram_hashes) == 0 or len(hashes) == 0:
         return {}
-    pos = np.searchsorted(index.ngram_hashes, ngrams.hashes)
+    pos = np.searchsorted(index.ngram_hashes, hashes)
     pos = np.minimum(pos, len(index.ngram_hashes) - 1)
-    hit = np.flatnonzero(index.ngram_hashes[pos] == ngrams.hashes)
-    out: dict[int, tuple[int, int, int]] = {}
-    items = index.ngram_item[pos[hit]].tolist()
-    for k, row, item in zip(hit.tolist(), ngrams.rows[hit].tolist(), items, strict=True):
-        out.setdefault(row, (item, int(ngrams.fields[k]), int(ngrams.starts[k])))
+    hit = np.flatnonzero(index.ngram_hashes[pos] == hashes)
+    pieces = ngrams.grams.pieces[hit]
+    out: dict[int, list[NgramHit]] = defaultdict(list)
+    for row, item, piece, start in zip(
+        ngrams.pieces.rows[pieces].tolist(),
+        index.ngram_item[pos[hit]].tolist(),
+        pieces.tolist(),
+        ngrams.grams.starts[hit].tolist(),
+        strict=True,
+    ):
+        out[row].append((item, piece, start))
     return out
+
+
+# A shared n-gram makes a row match an eval item only if the row also asks the item's
+# question: at least this share of the words of the item's prompt (outside its template, and
+# not in its answer: an answer phrase the row shares brings its words along) are the row's. An unrelated
+# GSM8K problem whose solution says "there are 7 days in a week so she eats 3 * 7" shares an
+# answer phrase, a law question quoting "... refrain from any legal action against the
+# company" a stock phrase (a third of the item's words); a copied or reworded item, or a
+# passage with another question, holds 70-100 % (benchmarks/real_data_report.py).
+QUESTION_SUPPORT = 0.5
+
+
+def _asks(row_words: frozenset, question_words: frozenset) -> bool:
+    return len(row_words & question_words) >= QUESTION_SUPPORT * len(question_words)
+
+
+def _exact_prompts(keys: pa.Array, index: StemIndex) -> list[tuple[int, int]]:
+    """(row, item) for every row whose prompt is an item's prompt, whatever its length: a copy
+    of an item that is mostly template (formal_logic's instruction and a short formula) has
+    no content n-gram to find it by."""
+    found = pc.index_in(keys, value_set=index.keys)
+    is_copy = pc.is_valid(found)
+    rows = np.flatnonzero(is_copy.to_numpy(zero_copy_only=False))
+    positions = pc.filter(found, is_copy).to_numpy(zero_copy_only=False)
+    return [(r, index.key_items[p]) for r, p in zip(rows.tolist(), positions.tolist(), strict=True)]
 
 
 def _short_prompt_hit(words: list[str], index: StemIndex, threshold: float):
@@ -312,8 +489,9 @@ def decontaminate(
     n = train.num_rows
     hits: dict[int, Hit] = {}  # training row -> its match
     if config.enabled and n:
+        context = grouped_rows(train, config)
         indexes = [
-            build_suite_index(name, items.select(RECORD_SCHEMA.names), config)
+            build_suite_index(name, items.select(RECORD_SCHEMA.names), config, context)
             for name, items in suites.items()
         ]
         for start in range(0, n, BATCH_ROWS):
@@ -331,7 +509,12 @@ def _batch_hits(
     than n words) an exact or near-identical eval prompt."""
     ngrams = RowNgrams.of(batch, config.ngram)
     prompt_words = normalised_words(content(batch, "prompt"))
-    short = np.flatnonzero(pc.list_value_length(prompt_words).to_numpy() < config.ngram)
+    # Every row's prompt, for the exact test; a multiple-choice row's with its choices.
+    is_mc = pc.is_valid(batch.column("choices"))
+    joined = pc.binary_join(prompt_words, " ")
+    prompt_keys = pc.if_else(is_mc, pa.scalar(None, pa.string()), joined)
+    choice_keys = pc.if_else(is_mc, pc.binary_join(stem_words(batch), " "), None)
+    short = np.flatnonzero(~ngrams.has_prompt_ngram(batch.num_rows))
     # A multiple-choice training row is compared with its choices, against items with theirs.
     picked = batch.take(pa.array(short, pa.int64()))
     has_choices = pc.is_valid(picked.column("choices")).to_numpy(zero_copy_only=False)
@@ -346,28 +529,29 @@ def _batch_hits(
         )
     ]
     hits: dict[int, Hit] = {}
-    field_words: dict[tuple[int, int], list[str]] = {}  # only rows that hit reach Python
+    row_words: dict[int, tuple[list[str], frozenset]] = {}  # only rows that hit reach Python
 
-    def words_of(row: int, field: int) -> list[str]:
-        if (row, field) not in field_words:
+    def words_of(row: int) -> tuple[list[str], frozenset]:
+        """The row's prompt words, and the words of its prompt and response."""
+        if row not in row_words:
             one = batch.slice(row, 1)
-            text = content(one, "prompt" if field == 0 else "response")
-            field_words[row, field] = normalised_words(text).to_pylist()[0]
-        return field_words[row, field]
+            prompt, response = (
+                normalised_words(content(one, f)).to_pylist()[0] for f in ("prompt", "response")
+            )
+            row_words[row] = prompt, frozenset(prompt) | frozenset(response)
+        return row_words[row]
 
     for index in indexes:
-        for row, (item, field, start) in _ngram_hits(ngrams, index).items():
-            if row in hits:
-                continue
-            prompt = words_of(row, 0)
-            if index.plain.prompts.get(" ".join(prompt)) == item:  # the item's prompt itself
-                hits[row] = _hit(index, item, "exact", 1.0)
-                continue
-            mine = frozenset(prompt) | frozenset(words_of(row, 1))
-            other = index.item_words[item]
-            similarity = len(mine & other) / max(len(mine | other), 1)
-            gram = " ".join(words_of(row, field)[start : start + config.ngram])
-            hits[row] = _hit(index, item, "ngram", similarity, gram)
+        for row, candidates in _ngram_hits(ngrams, index).items():
+            if row not in hits:
+                found = _ngram_match(index, candidates, *words_of(row))
+                if found:
+                    item, kind, similarity, (piece, start) = found
+                    gram = ngrams.words(piece, start, config.ngram) if kind == "ngram" else None
+                    hits[row] = _hit(index, item, kind, similarity, gram)
+        for keys, stems in ((prompt_keys, index.plain), (choice_keys, index.with_choices)):
+            for row, item in _exact_prompts(keys, stems):
+                hits.setdefault(row, _hit(index, item, "exact", 1.0))
         for row, (words, mc) in zip(short.tolist(), short_words, strict=True):
             if row in hits:
                 continue
@@ -377,6 +561,20 @@ def _batch_hits(
                 kind, item, sim = found
                 hits[row] = _hit(index, item, kind, sim)
     return hits
+
+
+def _ngram_match(index: SuiteIndex, candidates: list[NgramHit], prompt: list[str], words):
+    """(item, kind, similarity, (piece, start)) of the row's first n-gram hit that counts:
+    the item's prompt itself is an exact match, any other needs the item's question."""
+    for item, piece, start in candidates:
+        if index.plain.prompts.get(" ".join(prompt)) == item:
+            return item, "exact", 1.0, (piece, start)
+        if not _asks(words, index.questions[item]):
+            continue
+        other = index.item_words[item]
+        similarity = len(words & other) / max(len(words | other), 1)
+        return item, "ngram", similarity, (piece, start)
+    return None
 
 
 def _hit(index: SuiteIndex, item: int, kind: str, similarity: float, evidence=None) -> Hit:

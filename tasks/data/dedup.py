@@ -78,11 +78,13 @@ def source_row(meta: str) -> int | None:
     return int(row) if isinstance(row, int) else None
 
 
-def content(table: pa.Table, field: str) -> pa.Array:
+def content(table: pa.Table, field: str, seam: str = " ") -> pa.Array:
     """What a row says in `field`, without what its template added: a prompt loses its
     template's boilerplate (formats.TemplateFormat.boilerplate, by the record's `task`),
     choices are joined into one text, a response is itself. Keys and shingles are taken
-    on this, so "Question: X\\nAnswer:" (gsm8k) and "X" (generic) are the same question."""
+    on this, so "Question: X\\nAnswer:" (gsm8k) and "X" (generic) are the same question.
+    Each boilerplate piece becomes `seam`: a space for keys, a separator where the template's
+    parts must stay apart (decontamination: an MMLU stem and its options)."""
     column = table.column(field).combine_chunks()
     if field == "choices":
         return pc.fill_null(pc.binary_join(column, CHOICE_SEP), "")
@@ -97,7 +99,7 @@ def content(table: pa.Table, field: str) -> pa.Array:
             continue
         stripped = column
         for piece in sorted(words, key=len, reverse=True):  # "?\nAnswer:" before "\nAnswer:"
-            stripped = pc.replace_substring(stripped, piece, " ")
+            stripped = pc.replace_substring(stripped, piece, seam)
         out = pc.if_else(pc.equal(tasks, name), stripped, out)
     return out
 

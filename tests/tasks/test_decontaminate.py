@@ -49,24 +49,38 @@ def suite() -> pa.Table:
 
 
 def test_thirteen_gram_overlap_is_removed_with_its_eval_item(suite):
-    leaked = "Some intro words. the river number 7 flows through the valley of town 7 past the old"
-    rows = [train(leaked, row=3), train("a completely unrelated prompt about cooking pasta " * 3)]
+    fragment = "the river number 7 flows through the valley of town 7 past the old"
+    leaked = f"Some intro words. {fragment} mill built by carpenter 7"
+    rows = [
+        train(leaked, row=3),
+        train("a completely unrelated prompt about cooking pasta " * 3, row=4),
+        # 13 words of the item, but under half of its own words (the rest of its fact): a
+        # phrase in common, not the item's question
+        train(f"Some intro words. {fragment}", row=5),
+    ]
     result = decontaminate(records_to_table(rows), {"boolq_mc": suite}, DecontaminationSpec())
     drops = result.drops.to_pylist()
     assert len(drops) == 1
     assert drops[0]["suite"] == "boolq_mc" and drops[0]["row"] == 3
     assert drops[0]["eval_id"] == suite.column("id")[7].as_py()
     assert drops[0]["kind"] == "ngram"
-    assert result.kept.num_rows == 1
+    assert result.kept.num_rows == 2
     assert drops_per_source_suite(result.drops) == [
         {"source": "src", "suite": "boolq_mc", "kind": "ngram", "rows": 1}
     ]
 
 
-def test_boilerplate_shared_by_many_eval_items_is_ignored(suite):
+def test_boilerplate_shared_by_many_eval_items_is_ignored(suite, monkeypatch):
     row = train(f"{TEMPLATE}. The cat sat on the mat and looked at the moon for a while.")
     result = decontaminate(records_to_table([row]), {"s": suite}, DecontaminationSpec())
     assert result.drops.num_rows == 0 and result.kept.num_rows == 1
+    # The frequency rule alone does it: with the question-words rule off, the template is
+    # still no match, and it is one once nothing counts as boilerplate.
+    monkeypatch.setattr(decontaminate_module, "QUESTION_SUPPORT", 0.0)
+    assert (
+        decontaminate(records_to_table([row]), {"s": suite}, DecontaminationSpec()).drops.num_rows
+        == 0
+    )
     strict = DecontaminationSpec(boilerplate_fraction=1.0)  # nothing counts as boilerplate
     assert decontaminate(records_to_table([row]), {"s": suite}, strict).drops.num_rows == 1
 
@@ -211,7 +225,8 @@ def test_first_suite_wins_and_a_copied_prompt_is_exact_whatever_the_batch_size(m
         ),  # and a 13-gram in the 2nd
         train("something else entirely", row=3),
         train("name the capital of peru please", f"So: {LONG_ANSWER}", row=4),  # its prompt
-        train("tell me something", f"So: {LONG_ANSWER}", row=5),  # only the answer's 13-gram
+        train("tell me something", f"So: {LONG_ANSWER}", row=5),  # the answer, not the question
+        train("which city is the capital of peru", f"So: {LONG_ANSWER}", row=6),  # reworded
     ]
     table = records_to_table(rows)
     suites = {"first": first, "second": second}
@@ -219,17 +234,17 @@ def test_first_suite_wins_and_a_copied_prompt_is_exact_whatever_the_batch_size(m
         1: ("first", "exact"),
         2: ("first", "exact"),
         4: ("second", "exact"),  # a verbatim copy is exact, not "ngram"
-        5: ("second", "ngram"),
+        6: ("second", "ngram"),
     }
     for batch_rows in (1, 3, 50_000):
         monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", batch_rows)
         result = decontaminate(table, suites, DecontaminationSpec())
         got = {d["row"]: (d["suite"], d["kind"]) for d in result.drops.to_pylist()}
         assert got == expected, batch_rows
-        assert [json.loads(m)["row"] for m in result.kept.column("meta").to_pylist()] == [3]
+        assert [json.loads(m)["row"] for m in result.kept.column("meta").to_pylist()] == [3, 5]
         by_row = {d["row"]: d for d in result.drops.to_pylist()}
         assert by_row[4]["similarity"] == 1.0 and by_row[4]["evidence"] is None
-        ngram = by_row[5]
+        ngram = by_row[6]
         # The evidence: the matched n-gram, a real similarity, the suite's row of the item.
         assert len(ngram["evidence"].split()) == 13 and ngram["evidence"] in LONG_ANSWER.lower()
         assert 0 < ngram["similarity"] < 1
@@ -333,3 +348,140 @@ def test_mmlu_without_subjects_falls_back_to_a_stricter_suite_wide_cut_and_says_
     with caplog.at_level("WARNING"):
         assert decontaminate(row, {"s": plain}, DecontaminationSpec()).drops.num_rows == 1
     assert "subject" not in caplog.text
+
+
+# ------------------------------------------- what only looks like a leak (real MMLU and GSM8K)
+
+
+def mmlu_record(stem: str, options: list[str], subject: str, source: str = "mmlu", row=0):
+    """A record as the mmlu template renders it: the options inside the prompt."""
+    listed = "".join(f"\n{letter}. {o}" for letter, o in zip("ABCD", options, strict=True))
+    return make_record(
+        source=source,
+        task="mmlu",
+        category="knowledge",
+        prompt=f"{stem}{listed}\nAnswer:",
+        response=" A",
+        choices=list("ABCD"),
+        label=0,
+        meta={"subject": subject, "row": row},
+    )
+
+
+MORAL_OPTIONS = ["Wrong, Wrong", "Wrong, Not wrong", "Not wrong, Wrong", "Not wrong, Not wrong"]
+
+
+def test_a_stem_ending_and_the_choice_list_are_not_a_leak():
+    # moral_scenarios: every item ends with the same four options. A 13-gram across the last
+    # words of a scenario and the options ("... to the store wrong wrong wrong not wrong ...")
+    # shares two words of content; the options are another part of the template.
+    suite = records_to_table(
+        [
+            mmlu_record(
+                f"Scenario {i} | I told grandmother {i} I loved her gift.", MORAL_OPTIONS, "m"
+            )
+            for i in range(6)
+        ]
+        + [mmlu_record(f"Geography question {i} about rivers", list("wxyz"), "g") for i in range(6)]
+    )
+    row = mmlu_record("Scenario 9 | I drove my sister to the store gift.", MORAL_OPTIONS, "m")
+    copied = mmlu_record("Scenario 3 | I told grandmother 3 I loved her gift.", MORAL_OPTIONS, "m")
+    result = decontaminate(records_to_table([row, copied]), {"mmlu": suite}, DecontaminationSpec())
+    assert result.drops.column("row").to_pylist() == [0]  # the copy only (both have row 0)
+    assert result.drops.column("kind").to_pylist() == ["exact"]
+    assert result.kept.num_rows == 1
+
+
+def test_a_template_phrase_shorter_than_the_ngram_does_not_make_a_match(monkeypatch):
+    # professional_medicine: "... shows no abnormalities. Which of the following is the most
+    # appropriate next step in management?" A 13-gram of three words of findings and a
+    # 10-word phrase that closes many items is template plus three words, not the case.
+    monkeypatch.setattr(decontaminate_module, "QUESTION_SUPPORT", 0.0, raising=False)
+    phrase = "Which of the following is the most appropriate next step in management?"
+    cases = [
+        f"A {20 + i} year old patient {i} has fever and cough since day {i}." for i in range(8)
+    ]
+    cases[3] = "A 40 year old man has chest pain at rest. An ECG shows no abnormalities."
+    med = [
+        mmlu_record(f"{c} {phrase}", [f"{w}{i}" for w in "pqrs"], "med")
+        for i, c in enumerate(cases)
+    ]
+    geo = [mmlu_record(f"Geography item {i} on rivers", list("wxyz"), "geo") for i in range(40)]
+    suite = records_to_table(med + geo)  # the phrase: 8 of 48 items, under the 10 % suite-wide cut
+    row = mmlu_record(
+        f"A child has had a rash since yesterday. Examination shows no abnormalities. {phrase}",
+        ["antibiotics", "reassure", "biopsy", "steroids"],
+        "med",
+    )
+    result = decontaminate(records_to_table([row]), {"mmlu": suite}, DecontaminationSpec())
+    assert result.drops.num_rows == 0
+    # The same words with the phrase's share of the items under boilerplate_fraction: a match.
+    strict = DecontaminationSpec(boilerplate_fraction=1.0)
+    assert decontaminate(records_to_table([row]), {"mmlu": suite}, strict).drops.num_rows == 1
+
+
+def test_a_group_template_is_counted_with_the_training_rows_of_its_group(monkeypatch):
+    # formal_logic: the instruction opens two items of a small suite (under the 3 a template
+    # needs) and three training rows; with them it is the subject's template. A training row
+    # that copies an item's formulas as well is still a leak.
+    stem = (
+        "Construct a complete truth table for the following pairs of propositions. Then, using "
+        "the truth tables, determine whether the statements are logically equivalent or "
+        "contradictory. If neither, determine whether they are consistent or inconsistent."
+    )
+    options = ["Logically equivalent", "Contradictory", "Consistent", "Inconsistent"]
+    formulas = ["alpha and beta", "gamma or delta", "epsilon then zeta", "eta iff theta", "iota"]
+    suite = records_to_table(
+        [mmlu_record(f"{stem} {formulas[i]}", options, "logic", "suite", i) for i in range(2)]
+        + [
+            mmlu_record(f"History item {i} on kings", list("wxyz"), "hist", "suite")
+            for i in range(30)  # the instruction: 2 of 32 items, under the 10 % suite-wide cut
+        ]
+    )
+    rows = [mmlu_record(f"{stem} {f}", options, "logic", row=i) for i, f in enumerate(formulas[2:])]
+    monkeypatch.setattr(decontaminate_module, "QUESTION_SUPPORT", 0.0, raising=False)
+    result = decontaminate(records_to_table(rows), {"mmlu": suite}, DecontaminationSpec())
+    assert result.drops.num_rows == 0
+    copy = mmlu_record(f"{stem} {formulas[1]}", options, "logic", row=9)  # no content n-gram
+    with_copy = decontaminate(
+        records_to_table([*rows, copy]), {"mmlu": suite}, DecontaminationSpec()
+    )
+    assert with_copy.drops.column("row").to_pylist() == [9]
+
+
+def test_a_generation_answer_counts_only_with_its_question():
+    # GSM8K: two different problems whose solutions share a worked phrase.
+    shared = "There are 7 days in a week so she eats 3 * 7 = 21 eggs in a week and"
+    question = (
+        "Janet buys a dozen eggs and eats three every morning. How many eggs are left after a week?"
+    )
+    suite = records_to_table(
+        [
+            make_record(
+                source="gsm8k",
+                task="gsm8k",
+                category="math",
+                prompt=f"Question: {question}\nAnswer:",
+                response=f" {shared} 12 * 7 - 21 = 63 are left. #### 63",
+                meta={"row": 0},
+            )
+        ]
+        + [item(f"unrelated question {i} about topic {i}") for i in range(20)]
+    )
+    other = "Maria drinks juice with breakfast and lunch. How many glasses does she need for a fortnight?"
+    reworded = (
+        "Janet buys twelve eggs and eats three each morning. After a week how many eggs are left?"
+    )
+    rows = [
+        make_record(
+            source="train",
+            task="gsm8k",
+            category="math",
+            prompt=f"Question: {q}\nAnswer:",
+            response=f" {shared} then doubled. #### 42",
+            meta={"row": r},
+        )
+        for r, q in ((1, other), (2, reworded))
+    ]
+    result = decontaminate(records_to_table(rows), {"gsm8k": suite}, DecontaminationSpec())
+    assert result.drops.column("row").to_pylist() == [2]
