@@ -29,6 +29,7 @@ from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
 from multilora_pipeline.flows.summary import format_summary
 from multilora_pipeline.flows.temporary_server import TemporaryServer
+from multilora_pipeline.tasks.stores import check_stores
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
 
 
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             spec, base_dir = load_spec(args.spec, data_only=args.command == "data")
             if args.command != "serve":  # a scheduled run may find files that appear later
                 check_local_files(spec, Path(args.spec).resolve(), base_dir)
+        if args.command in ("run", "data"):  # a damaged store, before the server starts
+            check_stores(ws, tracking=args.command == "run")
         # Launched now, it starts (~5 s) while the data is checked and the flows import.
         server = (
             TemporaryServer(ws)

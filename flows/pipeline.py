@@ -71,7 +71,7 @@ from multilora_pipeline.tasks.evaluation.confidence import item_scores, metric_p
 from multilora_pipeline.tasks.evaluation.evaluate import compare_arms
 from multilora_pipeline.tasks.registry.lineage import Lineage
 from multilora_pipeline.tasks.registry.promote import run_gate
-from multilora_pipeline.tasks.registry.tracking import Tracker, check_tracking_store, code_version
+from multilora_pipeline.tasks.registry.tracking import Tracker, code_version
 from multilora_pipeline.tasks.registry.versions import (
     CHALLENGER,
     CHAMPION,
@@ -82,6 +82,7 @@ from multilora_pipeline.tasks.registry.versions import (
     update_version_scores,
     version_by_alias,
 )
+from multilora_pipeline.tasks.stores import check_stores
 from multilora_pipeline.tasks.training.arm_models import arm_deltas
 from multilora_pipeline.tasks.training.base_model import (
     check_base_model,
@@ -424,8 +425,7 @@ def _locked_run(
     logger.info("prompt format (training, scoring and serving alike): %s", fmt.describe())
     lineage = run_lineage(spec, data.mixture_id, base, fmt.as_tags())
 
-    known_runs = Catalog(ws.catalog_path).counts()["runs"] if ws.catalog_path.exists() else 0
-    check_tracking_store(ws, known_runs)  # a lost store is said, not silently recreated
+    check_stores(ws)  # again (the CLI checked before Prefect): a lost store is said, not recreated
     tracker = Tracker(ws, spec.name)  # the run's one MLflow facade, handed to every stage
     parent_id = tracker.start_parent(
         run_name=f"{spec.name}-{data.mixture_id[:8]}",

@@ -29,6 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from transformers import TrainerCallback
 
 from multilora_pipeline.data_specs.errors import RegistryError
+from multilora_pipeline.tasks.stores import check_tracking_store
 from multilora_pipeline.tasks.workspace import Workspace
 
 RUN_KEY_TAG = "mlora.run_key"
@@ -79,39 +80,6 @@ def code_version() -> str:
             return version("multilora-pipeline")
         except PackageNotFoundError:
             return "unknown"
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def check_tracking_store(workspace: Workspace, known_runs: int = 0) -> None:
-    """Refuse a damaged workspace store, and a missing one when the catalog knows runs.
-
-    MLflow recreates a missing or zero-byte SQLite file without a word, and the registry
-    history (versions, aliases) would be gone while the catalog still points at its runs.
-    """
-    if workspace.tracking_server:
-        return  # the server guards its own store
-    db = workspace.mlflow_db
-    size = db.stat().st_size if db.exists() else 0
-    if size:
-        with db.open("rb") as handle:
-            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                raise RegistryError(
-                    "the MLflow store is not an SQLite database (damaged or overwritten)",
-                    where=str(db),
-                    fix="move it aside and restore it from a backup; without one, start a new "
-                    "workspace (--workspace)",
-                )
-        return
-    if known_runs:
-        state = "empty" if db.exists() else "missing"
-        raise RegistryError(
-            f"the MLflow store is {state}, but the workspace catalog records {known_runs} "
-            "MLflow run(s) and their versions: a new store would lose them silently",
-            where=str(db),
-            fix="restore mlflow.db from a backup, or start a new workspace (--workspace)",
-        )
 
 
 class Tracker:

@@ -156,6 +156,42 @@ def test_a_bad_row_is_named_by_file_row_and_field_before_prefect_starts(command,
     print(f"bad row reported in {seconds:.1f}s")  # the figure for the note
 
 
+def _truncate_half(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("store", ["catalog", "mlflow", "empty mlflow"])
+def test_a_damaged_store_is_one_error_before_prefect_starts(store, tmp_path):
+    from multilora_pipeline.tasks.catalog import Catalog
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    catalog = Catalog(ws.catalog_path)
+    catalog.record_run(spec_hash="s", mixture_id="m", arm="a", mlflow_run_id="r")  # trained once
+    if store == "catalog":
+        _truncate_half(ws.catalog_path)
+        expected = f"error: {ws.catalog_path}: the catalog is damaged"
+    elif store == "mlflow":
+        Tracker(ws, "cli").start_parent("run", tags={}, params={"a": 1})
+        _truncate_half(ws.mlflow_db)
+        expected = f"error: {ws.mlflow_db}: the MLflow store is truncated"
+    else:
+        ws.mlflow_db.write_bytes(b"")
+        expected = f"error: {ws.mlflow_db}: the MLflow store is empty, but the workspace catalog"
+    spec = REPO / "data_specs" / "demo_tiny.yaml"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", str(spec), "--workspace", str(ws.root)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == "[]"  # neither Prefect nor MLflow nor torch was imported
+    assert done.stderr.startswith(expected), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_serve_rejects_a_bad_cron(tmp_path):
     # A subprocess: `serve` sets up Prefect's logging, which must not bind to pytest's capture.
     done = subprocess.run(

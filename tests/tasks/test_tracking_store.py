@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from multilora_pipeline.data_specs.errors import RegistryError
-from multilora_pipeline.tasks.registry.tracking import Tracker, check_tracking_store
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.stores import check_tracking_store
 from multilora_pipeline.tasks.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # creates real SQLite stores (MLflow migrations, ~3 s each)
@@ -34,7 +35,7 @@ def test_a_truncated_store_is_one_error_with_what_to_do(workspace: Workspace):
     db = workspace.mlflow_db
     with db.open("r+b") as handle:
         handle.truncate(db.stat().st_size // 2)
-    with pytest.raises(RegistryError, match="MLflow store is damaged.*move it aside"):
+    with pytest.raises(RegistryError, match="MLflow store is truncated.*move it aside"):
         Tracker(workspace, "other")
 
 
