@@ -27,13 +27,24 @@ from multilora_pipeline.data_specs.errors import PipelineError
 
 log = logging.getLogger("mlora.catalog")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Changes since version 1, applied in order to an older catalog (each idempotent).
 MIGRATIONS = {
     2: ["ALTER TABLE dedup_drops ADD COLUMN IF NOT EXISTS duplicate_row BIGINT"],
     3: [
         "ALTER TABLE decontamination_drops ADD COLUMN IF NOT EXISTS eval_row BIGINT",
         "ALTER TABLE decontamination_drops ADD COLUMN IF NOT EXISTS evidence VARCHAR",
+    ],
+    4: [  # the file of each named row, for sources and suites of several files
+        *(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} VARCHAR"
+            for table, columns in {
+                "dedup_drops": ("file", "duplicate_file"),
+                "decontamination_drops": ("file", "eval_file"),
+                "suite_duplicates": ("file", "duplicate_of_file"),
+            }.items()
+            for column in columns
+        )
     ],
 }
 
@@ -53,13 +64,15 @@ TABLES = {
         PRIMARY KEY (stage, output_id)""",
     "dedup_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, duplicate_of VARCHAR,
-        duplicate_source VARCHAR, duplicate_row BIGINT, kind VARCHAR, similarity DOUBLE""",
+        duplicate_source VARCHAR, duplicate_row BIGINT, kind VARCHAR, similarity DOUBLE,
+        file VARCHAR, duplicate_file VARCHAR""",
     "decontamination_drops": """
         output_id VARCHAR, id VARCHAR, source VARCHAR, row BIGINT, suite VARCHAR,
-        eval_id VARCHAR, kind VARCHAR, similarity DOUBLE, eval_row BIGINT, evidence VARCHAR""",
+        eval_id VARCHAR, kind VARCHAR, similarity DOUBLE, eval_row BIGINT, evidence VARCHAR,
+        file VARCHAR, eval_file VARCHAR""",
     "suite_duplicates": """
         output_id VARCHAR, suite VARCHAR, row BIGINT, duplicate_of_row BIGINT,
-        dropped BOOLEAN""",
+        dropped BOOLEAN, file VARCHAR, duplicate_of_file VARCHAR""",
     "invalid_drops": """
         output_id VARCHAR, source VARCHAR, row BIGINT, file VARCHAR, field VARCHAR,
         reason VARCHAR""",

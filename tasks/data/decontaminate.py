@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DecontaminationSpec
-from multilora_pipeline.tasks.data.dedup import content, source_row
+from multilora_pipeline.tasks.data.dedup import content, source_file, source_row
 from multilora_pipeline.tasks.data.minhash import normalised_words, word_shingles
 from multilora_pipeline.tasks.data.outputs import stage_logger
 
@@ -60,11 +60,13 @@ DECON_DROP_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("row", pa.int64()),
+        pa.field("file", pa.string()),  # the row's file, for a source of several files
         pa.field("suite", pa.string(), nullable=False),
         pa.field("eval_id", pa.string(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),  # exact | near | ngram
         pa.field("similarity", pa.float64(), nullable=False),
         pa.field("eval_row", pa.int64()),  # the suite file's row of the matched item
+        pa.field("eval_file", pa.string()),  # that file, for a suite of several files
         pa.field("evidence", pa.string()),  # ngram: the matched n-gram (normalised words)
     ]
 )
@@ -87,6 +89,7 @@ class SuiteIndex:
     ngram_item: np.ndarray  # eval item index of each hash (first item that has it)
     ids: list[str]
     rows: list[int | None]  # the suite file's row of each item
+    files: list[str | None]  # and its file, for a suite of several files
     item_words: list[frozenset]  # per item: words of its prompt and response
     plain: StemIndex  # the items' prompts
     questions: list[frozenset]  # per item: its prompt's words outside template spans
@@ -214,6 +217,7 @@ def build_suite_index(
         ngram_item=item[keep][first_at].astype(np.int64),
         ids=items.column("id").to_pylist(),
         rows=[source_row(m) for m in items.column("meta").to_pylist()],
+        files=[source_file(m) for m in items.column("meta").to_pylist()],
         item_words=[frozenset(p) | frozenset(r) for p, r in zip(words, responses, strict=True)],
         plain=StemIndex.of(words),
         questions=[
@@ -473,8 +477,8 @@ def _short_prompt_hit(words: list[str], index: StemIndex, threshold: float):
 # however big the training table, while each suite's index (the small side) stays whole.
 BATCH_ROWS = 50_000
 
-Hit = tuple[str, str, float, str, int | None, str | None]
-"""(suite, kind, similarity, eval id, eval file row, evidence)."""
+Hit = tuple[str, str, float, str, int | None, str | None, str | None]
+"""(suite, kind, similarity, eval id, eval file row, eval file, evidence)."""
 
 
 def decontaminate(
@@ -578,7 +582,15 @@ def _ngram_match(index: SuiteIndex, candidates: list[NgramHit], prompt: list[str
 
 
 def _hit(index: SuiteIndex, item: int, kind: str, similarity: float, evidence=None) -> Hit:
-    return (index.name, kind, similarity, index.ids[item], index.rows[item], evidence)
+    return (
+        index.name,
+        kind,
+        similarity,
+        index.ids[item],
+        index.rows[item],
+        index.files[item],
+        evidence,
+    )
 
 
 def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
@@ -592,14 +604,16 @@ def _drops_table(train: pa.Table, hits: dict[int, Hit]) -> pa.Table:
                 "id": ids[i],
                 "source": srcs[i],
                 "row": source_row(metas[i]),
+                "file": source_file(metas[i]),
                 "suite": suite,
                 "eval_id": eval_id,
                 "kind": kind,
                 "similarity": round(sim, 6),
                 "eval_row": eval_row,
+                "eval_file": eval_file,
                 "evidence": evidence,
             }
-            for i, (suite, kind, sim, eval_id, eval_row, evidence) in enumerate(
+            for i, (suite, kind, sim, eval_id, eval_row, eval_file, evidence) in enumerate(
                 hits[r] for r in rows
             )
         ],

@@ -35,9 +35,11 @@ DEDUP_DROP_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("row", pa.int64()),  # row in the source file, when normalise recorded it
+        pa.field("file", pa.string()),  # that file, for a source of several files
         pa.field("duplicate_of", pa.string(), nullable=False),
         pa.field("duplicate_source", pa.string(), nullable=False),
         pa.field("duplicate_row", pa.int64()),  # source-file row of the kept copy
+        pa.field("duplicate_file", pa.string()),  # and its file
         pa.field("kind", pa.string(), nullable=False),  # exact | near
         pa.field("similarity", pa.float64(), nullable=False),
     ]
@@ -66,6 +68,17 @@ class DedupResult:
     @property
     def kept_rows(self) -> int:
         return int(self.keep.sum())
+
+
+def source_file(meta: str) -> str | None:
+    """The file of a source of several files (a glob) that normalise stored in `meta`: rows
+    are numbered per file, so "row 4" names a row only with its file."""
+    try:
+        data = json.loads(meta)
+    except (TypeError, ValueError):
+        return None
+    name = data.get("file") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def source_row(meta: str) -> int | None:
@@ -262,9 +275,11 @@ def _drop_table(table, rank, dropped_ranked, dup_of, kind, sim) -> pa.Table:
             "id": dropped.column("id"),
             "source": dropped.column("source"),
             "row": [source_row(m) for m in dropped.column("meta").to_pylist()],
+            "file": [source_file(m) for m in dropped.column("meta").to_pylist()],
             "duplicate_of": kept_copy.column("id"),
             "duplicate_source": kept_copy.column("source"),
             "duplicate_row": [source_row(m) for m in kept_copy.column("meta").to_pylist()],
+            "duplicate_file": [source_file(m) for m in kept_copy.column("meta").to_pylist()],
             "kind": kind[dropped_ranked].tolist(),
             "similarity": np.round(sim[dropped_ranked], 6),
         },

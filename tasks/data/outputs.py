@@ -18,7 +18,9 @@ from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.workspace import Workspace
 
 # Bump when a stage's code changes what it writes for the same inputs: old outputs are rebuilt.
-STAGE_CODE_VERSION = 2  # 2: meta['query'] for passage tasks, duplicate_row in dedup drops
+# 2: meta['query'] for passage tasks, duplicate_row in dedup drops; 3: decontamination judged
+# on content (seams, template spans, the item's question), the file of every row in drops
+STAGE_CODE_VERSION = 3
 RECORDS, KEPT, DROPS = "records.parquet", "kept.parquet", "drops.parquet"
 
 

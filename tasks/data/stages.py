@@ -28,7 +28,7 @@ from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
 from multilora_pipeline.tasks.data.decontaminate import decontaminate
-from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_row
+from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_file, source_row
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
 from multilora_pipeline.tasks.data.files.parquet_io import (
     filtered_slices,
@@ -168,7 +168,9 @@ REPEATS_SCHEMA = pa.schema(
     [
         ("suite", pa.string()),
         ("row", pa.int64()),
+        ("file", pa.string()),  # for a suite of several files: rows are numbered per file
         ("duplicate_of_row", pa.int64()),
+        ("duplicate_of_file", pa.string()),
         ("dropped", pa.bool_()),
     ]
 )
@@ -184,10 +186,18 @@ def suite_repeats(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def repeats_table(suite: str, records: pa.Table, first: np.ndarray, dropped: bool) -> pa.Table:
-    rows = [source_row(m) for m in records.column("meta").to_pylist()]
+    metas = records.column("meta").to_pylist()
+    rows, files = [source_row(m) for m in metas], [source_file(m) for m in metas]
     return pa.Table.from_pylist(
         [
-            {"suite": suite, "row": rows[i], "duplicate_of_row": rows[f], "dropped": dropped}
+            {
+                "suite": suite,
+                "row": rows[i],
+                "file": files[i],
+                "duplicate_of_row": rows[f],
+                "duplicate_of_file": files[f],
+                "dropped": dropped,
+            }
             for i, f in enumerate(first.tolist())
             if f != i
         ],

@@ -133,19 +133,22 @@ def suite_table(suites: list[Prepared]) -> list[dict]:
 def source_table(
     sources: list[Prepared], across: StageOutput, clean: StageOutput, mixed: StageOutput
 ) -> list[dict]:
-    """Per source: rows in, rows skipped as bad, exact/near/contamination drops, validation rows, rows in the
-    mixture, requested and achieved share (what `mlora data` prints)."""
+    """Per source: rows in (read from its files, bad ones included), rows skipped as bad,
+    exact/near/contamination drops, validation rows, rows in the mixture, requested and
+    achieved share (what `mlora data` prints). Read left to right, each count comes out of
+    the rows before it."""
     drops = pa.concat_tables([read_drops(p.deduped) for p in sources] + [read_drops(across)])
     kinds = drops.group_by(["source", "kind"]).aggregate([("id", "count")]).to_pylist()
     dedup_counts = {(r["source"], r["kind"]): r["id_count"] for r in kinds}
     contamination = read_drops(clean).group_by("source").aggregate([("id", "count")]).to_pylist()
     contaminated = {r["source"]: r["id_count"] for r in contamination}
     members = mixed.extra["manifest"]["sources"]
+    skipped = {p.name: read_skipped(p.normalised).num_rows for p in sources}
     return [
         {
             "source": p.name,
-            "rows_in": p.normalised.rows,
-            "invalid_drops": read_skipped(p.normalised).num_rows,
+            "rows_in": p.normalised.rows + skipped[p.name],
+            "invalid_drops": skipped[p.name],
             "exact_drops": dedup_counts.get((p.name, "exact"), 0),
             "near_drops": dedup_counts.get((p.name, "near"), 0),
             "contamination_drops": contaminated.get(p.name, 0),

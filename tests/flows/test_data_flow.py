@@ -268,7 +268,7 @@ def test_skipped_bad_rows_and_repeated_suite_items_are_in_the_catalog_and_the_ta
     path.write_text(yaml.safe_dump(spec))
     outputs = data_flow(str(path), str(tmp_path / "ws"))
     row = next(r for r in outputs.source_table if r["source"] == "boolq")
-    assert row["invalid_drops"] == 1 and row["rows_in"] == len(lines) - 1
+    assert row["invalid_drops"] == 1 and row["rows_in"] == len(lines)  # read, the bad one too
     assert " bad " in format_source_table(outputs).splitlines()[0] + " "
     (drop,) = Catalog(tmp_path / "ws" / "catalog.duckdb").query("SELECT * FROM invalid_drops")
     assert (drop["source"], drop["row"], drop["field"]) == ("boolq", 5, "label")

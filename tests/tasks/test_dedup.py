@@ -382,3 +382,38 @@ def test_a_suites_repeated_items_are_reported_and_dropped_on_request(tmp_path):
     dropping = kept.model_copy(update={"drop_duplicates": True})
     out = normalise_stage(ws, fetch(dropping, "boolq", tmp_path, ws), dropping)
     assert out.rows == 5 and all(r["dropped"] for r in read_repeats(out).to_pylist())
+
+
+def test_rows_of_a_source_of_several_files_are_named_with_their_file(tmp_path):
+    # MMLU publishes one headerless CSV per subject, rows numbered per file: "row 1 repeats
+    # row 2" names nothing until it says which files.
+    from multilora_pipeline.data_specs.schema import EvalSuiteSpec, SourceSpec
+    from multilora_pipeline.tasks.data.fetch import fetch
+    from multilora_pipeline.tasks.data.stages import normalise_stage, read_repeats
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    shared = "What is the dose of creatine for a 70 kg man?,2 g,5 g,10 g,20 g,D\n"
+    (tmp_path / "clinical_knowledge_val.csv").write_text(
+        f"Which organ filters blood?,a,b,c,d,A\n{shared}"
+    )
+    (tmp_path / "college_medicine_val.csv").write_text(shared)
+    suite = EvalSuiteSpec(
+        name="mmlu", path="*_val.csv", file_fields="(?P<subject>.+)_val", template="mmlu"
+    )
+    out = normalise_stage(ws, fetch(suite, "mmlu", tmp_path, ws), suite)
+    (repeat,) = read_repeats(out).to_pylist()
+    assert (repeat["file"], repeat["row"]) == ("college_medicine_val.csv", 1)
+    assert (repeat["duplicate_of_file"], repeat["duplicate_of_row"]) == (
+        "clinical_knowledge_val.csv",
+        2,
+    )
+    source = SourceSpec(
+        name="mmlu", path="*_val.csv", file_fields="(?P<subject>.+)_val", template="mmlu"
+    )
+    records = normalise_stage(ws, fetch(source, "mmlu", tmp_path, ws), source)
+    import pyarrow.parquet as pq
+
+    (drop,) = dedup(pq.read_table(records.path), DedupSpec()).drops.to_pylist()
+    assert (drop["file"], drop["row"]) == ("college_medicine_val.csv", 1)
+    assert (drop["duplicate_file"], drop["duplicate_row"]) == ("clinical_knowledge_val.csv", 2)
