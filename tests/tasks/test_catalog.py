@@ -239,9 +239,11 @@ def test_a_version_1_catalog_is_migrated_and_a_newer_one_refused(tmp_path):
     rows = catalog.query("SELECT duplicate_row FROM dedup_drops ORDER BY duplicate_row")
     assert [r["duplicate_row"] for r in rows] == [7, 9]
     versions = catalog.query("SELECT version FROM schema_version ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 3]  # migrated through 2 to this code's 3
+    assert [r["version"] for r in versions] == [1, 4]  # migrated through 2 and 3 to this code's 4
     columns = {r["column_name"] for r in catalog.query("DESCRIBE decontamination_drops")}
-    assert {"eval_row", "evidence"} <= columns
+    assert {"eval_row", "evidence", "file", "eval_file"} <= columns
+    columns = {r["column_name"] for r in catalog.query("DESCRIBE dedup_drops")}
+    assert {"file", "duplicate_file"} <= columns
 
     con = duckdb.connect(str(path))
     con.execute("INSERT INTO schema_version VALUES (99, now())")
