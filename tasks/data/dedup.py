@@ -198,6 +198,12 @@ def _same_query(table: pa.Table, rows: np.ndarray, threshold: float) -> Callable
     return accept
 
 
+def _source_codes(table: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """One int per row (of `rows`) naming its source."""
+    sources = pc.dictionary_encode(table.column("source")).combine_chunks()
+    return sources.indices.to_numpy()[rows]
+
+
 def _query(meta: str) -> str | None:
     try:
         value = json.loads(meta).get(QUERY)
@@ -211,11 +217,15 @@ def dedup(
     config: DedupSpec,
     priorities: dict[str, int] | None = None,
     source_order: list[str] | None = None,
+    *,
+    across: bool = False,
 ) -> DedupResult:
     """Remove exact and near duplicates from `table` (canonical records, any sources).
 
     Works in rank order (best copy first) on integer arrays; the table itself is never
-    reordered or copied whole, so memory stays near one copy of the input."""
+    reordered or copied whole, so memory stays near one copy of the input. `across`: the
+    rows are sources already deduplicated one by one, so near dedup compares only rows of
+    different sources (the within pass compared the rest once already)."""
     table = table.select(RECORD_SCHEMA.names)
     n = table.num_rows
     if source_order is None:
@@ -255,6 +265,7 @@ def dedup(
             shingle=near_cfg.shingle,
             bands=near_cfg.bands,
             accept=_same_query(table, rank[live], near_cfg.threshold),
+            groups=_source_codes(table, rank[live]) if across else None,
         )
         kept_i, dropped_j = found.pairs[:, 0], found.pairs[:, 1]
         rows = live[dropped_j]

@@ -311,6 +311,7 @@ def near_duplicates(
     bands: int | None = None,
     seed: int = DEFAULT_SEED,
     accept: Callable[[int, int], bool] | None = None,
+    groups: np.ndarray | None = None,
 ) -> NearDuplicates:
     """Greedy near-dedup in input order (the caller's rank order, best copy first): a text
     is dropped when its word-shingle Jaccard with an earlier *kept* text reaches
@@ -321,6 +322,8 @@ def near_duplicates(
     its buckets (at most BUCKET_CAP per bucket, the best-ranked), never with every pair: a
     bucket of 147k near-identical rows costs 147k comparisons with its one survivor, not
     millions of pairs, and memory stays at the signatures plus one bucket id per row and band.
+    `groups` (one int per text): texts of one group are not compared, for a pass across
+    sources whose own pairs were each decided within their source.
     """
     t0 = time.perf_counter()
     if bands is None:
@@ -336,6 +339,8 @@ def near_duplicates(
     for j in np.flatnonzero((buckets >= 0).any(axis=1)).tolist():
         own = [int(b) for b in buckets[j] if b >= 0]
         candidates = sorted({i for b in own for i in kept_in.get(b, ())})
+        if groups is not None:
+            candidates = [i for i in candidates if groups[i] != groups[j]]
         found = _first_duplicate(sh, sig, candidates, j, threshold, accept)
         compared += len(candidates)
         if found is not None:

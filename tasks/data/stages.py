@@ -272,7 +272,8 @@ def dedup_stage(
 
     def write(tmp: Path) -> int:
         table = pa.concat_tables([pq.read_table(o.path) for o in inputs])
-        result = dedup(table, config, priorities, order)
+        # Several inputs are sources each deduplicated within already (dedup_across).
+        result = dedup(table, config, priorities, order, across=len(inputs) > 1)
         write_batches(filtered_slices(result.table, result.keep), tmp / KEPT, RECORD_SCHEMA)
         write_parquet(result.drops, tmp / DROPS)
         return result.kept_rows

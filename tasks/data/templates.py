@@ -575,7 +575,10 @@ def superglue_multirc(rows: Rows) -> Rendered:
     idx = rows.optional_meta("idx")
     if idx is not None and not pa.types.is_integer(idx.type):
         idx = None  # the hub's idx is a struct of three ints; the row number identifies it anyway
-    meta = {QUERY: join(question, " ", answer), **({"idx": idx} if idx is not None else {})}
+    # The question alone: an answer option is told apart by the response, which holds it.
+    # With the answer in the query, a long shared answer made two different questions of one
+    # passage a near pair.
+    meta = {QUERY: question, **({"idx": idx} if idx is not None else {})}
     return multiple_choice(prompt, choices, label, meta)
 
 

@@ -417,3 +417,48 @@ def test_rows_of_a_source_of_several_files_are_named_with_their_file(tmp_path):
     (drop,) = dedup(pq.read_table(records.path), DedupSpec()).drops.to_pylist()
     assert (drop["file"], drop["row"]) == ("college_medicine_val.csv", 1)
     assert (drop["duplicate_file"], drop["duplicate_row"]) == ("clinical_knowledge_val.csv", 2)
+
+
+def test_two_questions_of_one_multirc_passage_are_not_merged_by_a_shared_answer(tmp_path):
+    # MultiRC puts many questions on one passage, and answer options recur across them: a
+    # near pair needs the same question (the response, which holds the answer, must match).
+    import pyarrow.parquet as pq
+
+    from multilora_pipeline.data_specs.schema import SourceSpec
+    from multilora_pipeline.tasks.data.fetch import fetch
+    from multilora_pipeline.tasks.data.stages import normalise_stage
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    passage = text(7)
+    answer = "three red apples and two green pears from the farm stand"
+
+    def row(paragraph: str, question: str) -> str:
+        item = {"paragraph": paragraph, "question": question, "answer": answer, "label": 1}
+        return json.dumps(item) + "\n"
+
+    (tmp_path / "multirc.jsonl").write_text(
+        row(passage, "What did Sam buy at the market on Monday morning?")
+        + row(passage, "What did Ann sell at the market on Monday morning?")  # another question
+        + row(edit(passage, [30]), "What did Sam buy at the market on Monday morning?")  # a copy
+    )
+    source = SourceSpec(name="multirc", path="multirc.jsonl", template="superglue_multirc")
+    records = normalise_stage(ws, fetch(source, "multirc", tmp_path, ws), source)
+    result = dedup(pq.read_table(records.path), DedupSpec())
+    assert [(d["row"], d["duplicate_row"], d["kind"]) for d in result.drops.to_pylist()] == [
+        (3, 1, "near")
+    ]
+
+
+def test_a_pass_across_sources_compares_only_rows_of_different_sources():
+    base = text(11)
+    rows = [
+        rec("a", base, row=1),
+        rec("a", edit(base, [5]), row=2),  # left by the within pass (as if): not compared again
+        rec("b", edit(base, [9]), row=3),
+    ]
+    across = dedup(records_to_table(rows), DedupSpec(exact=False), across=True)
+    assert [(d["row"], d["duplicate_row"]) for d in across.drops.to_pylist()] == [(3, 1)]
+    texts = [r["prompt"] for r in rows]
+    assert near_duplicates(texts).pairs.tolist() == [[0, 1], [0, 2]]
+    assert near_duplicates(texts, groups=np.array([0, 0, 1])).pairs.tolist() == [[0, 2]]
