@@ -137,13 +137,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextmanager
-def atomic_folder(final: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
+def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder to fill; it becomes `final` if the block succeeds.
 
-    Outputs are content-keyed, so a `final` that exists already holds the same content:
-    it is replaced (a leftover of a run that failed before recording it), or with
-    `keep_existing` kept and the new copy dropped (concurrent writers of one key: the first
-    one to finish wins, and a reader never sees the folder change under it).
+    The one write policy for content-keyed folders: outputs are content-keyed and published
+    whole, so a `final` that exists already holds the same content, and it is kept; the new
+    copy is dropped. The first writer of a key wins, a leftover of a run that failed before
+    its catalog commit is as good as a new copy, and a pipeline reading a folder never sees
+    it deleted or replaced by another run that shares the data (an empty `final` is filled).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +152,10 @@ def atomic_folder(final: str | os.PathLike, *, keep_existing: bool = False) -> I
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists() and not keep_existing:
-            shutil.rmtree(final)
         try:
-            os.replace(tmp, final)
-        except OSError:  # another writer renamed its copy in first
-            if not (keep_existing and final.exists()):
+            os.replace(tmp, final)  # onto nothing or an empty folder
+        except OSError:  # a whole copy is there: another writer renamed its copy in first
+            if not final.exists():
                 raise
     finally:
         if tmp.exists():

@@ -235,7 +235,7 @@ def build_mixture(
     order = np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
     order = order[_rng(seed, "shuffle").permutation(len(order))]
     # A concurrent or earlier run may finish the same content-addressed id first: keep it.
-    with atomic_folder(out_dir, keep_existing=True) as tmp:
+    with atomic_folder(out_dir) as tmp:
         train_dir = tmp / "train"
         train_dir.mkdir(parents=True, exist_ok=True)
         shards = []

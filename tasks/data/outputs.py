@@ -107,9 +107,8 @@ def reusable(
 
 
 def publish(ws: Workspace, stage: str, oid: str, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_folder)`, then rename the folder into place. Ids are content-addressed,
-    so an existing folder of the same id (left by a run that failed before its catalog
-    commit) holds the same data and is replaced."""
+    """Run `write(tmp_folder)`, then rename the folder into place (atomic_folder: an
+    existing folder of the same id holds the same data, whole, and is kept)."""
     final = ws.stage_dir(stage, oid)
     with atomic_folder(final) as tmp:
         write(tmp)

@@ -145,7 +145,7 @@ def converted_folder(base: BaseModelSpec, ws: Workspace) -> Path:
         return out
     log.info("converting %s (once per file; sha256 %s) into %s", path, origin.sha256[:16], out)
     # Another run converting the same file meanwhile may finish first: keep theirs.
-    with atomic_folder(out, keep_existing=True) as tmp:
+    with atomic_folder(out) as tmp:
         _convert(path, tmp, base)
         (tmp / SOURCE_FILE).write_text(json.dumps(asdict(origin), indent=2) + "\n")
     if not (out / SOURCE_FILE).is_file():  # kept a folder some other writer left unfinished

@@ -32,8 +32,9 @@ def test_content_key_is_canonical_json_and_ignores_key_order():
 
 def test_data_ids_are_the_ones_existing_workspaces_hold():
     # Values computed by the code before the ids moved onto content_key: a changed encoding
-    # would silently rebuild (and re-id) every stage output of every workspace.
-    assert stage_id("dedup", ["i1"], {"p": 1}) == "8d406745394b3c1c"
+    # would silently rebuild (and re-id) every stage output of every workspace. Only a
+    # STAGE_CODE_VERSION bump changes a stage id (3: 1d987cc40e75e957; 2: 8d406745394b3c1c).
+    assert stage_id("dedup", ["i1"], {"p": 1}) == "1d987cc40e75e957"
     assert mixture_id({"a": "h1"}, MixtureSpec(), 0) == "f4e8678d6e8763b4"
 
 
@@ -49,17 +50,15 @@ def test_atomic_file_appears_only_when_complete(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
 
 
-def test_atomic_folder_replaces_a_leftover_or_keeps_a_finished_copy(tmp_path):
+def test_atomic_folder_keeps_the_first_whole_copy_of_a_key(tmp_path):
     final = tmp_path / "stage" / "abc"
     with atomic_folder(final) as tmp:
         (tmp / "a.txt").write_text("first")
     assert (final / "a.txt").read_text() == "first"
-    with atomic_folder(final) as tmp:  # same key rewritten: a leftover is replaced
+    with atomic_folder(final) as tmp:  # the same key again: the whole copy there stays
         (tmp / "b.txt").write_text("second")
-    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
-    with atomic_folder(final, keep_existing=True) as tmp:  # a concurrent writer finished first
-        (tmp / "c.txt").write_text("third")
-    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+    assert not [p for p in final.parent.iterdir() if TEMPORARY_MARK in p.name]
     with pytest.raises(ValueError), atomic_folder(tmp_path / "stage" / "failed") as tmp:
         (tmp / "x").write_text("x")
         raise ValueError("bad input")
@@ -71,6 +70,38 @@ def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# Another process publishing stage outputs of the same ids (another spec sharing the data,
+# whose run does not find them in the catalog yet): the data stages' publish, 25 times.
+OTHER_RUN = """
+import sys
+from pathlib import Path
+from multilora_pipeline.tasks.data.outputs import publish
+from multilora_pipeline.tasks.workspace import Workspace
+ws = Workspace.resolve(sys.argv[1])
+for _ in range(25):
+    publish(ws, "dedup", "abc", lambda tmp: (tmp / "kept.parquet").write_text("other copy"))
+"""
+
+
+def test_another_run_never_deletes_or_replaces_an_output_a_pipeline_is_reading(tmp_path):
+    import subprocess
+    import sys
+
+    from multilora_pipeline.tasks.data.outputs import publish
+    from multilora_pipeline.tasks.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    folder = publish(ws, "dedup", "abc", lambda tmp: (tmp / "kept.parquet").write_text("mine"))
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RUN, str(ws.root)])
+    reads = 0
+    while other.poll() is None:  # this pipeline reads its input all the while
+        assert (folder / "kept.parquet").read_text() == "mine"
+        reads += 1
+    assert other.returncode == 0 and reads > 0
+    assert (folder / "kept.parquet").read_text() == "mine"
+    assert [p.name for p in folder.parent.iterdir()] == ["abc"]  # no temporaries left
 
 
 def test_what_a_killed_writer_left_is_removed_and_a_live_writers_is_kept(tmp_path):
