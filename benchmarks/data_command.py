@@ -13,7 +13,9 @@ command in a fresh process, and every case but `same_workspace_again` in a new w
   template yet: the new workspace's database is migrated from nothing);
 - `new_workspace`: `mlora data` again in a new workspace: seeded from the template;
 - `same_workspace_again`: the workspace of the last run: its stages are all reused;
-- `running_prefect_server`: `prefect server start` running, PREFECT_API_URL exported.
+- `running_prefect_server`: `prefect server start` running, PREFECT_API_URL exported;
+- `new_workspace_under_load`: `mlora data` in a new workspace while one busy process per
+  CPU core competes with it (a training run or a test suite beside it: issue 26).
 
 Phases come from the command's own log lines: `checks` (start to the data checks' end),
 `to_flow` (to "Beginning flow run": the flows' imports and waiting for the server),
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +96,21 @@ def timed_run(command: list[str], env: dict) -> dict:
     }
 
 
+@contextmanager
+def cpu_load():
+    """One busy Python process per core for the duration of the block."""
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        yield
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
 def summary(runs: list[dict]) -> dict:
     """The median of each figure over the runs, and the runs themselves."""
     medians = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
@@ -129,6 +147,10 @@ def main() -> None:
             last = workspace()
             cases["new_workspace"].append(timed_run([*mlora, "--workspace", last], cache))
             cases["same_workspace_again"].append(timed_run([*mlora, "--workspace", last], cache))
+            with cpu_load():
+                cases["new_workspace_under_load"].append(
+                    timed_run([*mlora, "--workspace", workspace()], cache)
+                )
         procs: dict = {}
         (work / "server").mkdir()
         server_env = prefect_env(work / "server")
@@ -160,6 +182,7 @@ CASES = (
     "new_workspace",
     "same_workspace_again",
     "running_prefect_server",
+    "new_workspace_under_load",
 )
 
 if __name__ == "__main__":
