@@ -451,10 +451,8 @@ def _exact_prompts(keys: pa.Array, index: StemIndex) -> list[tuple[int, int]]:
 
 
 def _short_prompt_hit(words: list[str], index: StemIndex, threshold: float):
-    """(kind, item, similarity) for a short prompt that equals or nearly equals an eval prompt."""
-    key = " ".join(words)
-    if key and key in index.prompts:
-        return "exact", index.prompts[key], 1.0
+    """("near", item, similarity) for a short prompt that nearly equals an eval prompt (an
+    equal one was found by _exact_prompts, which every row goes through first)."""
     mine = frozenset(words)
     if not mine:
         return None
