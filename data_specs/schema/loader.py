@@ -105,7 +105,7 @@ def _problem(e: dict) -> str:
         key = str(loc[-1]) if loc else ""
         hint = get_close_matches(key, sorted(_field_names()), n=1)
         guess = f"; did you mean {hint[0]!r}?" if hint else ""
-        return f"{path}: unknown key{guess} (see data_specs/schema.py for the fields)"
+        return f"{path}: unknown key{guess} (see data_specs/schema/ for the fields)"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] != "value_error" and not isinstance(e.get("input"), dict | list):
         msg += f" (got {e.get('input')!r:.60})"
