@@ -18,12 +18,7 @@ from pathlib import Path
 import pytest
 
 from multilora_pipeline.data_specs.errors import PipelineError, SpecError
-from multilora_pipeline.flows.training_pool import RUN_ENV, TRAINING_TAG
-from multilora_pipeline.tasks.registry.tracking import Tracker
-from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
-from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.processes import stop_process_group
-from tests.flows.servers import (
+from multilora_pipeline.flows.local_servers import (
     BIN,
     api,
     find_deployment,
@@ -34,8 +29,13 @@ from tests.flows.servers import (
     start,
     start_prefect_server,
     start_worker,
+    stop_process_group,
     wait_for,
 )
+from multilora_pipeline.flows.training_pool import RUN_ENV, TRAINING_TAG
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
+from multilora_pipeline.tasks.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # Prefect deployments and workers: left out by -m "not slow"
 

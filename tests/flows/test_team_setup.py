@@ -21,8 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.flows.processes import stop_process_group
-from tests.flows.servers import (
+from multilora_pipeline.flows.local_servers import (
     api,
     deploy_team_setup,
     find_deployment,
@@ -31,6 +30,7 @@ from tests.flows.servers import (
     start_mlflow_server,
     start_prefect_server,
     start_worker,
+    stop_process_group,
     wait_for,
 )
 from tests.flows.test_deploy import write_reduced_spec
