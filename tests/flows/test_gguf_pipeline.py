@@ -15,7 +15,7 @@ from multilora_pipeline.tasks.training.gguf import gguf_origin
 from tests.fresh_process import run_fresh
 from tests.gguf_fixture import write_llama_gguf
 from tests.specs import reduced_demo, write_spec
-from tests.tasks.test_prompt_format import build_chat_model
+from tests.tasks.chat_model import build_chat_model
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
