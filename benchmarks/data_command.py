@@ -37,12 +37,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from multilora_pipeline.flows.local_servers import (
+    prefect_env,
+    start_prefect_server,
+    stop_process_group,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.real_data_report import DEFAULT_DATA, DEFAULT_FORMATS, write_spec  # noqa: E402
-from tests.flows.processes import stop_process_group  # noqa: E402
-from tests.flows.servers import prefect_env, start_prefect_server  # noqa: E402
 
 # The command as it ran before: the same checks, then the flow call (Prefect's server).
 BASELINE = """

@@ -27,11 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/flows/servers.py: the servers and workers of the tests
-
-from tests.flows.processes import stop_process_group  # noqa: E402
-from tests.flows.servers import (  # noqa: E402
+from multilora_pipeline.flows.local_servers import (
     api,
     deploy_team_setup,
     find_deployment,
@@ -40,8 +36,11 @@ from tests.flows.servers import (  # noqa: E402
     start_mlflow_server,
     start_prefect_server,
     start_worker,
+    stop_process_group,
     wait_for,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def in_process(spec: Path, folder: Path) -> dict:

@@ -59,3 +59,39 @@ def test_no_private_name_is_imported_from_another_file():
                     if a.name.startswith("_")
                 ]
     assert offenders == []
+
+
+def _imported_modules(path: Path):
+    """(line, dotted name) of every module `path` imports, `from a import b` giving a.b too
+    (b may be a module)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            yield node.lineno, module
+            yield from ((node.lineno, f"{module}.{a.name}") for a in node.names)
+
+
+def test_no_module_imports_a_test_module():
+    """What tests share lives in helper modules (tests/specs.py, conftest fixtures): pytest
+    imports each test module itself, and a test module imported again by another runs its
+    module-level code twice and ties the two files together."""
+    offenders = [
+        f"{path.relative_to(REPO)}:{line} {name}"
+        for path in _sources("tests", "benchmarks")
+        for line, name in _imported_modules(path)
+        if any(part.startswith("test_") for part in name.split("."))
+    ]
+    assert offenders == []
+
+
+def test_benchmarks_import_nothing_from_tests():
+    """What both need (the local servers) lives in the package."""
+    offenders = [
+        f"{path.relative_to(REPO)}:{line} {name}"
+        for path in _sources("benchmarks")
+        for line, name in _imported_modules(path)
+        if name.split(".")[0] == "tests"
+    ]
+    assert offenders == []

@@ -21,7 +21,7 @@ from multilora_pipeline.tasks.evaluation.cache import (
     save_base_eval,
 )
 from multilora_pipeline.tasks.evaluation.evaluate import EvalResult
-from tests.flows.test_pipeline import DEMO
+from tests.specs import DEMO
 
 # ----------------------------------------------------------------- the key, input by input
 
@@ -30,9 +30,9 @@ class KeyOf:
     """The cache key of the demo spec on a hub base model, with one thing changed."""
 
     def __init__(self, folder: Path):
-        demo = load_spec(DEMO)[0]
-        hub = demo.base_model.model_copy(update={"tiny": None, "name_or_path": "org/model"})
-        self.spec = demo.model_copy(update={"base_model": hub})
+        self.demo = load_spec(DEMO)[0]
+        hub = self.demo.base_model.model_copy(update={"tiny": None, "name_or_path": "org/model"})
+        self.spec = self.demo.model_copy(update={"base_model": hub})
         self.suite = self.spec.eval_suites[0].name
         self.eval_paths = {}
         for suite in self.spec.eval_suites:  # stand-ins: only their bytes are hashed
@@ -113,13 +113,10 @@ def test_a_local_model_folder_changed_in_place_changes_the_key(key_of, tmp_path)
     assert key_of(base=str(folder)) != before
 
 
-def _tiny(spec):
-    """The demo's own base model: the tiny one built in the workspace."""
-    return load_spec(DEMO)[0]
-
-
 def test_tiny_model_key_follows_its_build_folder_not_the_workspace(key_of):
-    tiny = _tiny
+    def tiny(_):  # the demo as it is: its own base model, the tiny one built in the workspace
+        return key_of.demo
+
     here = key_of(tiny, base="/ws1/models/tiny-aaaa")
     assert key_of(tiny, base="/ws2/models/tiny-aaaa") == here
     assert key_of(tiny, base="/ws1/models/tiny-bbbb") != here

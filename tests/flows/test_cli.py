@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from multilora_pipeline.flows.cli import main
+from multilora_pipeline.flows.local_servers import stop_process_group
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
 from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.processes import stop_process_group
 
 # the CLI in subprocesses with Prefect and MLflow servers: left out by -m "not slow"
 pytestmark = pytest.mark.slow

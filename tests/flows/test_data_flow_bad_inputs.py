@@ -12,31 +12,17 @@ import pytest
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.one_source_spec import one_source_spec
+from tests.specs import BAD_INPUTS, DEMO_DATA, one_source_spec
 
 # the data flow on a Prefect server: left out by -m "not slow"
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-BAD = REPO / "tests" / "data_specs" / "bad_inputs"
-CASES = json.loads((BAD / "CASES.json").read_text())["cases"]
+CASES = json.loads((BAD_INPUTS / "CASES.json").read_text())["cases"]
 CONTROL = {
     "kind": "control",
-    "file": str(REPO / "data_specs/demo/math_train.jsonl"),
+    "file": str(DEMO_DATA / "math_train.jsonl"),
     "template": "gsm8k",
 }
-
-
-def spec_for(case: dict):
-    """A one-source spec around the case's file, scored against a good one-item suite."""
-    source = {
-        "name": "bad",
-        "path": case["file"],
-        "template": case["template"],
-        "category": "math",
-        **case.get("location", {}),
-    }
-    return one_source_spec("bad-input", source)
 
 
 def slug(kind: str) -> str:
@@ -58,8 +44,15 @@ def outcomes(prefect_harness, tmp_path_factory) -> dict[str, tuple[Path, Excepti
         results = {}
         for case in [*CASES, CONTROL]:
             ws = Workspace.resolve(root / slug(case["kind"])).ensure()
+            source = {
+                "name": "bad",
+                "path": case["file"],
+                "template": case["template"],
+                "category": "math",
+                **case.get("location", {}),
+            }
             try:
-                run_data_stages(spec_for(case), BAD, ws)
+                run_data_stages(one_source_spec("bad-input", source), BAD_INPUTS, ws)
                 results[case["kind"]] = (ws.root, None)
             except DataError as err:
                 results[case["kind"]] = (ws.root, err)

@@ -4,20 +4,18 @@ the error message or the log output, whether the hub fetch works or fails."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.tasks.catalog import TABLES, Catalog
 from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.one_source_spec import one_source_spec
+from tests.specs import BAD_INPUTS, one_source_spec
 
 # the data flow on a Prefect server: left out by -m "not slow"
 pytestmark = pytest.mark.slow
 
 TOKEN = "hf_SeCrEtT0kenThatMustNeverLeak123"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def hub_spec(dataset_id: str):
@@ -60,7 +58,7 @@ def run_in_flow(spec, ws: Workspace):
     @flow(name="hub-token")
     def run():
         try:
-            return run_data_stages(spec, REPO / "tests/data_specs/bad_inputs", ws)
+            return run_data_stages(spec, BAD_INPUTS, ws)
         except DataError as err:
             return err
 

@@ -18,12 +18,7 @@ from pathlib import Path
 import pytest
 
 from multilora_pipeline.data_specs.errors import PipelineError, SpecError
-from multilora_pipeline.flows.training_pool import RUN_ENV, TRAINING_TAG
-from multilora_pipeline.tasks.registry.tracking import Tracker
-from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
-from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.processes import stop_process_group
-from tests.flows.servers import (
+from multilora_pipeline.flows.local_servers import (
     BIN,
     api,
     find_deployment,
@@ -34,48 +29,24 @@ from tests.flows.servers import (
     start,
     start_prefect_server,
     start_worker,
+    stop_process_group,
     wait_for,
 )
+from multilora_pipeline.flows.training_pool import RUN_ENV, TRAINING_TAG
+from multilora_pipeline.tasks.registry.tracking import Tracker
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
+from multilora_pipeline.tasks.workspace import Workspace
+from tests.specs import smallest_pipeline, write_spec
 
 pytestmark = pytest.mark.slow  # Prefect deployments and workers: left out by -m "not slow"
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "data_specs" / "demo"
-
-
-def write_reduced_spec(folder: Path) -> Path:
-    """Two small sources, one 8-item suite, a one-layer width-32 model, one arm, 10 steps."""
-    spec = folder / "reduced.yaml"
-    spec.write_text(
-        f"""
-name: reduced
-description: smallest pipeline that exercises every stage
-sources:
-  - {{name: instructions, path: {DEMO}/instructions.json, template: alpaca,
-      category: instruction, max_rows: 40}}
-  - {{name: boolq, path: {DEMO}/boolq_train.jsonl, template: superglue_boolq,
-      category: nlu, max_rows: 40}}
-eval_suites:
-  - {{name: boolq_mc, path: {DEMO}/boolq_eval.jsonl, template: superglue_boolq,
-      kind: multiple_choice, category: nlu, max_items: 8}}
-base_model:
-  tiny: {{vocab_size: 300, hidden_size: 32, intermediate_size: 64, num_layers: 1,
-          num_heads: 4, max_position: 128}}
-arms:
-  - {{name: multilora, kind: multilora, n_modules: 2, rank: 2}}
-training: {{max_steps: 10, batch_size: 4, max_length: 64, warmup_steps: 1,
-            save_steps: 10, eval_steps: 10, logging_steps: 5}}
-evaluation: {{batch_size: 8, max_new_tokens: 4}}
-registry: {{must_beat_base: false}}  # a random base: its adapters sit at chance too
-"""
-    )
-    return spec
 
 
 def test_build_deployment_carries_the_schedule_and_parameters(tmp_path):
     from multilora_pipeline.flows.deploy import build_deployment
 
-    spec = write_reduced_spec(tmp_path)
+    spec = write_spec(smallest_pipeline(), tmp_path / "reduced.yaml")
     deployment = build_deployment(spec, tmp_path / "ws", cron="15 2 * * 1", timezone="Europe/Paris")
     assert deployment.name == "reduced"
     assert deployment.entrypoint == "multilora_pipeline.flows.pipeline.pipeline_flow"
@@ -92,7 +63,7 @@ def test_build_deployment_carries_the_schedule_and_parameters(tmp_path):
 def test_build_deployment_rejects_a_bad_cron_and_a_bad_spec(tmp_path):
     from multilora_pipeline.flows.deploy import build_deployment
 
-    spec = write_reduced_spec(tmp_path)
+    spec = write_spec(smallest_pipeline(), tmp_path / "reduced.yaml")
     with pytest.raises(PipelineError, match="--cron.*invalid cron schedule 'every night'"):
         build_deployment(spec, tmp_path / "ws", cron="every night")
     with pytest.raises(PipelineError, match="--timezone: unknown timezone 'Mars/Base'"):
@@ -110,7 +81,7 @@ def test_served_deployment_runs_on_a_real_server(tmp_path):
     # A time of day 12 hours away: the cron runs get scheduled but never fire during the test.
     hour = (dt.datetime.now(dt.timezone.utc).hour + 12) % 24
     cron = f"0 {hour} * * *"
-    spec = write_reduced_spec(tmp_path)
+    spec = write_spec(smallest_pipeline(), tmp_path / "reduced.yaml")
     ws = tmp_path / "ws"
     procs: dict[str, tuple] = {}
     try:

@@ -8,15 +8,14 @@ import json
 
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from multilora_pipeline.tasks.training.gguf import gguf_origin
-from tests.flows.test_pipeline import reduced_demo
 from tests.fresh_process import run_fresh
 from tests.gguf_fixture import write_llama_gguf
-from tests.tasks.test_prompt_format import build_chat_model
+from tests.specs import reduced_demo, write_spec
+from tests.tasks.chat_model import build_chat_model
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
 
@@ -34,12 +33,11 @@ def gguf_run(prefect_harness, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(tmp / "hf")
     gguf_file = write_llama_gguf(model, tokenizer, tmp / "gguf" / "tiny-chat-f32.gguf")
 
-    path = reduced_demo(tmp)
-    spec = yaml.safe_load(path.read_text())
+    spec = reduced_demo()
     spec["name"] = "gguf-demo"
     spec["base_model"] = {"name_or_path": str(gguf_file.parent), "gguf_file": gguf_file.name}
     spec["registry"]["must_beat_base"] = False  # a random base: the gate is not the subject
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = write_spec(spec, tmp / "reduced.yaml")
     ws_root = tmp / "workspace"
     summary = pipeline.pipeline_flow(str(path), str(ws_root))
     (folder,) = (ws_root / "models").glob("gguf-*")

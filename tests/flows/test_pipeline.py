@@ -10,54 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 
 from multilora_pipeline.data_specs.errors import DataError, SpecError, TrainingError
-from multilora_pipeline.data_specs.schema import demo_spec_path
 from multilora_pipeline.flows.summary import format_summary
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.workspace import Workspace
+from tests.flows.counting_scorer import CountingScorer
+from tests.specs import DEMO, reduced_demo, write_spec
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
-
-DEMO = demo_spec_path(tiny=True)
-
-
-def reduced_demo(tmp_path: Path, **overrides) -> Path:
-    """The demo spec, shrunk to run in seconds: fewer rows, a smaller model, fewer steps."""
-    spec = yaml.safe_load(DEMO.read_text())
-    for source in spec["sources"]:
-        source["path"] = str(DEMO.parent / source["path"])
-        source["max_rows"] = 80
-    for suite in spec["eval_suites"]:
-        suite["path"] = str(DEMO.parent / suite["path"])
-        suite["max_items"] = 12
-    spec["base_model"]["tiny"].update(
-        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, vocab_size=512
-    )
-    spec["training"].update(
-        max_steps=6, batch_size=4, max_length=96, save_steps=3, eval_steps=3, logging_steps=2
-    )
-    spec["evaluation"].update(max_new_tokens=8)
-    for key, value in overrides.items():
-        spec[key] = value
-    path = tmp_path / "reduced.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-class CountingScorer:
-    """The real `evaluate_model`, wrapped to count its calls per pipeline run (nothing mocked)."""
-
-    def __init__(self, real):
-        self.real = real
-        self.calls: list[int] = []
-
-    def __call__(self, *args, **kwargs):
-        self.calls[-1] += 1
-        return self.real(*args, **kwargs)
 
 
 class Lines(logging.Handler):
@@ -98,11 +61,10 @@ def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
     import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
-    spec = reduced_demo(tmp)
-    edited = yaml.safe_load(spec.read_text())
+    spec = write_spec(reduced_demo(), tmp / "reduced.yaml")
+    edited = reduced_demo()
     edited["evaluation"]["max_new_tokens"] = 4  # decides the generation suite's scores
-    changed = tmp / "changed.yaml"
-    changed.write_text(yaml.safe_dump(edited, sort_keys=False))
+    changed = write_spec(edited, tmp / "changed.yaml")
     ws = Workspace.resolve(tmp / "workspace")
     scorer, lines = CountingScorer(arms.evaluate_model), Lines()
     summaries, base_evals, messages = [], [], []
@@ -329,7 +291,9 @@ def _assert_nothing_written(ws):
 def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
     from multilora_pipeline.flows.pipeline import pipeline_flow
 
-    spec = reduced_demo(tmp_path, training={"max_steps": 5, "learning_rat": 0.1})
+    spec = write_spec(
+        reduced_demo(training={"max_steps": 5, "learning_rat": 0.1}), tmp_path / "reduced.yaml"
+    )
     with pytest.raises(SpecError, match=r"(?s)reduced\.yaml.*training\.learning_rat: unknown key"):
         pipeline_flow(str(spec), str(tmp_path / "ws"))
     assert not (tmp_path / "ws" / "catalog.duckdb").exists()
@@ -339,10 +303,9 @@ def test_unknown_key_fails_with_its_yaml_path(prefect_harness, tmp_path):
 def test_spec_demanding_a_gpu_fails_before_any_work(prefect_harness, tmp_path):
     from multilora_pipeline.flows.pipeline import pipeline_flow
 
-    spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    spec = reduced_demo()
     spec["training"]["device"] = "cuda"
-    path = tmp_path / "gpu.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = write_spec(spec, tmp_path / "gpu.yaml")
     with pytest.raises(TrainingError, match="no GPU is visible"):
         pipeline_flow(str(path), str(tmp_path / "ws"))
     assert not (tmp_path / "ws" / "catalog.duckdb").exists()
@@ -353,10 +316,9 @@ def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tm
     from multilora_pipeline.flows.pipeline import pipeline_flow
     from multilora_pipeline.tasks.workspace import Workspace
 
-    spec = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    spec = reduced_demo()
     spec["sources"][3]["path"] = str(tmp_path / "nowhere.jsonl")
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(yaml.safe_dump(spec))
+    missing = write_spec(spec, tmp_path / "missing.yaml")
     ws = Workspace.resolve(tmp_path / "ws1")
     with pytest.raises(DataError, match=r"(?s)nowhere\.jsonl.*not found"):
         pipeline_flow(str(missing), str(ws.root))
@@ -367,8 +329,7 @@ def test_missing_file_and_malformed_row_leave_nothing_behind(prefect_harness, tm
     del rows[6]["answer"]  # row 7 has no answer field
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec["sources"][3]["path"] = str(bad)
-    malformed = tmp_path / "malformed.yaml"
-    malformed.write_text(yaml.safe_dump(spec))
+    malformed = write_spec(spec, tmp_path / "malformed.yaml")
     ws = Workspace.resolve(tmp_path / "ws2")
     with pytest.raises(DataError, match=r"(?s)math_bad\.jsonl.*row 7.*answer"):
         pipeline_flow(str(malformed), str(ws.root))
@@ -394,7 +355,7 @@ def test_the_loser_of_the_spec_lock_stops_before_any_stage_or_run(prefect_harnes
     from multilora_pipeline.data_specs.schema import load_spec
     from multilora_pipeline.flows.pipeline import pipeline_flow, spec_lock
 
-    spec_path = reduced_demo(tmp_path)
+    spec_path = write_spec(reduced_demo(), tmp_path / "reduced.yaml")
     ws = Workspace.resolve(tmp_path / "ws").ensure()
     with spec_lock(ws, load_spec(spec_path)[0]):
         with pytest.raises(TrainingError, match="another `mlora run`"):

@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.tasks.training.train import train_arm
-from tests.flows.test_pipeline import reduced_demo
+from tests.specs import reduced_demo, write_spec
 
 pytestmark = pytest.mark.slow  # a whole pipeline run: left out by -m "not slow"
-
-
-def _spec(tmp_path: Path) -> Path:
-    path = reduced_demo(tmp_path)
-    spec = yaml.safe_load(path.read_text())
-    spec["arms"] = [a for a in spec["arms"] if a["name"] == "multilora"]
-    # Long enough to be killed between checkpoints; every step is deterministic on CPU.
-    spec["training"].update(max_steps=30, save_steps=5, eval_steps=15, logging_steps=5)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 def _mlora(ws: Path, spec: Path) -> subprocess.Popen:
@@ -64,7 +53,11 @@ def _adapter(ws: Path) -> dict[str, torch.Tensor]:
 
 
 def test_killed_training_resumes_to_the_same_adapter(tmp_path):
-    spec = _spec(tmp_path)
+    multilora = reduced_demo()
+    multilora["arms"] = [a for a in multilora["arms"] if a["name"] == "multilora"]
+    # Long enough to be killed between checkpoints; every step is deterministic on CPU.
+    multilora["training"].update(max_steps=30, save_steps=5, eval_steps=15, logging_steps=5)
+    spec = write_spec(multilora, tmp_path / "reduced.yaml")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
 
     victim = _mlora(killed, spec)

@@ -8,13 +8,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from multilora_pipeline.flows.summary import format_summary
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.workspace import Workspace
-from tests.flows.test_pipeline import CountingScorer, reduced_demo
+from tests.flows.counting_scorer import CountingScorer
+from tests.specs import reduced_demo, write_spec
 
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
@@ -29,11 +29,10 @@ def runs(prefect_harness, tmp_path_factory):
     import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("seeds")
-    spec = yaml.safe_load(reduced_demo(tmp).read_text())
+    spec = reduced_demo()
     spec["training"]["seeds"] = SEEDS
     spec["arms"][1]["learning_rates"] = GRID
-    path = tmp / "seeds.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = write_spec(spec, tmp / "seeds.yaml")
     ws = Workspace.resolve(tmp / "workspace")
     scorer = CountingScorer(arms.evaluate_model)
     summaries = []

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from tests.flows.processes import stop_process_group
-from tests.flows.servers import (
+from multilora_pipeline.flows.local_servers import (
     api,
     deploy_team_setup,
     find_deployment,
@@ -31,23 +29,15 @@ from tests.flows.servers import (
     start_mlflow_server,
     start_prefect_server,
     start_worker,
+    stop_process_group,
     wait_for,
 )
-from tests.flows.test_deploy import write_reduced_spec
 from tests.fresh_process import run_fresh
+from tests.specs import smallest_pipeline, write_spec
 
 pytestmark = pytest.mark.slow  # servers, workers and two pipeline runs: ~4 min
 
 PIPELINE, TRAINING_POOL, PIPELINE_POOL = "team", "gpu", "cpu"
-
-
-def team_spec(folder: Path) -> Path:
-    """The reduced spec, trained long enough to be killed between two checkpoints."""
-    path = write_reduced_spec(folder)
-    spec = yaml.safe_load(path.read_text())
-    spec["training"].update(max_steps=120, save_steps=10, eval_steps=60, logging_steps=10)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 def _flow_runs(base: str, flow: str) -> list[dict]:
@@ -59,7 +49,10 @@ def _flow_runs(base: str, flow: str) -> list[dict]:
 
 
 def test_training_on_a_gpu_pool_survives_a_killed_worker(tmp_path):
-    spec, ws = team_spec(tmp_path), tmp_path / "ws"
+    team = smallest_pipeline()
+    # Trained long enough to be killed between two checkpoints.
+    team["training"].update(max_steps=120, save_steps=10, eval_steps=60, logging_steps=10)
+    spec, ws = write_spec(team, tmp_path / "reduced.yaml"), tmp_path / "ws"
     env = prefect_env(tmp_path)
     procs: dict[str, tuple] = {}
     try:

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaF
 
 from multilora_pipeline.models.tiny import build_tiny_model
 from tests.gguf_fixture import write_llama_gguf
-from tests.models.test_tiny_builder import TEXTS
+from tests.models.tiny_models import TEXTS
 
 SIZES = dict(
     vocab_size=320,  # more than the corpus fills: the token list gets padded

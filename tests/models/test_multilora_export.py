@@ -16,7 +16,7 @@ from multilora_pipeline.models.multilora import (
     multilora_layers,
 )
 from multilora_pipeline.models.tiny import BLOCK_LINEARS
-from tests.models.test_multilora_model import (
+from tests.models.tiny_models import (
     FAMILIES,
     TOL,
     base_model,

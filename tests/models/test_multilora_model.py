@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from transformers import AutoModelForCausalLM
 
 from multilora_pipeline.models.multilora import (
     FORMAT_VERSION,
@@ -27,20 +26,9 @@ from multilora_pipeline.models.multilora import (
     unload_multilora,
     unmerge_adapters,
 )
-from multilora_pipeline.models.tiny import BLOCK_LINEARS, tiny_config
+from multilora_pipeline.models.tiny import BLOCK_LINEARS
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
-
-FAMILIES = ["llama", "gpt2", "qwen2", "opt"]
-TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def base_model(family, seed=0, **sizes):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, **sizes)).eval()
-
-
-def input_ids(seed=0, batch=2, length=12):
-    return torch.randint(4, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+from tests.models.tiny_models import FAMILIES, TOL, base_model, input_ids, perturb_adapters
 
 
 def adapted(family, num_layers=2, **config_kwargs):
@@ -51,15 +39,6 @@ def adapted(family, num_layers=2, **config_kwargs):
     )
     report = inject_multilora(model, config)
     return model, report
-
-
-def perturb_adapters(model, seed=1):
-    """Give every adapter tensor random values so ΔW is non-zero in every direction."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in multilora_layers(model):
-            for tensor in (layer.lora_A, layer.lora_B, layer.lora_scale):
-                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator))
 
 
 def lm_loss(model, ids):

@@ -5,12 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from multilora_pipeline.models.tiny import FAMILIES, TinyModelError, build_tiny_model, tiny_config
+from tests.models.tiny_models import TEXTS
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Question: what is 12 plus 30?\nAnswer: 42",
-    "MultiLoRA scales LoRA horizontally with learnable scales.",
-] * 20
 SIZES = dict(
     vocab_size=320,
     hidden_size=32,

@@ -12,12 +12,6 @@ from multilora_pipeline.data_specs.schema import SourceSpec
 from multilora_pipeline.tasks.data.fetch import fetch
 from multilora_pipeline.tasks.data.normalise import normalise
 from multilora_pipeline.tasks.data.stages import normalise_stage, read_skipped
-from multilora_pipeline.tasks.workspace import Workspace
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Workspace:
-    return Workspace.resolve(tmp_path / "ws").ensure()
 
 
 def _boolq(tmp_path, rows):

@@ -17,19 +17,14 @@ from huggingface_hub import constants as hf_constants
 from transformers import LlamaConfig
 
 from multilora_pipeline.data_specs.errors import TrainingError
-from multilora_pipeline.data_specs.schema import PipelineSpec
 from multilora_pipeline.models.tiny import build_tiny_model
 from multilora_pipeline.tasks.training.base_model import check_base_model
 from multilora_pipeline.tasks.training.loading import load_base
-from tests.flows.one_source_spec import one_source_spec
+from tests.specs import one_source_spec
 
 FIELD = "base_model.name_or_path"
-
-
-def spec_with(base_model: dict) -> PipelineSpec:
-    """A valid spec whose only interesting part is `base_model`."""
-    good = {"name": "train", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
-    return one_source_spec("base-model-errors", good, base_model)
+# A valid spec's one good source (tests/data_specs/bad_inputs): only `base_model` varies.
+GOOD = {"name": "train", "path": "good.jsonl", "template": "gsm8k", "category": "math"}
 
 
 def load(name_or_path: str, revision: str | None = None):
@@ -91,7 +86,7 @@ def test_offline_hub_id_not_in_cache(empty_offline_cache, revision):
 
 
 def test_check_names_the_spec_file_and_fails_like_the_loader(empty_offline_cache, tmp_path):
-    spec = spec_with({"name_or_path": str(tmp_path / "nomodel")})
+    spec = one_source_spec("base-model-errors", GOOD, {"name_or_path": str(tmp_path / "nomodel")})
     with pytest.raises(TrainingError) as err:
         check_base_model(spec, tmp_path / "run.yaml")
     assert str(err.value).startswith(f"spec {tmp_path / 'run.yaml'}, {FIELD} '")
@@ -110,8 +105,9 @@ def test_check_passes_for_a_loadable_folder_and_skips_the_tiny_model(empty_offli
         num_heads=2,
         max_position=32,
     )
-    check_base_model(spec_with({"name_or_path": str(folder)}))
-    check_base_model(spec_with({"tiny": {}}))  # built later from the mixture: nothing to check
+    check_base_model(one_source_spec("base-model-errors", GOOD, {"name_or_path": str(folder)}))
+    # The tiny model is built later, from the mixture: nothing to check.
+    check_base_model(one_source_spec("base-model-errors", GOOD, {"tiny": {}}))
 
 
 class FakeHub(http.server.BaseHTTPRequestHandler):

@@ -15,11 +15,6 @@ from multilora_pipeline.tasks.data.normalise import normalise
 from multilora_pipeline.tasks.workspace import Workspace
 
 
-@pytest.fixture
-def workspace(tmp_path) -> Workspace:
-    return Workspace.resolve(tmp_path / "ws").ensure()
-
-
 def _mmlu_folder(root: Path) -> Path:
     """MMLU's published layout: one headerless CSV per subject, the subject in the name."""
     folder = root / "mmlu" / "dev"

@@ -22,6 +22,12 @@ from multilora_pipeline.tasks.training.base_model import (
 )
 from multilora_pipeline.tasks.training.gguf import SOURCE_FILE, converted_folder, gguf_origin
 from tests.gguf_fixture import write_llama_gguf
+from tests.specs import one_source
+
+# The spec around the base model under test: files that are never read.
+SOURCE = {"name": "s", "path": "s.jsonl", "template": "alpaca"}
+SUITE = {"name": "e", "path": "e.jsonl", "template": "superglue_boolq"}
+
 
 TEXTS = ["Question: is the sky blue?\nAnswer: yes", "The river is long. #### 42"] * 20
 
@@ -74,8 +80,8 @@ def test_a_gguf_file_converts_once_into_a_plain_folder_with_the_same_logits(tiny
 
 def test_the_pipeline_loads_the_converted_folder_without_the_hub_revision(tiny_gguf, workspace):
     _, _, path = tiny_gguf
-    spec = parse_spec(_spec({"name_or_path": str(path.parent), "gguf_file": path.name,
-                             "revision": "v1.0"}), path)  # fmt: skip
+    base = {"name_or_path": str(path.parent), "gguf_file": path.name, "revision": "v1.0"}
+    spec = parse_spec(one_source("gguf", SOURCE, base, SUITE), path)
     check_base_model(spec, ws=workspace)  # converts
     folder = base_model_path(spec, "unused", "mixture", workspace)
     assert (workspace.models_dir / folder).joinpath(SOURCE_FILE).is_file()
@@ -140,15 +146,5 @@ def test_missing_package_file_and_unreadable_architecture_are_clear_errors(
 )
 def test_gguf_spec_mistakes_are_refused_when_the_spec_loads(tmp_path, base, fragment):
     with pytest.raises(SpecError) as err:
-        parse_spec(_spec(base), tmp_path / "spec.yaml")
+        parse_spec(one_source("gguf", SOURCE, base, SUITE), tmp_path / "spec.yaml")
     assert fragment in str(err.value) and "base_model" in str(err.value)
-
-
-def _spec(base: dict) -> dict:
-    return {
-        "name": "gguf",
-        "sources": [{"name": "s", "path": "s.jsonl", "template": "alpaca"}],
-        "eval_suites": [{"name": "e", "path": "e.jsonl", "template": "superglue_boolq"}],
-        "base_model": base,
-        "arms": [{"name": "lora", "kind": "lora"}],
-    }

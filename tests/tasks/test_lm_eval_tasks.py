@@ -122,7 +122,7 @@ def test_lm_eval_with_apply_chat_template_equals_the_pipeline_item_for_item(tmp_
     from multilora_pipeline.models.prompt_format import PromptFormat
     from multilora_pipeline.tasks.evaluation.evaluate import evaluate_model
     from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
-    from tests.tasks.test_prompt_format import build_chat_model
+    from tests.tasks.chat_model import build_chat_model
 
     folder = build_chat_model(tmp_path / "chat")
     fmt = PromptFormat.resolve(AutoTokenizer.from_pretrained(folder))

@@ -11,27 +11,22 @@ import pytest
 from multilora_pipeline.data_specs.errors import DataError, SpecError
 from multilora_pipeline.data_specs.formats import TEMPLATE_NAMES
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA, make_record
-from multilora_pipeline.data_specs.schema import load_spec
+from multilora_pipeline.data_specs.schema import SourceSpec, load_spec
 from multilora_pipeline.tasks.data.fetch import fetch
 from multilora_pipeline.tasks.data.normalise import normalise
 from multilora_pipeline.tasks.data.templates import TEMPLATES, register
-
-DEMO_SPEC = Path(__file__).resolve().parents[2] / "data_specs" / "demo_tiny.yaml"
+from tests.specs import DEMO
 
 
 def records(tmp_path, workspace, rows: list[dict], template: str, fields=None) -> list[dict]:
     path = tmp_path / f"{template}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    snapshot = fetch(SourceSpecLike(path.name, template), template, tmp_path, workspace)
+    snapshot = fetch(
+        SourceSpec(name="src", path=path.name, template=template), template, tmp_path, workspace
+    )
     table = normalise(snapshot, source="src", template=template, category="cat", fields=fields)
     assert table.schema == RECORD_SCHEMA
     return table.to_pylist()
-
-
-def SourceSpecLike(path: str, template: str):  # noqa: N802 (reads like the spec class it builds)
-    from multilora_pipeline.data_specs.schema import SourceSpec
-
-    return SourceSpec(name="src", path=path, template=template)
 
 
 def check_mc(record: dict, prompt: str, choices: list[str], label: int) -> None:
@@ -258,7 +253,7 @@ def test_superglue_multirc_and_copa(tmp_path, workspace):
 
 def test_mmlu_csv_and_hub_forms(tmp_path, workspace):
     (tmp_path / "k.csv").write_text(" What is 2+2? ,3,4,5,6,B\nPick D.,a,b,c,d,d\n")
-    snap = fetch(SourceSpecLike("k.csv", "mmlu"), "k", tmp_path, workspace)
+    snap = fetch(SourceSpec(name="src", path="k.csv", template="mmlu"), "k", tmp_path, workspace)
     out = normalise(snap, source="k", template="mmlu", category="knowledge").to_pylist()
     check_mc(out[0], "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:", ["A", "B", "C", "D"], 1)
     assert out[1]["label"] == 3
@@ -395,7 +390,9 @@ def test_generic_field_mapping(tmp_path, workspace):
 def test_unknown_template_is_a_spec_error_at_normalise(tmp_path, workspace):
     # Specs are checked when they load; a direct call with a typo still fails clearly.
     (tmp_path / "a.jsonl").write_text('{"x": 1}\n')
-    snap = fetch(SourceSpecLike("a.jsonl", "alpaca"), "a", tmp_path, workspace)
+    snap = fetch(
+        SourceSpec(name="src", path="a.jsonl", template="alpaca"), "a", tmp_path, workspace
+    )
     with pytest.raises(SpecError, match="unknown template 'alpacca'"):
         normalise(snap, source="a", template="alpacca", category="c")
 
@@ -418,7 +415,7 @@ def demo(tmp_path_factory):
     from multilora_pipeline.tasks.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("demo_ws")).ensure()
-    spec, base = load_spec(DEMO_SPEC)
+    spec, base = load_spec(DEMO)
     tables = {}
     for item in [*spec.sources, *spec.eval_suites]:
         snapshot = fetch(item, item.name, base, workspace)

@@ -17,31 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from multilora_pipeline.data_specs.record import make_record, records_to_table
 from multilora_pipeline.models.multilora import MultiLoRAConfig, inject_multilora, save_adapter
 from multilora_pipeline.models.prompt_format import FORMAT_FILE, PromptFormat, PromptFormatError
-from multilora_pipeline.models.tiny import build_tiny_model
 from multilora_pipeline.tasks.evaluation.evaluate import heldout_loss
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import CausalLM, encode_requests
 from multilora_pipeline.tasks.registry.serving import AdapterGenerator
 from multilora_pipeline.tasks.training.tokenise import tokenise_records
+from tests.tasks.chat_model import CHOICES, LABEL, PROMPT, build_chat_model
 from tests.tasks.scoring_models import BigramLM, plain
-
-# Opens with the bos text (<s>), as SmolLM2's and Llama 3's templates do.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
-PROMPT, CHOICES, LABEL = "The sky is blue.\nQuestion: is the sky blue?\nAnswer:", ["no", "yes"], 1
-TEXTS = [PROMPT + " yes", "Question: Tom has 3 apples.\nAnswer: 3 #### 3"] * 20
-
-
-def build_chat_model(folder):
-    """A tiny model folder whose tokenizer has CHAT_TEMPLATE; returns the folder."""
-    build_tiny_model(folder, TEXTS, vocab_size=320, hidden_size=32, intermediate_size=64,
-                     num_layers=2, num_heads=2, max_position=256, seed=0)  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

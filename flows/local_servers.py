@@ -1,13 +1,18 @@
-"""Real servers and workers for the flow tests (and benchmarks/team_setup.py), on 127.0.0.1.
+"""Real Prefect and MLflow servers and process workers on 127.0.0.1: the one-machine team
+set-up of the README, for the tests and the benchmarks of a repository checkout.
 
-Each process starts in a session of its own, so `stop_process_group` (tests/flows/
-processes.py) takes its children along: uvicorn, flow-run processes, MLflow's workers.
+Each process starts in a session of its own, so `stop_process_group` takes its children
+along: uvicorn, flow-run processes, MLflow's workers. Not flows/temporary_server.py, the
+one-command server `mlora` starts for itself: that one is Prefect's ephemeral app (no
+scheduler, no automations) and a single process; these are what a team runs, and the
+tests need their scheduler, their zombie automation and a worker per pool.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +22,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: its prefect.yaml, its cwd
 BIN = Path(sys.executable).parent
 
 
-class ServerError(AssertionError):
+class ServerError(RuntimeError):
     """A process died or a wait timed out; the message holds the processes' log tails."""
 
 
@@ -37,6 +42,22 @@ def start(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess.
         return subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM (Prefect and MLflow shut down gracefully on it), wait, then SIGKILL what is
+    left, including children that outlived their parent (MLflow's workers)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def api(base: str, path: str, body: dict | None = None):
@@ -112,7 +133,7 @@ def finished(base: str, flow_run_id: str):
 
 
 def prefect_env(folder: Path) -> dict:
-    """The environment of every process that talks to the test's Prefect server (on a free
+    """The environment of every process that talks to a local Prefect server (on a free
     port, its home in `folder`)."""
     port = free_port()
     env = {
@@ -183,8 +204,8 @@ def start_mlflow_server(folder: Path, env: dict, procs: dict) -> str:
 
 def start_worker(pool: str, folder: Path, env: dict, procs: dict, limit: int | None = None) -> None:
     """A process worker on `pool` that polls every second (the default 10 s is for idle
-    production servers, not a test that waits on it), running at most `limit` flow runs at
-    once (None: no limit)."""
+    production servers, not a test or benchmark that waits on it), running at most `limit`
+    flow runs at once (None: no limit)."""
     log = folder / f"worker-{pool}.log"
     with_log = log if not log.exists() else folder / f"worker-{pool}-{len(procs)}.log"
     procs[f"worker {pool}"] = (
