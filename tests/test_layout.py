@@ -95,3 +95,25 @@ def test_benchmarks_import_nothing_from_tests():
         if name.split(".")[0] == "tests"
     ]
     assert offenders == []
+
+
+# Which card folder may import which: flows compose tasks, tasks use models and the spec's
+# types, and the spec's types may name a model's config (data_specs/schema/training.py).
+# Nothing imports upwards, so a task runs without Prefect flows and a model without tasks.
+MAY_IMPORT = {
+    "flows": {"flows", "tasks", "models", "data_specs"},
+    "tasks": {"tasks", "models", "data_specs"},
+    "data_specs": {"data_specs", "models"},
+    "models": {"models"},
+}
+
+
+def test_imports_go_one_way_flows_then_tasks_then_models_and_data_specs():
+    offenders = []
+    for room, allowed in MAY_IMPORT.items():
+        for path in _sources(room):
+            for line, name in _imported_modules(path):
+                parts = name.split(".")
+                if parts[0] == NAMESPACE and len(parts) > 1 and parts[1] not in allowed:
+                    offenders.append(f"{path.relative_to(REPO)}:{line} {name}")
+    assert offenders == []
