@@ -27,7 +27,7 @@ from pathlib import Path
 
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
-from multilora_pipeline.flows.summary import format_summary
+from multilora_pipeline.flows.run_report import format_summary
 from multilora_pipeline.flows.temporary_server import TemporaryServer
 from multilora_pipeline.tasks.stores import check_stores
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from prefect import flow, task, unmapped
@@ -29,7 +28,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
 
 from multilora_pipeline.data_specs.errors import SpecError
 from multilora_pipeline.data_specs.schema import (
@@ -49,53 +47,14 @@ from multilora_pipeline.tasks.data.outputs import (
     known_outputs,
     stage_logger,
 )
+from multilora_pipeline.tasks.data.run_outputs import DataOutputs
 from multilora_pipeline.tasks.data.stages import Prepared, read_drops
 from multilora_pipeline.tasks.data.summary import catalog_batch, source_table, suite_table
 from multilora_pipeline.tasks.workspace import Workspace
 
-if TYPE_CHECKING:  # evaluation imports torch; the data stages never need it
-    from multilora_pipeline.tasks.evaluation.evaluate import SuiteData
-
 # Threads for the mapped per-source tasks: the work is Arrow/numpy (releases the GIL) and I/O.
 DEFAULT_THREADS = 4
 STAGES = ("fetch", "normalise", "dedup_source", "dedup", "decontaminate", "mixture")
-
-
-class DataOutputs(BaseModel):
-    """What the data stages hand to training and evaluation (JSON-able)."""
-
-    spec_hash: str
-    mixture_id: str
-    train_dir: str
-    """Folder of Parquet shards (RECORD_SCHEMA) in training order, plus manifest.json."""
-    validation_path: str
-    """Held-out rows of every source (Parquet)."""
-    eval_paths: dict[str, str]
-    """Suite name -> Parquet of its canonical eval items."""
-    eval_dev_paths: dict[str, str] = {}
-    """Suite name -> Parquet of its few-shot exemplars, for suites that name a dev split."""
-    source_table: list[dict]
-    """Per source: rows_in, exact_drops, near_drops, contamination_drops, rows_in_mixture,
-    requested_share, achieved_share."""
-    reused_stages: list[str]
-    """Stages whose every output was reused from an earlier run."""
-    suite_table: list[dict] = []
-    """Per suite: items, repeated (items that repeat an earlier one), dropped."""
-
-    def suites(self, spec: DataSpec) -> list[SuiteData]:
-        """The spec's evaluation suites with their Parquet (and dev split), as scored."""
-        from multilora_pipeline.tasks.evaluation.evaluate import SuiteData
-
-        return [
-            SuiteData(
-                suite,
-                Path(self.eval_paths[suite.name]),
-                Path(self.eval_dev_paths[suite.name])
-                if suite.name in self.eval_dev_paths
-                else None,
-            )
-            for suite in spec.eval_suites
-        ]
 
 
 # ------------------------------------------------------------------------ Prefect tasks

@@ -36,8 +36,10 @@ from prefect.types.entrypoint import EntrypointType
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.flows.temporary_server import TEMPORARY_API_ENV
-from multilora_pipeline.flows.training import TRAIN_FLOW, training_flow
+from multilora_pipeline.flows.training import TRAIN_FLOW, training_flow, training_parameters
 from multilora_pipeline.models.content import content_key
+from multilora_pipeline.tasks.run_context import RunContext
+from multilora_pipeline.tasks.training.arm_runs import ArmRun
 
 log = logging.getLogger("mlora.pipeline")
 
@@ -223,6 +225,25 @@ def train_on_pool(
             fix="see that flow run's logs in the Prefect UI; then rerun `mlora run`: training "
             "resumes from its last checkpoint",
         )
+
+
+def pool_trainer(pool: str, ctx: RunContext):
+    """`ctx.train_elsewhere` for `pool`: each arm run becomes a flow run of mlora-train/<pool>,
+    waited on until it is done (or `ctx.stop` is set)."""
+
+    def train(arm_run: ArmRun, run_id: str) -> None:
+        parameters = training_parameters(
+            ctx.ws,
+            ctx.spec,
+            ctx.data.mixture_id,
+            ctx.base,
+            arm_run,
+            run_id,
+            ctx.lineage.prompt_format,
+        )
+        train_on_pool(pool, parameters, arm_run.run_name(ctx.spec), ctx.stop)
+
+    return train
 
 
 POLL_SECONDS = 5

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from multilora_pipeline.data_specs.schema import PipelineSpec
+from multilora_pipeline.tasks.registry.tracking import code_version
+from multilora_pipeline.tasks.training.gguf import gguf_origin
+
 PREFIX = "mlora."
 
 
@@ -38,3 +42,21 @@ class Lineage:
     def version_tags(self, **extra: str) -> dict[str, str]:
         """The same facts as version tags: the names without the `mlora.` prefix."""
         return {k.removeprefix(PREFIX): v for k, v in self.run_tags(**extra).items()}
+
+
+def run_lineage(
+    spec: PipelineSpec, mixture_id: str, base: str, fmt_tags: dict[str, str]
+) -> Lineage:
+    """What every run and version of this pipeline run records: spec, mixture and code, the
+    spec's base model, the GGUF file it was converted from (if it was), the prompt format."""
+    origin = gguf_origin(base) if spec.base_model.gguf_file else None
+    return Lineage(
+        spec_hash=spec.spec_hash,
+        mixture_id=mixture_id,
+        code_version=code_version(),
+        base={
+            "mlora.base_model": spec.base_model.label,
+            **(origin.as_tags() if origin else {}),
+            **fmt_tags,
+        },
+    )

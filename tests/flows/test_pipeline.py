@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 from multilora_pipeline.data_specs.errors import DataError, SpecError, TrainingError
-from multilora_pipeline.flows.summary import format_summary
+from multilora_pipeline.flows.run_report import format_summary
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.workspace import Workspace
@@ -57,7 +57,7 @@ class PipelineRuns:
 @pytest.fixture(scope="module")
 def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
     """Run the reduced demo twice in one workspace, then once with a changed evaluation."""
-    import multilora_pipeline.flows.arms as arms
+    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
     import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
@@ -66,13 +66,13 @@ def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
     edited["evaluation"]["max_new_tokens"] = 4  # decides the generation suite's scores
     changed = write_spec(edited, tmp / "changed.yaml")
     ws = Workspace.resolve(tmp / "workspace")
-    scorer, lines = CountingScorer(arms.evaluate_model), Lines()
+    scorer, lines = CountingScorer(arm_scores.evaluate_model), Lines()
     summaries, base_evals, messages = [], [], []
     task_logger = logging.getLogger("prefect.task_runs")
     task_logger.addHandler(lines)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(arms, "evaluate_model", scorer)
+            patch.setattr(arm_scores, "evaluate_model", scorer)
             for path in (spec, spec, changed):
                 scorer.calls.append(0)
                 lines.messages = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from multilora_pipeline.flows.summary import format_summary
+from multilora_pipeline.flows.run_report import format_summary
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.workspace import Workspace
 from tests.flows.counting_scorer import CountingScorer
@@ -25,7 +25,7 @@ GRID = [1e-4, 3e-3]
 @pytest.fixture(scope="module")
 def runs(prefect_harness, tmp_path_factory):
     """The reduced demo with two seeds and a two-point grid for the lora arm, run twice."""
-    import multilora_pipeline.flows.arms as arms
+    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
     import multilora_pipeline.flows.pipeline as pipeline
 
     tmp = tmp_path_factory.mktemp("seeds")
@@ -34,10 +34,10 @@ def runs(prefect_harness, tmp_path_factory):
     spec["arms"][1]["learning_rates"] = GRID
     path = write_spec(spec, tmp / "seeds.yaml")
     ws = Workspace.resolve(tmp / "workspace")
-    scorer = CountingScorer(arms.evaluate_model)
+    scorer = CountingScorer(arm_scores.evaluate_model)
     summaries = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(arms, "evaluate_model", scorer)
+        patch.setattr(arm_scores, "evaluate_model", scorer)
         for _ in range(2):
             scorer.calls.append(0)
             summaries.append(pipeline.pipeline_flow(str(path), str(ws.root)))

@@ -19,7 +19,6 @@ from multilora_pipeline.data_specs.schema import (
     demo_spec_path,
     load_spec,
 )
-from multilora_pipeline.flows.runs import ArmRun, run_key, training_hash
 from multilora_pipeline.flows.temporary_server import TEMPORARY_API_ENV
 from multilora_pipeline.flows.training import (
     reachable_workspace,
@@ -27,6 +26,7 @@ from multilora_pipeline.flows.training import (
     worker_base_model,
 )
 from multilora_pipeline.flows.training_pool import ensure_training_deployment
+from multilora_pipeline.tasks.training.arm_runs import ArmRun, run_key, training_hash
 from multilora_pipeline.tasks.training.train import load_result
 from multilora_pipeline.tasks.workspace import Workspace
 

@@ -1,6 +1,6 @@
 """Every multiple-choice score beside chance and the majority answer, and the gate that
 refuses an adapter worse than a constant answer (tasks/evaluation/baselines.py,
-tasks/registry/promote.py, flows/summary.py)."""
+tasks/registry/promote.py, flows/run_report.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multilora_pipeline.flows.summary import format_summary
+from multilora_pipeline.flows.run_report import format_summary
 from multilora_pipeline.tasks.evaluation.baselines import (
     baseline_rows,
     constant_item_scores,

@@ -1,8 +1,8 @@
 """One training run of an arm: what it is (ArmRun), what decides its weights (its run key),
 where it lives in the workspace, and training it in this process.
 
-The pipeline's train stage (flows/arms.py) and the mlora-train flow a work pool's worker runs
-(flows/training.py) both use these, so a run trained on either side is the same run, in the
+The pipeline's train stage (tasks/training/train_arm.py) and the mlora-train flow a work pool's
+worker runs (flows/training.py) both use these, so a run trained on either side is the same run, in the
 same folder, found again by the same key.
 """
 

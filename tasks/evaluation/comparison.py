@@ -15,9 +15,10 @@ from itertools import combinations
 
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.schema import PipelineSpec
-from multilora_pipeline.flows.arms import PREDICTIONS, ArmOutcome, Scores, suite_sizes
-from multilora_pipeline.flows.context import RunContext
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves, plot_suite_intervals
+from multilora_pipeline.tasks.evaluation.arm_outcome import ArmOutcome
+from multilora_pipeline.tasks.evaluation.arm_scores import PREDICTIONS, Scores, suite_sizes
+from multilora_pipeline.tasks.evaluation.baselines import baseline_rows, constant_item_scores
 from multilora_pipeline.tasks.evaluation.cache import EVAL_ID_TAG
 from multilora_pipeline.tasks.evaluation.confidence import (
     Interval,
@@ -28,6 +29,7 @@ from multilora_pipeline.tasks.evaluation.confidence import (
     paired_bootstrap,
 )
 from multilora_pipeline.tasks.registry.versions import version_runs
+from multilora_pipeline.tasks.run_context import RunContext
 
 log = logging.getLogger("mlora.pipeline")
 
@@ -146,18 +148,34 @@ def compare(
     return Comparison(versus_base, between, scores, versus_majority)
 
 
+def compare_with_baselines(
+    spec: PipelineSpec, base_scores: Scores, outcomes: list[ArmOutcome]
+) -> tuple[Comparison, dict[str, dict[str, float]]]:
+    """The run's comparison, and what its scores are read against: "chance" and "majority"
+    -> metric -> rate (tasks/evaluation/baselines.py)."""
+    constant = constant_item_scores(base_scores.predictions)
+    comparison = compare(spec, item_scores(base_scores.predictions), outcomes, constant)
+    primary = spec.registry.primary_metric
+    baselines = baseline_rows(
+        base_scores.metrics,
+        base_scores.predictions,
+        (primary, metric_parts(primary, spec.eval_suites)),
+    )
+    return comparison, baselines
+
+
 def log_comparison(
-    run: RunContext,
+    ctx: RunContext,
     comparison: Comparison,
     outcomes: list[ArmOutcome],
     references: dict[str, dict[str, float]],
 ) -> None:
     """The comparison on the parent run: metrics, the interval table, the two plots (the
     scores beside `references`: chance and the majority rate per suite metric)."""
-    tracker, parent = run.tracker, run.parent_id
+    tracker, parent = ctx.tracker, ctx.parent_id
     tracker.log_metrics(parent, comparison.as_metrics())
     tracker.log_json(parent, comparison.as_rows(), "eval/intervals.json")
-    suites = compared_metrics(run.spec)[1:] or compared_metrics(run.spec)
+    suites = compared_metrics(ctx.spec)[1:] or compared_metrics(ctx.spec)
     as_tuples = {
         model: {m: (i.estimate, i.low, i.high) for m, i in by.items() if m in suites}
         for model, by in comparison.scores.items()
@@ -188,16 +206,16 @@ def log_comparison(
         tracker.log_json(parent, rows, "selection/learning_rates.json")
 
 
-def version_items(run: RunContext, version, base_scores: Scores) -> ItemScores | None:
+def version_items(ctx: RunContext, version, base_scores: Scores) -> ItemScores | None:
     """Per-item scores of a registered version from an earlier pipeline run (its seeds'
     mean), or None when they cannot be paired with this run's: scored under another
     evaluation, on other items, or their predictions are gone."""
     sizes = suite_sizes(base_scores.predictions)
     per_seed = []
     for run_id in version_runs(version):
-        if run.tracker.run_tags(run_id).get(EVAL_ID_TAG) != base_scores.eval_id:
+        if ctx.tracker.run_tags(run_id).get(EVAL_ID_TAG) != base_scores.eval_id:
             return None
-        predictions = run.tracker.load_table(run_id, PREDICTIONS)
+        predictions = ctx.tracker.load_table(run_id, PREDICTIONS)
         if predictions is None or suite_sizes(predictions) != sizes:
             return None
         per_seed.append(item_scores(predictions))
