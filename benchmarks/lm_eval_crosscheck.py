@@ -58,8 +58,8 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from multilora_pipeline.data_specs.schema import load_spec
-    from multilora_pipeline.tasks.evaluation.arm_scores import PREDICTIONS
     from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow
+    from multilora_pipeline.tasks.evaluation.arm_scores import PREDICTIONS
     from multilora_pipeline.tasks.evaluation.lm_eval_tasks import run_lm_eval
     from multilora_pipeline.tasks.registry.tracking import Tracker
 

@@ -9,7 +9,7 @@ runner and the artifacts. The stages themselves are plain functions in tasks/dat
 over content-addressed outputs (tasks/data/outputs.py): every stage output is a folder,
 workspace.stage_dir(stage, id), whose id hashes the input ids and the parameters; a stage
 whose output the catalog knows and whose files exist is skipped ("reusing <stage> output
-<id>") and its Prefect task run ends as "Cached". Catalog rows (tasks/data/summary.py) are
+<id>") and its Prefect task run ends as "Cached". Catalog rows (tasks/data/run_record.py) are
 gathered during the run and written in ONE transaction after every stage succeeded, so bad
 input anywhere leaves no catalog row behind.
 
@@ -48,8 +48,8 @@ from multilora_pipeline.tasks.data.outputs import (
     stage_logger,
 )
 from multilora_pipeline.tasks.data.run_outputs import DataOutputs
+from multilora_pipeline.tasks.data.run_record import catalog_batch, source_table, suite_table
 from multilora_pipeline.tasks.data.stages import Prepared, read_drops
-from multilora_pipeline.tasks.data.summary import catalog_batch, source_table, suite_table
 from multilora_pipeline.tasks.workspace import Workspace
 
 # Threads for the mapped per-source tasks: the work is Arrow/numpy (releases the GIL) and I/O.

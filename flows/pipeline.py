@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import PipelineSpec, load_spec
-from multilora_pipeline.data_specs.serving import vllm_notes
+from multilora_pipeline.data_specs.vllm_limits import vllm_notes
 from multilora_pipeline.flows.arms import train_and_score_arms
 from multilora_pipeline.flows.data import run_data_stages
 from multilora_pipeline.flows.stale_runs import close_stale_runs
@@ -42,14 +42,14 @@ from multilora_pipeline.tasks.evaluation.comparison import compare_with_baseline
 from multilora_pipeline.tasks.pipeline_summary import (
     PipelineSummary,
     arm_summary,
-    headline,
+    log_data_on_parent,
     log_on_parent,
+    pipeline_summary,
 )
 from multilora_pipeline.tasks.registry.challenger import promote_best
 from multilora_pipeline.tasks.registry.lineage import run_lineage
 from multilora_pipeline.tasks.registry.register_arm import register_arm
 from multilora_pipeline.tasks.registry.tracking import Tracker
-from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
 from multilora_pipeline.tasks.run_context import RunContext, timed
 from multilora_pipeline.tasks.stores import check_stores
 from multilora_pipeline.tasks.training.base_model import (
@@ -167,11 +167,31 @@ def _locked_run(
         tags=lineage.run_tags(spec_file=str(Path(spec_path).resolve())),
         params=spec.params(),  # URLs redacted: parameters are read by everyone
     )
+    ctx = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
+    if pool:
+        ctx.train_elsewhere = pool_trainer(pool, ctx)
     try:
-        ctx = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
-        if pool:
-            ctx.train_elsewhere = pool_trainer(pool, ctx)
-        summary = _train_evaluate_register(ctx, fmt.describe())
+        log_data_on_parent(ctx)
+        with timed(stages, "evaluate_base"):
+            base_scores = evaluate_base_task(ctx)
+        outcomes = train_and_score_arms(ctx, base_scores)
+        with timed(stages, "register"):
+            versions = {o.arm.name: register_task(ctx, o).version for o in outcomes}
+        comparison, baselines = compare_with_baselines(spec, base_scores, outcomes)
+        arms = [arm_summary(o, versions[o.arm.name], comparison, spec) for o in outcomes]
+        table = log_on_parent(ctx, base_scores.metrics, arms, outcomes, comparison, baselines)
+        create_table_artifact(
+            table,
+            key="arm-comparison",
+            description="Evaluation of base and arms, beside chance and always the majority answer",
+        )
+        with timed(stages, "analyse"):
+            tracker.set_tags(parent_id, {"mlflow.note.content": analyse_task(ctx, outcomes)})
+        best, decision = promote_best(ctx, arms, outcomes, base_scores, comparison)
+        create_markdown_artifact(decision.markdown(), key="promotion-decision")
+        summary = pipeline_summary(
+            ctx, base_scores, arms, comparison, baselines, best.version, decision, fmt.describe()
+        )
         tracker.log_metrics(
             parent_id, {f"stage_seconds_{k}": v for k, v in summary.stage_seconds.items()}
         )
@@ -181,62 +201,3 @@ def _locked_run(
         raise
     tracker.finish(parent_id)
     return summary
-
-
-def _train_evaluate_register(ctx: RunContext, format_description: str) -> PipelineSummary:
-    spec, data, tracker = ctx.spec, ctx.data, ctx.tracker
-    tracker.log_json(ctx.parent_id, data.source_table, "data/source_table.json")
-    manifest = Path(data.train_dir) / "manifest.json"
-    if manifest.is_file():
-        tracker.log_artifact(ctx.parent_id, manifest, "data")
-    with timed(ctx.stages, "evaluate_base"):
-        base_scores = evaluate_base_task(ctx)
-    outcomes = train_and_score_arms(ctx, base_scores)
-    with timed(ctx.stages, "register"):
-        versions = {o.arm.name: register_task(ctx, o).version for o in outcomes}
-    comparison, baselines = compare_with_baselines(spec, base_scores, outcomes)
-    arms = [arm_summary(o, versions[o.arm.name], comparison, spec) for o in outcomes]
-    table = log_on_parent(ctx, base_scores.metrics, arms, outcomes, comparison, baselines)
-    create_table_artifact(
-        table,
-        key="arm-comparison",
-        description="Evaluation of base and arms, beside chance and always the majority answer",
-    )
-    with timed(ctx.stages, "analyse"):
-        analysis = analyse_task(ctx, outcomes)
-    tracker.set_tags(ctx.parent_id, {"mlflow.note.content": analysis})
-    best, decision = promote_best(ctx, arms, outcomes, base_scores, comparison)
-    create_markdown_artifact(decision.markdown(), key="promotion-decision")
-    champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
-    return PipelineSummary(
-        spec=spec.name,
-        spec_hash=spec.spec_hash,
-        mixture_id=data.mixture_id,
-        parent_run_id=ctx.parent_id,
-        experiment=spec.name,
-        registered_model=spec.registered_model_name,
-        arms=arms,
-        base_metrics=headline(base_scores.metrics, spec),
-        primary_metric=spec.registry.primary_metric,
-        challenger=best.version,
-        champion=str(champion.version) if champion else None,
-        decision=decision.as_tags()["promotion.decision"],
-        decision_reasons=list(decision.reasons),
-        prompt_format=format_description,
-        reused_data_stages=list(data.reused_stages),
-        base_evaluation_reused=base_scores.reused,
-        ui_command=tracker.ui_command(),
-        stage_seconds={k: round(v, 1) for k, v in ctx.stages.items()},
-        between_arms=[
-            {"arms": f"{a} - {b}", "metric": m, **i.as_dict()}
-            for (a, b), by in comparison.between_arms.items()
-            for m, i in by.items()
-        ],
-        bootstrap_resamples=spec.evaluation.bootstrap_resamples,
-        baselines=baselines,
-        versus_majority=[
-            {"model": model, "metric": m, **i.as_dict()}
-            for model, by in comparison.versus_majority.items()
-            for m, i in by.items()
-        ],
-    )

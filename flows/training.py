@@ -26,10 +26,10 @@ from prefect import flow
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
 from multilora_pipeline.tasks.data.mixture import load_mixture
+from multilora_pipeline.tasks.identity import run_key as key_of
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.registry.tracking import code_version as current_code_version
 from multilora_pipeline.tasks.training.arm_runs import ArmRun, arm_dir, train_here
-from multilora_pipeline.tasks.training.arm_runs import run_key as key_of
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
 
 log = logging.getLogger("mlora.train")

@@ -13,7 +13,7 @@ adapter is
 Looking an output up again is the caller's part: a file or folder that exists is whole, and
 the data stages also ask the catalog (tasks/data/outputs.py). This module sits in
 models/, the lowest layer that needs it, because a registered version ships models/ alone
-as its code (tasks/registry/serving.py): tasks/ and flows/ import it from here.
+as its code (tasks/registry/pyfunc_model.py): tasks/ and flows/ import it from here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Either way the token sequence starts with the tokenizer's bos token unless the r
 text already does (chat templates such as SmolLM2's and Llama 3's open with it).
 
 This module needs only the tokenizer (no torch, no project imports): the served model
-(tasks/registry/serving.py) is logged with `models/` as its code and imports it at load time.
+(tasks/registry/pyfunc_model.py) is logged with `models/` as its code and imports it at load time.
 """
 
 from __future__ import annotations

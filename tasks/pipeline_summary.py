@@ -5,13 +5,17 @@ model and every arm, beside chance and always the majority answer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.data_specs.schema import PipelineSpec
 from multilora_pipeline.tasks.analysis.plots import plot_loss_curves
 from multilora_pipeline.tasks.evaluation.arm_outcome import ArmOutcome
+from multilora_pipeline.tasks.evaluation.arm_scores import Scores
 from multilora_pipeline.tasks.evaluation.comparison import Comparison, log_comparison
 from multilora_pipeline.tasks.evaluation.evaluate import compare_arms
+from multilora_pipeline.tasks.registry.promote import GateDecision
+from multilora_pipeline.tasks.registry.versions import CHAMPION, version_by_alias
 from multilora_pipeline.tasks.run_context import RunContext
 
 
@@ -114,6 +118,14 @@ def arm_summary(
     )
 
 
+def log_data_on_parent(ctx: RunContext) -> None:
+    """What the run trained on, on the parent run: the per-source table and the manifest."""
+    ctx.tracker.log_json(ctx.parent_id, ctx.data.source_table, "data/source_table.json")
+    manifest = Path(ctx.data.train_dir) / "manifest.json"
+    if manifest.is_file():
+        ctx.tracker.log_artifact(ctx.parent_id, manifest, "data")
+
+
 def log_on_parent(
     ctx: RunContext,
     base_metrics: dict[str, float],
@@ -148,3 +160,50 @@ def log_on_parent(
     table = [{"model": name, **rates} for name, rates in references.items()]
     table += [{"model": "base", **base_row}]
     return table + [{"model": a.arm, "version": a.version, **a.metrics} for a in arms]
+
+
+def pipeline_summary(
+    ctx: RunContext,
+    base_scores: Scores,
+    arms: list[ArmSummary],
+    comparison: Comparison,
+    baselines: dict[str, dict[str, float]],
+    challenger: str,
+    decision: GateDecision,
+    format_description: str,
+) -> PipelineSummary:
+    """The run's summary, once the gate has decided on the `challenger` version."""
+    spec, data, tracker = ctx.spec, ctx.data, ctx.tracker
+    champion = version_by_alias(tracker, spec.registered_model_name, CHAMPION)
+    return PipelineSummary(
+        spec=spec.name,
+        spec_hash=spec.spec_hash,
+        mixture_id=data.mixture_id,
+        parent_run_id=ctx.parent_id,
+        experiment=spec.name,
+        registered_model=spec.registered_model_name,
+        arms=arms,
+        base_metrics=headline(base_scores.metrics, spec),
+        primary_metric=spec.registry.primary_metric,
+        challenger=challenger,
+        champion=str(champion.version) if champion else None,
+        decision=decision.as_tags()["promotion.decision"],
+        decision_reasons=list(decision.reasons),
+        prompt_format=format_description,
+        reused_data_stages=list(data.reused_stages),
+        base_evaluation_reused=base_scores.reused,
+        ui_command=tracker.ui_command(),
+        stage_seconds={k: round(v, 1) for k, v in ctx.stages.items()},
+        between_arms=[
+            {"arms": f"{a} - {b}", "metric": m, **i.as_dict()}
+            for (a, b), by in comparison.between_arms.items()
+            for m, i in by.items()
+        ],
+        bootstrap_resamples=spec.evaluation.bootstrap_resamples,
+        baselines=baselines,
+        versus_majority=[
+            {"model": model, "metric": m, **i.as_dict()}
+            for model, by in comparison.versus_majority.items()
+            for m, i in by.items()
+        ],
+    )

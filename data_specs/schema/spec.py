@@ -8,8 +8,6 @@ recorded everywhere downstream.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -26,6 +24,7 @@ from multilora_pipeline.data_specs.schema.evaluation import EvaluationSpec, Regi
 from multilora_pipeline.data_specs.schema.sources import EvalSuiteSpec, SourceSpec
 from multilora_pipeline.data_specs.schema.strict import NAME_RE, Strict
 from multilora_pipeline.data_specs.schema.training import ArmSpec, TrainingSpec
+from multilora_pipeline.models.content import content_key
 
 
 class DataSpec(Strict):
@@ -95,8 +94,8 @@ class DataSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """The spec's identity (tasks/identity.py lists every key): its canonical form."""
+        return content_key(self.canonical())
 
 
 class PipelineSpec(DataSpec):

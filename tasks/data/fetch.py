@@ -53,6 +53,7 @@ from multilora_pipeline.tasks.data.files.read import (
     read_table,
 )
 from multilora_pipeline.tasks.data.templates import FILE_COLUMN, csv_columns_for
+from multilora_pipeline.tasks.identity import snapshot_key
 from multilora_pipeline.tasks.workspace import Workspace
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
 
 log = logging.getLogger("mlora.fetch")
 
-SNAPSHOT_VERSION = 1  # bump when the snapshot layout changes: old snapshots are then not reused
 URL_ATTEMPTS = 4  # one try plus three retries on network errors and 5xx/429 answers
 URL_BACKOFF_S = 1.0  # first retry waits this long, then 2x, 4x
 URL_TIMEOUT_S = 60
@@ -224,7 +224,7 @@ def _fetch_files(
         "columns": columns,
         "file_fields": location.file_fields,
     }
-    content_hash = _digest(SNAPSHOT_VERSION, "files", options)
+    content_hash = snapshot_key("files", options)
     out = raw_dir / f"{content_hash}.parquet"
     manifest = out.with_suffix(".files.json")
     reused = _existing(raw_dir, content_hash, name, origin)
@@ -311,7 +311,7 @@ def _fetch_file(
         "max_rows": location.max_rows,
         "columns": columns if fmt in ("csv", "tsv") else None,
     }
-    content_hash = _digest(SNAPSHOT_VERSION, facts.sha256, options)
+    content_hash = snapshot_key(facts.sha256, options)
     out = raw_dir / f"{content_hash}.parquet"
     reused = _existing(raw_dir, content_hash, name, origin, facts.sha256)
     if reused is not None:
@@ -360,10 +360,6 @@ def _row_groups(tables: Iterator[pa.Table], rows: int = ROW_GROUP_ROWS) -> Itera
             pending, count = [joined.slice(whole)], count - whole
     if count:
         yield pa.concat_tables(pending)
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- URLs
@@ -435,19 +431,19 @@ def _fetch_hub(location: DataLocation, name: str, raw_dir: Path, workspace: Work
     """
     hub = location.hf
     origin = f"hf:{hub.id}/{hub.config or 'default'}/{hub.split}@{hub.revision or 'unpinned'}"
-    key = [SNAPSHOT_VERSION, "hf", hub.id, hub.config, hub.split, hub.revision, location.max_rows]
+    key = ["hf", hub.id, hub.config, hub.split, hub.revision, location.max_rows]
     pinned = hub.revision is not None and HUB_SHA_RE.match(hub.revision) is not None
     if pinned:
-        found = _existing(raw_dir, _digest(*key), name, origin)
+        found = _existing(raw_dir, snapshot_key(*key), name, origin)
         if found:
             return found
     start = time.perf_counter()
     dataset = _load_hub(hub, origin, workspace)
     if hub.streaming:
         table = _stream_to_table(dataset, location.max_rows, origin)
-        content_hash = _digest(*key) if pinned else _digest(*key, _table_digest(table))
+        content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, _table_digest(table))
     else:
-        content_hash = _digest(*key) if pinned else _digest(*key, dataset._fingerprint)
+        content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, dataset._fingerprint)
         found = _existing(raw_dir, content_hash, name, origin)
         if found:
             return found

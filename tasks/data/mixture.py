@@ -31,15 +31,16 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
-from multilora_pipeline.models.content import atomic_folder, content_key, write_text_atomic
+from multilora_pipeline.models.content import atomic_folder, write_text_atomic
 from multilora_pipeline.tasks.data.files.parquet_io import (
     SLICE_ROWS,
     taken_slices,
     write_batches,
     write_parquet,
 )
+from multilora_pipeline.tasks.identity import mixture_id
 
-__all__ = ["build_mixture", "load_mixture", "mixture_id", "write_parquet"]
+__all__ = ["build_mixture", "load_mixture", "write_parquet"]
 
 MANIFEST = "manifest.json"
 VALIDATION = "validation.parquet"
@@ -50,13 +51,6 @@ log = logging.getLogger("mlora.mixture")
 def write_json(data: dict, path: Path) -> None:
     """Write sorted, indented JSON via a temp file + rename."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def mixture_id(input_hashes: dict[str, str], config: MixtureSpec, seed: int) -> str:
-    """Hash of the input hashes (per source), the mixture parameters and the seed."""
-    return content_key(
-        {"inputs": input_hashes, "mixture": config.model_dump(mode="json"), "seed": seed}
-    )
 
 
 def _rng(seed: int, *salt: str) -> np.random.Generator:

@@ -1,7 +1,8 @@
 """Content-addressed stage outputs: ids, publishing, and looking up what a run can reuse.
 
 Every data stage output is a folder, workspace.stage_dir(stage, id), whose id hashes the
-stage, its input ids, its parameters and STAGE_CODE_VERSION. It is written to a temp folder
+stage, its input ids, its parameters and STAGE_CODE_VERSION (tasks/identity.py, with every
+other key of the pipeline). It is written to a temp folder
 and renamed into place (`publish`). A stage whose output the catalog knows and whose files
 exist is skipped (`reusable` logs "reusing <stage> output <id>").
 """
@@ -13,14 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multilora_pipeline.models.content import atomic_folder, content_key, file_sha256
+from multilora_pipeline.models.content import atomic_folder, file_sha256
 from multilora_pipeline.tasks.catalog import Catalog
+from multilora_pipeline.tasks.identity import stage_id
 from multilora_pipeline.tasks.workspace import Workspace
 
-# Bump when a stage's code changes what it writes for the same inputs: old outputs are rebuilt.
-# 2: meta['query'] for passage tasks, duplicate_row in dedup drops; 3: decontamination judged
-# on content (seams, template spans, the item's question), the file of every row in drops
-STAGE_CODE_VERSION = 3
 RECORDS, KEPT, DROPS = "records.parquet", "kept.parquet", "drops.parquet"
 
 
@@ -60,13 +58,6 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # called outside a flow or task run
         return logging.getLogger("mlora.stages")
-
-
-def stage_id(stage: str, input_ids: list[str], params: dict) -> str:
-    """Output id: the content key of the stage, its input ids, its parameters and the code version."""
-    return content_key(
-        {"stage": stage, "inputs": input_ids, "params": params, "code": STAGE_CODE_VERSION}
-    )
 
 
 def known_outputs(ws: Workspace) -> dict[str, dict]:

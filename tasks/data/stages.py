@@ -14,7 +14,6 @@ its own). flows/data.py wraps these in Prefect tasks and maps them; they run alo
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from multilora_pipeline.tasks.data.files.parquet_io import (
     write_batches,
     write_parquet,
 )
-from multilora_pipeline.tasks.data.mixture import build_mixture, load_mixture, mixture_id
+from multilora_pipeline.tasks.data.mixture import build_mixture, load_mixture
 from multilora_pipeline.tasks.data.normalise import normalise_batches
 from multilora_pipeline.tasks.data.outputs import (
     DROPS,
@@ -47,6 +46,7 @@ from multilora_pipeline.tasks.data.outputs import (
     reused_output,
     stage_logger,
 )
+from multilora_pipeline.tasks.identity import mixture_id
 from multilora_pipeline.tasks.workspace import Workspace
 
 SKIPPED = "skipped.parquet"  # rows a normalise output left out under bad_rows: skip
@@ -326,8 +326,8 @@ def mixture_stage(
         return reused_output(
             "mixture", mid, [clean.output_id], params, row, folder, {"manifest": mixture.manifest}
         )
-    if folder.exists():  # leftover of a run that failed before its catalog commit
-        shutil.rmtree(folder)
+    # A folder without its catalog row (a run that failed before its commit, or one of
+    # another spec still committing) is whole: build_mixture keeps it (atomic_folder).
     mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
     manifest_hash = file_sha256(mixture.train_dir / "manifest.json")
     return StageOutput(

@@ -18,11 +18,11 @@ from multilora_pipeline.tasks.data.run_outputs import DataOutputs
 from multilora_pipeline.tasks.evaluation.cache import (
     EVAL_ID_TAG,
     base_eval_inputs,
-    base_eval_key,
     load_base_eval,
     save_base_eval,
 )
 from multilora_pipeline.tasks.evaluation.evaluate import EvalResult, evaluate_model
+from multilora_pipeline.tasks.identity import base_eval_key
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.run_context import RunContext
 from multilora_pipeline.tasks.training.arm_models import load_for_inference

@@ -14,7 +14,7 @@ scores are a function of
     the held-out rows   the mixture id, and the tokenisation (max_length, chat template)
     the scoring code    EVAL_CODE_VERSION
 
-`base_eval_key` hashes exactly those, as data stage ids do (tasks/data/outputs.py);
+`base_eval_key` (tasks/identity.py) hashes exactly those, as data stage ids do;
 any change gives a new key, so the base model is scored again. The metrics and
 the prediction table live in workspace.stage_dir("base_eval", key)/evaluation.json,
 written to a temp file and renamed into place, so a reader finds a whole file or none.
@@ -31,21 +31,12 @@ from pathlib import Path
 import pandas as pd
 
 from multilora_pipeline.data_specs.schema import DataLocation, PipelineSpec
-from multilora_pipeline.models.content import content_key, file_sha256, write_text_atomic
+from multilora_pipeline.models.content import file_sha256, write_text_atomic
 from multilora_pipeline.tasks.data.outputs import stage_logger
 from multilora_pipeline.tasks.evaluation.evaluate import EvalResult
+from multilora_pipeline.tasks.identity import EVAL_CODE_VERSION
 from multilora_pipeline.tasks.workspace import Workspace
 
-# Bump when scoring code changes the numbers it gives for the same inputs: every cached
-# base evaluation is then scored again.
-# 2: GSM8K exact_match reads only `#### N` (lm-eval strict-match); 3: every scorer encodes
-# prompts in the run's prompt format (models/prompt_format.py), as training does; 4: lm-eval
-# 0.4.13 exactly: per-(context, choice) truncation to the window, gsm8k's filters, stops and
-# exact_match normalisation; 5: a chat format scores a choice as the assistant turn's first
-# text (no delimiter) and moves the generation prompt's newline into it, as lm-eval does with
-# --apply_chat_template; a suite header is the system turn; majority, chance and balanced
-# accuracy beside acc.
-EVAL_CODE_VERSION = 5
 STAGE, FILE = "base_eval", "evaluation.json"
 # On an arm's run: the key of the evaluation its logged scores come from. A reused arm
 # is scored again when the current key differs, so arms and base compare like with like.
@@ -115,11 +106,6 @@ def _folder_fingerprint(model: str) -> list | None:
         for f in sorted(folder.rglob("*"))
         if f.is_file()
     ]
-
-
-def base_eval_key(inputs: dict) -> str:
-    """The cache id: a hash of `base_eval_inputs`."""
-    return content_key(inputs)
 
 
 def base_eval_path(ws: Workspace, key: str) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from multilora_pipeline.data_specs import metrics as names
 from multilora_pipeline.tasks.catalog import Catalog
 from multilora_pipeline.tasks.evaluation.arm_outcome import ArmOutcome
+from multilora_pipeline.tasks.identity import run_key
 from multilora_pipeline.tasks.registry.versions import (
     RegisteredVersion,
     get_version,
@@ -16,7 +17,7 @@ from multilora_pipeline.tasks.registry.versions import (
     update_version_scores,
 )
 from multilora_pipeline.tasks.run_context import RunContext
-from multilora_pipeline.tasks.training.arm_runs import ArmRun, run_key
+from multilora_pipeline.tasks.training.arm_runs import ArmRun
 from multilora_pipeline.tasks.training.base_model import load_revision
 
 

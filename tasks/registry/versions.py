@@ -1,6 +1,6 @@
 """The register stage: each arm's adapter becomes a version of the spec's registered model.
 
-A version is an MLflow pyfunc model (tasks/registry/serving.py, logged as model code)
+A version is an MLflow pyfunc model (tasks/registry/pyfunc_model.py, logged as model code)
 that a fresh process loads with `mlflow.pyfunc.load_model("models:/NAME@champion")`.
 Its artifacts, all inside the version (under the model's `artifacts/`) so it
 stands alone:
@@ -56,7 +56,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 # The logged model's name in the arm run (the run page's "Logged models" list).
 LOGGED_MODEL_NAME = "adapter"
 MODELS_PACKAGE = Path(__file__).resolve().parents[2] / "models"
-SERVING_CODE = Path(__file__).with_name("serving.py")
+PYFUNC_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "prompt")]),
     outputs=Schema([ColSpec("string", "completion")]),
@@ -164,13 +164,13 @@ def register_adapter(
 def _log_serving_model(
     tracker: Tracker, run_id: str, artifacts: dict[str, str], model_config: dict
 ) -> ModelInfo:
-    """Log the served model (tasks/registry/serving.py, with `models/` as its code) into the
+    """Log the served model (tasks/registry/pyfunc_model.py, with `models/` as its code) into the
     arm's run."""
     with tempfile.TemporaryDirectory() as staging:
         return tracker.log_pyfunc(
             run_id,
             LOGGED_MODEL_NAME,
-            python_model=str(SERVING_CODE),
+            python_model=str(PYFUNC_MODEL_CODE),
             artifacts=artifacts,
             model_config=model_config,
             signature=SIGNATURE,

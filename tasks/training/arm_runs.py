@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from multilora_pipeline.data_specs.schema import ArmSpec, PipelineSpec, TrainingSpec
-from multilora_pipeline.models.content import content_key
-from multilora_pipeline.models.prompt_format import run_identity
+from multilora_pipeline.tasks.identity import training_hash
 from multilora_pipeline.tasks.registry.tracking import Tracker
 from multilora_pipeline.tasks.training.base_model import load_revision
 from multilora_pipeline.tasks.training.launch import launch_arm
@@ -47,30 +46,6 @@ class ArmRun:
     def arm_has_grid(self, spec: PipelineSpec) -> bool:
         declared = next(a for a in spec.arms if a.name == self.arm.name)
         return bool(declared.probe_grid(spec.training))
-
-
-def training_hash(spec: PipelineSpec, run: ArmRun) -> str:
-    """Hash of what decides a run's weights: base model, the arm, this run's training
-    settings (its seed among them) and the prompt format.
-
-    Editing a spec's description, evaluation or promotion settings changes its spec
-    hash but not this: the trained arms, their runs and versions are reused. So does
-    adding seeds or a grid: the runs it already has are found again.
-    """
-    return content_key(
-        [
-            spec.base_model.model_dump(mode="json"),
-            run.arm.identity(),
-            run.training.identity(),
-            spec.seed,
-            run_identity(spec.prompt_format),  # the tokens the arm is trained on
-        ]
-    )
-
-
-def run_key(spec: PipelineSpec, mixture_id: str, run: ArmRun) -> str:
-    """Identity of a training run: same training, same mixture -> same run and version."""
-    return f"{training_hash(spec, run)}:{mixture_id}:{run.arm.name}"
 
 
 def arm_dir(ws: Workspace, spec: PipelineSpec, mixture_id: str, run: ArmRun) -> Path:

@@ -27,9 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoConfig
 
 from multilora_pipeline.data_specs.schema import PipelineSpec
-from multilora_pipeline.models.content import content_key
 from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.models.tiny import build_tiny_model
+from multilora_pipeline.tasks.identity import tiny_model_key
 from multilora_pipeline.tasks.training.dataset import read_records
 from multilora_pipeline.tasks.training.gguf import converted_folder, locate_gguf
 from multilora_pipeline.tasks.training.loading import (
@@ -78,7 +78,7 @@ def check_base_model(
 
 
 def tiny_model_dir(spec: PipelineSpec, mixture_id: str, ws: Workspace):
-    key = content_key([spec.base_model.tiny.model_dump(mode="json"), mixture_id, spec.seed])
+    key = tiny_model_key(spec.base_model.tiny, mixture_id, spec.seed)
     return ws.models_dir / f"tiny-{key}"
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from multilora_pipeline.data_specs.errors import TrainingError
+from multilora_pipeline.tasks.identity import run_key
 from multilora_pipeline.tasks.run_context import RunContext
-from multilora_pipeline.tasks.training.arm_runs import ArmRun, arm_dir, run_key, train_here
+from multilora_pipeline.tasks.training.arm_runs import ArmRun, arm_dir, train_here
 from multilora_pipeline.tasks.training.train import ArmResult, load_result
 
 

@@ -479,7 +479,7 @@ def test_mlflow_parameters_show_urls_redacted_and_the_hash_still_sees_them(demo)
 
 
 def test_arms_vllm_cannot_serve_with_its_defaults_are_named_with_the_flag(demo):
-    from multilora_pipeline.data_specs.serving import vllm_notes
+    from multilora_pipeline.data_specs.vllm_limits import vllm_notes
 
     assert vllm_notes(parse_spec(demo, FILE)) == []  # 4 x 4 and 16: vLLM's default 16
     # vLLM refuses only `rank > max_lora_rank`: 3 x 4 = 12, not itself one of the flag's

@@ -15,12 +15,12 @@ import pytest
 from multilora_pipeline.data_specs.schema import load_spec
 from multilora_pipeline.tasks.evaluation.cache import (
     base_eval_inputs,
-    base_eval_key,
     base_eval_path,
     load_base_eval,
     save_base_eval,
 )
 from multilora_pipeline.tasks.evaluation.evaluate import EvalResult
+from multilora_pipeline.tasks.identity import base_eval_key
 from tests.specs import DEMO
 
 # ----------------------------------------------------------------- the key, input by input

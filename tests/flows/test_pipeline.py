@@ -57,8 +57,8 @@ class PipelineRuns:
 @pytest.fixture(scope="module")
 def pipeline_runs(prefect_harness, tmp_path_factory) -> PipelineRuns:
     """Run the reduced demo twice in one workspace, then once with a changed evaluation."""
-    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
     import multilora_pipeline.flows.pipeline as pipeline
+    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
 
     tmp = tmp_path_factory.mktemp("pipeline")
     spec = write_spec(reduced_demo(), tmp / "reduced.yaml")

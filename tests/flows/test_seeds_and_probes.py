@@ -25,8 +25,8 @@ GRID = [1e-4, 3e-3]
 @pytest.fixture(scope="module")
 def runs(prefect_harness, tmp_path_factory):
     """The reduced demo with two seeds and a two-point grid for the lora arm, run twice."""
-    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
     import multilora_pipeline.flows.pipeline as pipeline
+    import multilora_pipeline.tasks.evaluation.arm_scores as arm_scores
 
     tmp = tmp_path_factory.mktemp("seeds")
     spec = reduced_demo()

@@ -26,7 +26,8 @@ from multilora_pipeline.flows.training import (
     worker_base_model,
 )
 from multilora_pipeline.flows.training_pool import ensure_training_deployment
-from multilora_pipeline.tasks.training.arm_runs import ArmRun, run_key, training_hash
+from multilora_pipeline.tasks.identity import run_key, training_hash
+from multilora_pipeline.tasks.training.arm_runs import ArmRun
 from multilora_pipeline.tasks.training.train import load_result
 from multilora_pipeline.tasks.workspace import Workspace
 

@@ -16,8 +16,7 @@ from multilora_pipeline.models.content import (
     file_sha256,
     write_text_atomic,
 )
-from multilora_pipeline.tasks.data.mixture import mixture_id
-from multilora_pipeline.tasks.data.outputs import stage_id
+from multilora_pipeline.tasks.identity import mixture_id, stage_id
 
 
 def test_content_key_is_canonical_json_and_ignores_key_order():
@@ -33,9 +32,10 @@ def test_content_key_is_canonical_json_and_ignores_key_order():
 def test_data_ids_are_the_ones_existing_workspaces_hold():
     # Values computed by the code before the ids moved onto content_key: a changed encoding
     # would silently rebuild (and re-id) every stage output of every workspace. Only a
-    # STAGE_CODE_VERSION bump changes a stage id (3: 1d987cc40e75e957; 2: 8d406745394b3c1c).
+    # STAGE_CODE_VERSION bump changes a stage or mixture id (3: 1d987cc40e75e957; 2:
+    # 8d406745394b3c1c). The mixture id carries it since 12-07 (it was f4e8678d6e8763b4).
     assert stage_id("dedup", ["i1"], {"p": 1}) == "1d987cc40e75e957"
-    assert mixture_id({"a": "h1"}, MixtureSpec(), 0) == "f4e8678d6e8763b4"
+    assert mixture_id({"a": "h1"}, MixtureSpec(), 0) == "c598a0c9147a516d"
 
 
 def test_atomic_file_appears_only_when_complete(tmp_path):

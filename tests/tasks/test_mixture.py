@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,12 +12,8 @@ import pytest
 
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
-from multilora_pipeline.tasks.data.mixture import (
-    build_mixture,
-    mixture_id,
-    requested_shares,
-    split_validation,
-)
+from multilora_pipeline.tasks.data.mixture import build_mixture, requested_shares, split_validation
+from multilora_pipeline.tasks.identity import mixture_id
 
 
 def source(name: str, n: int, words: int = 3) -> pa.Table:
@@ -238,3 +235,30 @@ def test_requested_shares_sum_to_one():
     shares = requested_shares(SIZES, MixtureSpec(strategy="temperature", temperature=4))
     assert abs(sum(shares.values()) - 1) < 1e-9
     assert shares["a"] < shares["b"] < shares["c"]
+
+
+def test_a_mixture_folder_without_its_catalog_row_is_kept_not_rebuilt_in_place(tmp_path):
+    # Another spec's run sharing this data renamed the same mixture into place and has not
+    # committed its catalog row yet (or a run died before its commit): the folder is whole,
+    # that run may be reading it, and the stage must neither delete nor replace it.
+    from multilora_pipeline.tasks.data.outputs import StageOutput
+    from multilora_pipeline.tasks.data.stages import mixture_stage
+    from multilora_pipeline.tasks.workspace import Workspace
+    from tests.specs import one_source_spec
+
+    ws = Workspace.resolve(tmp_path / "ws").ensure()
+    spec = one_source_spec("kept", {"name": "a", "path": "good.jsonl", "template": "gsm8k"})
+    clean_path = tmp_path / "clean.parquet"
+    pq.write_table(source("a", 200), clean_path)
+    clean = StageOutput("decontaminate", "c1", [], {}, str(clean_path), 200, "h", False)
+    first = mixture_stage(ws, clean, spec)
+    folder = ws.stage_dir("mixture", first.output_id)
+    shard = folder / "train" / "train-00000.parquet"
+    before = shard.read_bytes()
+    # The flow commits the catalog row after the stage (flows/data.py): there is none yet.
+    with shard.open("rb") as reading:  # the other run reads the shard meanwhile
+        again = mixture_stage(ws, clean, spec)
+        assert os.fstat(reading.fileno()).st_nlink == 1  # its file was not deleted
+    assert again.output_id == first.output_id and not again.reused
+    assert shard.read_bytes() == before
+    assert [p.name for p in folder.parent.iterdir()] == [first.output_id]  # no temporaries

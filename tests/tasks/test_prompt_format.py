@@ -20,7 +20,7 @@ from multilora_pipeline.models.prompt_format import FORMAT_FILE, PromptFormat, P
 from multilora_pipeline.tasks.evaluation.evaluate import heldout_loss
 from multilora_pipeline.tasks.evaluation.generate import generate_greedy
 from multilora_pipeline.tasks.evaluation.scoring import CausalLM, encode_requests
-from multilora_pipeline.tasks.registry.serving import AdapterGenerator
+from multilora_pipeline.tasks.registry.pyfunc_model import AdapterGenerator
 from multilora_pipeline.tasks.training.tokenise import tokenise_records
 from tests.tasks.chat_model import CHOICES, LABEL, PROMPT, build_chat_model
 from tests.tasks.scoring_models import BigramLM, plain

@@ -140,7 +140,7 @@ def test_version_holds_every_artifact(registered):
     files = _model_files(tracker, version.version)
     for expected in [
         "MLmodel",
-        "serving.py",
+        "pyfunc_model.py",
         "input_example.json",
         "artifacts/adapter/adapter.safetensors",
         "artifacts/adapter/adapter_config.json",
