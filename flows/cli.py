@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(QUIET_PIPELINE_ERRORS)
-    spec = base_dir = None
+    spec = spec_dir = None
     try:
         if args.command in ("run", "data", "serve", "lm-eval-tasks"):
             # A spec mistake is reported in a second, before Prefect and torch import.
-            spec, base_dir = load_spec(args.spec, data_only=args.command == "data")
+            spec, spec_dir = load_spec(args.spec, data_only=args.command == "data")
             if args.command != "serve":  # a scheduled run may find files that appear later
-                check_local_files(spec, Path(args.spec).resolve(), base_dir)
+                check_local_files(spec, Path(args.spec).resolve(), spec_dir)
         if args.command in ("run", "data"):  # a damaged store, before the server starts
             check_stores(ws, tracking=args.command == "run")
         # Launched now, it starts (~5 s) while the data is checked and the flows import.
@@ -177,19 +177,19 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         with server or nullcontext():
-            return _command(args, ws, spec, base_dir, server.api if server else nullcontext)
+            return _command(args, ws, spec, spec_dir, server.api if server else nullcontext)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def _command(args, ws: Workspace, spec, base_dir, prefect_api) -> int:
+def _command(args, ws: Workspace, spec, spec_dir, prefect_api) -> int:
     """Run one command; `prefect_api()` is the block in which flows reach a Prefect API."""
     if args.command in ("run", "data", "lm-eval-tasks"):
         # A bad row: the fetch and normalise stages' own checks, run before Prefect's.
         from multilora_pipeline.tasks.data.preflight import check_local_data
 
-        check_local_data(spec, base_dir, ws)
+        check_local_data(spec, spec_dir, ws)
     if args.command == "run":
         from multilora_pipeline.flows.pipeline import pipeline_flow
 

@@ -84,19 +84,19 @@ def _all_reused(prepared: Prepared, known: dict) -> bool:
 
 @task(name="prepare-source", cache_policy=NO_CACHE, persist_result=False)
 def prepare_source(
-    source: SourceSpec, base_dir: str, ws_root: str, config: DedupSpec, known: dict
+    source: SourceSpec, spec_dir: str, ws_root: str, config: DedupSpec, known: dict
 ) -> Prepared:
     """fetch -> normalise -> dedup within the source (one mapped task per source)."""
     ws = Workspace.resolve(ws_root)
-    prepared = data_stages.prepare_source(source, Path(base_dir), ws, config, known)
+    prepared = data_stages.prepare_source(source, Path(spec_dir), ws, config, known)
     return _done(prepared, _all_reused(prepared, known), f"source {source.name}")
 
 
 @task(name="prepare-suite", cache_policy=NO_CACHE, persist_result=False)
-def prepare_suite(suite: EvalSuiteSpec, base_dir: str, ws_root: str, known: dict) -> Prepared:
+def prepare_suite(suite: EvalSuiteSpec, spec_dir: str, ws_root: str, known: dict) -> Prepared:
     """fetch -> normalise for one evaluation suite."""
     ws = Workspace.resolve(ws_root)
-    prepared = data_stages.prepare_suite(suite, Path(base_dir), ws, known)
+    prepared = data_stages.prepare_suite(suite, Path(spec_dir), ws, known)
     return _done(prepared, _all_reused(prepared, known), f"suite {suite.name}")
 
 
@@ -184,7 +184,7 @@ def _run_tasks(spec: DataSpec, base: str, ws_root: str, known: dict):
     return sources, suites, across, clean, mixed
 
 
-def run_data_stages(spec: DataSpec, base_dir: str | Path, workspace: Workspace) -> DataOutputs:
+def run_data_stages(spec: DataSpec, spec_dir: str | Path, workspace: Workspace) -> DataOutputs:
     """Run every data stage for `spec` inside the current flow (any task runner) and commit
     the catalog rows in one transaction once all succeeded."""
     log = stage_logger()
@@ -196,7 +196,7 @@ def run_data_stages(spec: DataSpec, base_dir: str | Path, workspace: Workspace) 
             len(removed),
             ", ".join(str(p.relative_to(workspace.root)) for p in removed[:5]),
         )
-    ws_root, base = str(workspace.root), str(base_dir)
+    ws_root, base = str(workspace.root), str(spec_dir)
     known = known_outputs(workspace)  # read once: every stage looks its output up in it
     sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)
 
@@ -259,8 +259,8 @@ def make_task_runner(kind: str = "threads"):
 
 def _run_from_path(spec_path: str, workspace_root: str | None) -> DataOutputs:
     ws = Workspace.resolve(workspace_root).ensure()
-    spec, base_dir = load_spec(spec_path, data_only=True)  # base_model and arms optional
-    return run_data_stages(spec, base_dir, ws)
+    spec, spec_dir = load_spec(spec_path, data_only=True)  # base_model and arms optional
+    return run_data_stages(spec, spec_dir, ws)
 
 
 @flow(name="mlora-data-dask")

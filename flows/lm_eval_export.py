@@ -85,9 +85,9 @@ def lm_eval_tasks_flow(spec_path: str, out_dir: str, workspace_root: str | None 
     """Write the spec's suites as lm-eval tasks in `out_dir`; returns what was written and
     the command that runs them."""
     ws = Workspace.resolve(workspace_root).ensure()
-    spec, base_dir = load_spec(spec_path)
+    spec, spec_dir = load_spec(spec_path)
     check_base_model(spec, Path(spec_path).resolve(), ws=ws)
-    data = run_data_stages(spec, base_dir, ws)
+    data = run_data_stages(spec, spec_dir, ws)
     base = base_model_path(spec, data.train_dir, data.mixture_id, ws)
     fmt = prompt_format(spec, base)
     out = Path(out_dir).resolve()

@@ -173,7 +173,7 @@ def _names_files(path: Path) -> bool:
     return path.is_file() or path.is_dir()
 
 
-def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> None:
+def check_local_files(spec: PipelineSpec, spec_file: Path, spec_dir: Path) -> None:
     """Every local `path` of the spec exists, or one SpecError names each missing one by its
     field (sources[3].path) before any stage runs (instead of mid-run, after the others)."""
     locations = [(f"sources[{i}]", s) for i, s in enumerate(spec.sources)]
@@ -182,9 +182,9 @@ def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> No
         if suite.dev is not None:
             locations.append((f"eval_suites[{i}].dev", suite.dev))
     missing = [
-        f"  {field}.path: no file {base_dir / loc.path}"
+        f"  {field}.path: no file {spec_dir / loc.path}"
         for field, loc in locations
-        if loc.path is not None and not _names_files(base_dir / loc.path)
+        if loc.path is not None and not _names_files(spec_dir / loc.path)
     ]
     # Policy: a relative path may climb out of the spec's folder (shared data roots are
     # common), but it is said, with the resolved file, so a mistyped ../../ is seen before it
@@ -193,10 +193,10 @@ def check_local_files(spec: PipelineSpec, spec_file: Path, base_dir: Path) -> No
     for field, loc in locations:
         if loc.path is None or Path(loc.path).is_absolute():
             continue
-        resolved = (base_dir / loc.path).resolve()
-        if not resolved.is_relative_to(base_dir.resolve()):
+        resolved = (spec_dir / loc.path).resolve()
+        if not resolved.is_relative_to(spec_dir.resolve()):
             _log.warning(
-                "%s.path reads %s, outside the spec's folder %s", field, resolved, base_dir
+                "%s.path reads %s, outside the spec's folder %s", field, resolved, spec_dir
             )
     if missing:
         raise SpecError(

@@ -97,7 +97,7 @@ class Snapshot:
 def fetch(
     location: DataLocation,
     name: str,
-    base_dir: Path,
+    spec_dir: Path,
     workspace: Workspace,
     *,
     columns: list[str] | None = None,
@@ -105,7 +105,7 @@ def fetch(
     """Snapshot one source into the workspace (or reuse the snapshot of unchanged content).
 
     `location` is a DataLocation (a SourceSpec or EvalSuiteSpec works too);
-    relative paths resolve against `base_dir` (the spec's folder). `columns`
+    relative paths resolve against `spec_dir` (the spec's folder). `columns`
     names the columns of a headerless CSV/TSV; when omitted and `location`
     has a `template` that declares headerless columns (e.g. mmlu), those are used.
     """
@@ -126,20 +126,20 @@ def fetch(
             raise DataError(
                 err.what, where=f"{shown} (saved as {err.where})", fix=err.fix
             ) from None
-    files = local_files(location, base_dir)
+    files = local_files(location, spec_dir)
     if len(files) == 1 and not location.file_fields:
         return _fetch_file(files[0], f"file:{files[0]}", name, location, raw_dir, columns)
-    return _fetch_files(files, name, location, base_dir, raw_dir, columns)
+    return _fetch_files(files, name, location, spec_dir, raw_dir, columns)
 
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def local_files(location: DataLocation, base_dir: Path) -> list[Path]:
+def local_files(location: DataLocation, spec_dir: Path) -> list[Path]:
     """The files a local `path` names, by name: the file; a folder's files of the format
     (the spec's `format`, else the suffix they share); or a glob's matches."""
     given = Path(location.path)
-    path = given if given.is_absolute() else Path(base_dir) / given
+    path = given if given.is_absolute() else Path(spec_dir) / given
     if GLOB_CHARS.search(location.path):
         files = sorted(p.resolve() for p in path.parent.glob(path.name) if p.is_file())
     elif path.is_dir():
@@ -181,7 +181,7 @@ def _fetch_files(
     files: list[Path],
     name: str,
     location: DataLocation,
-    base_dir: Path,
+    spec_dir: Path,
     raw_dir: Path,
     columns: list[str] | None,
 ) -> Snapshot:
@@ -217,7 +217,7 @@ def _fetch_files(
                 "blank_lines": facts.blank_lines,
             }
         )
-    origin = f"file:{Path(location.path) if Path(location.path).is_absolute() else (Path(base_dir) / location.path).resolve()} ({len(files)} files)"
+    origin = f"file:{Path(location.path) if Path(location.path).is_absolute() else (Path(spec_dir) / location.path).resolve()} ({len(files)} files)"
     options = {
         "files": [(f["file"], f["sha256"]) for f in listing],
         "max_rows": location.max_rows,

@@ -34,12 +34,12 @@ def _local_items(spec: DataSpec) -> list:
     return [item for item in items if item.path is not None]
 
 
-def check_local_data(spec: DataSpec, base_dir: Path, ws: Workspace) -> float:
+def check_local_data(spec: DataSpec, spec_dir: Path, ws: Workspace) -> float:
     """Fetch and render every local file of `spec`; raises the stage's DataError on the
     first bad one. Returns the seconds it took."""
     start = time.perf_counter()
     for item in _local_items(spec):
-        snapshot = fetch(item, item.name, Path(base_dir), ws)
+        snapshot = fetch(item, item.name, Path(spec_dir), ws)
         for _ in normalise_batches(
             snapshot,
             source=item.name,

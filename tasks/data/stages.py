@@ -359,24 +359,24 @@ def snapshot_info(snap: Snapshot) -> dict:
 
 
 def prepare_source(
-    source: SourceSpec, base_dir: Path, ws: Workspace, config: DedupSpec, known: dict | None
+    source: SourceSpec, spec_dir: Path, ws: Workspace, config: DedupSpec, known: dict | None
 ) -> Prepared:
     """fetch -> normalise -> dedup within the source."""
-    snap = fetch(source, source.name, Path(base_dir), ws)
+    snap = fetch(source, source.name, Path(spec_dir), ws)
     normalised = normalise_stage(ws, snap, source, known)
     within = dedup_stage(ws, "dedup_source", [normalised], config, {}, [source.name], known)
     return Prepared(source.name, snapshot_info(snap), normalised, within)
 
 
 def prepare_suite(
-    suite: EvalSuiteSpec, base_dir: Path, ws: Workspace, known: dict | None
+    suite: EvalSuiteSpec, spec_dir: Path, ws: Workspace, known: dict | None
 ) -> Prepared:
     """fetch -> normalise for one evaluation suite (and its dev split, if it names one)."""
-    snap = fetch(suite, suite.name, Path(base_dir), ws)
+    snap = fetch(suite, suite.name, Path(spec_dir), ws)
     prepared = Prepared(suite.name, snapshot_info(snap), normalise_stage(ws, snap, suite, known))
     dev = suite.dev_suite()
     if dev is not None:
-        dev_snap = fetch(dev, dev.name, Path(base_dir), ws)
+        dev_snap = fetch(dev, dev.name, Path(spec_dir), ws)
         prepared.dev = normalise_stage(ws, dev_snap, dev, known)
         prepared.dev_snapshot = snapshot_info(dev_snap)
     return prepared

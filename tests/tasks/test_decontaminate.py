@@ -115,11 +115,11 @@ def demo_training_and_suites(tmp_path):
     from multilora_pipeline.tasks.data.normalise import normalise
     from multilora_pipeline.tasks.workspace import Workspace
 
-    spec, base_dir = load_spec(DEMO_SPEC)
+    spec, spec_dir = load_spec(DEMO_SPEC)
     ws = Workspace.resolve(tmp_path).ensure()
 
     def load(item):
-        snap = fetch(item, item.name, base_dir, ws)
+        snap = fetch(item, item.name, spec_dir, ws)
         return normalise(snap, source=item.name, template=item.template, category=item.category)
 
     training = pa.concat_tables([load(s) for s in spec.sources])

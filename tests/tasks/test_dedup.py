@@ -283,11 +283,11 @@ def demo_tables(tmp_path_factory):
     from multilora_pipeline.tasks.data.normalise import normalise
     from multilora_pipeline.tasks.workspace import Workspace
 
-    spec, base_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml")
+    spec, spec_dir = load_spec(Path(__file__).resolve().parents[2] / "data_specs/demo_tiny.yaml")
     ws = Workspace.resolve(tmp_path_factory.mktemp("dedup_demo")).ensure()
     tables = {}
     for item in [*spec.sources, *spec.eval_suites]:
-        snap = fetch(item, item.name, base_dir, ws)
+        snap = fetch(item, item.name, spec_dir, ws)
         tables[item.name] = normalise(
             snap,
             source=item.name,
@@ -295,7 +295,7 @@ def demo_tables(tmp_path_factory):
             category=item.category,
             fields=getattr(item, "fields", None),
         )
-    planted = json.loads((base_dir / "demo/PLANTED.json").read_text())["planted"]
+    planted = json.loads((spec_dir / "demo/PLANTED.json").read_text())["planted"]
     return spec, tables, planted
 
 
