@@ -14,6 +14,9 @@ command in a fresh process, and every case but `same_workspace_again` in a new w
 - `new_workspace`: `mlora data` again in a new workspace: seeded from the template;
 - `same_workspace_again`: the workspace of the last run: its stages are all reused;
 - `running_prefect_server`: `prefect server start` running, PREFECT_API_URL exported;
+- `running_prefect_server_found`: the same server, PREFECT_API_URL not exported: the
+  command finds it where `prefect server start` listens (flows/running_server.py), and
+  `..._found_under_load` with one busy process per core beside it;
 - `new_workspace_under_load`: `mlora data` in a new workspace while one busy process per
   CPU core competes with it (a training run or a test suite beside it: issue 26).
 
@@ -38,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from multilora_pipeline.flows.local_servers import (
+    free_port,
     prefect_env,
     start_prefect_server,
     stop_process_group,
@@ -133,6 +137,9 @@ def main() -> None:
         spec = str(write_spec(Path(args.data), Path(args.formats), work))
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+        # Where the commands look for a running server: nothing there but in the cases
+        # that start one (a server the user runs on 4200 would skew the others).
+        env["PREFECT_SERVER_API_PORT"] = str(free_port())
         mlora = [sys.executable, "-m", "multilora_pipeline.flows.cli", "data", spec]
         count = iter(range(10**6))
 
@@ -159,11 +166,19 @@ def main() -> None:
         (work / "server").mkdir()
         server_env = prefect_env(work / "server")
         try:
-            start_prefect_server(work / "server", server_env, procs)
+            base = start_prefect_server(work / "server", server_env, procs)
+            found = {**env, "PREFECT_SERVER_API_PORT": base.removesuffix("/api").rsplit(":")[-1]}
             for _ in range(args.repeats):
                 cases["running_prefect_server"].append(
                     timed_run([*mlora, "--workspace", workspace()], {**env, **server_env})
                 )
+                cases["running_prefect_server_found"].append(
+                    timed_run([*mlora, "--workspace", workspace()], found)
+                )
+                with cpu_load():
+                    cases["running_prefect_server_found_under_load"].append(
+                        timed_run([*mlora, "--workspace", workspace()], found)
+                    )
         finally:
             for proc, _ in procs.values():
                 stop_process_group(proc)
@@ -186,7 +201,9 @@ CASES = (
     "new_workspace",
     "same_workspace_again",
     "running_prefect_server",
+    "running_prefect_server_found",
     "new_workspace_under_load",
+    "running_prefect_server_found_under_load",
 )
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from multilora_pipeline.data_specs.errors import PipelineError
 from multilora_pipeline.data_specs.schema import check_local_files, load_spec
 from multilora_pipeline.flows.run_report import format_summary
+from multilora_pipeline.flows.running_server import running_server
 from multilora_pipeline.flows.temporary_server import TemporaryServer
 from multilora_pipeline.tasks.stores import check_stores
 from multilora_pipeline.tasks.workspace import ENV_VAR, Workspace
@@ -144,6 +145,21 @@ class QuietPipelineErrors(logging.Filter):
 QUIET_PIPELINE_ERRORS = QuietPipelineErrors()  # one instance: addFilter skips a repeat
 
 
+def use_running_server() -> None:
+    """With no PREFECT_API_URL, a `prefect server start` running here is used as if its URL
+    had been exported (flows/running_server.py)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    found = running_server()
+    if found:
+        os.environ["PREFECT_API_URL"] = found
+        logging.getLogger("mlora.cli").info(
+            "using the Prefect server running at %s (PREFECT_API_URL is not set): this "
+            "command's flow runs show in its UI",
+            found,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_local_files(spec, Path(args.spec).resolve(), spec_dir)
         if args.command in ("run", "data"):  # a damaged store, before the server starts
             check_stores(ws, tracking=args.command == "run")
+        if args.command in ("run", "data", "lm-eval-tasks", "serve"):
+            use_running_server()
         # Launched now, it starts (~5 s) while the data is checked and the flows import.
         server = (
             TemporaryServer(ws)
