@@ -7,29 +7,37 @@ code version where the code that makes the output can change what it writes for 
 same inputs; bump that constant with such a change and old outputs are rebuilt, not
 reused.
 
-    key             made of                                 version             found again by                  written
-    --------------  --------------------------------------  ------------------  ------------------------------  -------------------------
-    spec_hash       the spec's canonical form               (the spec itself)   catalog `sources` row           catalog row
-                    (data_specs/schema/spec.py: it stays
-                    on the spec, below tasks/)
-    record id       one row's normalised content            (the content)       is the row's `id` column        with the row
-                    (data_specs/record.py)
-    snapshot_key    where the bytes come from, their        SNAPSHOT_VERSION    raw/<key>.parquet exists and    atomic file rename
-                    sha256 (or hub revision/fingerprint),                       the catalog `snapshots` row
-                    the read options
-    stage_id        stage, input ids, parameters            STAGE_CODE_VERSION  catalog `stage_outputs` row     atomic_folder
-                                                                                and its files exist
-    mixture_id      each source's rows hash (its row ids    STAGE_CODE_VERSION  as stage_id (stage "mixture")   atomic_folder
-                    in order), mixture parameters, seed
-    tiny_model_key  the tiny model's config, mixture id     (its config)        models/tiny-<key>/ exists       atomic_folder
-                    (its tokenizer is trained on it), seed
-    base_eval_key   everything that decides the base        EVAL_CODE_VERSION   base_eval/<key>/evaluation.json atomic file
-                    model's scores (tasks/evaluation/                           exists
-                    cache.py: base_eval_inputs)
-    training_hash   base model, arm, one run's training     TRAINING_CODE_      result.json in the arm folder   in place under the spec
-    run_key         settings (seed), spec seed, prompt      VERSION             and a FINISHED MLflow run       lock; result.json
-                    format; run_key adds mixture id, arm                        tagged with the run key; the    (atomic) last marks it
-                                                                                version tagged with it          done; checkpoints resume
+    key             made of                                          code version
+    --------------  -----------------------------------------------  ------------------
+    spec_hash       the spec's canonical form (a property of the     (the spec itself)
+                    spec, data_specs/schema/spec.py: below tasks/)
+    record id       one row's normalised content (data_specs/        (the content)
+                    record.py)
+    snapshot_key    where the bytes come from, their sha256 (or hub  SNAPSHOT_VERSION
+                    revision or fingerprint), the read options
+    stage_id        stage, input ids, parameters                     STAGE_CODE_VERSION
+    mixture_id      each source's rows hash (its row ids in order),  STAGE_CODE_VERSION
+                    mixture parameters, seed
+    tiny_model_key  the tiny model's config, the mixture its         (its config)
+                    tokenizer is trained on, seed
+    base_eval_key   everything that decides the base model's scores  EVAL_CODE_VERSION
+                    (tasks/evaluation/cache.py: base_eval_inputs)
+    training_hash   base model, arm, one run's training settings     TRAINING_CODE_VERSION
+                    (its seed), spec seed, prompt format
+    run_key         training_hash, mixture id, arm name              TRAINING_CODE_VERSION
+
+    key             found again by                                   written
+    --------------  -----------------------------------------------  ------------------
+    spec_hash       the catalog's `sources` row                      catalog row
+    record id       is the row's `id` column                         with the row
+    snapshot_key    raw/<key>.parquet and the catalog's `snapshots`  atomic file rename
+    stage_id        the catalog's `stage_outputs` row, files there   atomic_folder
+    mixture_id      as stage_id (stage "mixture")                    atomic_folder
+    tiny_model_key  models/tiny-<key>/ exists                        atomic_folder
+    base_eval_key   base_eval/<key>/evaluation.json exists           atomic file
+    run_key         result.json in the arm folder and a FINISHED     in place, under the
+                    MLflow run tagged with the run key; the version  spec lock; result.json
+                    tagged with it                                   (atomic) marks it done
 
 One write policy for content-keyed folders (`atomic_folder`): a folder appears whole under
 its final name, and a folder already there holds the same content and is kept, so a run
