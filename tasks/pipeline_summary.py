@@ -79,7 +79,8 @@ class PipelineSummary:
 
 
 def headline(metrics: dict[str, float], spec: PipelineSpec) -> dict[str, float]:
-    """The few numbers a person compares first: primary metric, per-suite scores, categories, loss."""
+    """The few numbers a person compares first: primary metric, per-suite scores, categories,
+    held-out loss."""
     keep = {spec.registry.primary_metric, names.HELD_OUT_LOSS}
     keep |= {names.suite_metric(s.name, m) for s in spec.eval_suites for m in names.SUITE_SCORES}
     return {

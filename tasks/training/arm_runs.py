@@ -1,9 +1,9 @@
-"""One training run of an arm: what it is (ArmRun), what decides its weights (its run key),
-where it lives in the workspace, and training it in this process.
+"""One training run of an arm: what it is (ArmRun), where it lives in the workspace, and
+training it in this process (its key, what decides its weights, is in tasks/identity.py).
 
-The pipeline's train stage (tasks/training/train_arm.py) and the mlora-train flow a work pool's
-worker runs (flows/training.py) both use these, so a run trained on either side is the same run, in the
-same folder, found again by the same key.
+The pipeline's train stage (tasks/training/train_arm.py) and the mlora-train flow a work
+pool's worker runs (flows/training.py) both use these, so a run trained on either side is
+the same run, in the same folder, found again by the same key.
 """
 
 from __future__ import annotations
