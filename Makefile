@@ -30,7 +30,7 @@ install: $(BIN)/mlora     ## virtual environment with the project and its dev to
 demo: install             ## the whole DAG on SmolLM2-135M-Instruct and real BoolQ/MMLU rows (~12 min on 2 CPU cores)
 	$(BIN)/mlora run data_specs/real.yaml
 
-demo-synthetic: install   ## the same model on the invented demo data, which the arms do learn (~11 min)
+demo-synthetic: install   ## the same model on the invented demo data, which the arms do learn (~16 min)
 	$(BIN)/mlora run data_specs/demo.yaml
 
 demo-tiny: install        ## the same DAG on a tiny random model: the mechanics in ~1 min
