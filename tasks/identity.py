@@ -1,7 +1,8 @@
 """Every identity the pipeline reuses work by: what each key is made of, the code version it
 carries, how a rerun finds the output again and how the output is written.
 
-Every key is `content_key` (models/content.py) of what decides the output, so the same
+Every key but the record id (blake2b of a row) and run_key (a join of keys) is
+`content_key` (models/content.py) of what decides the output, so the same
 inputs find the same output and changed inputs never find a stale one. A key carries a
 code version where the code that makes the output can change what it writes for the
 same inputs; bump that constant with such a change and old outputs are rebuilt, not
@@ -49,7 +50,7 @@ per folder (the folder is under the spec's name).
 Not reuse keys, and versioned where they are defined: the catalog's SCHEMA_VERSION
 (tasks/catalog.py: migrations of an older catalog), the adapter file FORMAT_VERSION
 (models/multilora/config.py), LM_EVAL_VERSION (tasks/evaluation/suites.py: the lm-eval the
-scoring matches), and the Prefect keys of a spec's lock and a training flow run
+scoring matches), and the Prefect tags of a spec's flow runs and of a training flow run
 (flows/stale_runs.py, flows/training_pool.py).
 """
 
@@ -64,8 +65,9 @@ if TYPE_CHECKING:
     from multilora_pipeline.data_specs.schema import MixtureSpec, PipelineSpec, TinyModelSpec
     from multilora_pipeline.tasks.training.arm_runs import ArmRun
 
-SNAPSHOT_VERSION = 1
-"""Bump when the snapshot layout changes: old snapshots are then fetched again."""
+SNAPSHOT_VERSION = 2
+"""Bump when the snapshot layout or its key changes: old snapshots are then fetched again.
+2: keys through content_key (compact JSON), 2026-12-07: every source is fetched once again."""
 
 STAGE_CODE_VERSION = 3
 """Bump when a data stage's code (the mixture's too) changes what it writes for the same

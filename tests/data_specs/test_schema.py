@@ -316,7 +316,7 @@ def test_must_beat_base_defaults_on_and_touches_only_the_registry_section(demo):
     assert on.registry.must_beat_base and not spec.registry.must_beat_base
     assert on.spec_hash != spec.spec_hash
     # Trained arms are reused by a hash of base_model, arms, training and seed
-    # (tasks/training/arm_runs.py training_hash): none of them moves with a registry setting.
+    # (tasks/identity.py training_hash): none of them moves with a registry setting.
     changed = {k for k, v in on.canonical().items() if spec.canonical()[k] != v}
     assert changed == {"registry"}
     assert "registry.must_beat_base" in error_of(edited(demo, "registry.must_beat_base", "no"))
