@@ -166,13 +166,13 @@ def _artifacts(sources, across, clean, table) -> None:
     )
 
 
-def _run_tasks(spec: DataSpec, base: str, ws_root: str, known: dict):
+def _run_tasks(spec: DataSpec, spec_dir: str, ws_root: str, known: dict):
     """The stages as Prefect tasks: per-source and per-suite work mapped on the task runner."""
     source_futures = prepare_source.map(
-        spec.sources, unmapped(base), unmapped(ws_root), unmapped(spec.dedup), unmapped(known)
+        spec.sources, unmapped(spec_dir), unmapped(ws_root), unmapped(spec.dedup), unmapped(known)
     )
     suite_futures = prepare_suite.map(
-        spec.eval_suites, unmapped(base), unmapped(ws_root), unmapped(known)
+        spec.eval_suites, unmapped(spec_dir), unmapped(ws_root), unmapped(known)
     )
     sources: list[Prepared] = _gather(source_futures)
     suites: list[Prepared] = _gather(suite_futures)
@@ -196,9 +196,9 @@ def run_data_stages(spec: DataSpec, spec_dir: str | Path, workspace: Workspace) 
             len(removed),
             ", ".join(str(p.relative_to(workspace.root)) for p in removed[:5]),
         )
-    ws_root, base = str(workspace.root), str(spec_dir)
+    ws_root = str(workspace.root)
     known = known_outputs(workspace)  # read once: every stage looks its output up in it
-    sources, suites, across, clean, mixed = _run_tasks(spec, base, ws_root, known)
+    sources, suites, across, clean, mixed = _run_tasks(spec, str(spec_dir), ws_root, known)
 
     batch = catalog_batch(spec, sources, suites, across, clean, mixed, known, workspace.root)
     Catalog(workspace.catalog_path).commit(batch)

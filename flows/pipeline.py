@@ -96,6 +96,7 @@ def spec_lock(ws: Workspace, spec: PipelineSpec):
 evaluate_base_task = task(name="evaluate-base", cache_policy=NO_CACHE)(evaluate_base)
 register_task = task(name="register", cache_policy=NO_CACHE)(register_arm)
 analyse_task = task(name="analyse", cache_policy=NO_CACHE)(analyse_arms)
+base_model_task = task(name="base-model", cache_policy=NO_CACHE)(prepare_base_model)
 
 
 @flow(name="mlora-pipeline", log_prints=True)
@@ -155,7 +156,7 @@ def _locked_run(
     with timed(stages, "data"):
         data = run_data_stages(spec, spec_dir, ws)
     with timed(stages, "base_model"):
-        base = prepare_base_model(spec, data, ws)
+        base = base_model_task(spec, data, ws)
         fmt = prompt_format(spec, base)
     logger.info("prompt format (training, scoring and serving alike): %s", fmt.describe())
     lineage = run_lineage(spec, data.mixture_id, base, fmt.as_tags())
@@ -167,10 +168,10 @@ def _locked_run(
         tags=lineage.run_tags(spec_file=str(Path(spec_path).resolve())),
         params=spec.params(),  # URLs redacted: parameters are read by everyone
     )
-    ctx = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
-    if pool:
-        ctx.train_elsewhere = pool_trainer(pool, ctx)
     try:
+        ctx = RunContext(ws, tracker, spec, data, base, parent_id, lineage, stages)
+        if pool:
+            ctx.train_elsewhere = pool_trainer(pool, ctx)
         log_data_on_parent(ctx)
         with timed(stages, "evaluate_base"):
             base_scores = evaluate_base_task(ctx)

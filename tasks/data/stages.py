@@ -327,8 +327,11 @@ def mixture_stage(
             "mixture", mid, [clean.output_id], params, row, folder, {"manifest": mixture.manifest}
         )
     # A folder without its catalog row (a run that failed before its commit, or one of
-    # another spec still committing) is whole: build_mixture keeps it (atomic_folder).
-    mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
+    # another spec still committing) is whole (atomic_folder): read, not built again.
+    if (folder / "train" / "manifest.json").is_file():
+        mixture = load_mixture(folder)
+    else:
+        mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
     manifest_hash = file_sha256(mixture.train_dir / "manifest.json")
     return StageOutput(
         "mixture",

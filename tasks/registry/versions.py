@@ -16,8 +16,8 @@ of the run, added by attach_run_artifacts once every arm is analysed).
 
 The version's tags (spec hash, mixture id, base model, arm, code version,
 headline metrics) and its description carry what a person compares in the
-MLflow UI without opening a file. The tag `mlora.run_key` (spec hash,
-mixture id, arm) makes registration idempotent: a rerun of an unchanged spec
+MLflow UI without opening a file. The tag `mlora.run_key` (training
+hash, mixture id, arm: tasks/identity.py) makes registration idempotent: a rerun of an unchanged spec
 finds the version it registered before instead of adding a duplicate. Tags
 are set in the same call that creates the version, so a crash can never
 leave an untagged (hence unfindable) version behind.

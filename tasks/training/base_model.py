@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from transformers import AutoConfig
 
 from multilora_pipeline.data_specs.schema import PipelineSpec
@@ -130,6 +128,5 @@ def base_model_path(spec: PipelineSpec, train_dir: str, mixture_id: str, ws: Wor
     return str(out)
 
 
-@task(name="base-model", cache_policy=NO_CACHE)
 def prepare_base_model(spec: PipelineSpec, data, ws: Workspace) -> str:
     return base_model_path(spec, data.train_dir, data.mixture_id, ws)
