@@ -3,6 +3,7 @@
     mlora run SPEC            the whole DAG, then a summary (--training-pool P: train on
                               Prefect work pool P, e.g. a GPU worker's)
     mlora data SPEC           the data stages alone, then the per-source table
+                              (--task-runner dask|ray [--ray-address HOST:PORT])
     mlora ui                  the MLflow UI for the workspace, on 127.0.0.1
     mlora promote NAME VER    point the `champion` alias at a version
     mlora rollback NAME       give `champion` back to the previous holder
@@ -61,9 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("spec")
     data.add_argument(
         "--task-runner",
-        choices=["threads", "dask"],
+        choices=["threads", "dask", "ray"],
         default="threads",
-        help="threads (default) or a local Dask cluster (prefect-dask)",
+        help="threads (default), a local Dask cluster (prefect-dask) or Ray (prefect-ray)",
+    )
+    data.add_argument(
+        "--ray-address",
+        help="with --task-runner ray: the cluster's address (HOST:PORT of `ray start --head`); "
+        "default: RAY_ADDRESS, else a Ray started in this process",
     )
     ui = command("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=_port, default=5000)
@@ -161,7 +167,10 @@ def use_running_server() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "ray_address", None) and args.task_runner != "ray":
+        parser.error("--ray-address is read by the Ray task runner only: add --task-runner ray")
     try:
         ws = Workspace.resolve(getattr(args, "workspace", None)).activate()
     except PipelineError as err:  # before Prefect starts: it needs the workspace writable
@@ -220,7 +229,12 @@ def _command(args, ws: Workspace, spec, spec_dir, prefect_api) -> int:
         from multilora_pipeline.flows.data import data_flow, format_source_table
 
         with prefect_api():
-            outputs = data_flow(args.spec, str(ws.root), task_runner=args.task_runner)
+            outputs = data_flow(
+                args.spec,
+                str(ws.root),
+                task_runner=args.task_runner,
+                runner_address=args.ray_address,
+            )
         print(format_source_table(outputs))
     elif args.command == "lm-eval-tasks":
         from multilora_pipeline.flows.lm_eval_export import lm_eval_tasks_flow

@@ -236,9 +236,13 @@ def run_data_stages(spec: DataSpec, spec_dir: str | Path, workspace: Workspace) 
     )
 
 
-def make_task_runner(kind: str = "threads"):
-    """threads (default: one machine) or dask (a local in-process cluster here; point
-    DaskTaskRunner at a scheduler address to spread the per-source work over machines)."""
+def make_task_runner(kind: str = "threads", address: str | None = None):
+    """threads (default: one machine), dask (a local in-process cluster here; point
+    DaskTaskRunner at a scheduler address to spread the per-source work over machines) or ray
+    (prefect-ray: the per-source and per-suite tasks run as Ray tasks on the cluster at
+    `address`, e.g. 127.0.0.1:6379 from `ray start --head`; without one, a local Ray). Every
+    Ray node must see the workspace at the same path (a shared filesystem) and have this
+    package installed; outputs and catalog rows are the same as with threads."""
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
     if kind == "dask":
@@ -252,8 +256,12 @@ def make_task_runner(kind: str = "threads"):
                 "dashboard_address": None,
             }
         )
+    if kind == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=address, init_kwargs={"include_dashboard": False})
     raise SpecError(
-        f"unknown task runner {kind!r}", where="task_runner", fix="use 'threads' or 'dask'"
+        f"unknown task runner {kind!r}", where="task_runner", fix="use 'threads', 'dask' or 'ray'"
     )
 
 
@@ -263,18 +271,22 @@ def _run_from_path(spec_path: str, workspace_root: str | None) -> DataOutputs:
     return run_data_stages(spec, spec_dir, ws)
 
 
-@flow(name="mlora-data-dask")
+@flow(name="mlora-data-on-runner")
 def _data_flow_on_runner(spec_path: str, workspace_root: str | None = None) -> DataOutputs:
     return _run_from_path(spec_path, workspace_root)
 
 
 @flow(name="mlora-data", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS))
 def data_flow(
-    spec_path: str, workspace_root: str | None = None, task_runner: str = "threads"
+    spec_path: str,
+    workspace_root: str | None = None,
+    task_runner: str = "threads",
+    runner_address: str | None = None,
 ) -> DataOutputs:
-    """The data stages alone (`mlora data SPEC`). task_runner: threads | dask."""
+    """The data stages alone (`mlora data SPEC`). task_runner: threads | dask | ray;
+    runner_address: the Ray cluster to use (ray only)."""
     if task_runner != "threads":
-        runner = make_task_runner(task_runner)
+        runner = make_task_runner(task_runner, runner_address)
         return _data_flow_on_runner.with_options(task_runner=runner)(spec_path, workspace_root)
     return _run_from_path(spec_path, workspace_root)
 
