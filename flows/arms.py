@@ -29,11 +29,11 @@ from multilora_pipeline.tasks.evaluation.arm_scores import Scores, evaluate_arm
 from multilora_pipeline.tasks.run_context import RunContext, timed
 from multilora_pipeline.tasks.training.arm_runs import ArmRun
 from multilora_pipeline.tasks.training.probes import Probe, best_probe
-from multilora_pipeline.tasks.training.train_arm import train_arm
+from multilora_pipeline.tasks.training.train_arm import train_arm_run
 
 log = logging.getLogger("mlora.pipeline")
 
-train_arm_task = task(name="train-arm", cache_policy=NO_CACHE)(train_arm)
+train_arm_task = task(name="train-arm", cache_policy=NO_CACHE)(train_arm_run)
 evaluate_task = task(name="evaluate", cache_policy=NO_CACHE)(evaluate_arm)
 
 

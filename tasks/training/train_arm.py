@@ -22,7 +22,7 @@ class TrainedArm:
     reused: bool
 
 
-def train_arm(ctx: RunContext, arm_run: ArmRun) -> TrainedArm:
+def train_arm_run(ctx: RunContext, arm_run: ArmRun) -> TrainedArm:
     """Train `arm_run` (or find it trained) in its MLflow child run: in this process, or
     through `ctx.train_elsewhere` (a Prefect work pool, flows/training_pool.py)."""
     spec, tracker, mixture_id = ctx.spec, ctx.tracker, ctx.data.mixture_id
