@@ -242,7 +242,8 @@ def make_task_runner(kind: str = "threads", address: str | None = None):
     (prefect-ray: the per-source and per-suite tasks run as Ray tasks on the cluster at
     `address`, e.g. 127.0.0.1:6379 from `ray start --head`; without one, a local Ray). Every
     Ray node must see the workspace at the same path (a shared filesystem) and have this
-    package installed; outputs and catalog rows are the same as with threads."""
+    package installed; the stage code is the same, so are the outputs (tests/flows/
+    test_ray_runner.py compares the mixture file for file)."""
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
     if kind == "dask":
