@@ -9,6 +9,7 @@ them apart.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from multilora_pipeline.data_specs.errors import TrainingError
 from multilora_pipeline.models.prompt_format import PromptFormat, PromptFormatError
+
+log = logging.getLogger("mlora.train")
 
 
 def resolve_prompt_format(tokenizer, requested: str, model_path: str) -> PromptFormat:
@@ -52,6 +55,32 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
     if requested == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     return getattr(torch, requested)
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls on this CPU's own instructions (AVX512, AVX512-BF16,
+    AMX). Without them torch falls back to a scalar bf16 GEMM: on an AVX2-only EPYC a
+    320x576 by 576x1536 product took 472 ms in bf16 against 15 ms in fp32 (31x)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_mixed_precision(requested: str, device: str, dtype: str) -> bool:
+    """Whether an arm trains under bf16 autocast (training.mixed_precision).
+
+    auto: where the device computes bf16 natively (a GPU, or a CPU for which
+    cpu_computes_bf16) and the weights are not pinned to another dtype. bf16 is honoured
+    everywhere, with a warning where the CPU would emulate it."""
+    if requested == "no":
+        return False
+    native = device == "cuda" or cpu_computes_bf16()
+    if requested == "bf16":
+        if not native:
+            log.warning(
+                "training.mixed_precision is bf16 but this CPU has no native bf16 matmul: "
+                "training will be about 30x slower than in fp32; set it to auto"
+            )
+        return True
+    return native and dtype in ("auto", "bfloat16")
 
 
 BASE_MODEL_FIELD = "spec base_model.name_or_path"

@@ -56,6 +56,7 @@ from multilora_pipeline.tasks.training.loading import (
     load_base,
     resolve_device,
     resolve_dtype,
+    resolve_mixed_precision,
     resolve_prompt_format,
 )
 from multilora_pipeline.tasks.training.memory import PeakMemory
@@ -405,12 +406,7 @@ def training_arguments(
         use_cpu=device == "cpu",
         # CPU data parallelism (how the distributed path is tested) needs gloo.
         ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
-        bf16=training.mixed_precision == "bf16"
-        or (
-            training.mixed_precision == "auto"
-            and device == "cuda"
-            and dtype in ("auto", "bfloat16")
-        ),
+        bf16=resolve_mixed_precision(training.mixed_precision, device, dtype),
         report_to="none",
         disable_tqdm=True,  # ProgressLog prints one line per logging step instead
         dataloader_num_workers=0,
@@ -460,6 +456,8 @@ def train_arm(
         dtype=dtype,
         evaluates=prepared.eval_set is not None,
     )
+    precision = "bf16 autocast" if args.bf16 else str(resolve_dtype(dtype, prepared.device))
+    log.info("[%s] matmuls in %s on %s", arm.name, precision, prepared.device)
     tokens_per_step = (
         training.batch_size * training.grad_accum * training.max_length * _world_size()
     )
