@@ -40,13 +40,16 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
@@ -281,11 +284,17 @@ def _grouping(name: str, items: pa.Table, config: DecontaminationSpec):
     return None, cut
 
 
-def grouped_rows(train: pa.Table, config: DecontaminationSpec) -> pa.Table | None:
-    """The training rows whose format groups its items by boilerplate_group (MMLU's subject)
-    and that say their group: the context in which a suite's group templates are counted."""
+def grouped_tasks(config: DecontaminationSpec) -> list[str]:
+    """The record tasks whose format groups its items by boilerplate_group (MMLU's subject)."""
     field = config.boilerplate_group
-    tasks = [t for t, f in TEMPLATE_FORMATS.items() if field and f.group_field == field]
+    return [t for t, f in TEMPLATE_FORMATS.items() if field and f.group_field == field]
+
+
+def grouped_rows(train: pa.Table, config: DecontaminationSpec) -> pa.Table | None:
+    """The training rows of grouped_tasks that say their group: the context in which a
+    suite's group templates are counted."""
+    field = config.boilerplate_group
+    tasks = grouped_tasks(config)
     if not tasks:
         return None
     rows = train.filter(pc.is_in(train.column("task"), pa.array(tasks)))
@@ -482,26 +491,59 @@ Hit = tuple[str, str, float, str, int | None, str | None, str | None]
 def decontaminate(
     train: pa.Table, suites: dict[str, pa.Table], config: DecontaminationSpec
 ) -> DecontaminationResult:
-    """Remove training rows that overlap any eval suite (dict in spec order).
+    """Remove training rows that overlap any eval suite (dict in spec order), in memory.
 
-    The suites are indexed once; the training rows stream past the indexes BATCH_ROWS at a
-    time. A row is reported against the first suite it matches, n-gram before exact/near.
-    """
+    A row is reported against the first suite it matches, n-gram before exact/near. The
+    stage streams a file through decontaminate_batches instead; this is the same, whole."""
     train = train.select(RECORD_SCHEMA.names)
-    n = train.num_rows
-    hits: dict[int, Hit] = {}  # training row -> its match
-    if config.enabled and n:
-        context = grouped_rows(train, config)
-        indexes = [
-            build_suite_index(name, items.select(RECORD_SCHEMA.names), config, context)
-            for name, items in suites.items()
-        ]
-        for start in range(0, n, BATCH_ROWS):
-            found = _batch_hits(train.slice(start, BATCH_ROWS), indexes, config)
-            hits.update((start + row, hit) for row, hit in found.items())
-    keep = np.ones(n, dtype=bool)
-    keep[list(hits)] = False
-    return DecontaminationResult(train.filter(pa.array(keep)), _drops_table(train, hits))
+    batches = (train.slice(start, BATCH_ROWS) for start in range(0, train.num_rows, BATCH_ROWS))
+    context = grouped_rows(train, config) if config.enabled else None
+    parts = list(decontaminate_batches(batches, suites, config, context))
+    if not parts:
+        return DecontaminationResult(train, DECON_DROP_SCHEMA.empty_table())
+    return DecontaminationResult(
+        pa.concat_tables([p.kept for p in parts]), pa.concat_tables([p.drops for p in parts])
+    )
+
+
+def decontaminate_file(
+    path: str | Path, suites: dict[str, pa.Table], config: DecontaminationSpec
+) -> Iterator[DecontaminationResult]:
+    """decontaminate_batches over a Parquet file of training rows, read BATCH_ROWS at a time.
+    Only the rows of grouped_tasks (MMLU's) are read whole, for the context."""
+    context = None
+    tasks = grouped_tasks(config)
+    if config.enabled and tasks:
+        context = grouped_rows(pq.read_table(path, filters=[("task", "in", tasks)]), config)
+    batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=RECORD_SCHEMA.names)
+    tables = (pa.Table.from_batches([batch]) for batch in batches)
+    return decontaminate_batches(tables, suites, config, context)
+
+
+def decontaminate_batches(
+    batches: Iterable[pa.Table],
+    suites: dict[str, pa.Table],
+    config: DecontaminationSpec,
+    context: pa.Table | None,
+) -> Iterator[DecontaminationResult]:
+    """Each batch of training rows (RECORD_SCHEMA) without the rows that overlap a suite, and
+    those rows' drops. `context`: grouped_rows of the whole training set, whose groups'
+    templates the suites' indexes count. The suites are indexed once, at the first batch;
+    memory is the indexes and one batch, however many rows stream past."""
+    indexes = None
+    for batch in batches:
+        batch = batch.select(RECORD_SCHEMA.names)
+        hits: dict[int, Hit] = {}
+        if config.enabled and batch.num_rows:
+            if indexes is None:
+                indexes = [
+                    build_suite_index(name, items.select(RECORD_SCHEMA.names), config, context)
+                    for name, items in suites.items()
+                ]
+            hits = _batch_hits(batch, indexes, config)
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[list(hits)] = False
+        yield DecontaminationResult(batch.filter(pa.array(keep)), _drops_table(batch, hits))
 
 
 def _batch_hits(

@@ -27,17 +27,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
 from multilora_pipeline.models.content import atomic_folder, write_text_atomic
-from multilora_pipeline.tasks.data.files.parquet_io import (
-    SLICE_ROWS,
-    taken_slices,
-    write_batches,
-    write_parquet,
-)
+from multilora_pipeline.tasks.data.files.gather import gathered_parts
+from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, write_batches, write_parquet
 from multilora_pipeline.tasks.identity import mixture_id
 
 __all__ = ["build_mixture", "load_mixture", "write_parquet"]
@@ -169,35 +166,49 @@ def plan_counts(sizes: dict[str, int], config: MixtureSpec) -> tuple[dict, dict,
     return shares, _apportion(total, shares), total
 
 
+def source_positions(records: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Each source's row numbers in the Parquet file `records`, in file order (the source
+    column alone is read, as a dictionary: a few bytes a row)."""
+    column = pq.read_table(records, columns=["source"], read_dictionary=["source"])["source"]
+    encoded = column.combine_chunks()
+    codes, labels = encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
+    empty = np.zeros(0, dtype=np.int64)
+    return {n: np.flatnonzero(codes == labels.index(n)) if n in labels else empty for n in names}
+
+
+def file_token_counts(records: Path) -> np.ndarray:
+    """token_counts of every row of the Parquet file `records`, read a batch at a time."""
+    batches = pq.ParquetFile(records).iter_batches(SLICE_ROWS, columns=["prompt", "response"])
+    counts = [token_counts(pa.Table.from_batches([b])) for b in batches]
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
 def build_mixture(
-    sources: dict[str, pa.Table],
+    records: Path,
+    names: list[str],
     input_hashes: dict[str, str],
     config: MixtureSpec,
     seed: int,
     out_dir: Path,
 ) -> Mixture:
-    """Mix `sources` (spec order, canonical records) and write shards + manifest to out_dir.
+    """Mix the sources `names` (spec order) of the canonical records in the Parquet file
+    `records` and write shards + manifest to out_dir.
 
-    Everything is decided on row indices into one zero-copy concatenation of the sources;
-    rows are copied only when a shard is written, one slice at a time."""
+    Everything is decided on the file's row numbers; the rows are then read in one pass and
+    each shard gathered through disk (files/gather.py), so memory holds a batch and a shard,
+    not the file."""
     mid = mixture_id(input_hashes, config, seed)
-    names = list(sources)
-    combined = (
-        pa.concat_tables([sources[s].select(RECORD_SCHEMA.names) for s in names])
-        if names
-        else RECORD_SCHEMA.empty_table()
-    )
-    starts = np.cumsum([0] + [sources[s].num_rows for s in names])
+    positions = source_positions(records, names)
     train_idx, val_idx = {}, []
-    for k, name in enumerate(names):
-        held = validation_mask(sources[name].num_rows, config.validation_fraction, seed, name)
-        train_idx[name] = starts[k] + np.flatnonzero(~held)
-        val_idx.append(starts[k] + np.flatnonzero(held))
+    for name in names:
+        held = validation_mask(len(positions[name]), config.validation_fraction, seed, name)
+        train_idx[name] = positions[name][~held]
+        val_idx.append(positions[name][held])
     by_tokens = config.size_tokens is not None
     sizes = {s: len(idx) for s, idx in train_idx.items()}
     members, picks = {}, []
     if by_tokens:
-        all_tokens = token_counts(combined)
+        all_tokens = file_token_counts(records)
         shares = requested_shares(sizes, config)
         requested = _apportion(config.size_tokens, shares)
         for s, rows in train_idx.items():
@@ -221,7 +232,7 @@ def build_mixture(
     for s, m in members.items():
         m.update(
             available_rows=sizes[s],
-            validation_rows=sources[s].num_rows - sizes[s],
+            validation_rows=len(positions[s]) - sizes[s],
             requested_share=round(shares[s], 6),
             achieved_share=round(m[unit] / total_achieved, 6),
             input_hash=input_hashes[s],
@@ -233,13 +244,12 @@ def build_mixture(
         train_dir = tmp / "train"
         train_dir.mkdir(parents=True, exist_ok=True)
         shards = []
-        for k, start in enumerate(range(0, max(len(order), 1), config.shard_rows)):
-            shard = f"train-{k:05d}.parquet"
-            part = order[start : start + config.shard_rows]
-            write_batches(taken_slices(combined, part), train_dir / shard, RECORD_SCHEMA)
-            shards.append(shard)
+        spill = tmp / "gather"  # removed as it is read back: never part of the mixture
+        for k, part in enumerate(gathered_parts(records, order, config.shard_rows, spill)):
+            shards.append(f"train-{k:05d}.parquet")
+            write_batches([part], train_dir / shards[-1], RECORD_SCHEMA)
         held_out = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
-        validation = combined.take(pa.array(held_out, type=pa.int64()))
+        [validation] = gathered_parts(records, held_out, max(len(held_out), 1), spill)
         write_parquet(validation, tmp / VALIDATION)
         manifest = {
             "mixture_id": mid,

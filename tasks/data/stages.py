@@ -26,7 +26,7 @@ from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
-from multilora_pipeline.tasks.data.decontaminate import decontaminate
+from multilora_pipeline.tasks.data.decontaminate import DECON_DROP_SCHEMA, decontaminate_file
 from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_file, source_row
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
 from multilora_pipeline.tasks.data.files.parquet_io import (
@@ -65,30 +65,22 @@ class Prepared:
     dev_snapshot: dict | None = None
 
 
-def rows_hash(table: pa.Table) -> str:
-    """Hash of a table's record ids in order (ids hash each record's content): the sha256 of
-    the ids joined by newlines, fed a slice at a time."""
-    digest = hashlib.sha256()
-    for lo in range(0, table.num_rows, HASH_SLICE):
-        ids = table.column("id").slice(lo, HASH_SLICE).to_pylist()
-        digest.update((("\n" if lo else "") + "\n".join(ids)).encode())
-    return digest.hexdigest()[:16]
-
-
-def split_by_source(table: pa.Table, names: list[str]) -> dict[str, pa.Table]:
-    """Each source's rows in table order. Stage outputs keep sources contiguous (inputs are
-    concatenated in spec order and filtered in place), so this is zero-copy slicing; rows of a
-    source spread over the table are gathered with one take."""
-    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
-    codes, labels = encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
-    out = {}
-    for name in names:
-        rows = np.flatnonzero(codes == labels.index(name)) if name in labels else np.zeros(0, int)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-            out[name] = table.slice(int(rows[0]), len(rows))
-        else:
-            out[name] = table.take(pa.array(rows, type=pa.int64()))
-    return out
+def rows_hashes(records: Path | str, names: list[str]) -> dict[str, str]:
+    """Each source's hash of its record ids in file order (ids hash each record's content):
+    the sha256 of the ids joined by newlines, read HASH_SLICE rows at a time."""
+    digests = {name: hashlib.sha256() for name in names}
+    started = dict.fromkeys(names, False)
+    file = pq.ParquetFile(records, read_dictionary=["source"])
+    for batch in file.iter_batches(HASH_SLICE, columns=["id", "source"]):
+        sources = batch.column("source")
+        labels = sources.dictionary.to_pylist()
+        for name in set(labels) & set(names):
+            mine = pc.equal(sources.indices, labels.index(name))
+            ids = pc.filter(batch.column("id"), mine).to_pylist()
+            if ids:
+                digests[name].update((("\n" if started[name] else "") + "\n".join(ids)).encode())
+                started[name] = True
+    return {name: digest.hexdigest()[:16] for name, digest in digests.items()}
 
 
 def read_drops(output: StageOutput) -> pa.Table:
@@ -295,15 +287,18 @@ def decontaminate_stage(
         "suites": list(suites),
     }
 
-    def write(tmp: Path) -> int:
-        result = decontaminate(
-            pq.read_table(deduped.path),
-            {name: pq.read_table(s.path) for name, s in suites.items()},
-            spec.decontamination,
-        )
-        write_parquet(result.kept, tmp / KEPT)
-        write_parquet(result.drops, tmp / DROPS)
-        return result.kept.num_rows
+    def write(tmp: Path) -> int:  # the training rows stream from the file, a batch at a time
+        suite_tables = {name: pq.read_table(s.path) for name, s in suites.items()}
+        drops = []
+
+        def kept():
+            for part in decontaminate_file(deduped.path, suite_tables, spec.decontamination):
+                drops.append(part.drops)
+                yield part.kept
+
+        rows = write_batches(kept(), tmp / KEPT, RECORD_SCHEMA)
+        write_batches(drops, tmp / DROPS, DECON_DROP_SCHEMA)
+        return rows
 
     ids = [deduped.output_id, *(s.output_id for s in suites.values())]
     return produce(ws, "decontaminate", ids, params, (KEPT, DROPS), write, known)
@@ -314,9 +309,8 @@ def mixture_stage(
 ) -> StageOutput:
     """The seeded mixture (shards + manifest) and the validation split."""
     names = [s.name for s in spec.sources]
-    by_source = split_by_source(pq.read_table(clean.path), names)
     # A source's input hash covers its content: the ids (content hashes) of its rows, in order.
-    hashes = {n: rows_hash(t) for n, t in by_source.items()}
+    hashes = rows_hashes(clean.path, names)
     mid = mixture_id(hashes, spec.mixture, spec.seed)
     params = {"mixture": spec.mixture.model_dump(mode="json"), "seed": spec.seed}
     folder = ws.stage_dir("mixture", mid)
@@ -331,7 +325,7 @@ def mixture_stage(
     if (folder / "train" / "manifest.json").is_file():
         mixture = load_mixture(folder)
     else:
-        mixture = build_mixture(by_source, hashes, spec.mixture, spec.seed, folder)
+        mixture = build_mixture(Path(clean.path), names, hashes, spec.mixture, spec.seed, folder)
     manifest_hash = file_sha256(mixture.train_dir / "manifest.json")
     return StageOutput(
         "mixture",

@@ -13,6 +13,7 @@ from multilora_pipeline.data_specs.record import make_record, records_to_table
 from multilora_pipeline.data_specs.schema import DecontaminationSpec, load_spec
 from multilora_pipeline.tasks.data import decontaminate as decontaminate_module
 from multilora_pipeline.tasks.data.decontaminate import decontaminate, drops_per_source_suite
+from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 
 TEMPLATE = (
     "Read the passage below carefully and then answer the question that follows it with yes or no"
@@ -260,6 +261,31 @@ def test_demo_drops_are_the_same_in_small_batches(monkeypatch, tmp_path):
     assert batched.drops.equals(whole.drops) and batched.kept.equals(whole.kept)
 
 
+def _streamed(path, suites, config):
+    parts = list(decontaminate_module.decontaminate_file(path, suites, config))
+    return pa.concat_tables([p.kept for p in parts]), pa.concat_tables([p.drops for p in parts])
+
+
+def test_the_file_streamed_in_batches_gives_the_drops_of_the_whole_table(monkeypatch, tmp_path):
+    spec, training, suites = demo_training_and_suites(tmp_path)
+    whole = decontaminate(training, suites, spec.decontamination)
+    write_parquet(training, tmp_path / "train.parquet")
+    monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", 97)
+    kept, drops = _streamed(tmp_path / "train.parquet", suites, spec.decontamination)
+    assert whole.drops.num_rows > 0 and drops.equals(whole.drops)
+    assert kept.combine_chunks().equals(whole.kept.combine_chunks())
+
+
+def test_a_streamed_file_counts_group_templates_with_rows_of_every_batch(monkeypatch, tmp_path):
+    # Streamed one row a batch, the context still holds the group's three training rows.
+    suite, rows, copy = formal_logic_case()
+    monkeypatch.setattr(decontaminate_module, "QUESTION_SUPPORT", 0.0, raising=False)
+    monkeypatch.setattr(decontaminate_module, "BATCH_ROWS", 1)
+    write_parquet(records_to_table([*rows, copy]), tmp_path / "train.parquet")
+    kept, drops = _streamed(tmp_path / "train.parquet", {"mmlu": suite}, DecontaminationSpec())
+    assert drops.column("row").to_pylist() == [9] and kept.num_rows == 3
+
+
 def test_memory_follows_the_batch_not_the_training_table(monkeypatch):
     suite = qa_suite([f"eval question {i} " * 5 for i in range(20)], [" yes"] * 20)
     words = " ".join(f"w{i % 997}" for i in range(150))
@@ -420,7 +446,9 @@ def test_a_template_phrase_shorter_than_the_ngram_does_not_make_a_match(monkeypa
     assert decontaminate(records_to_table([row]), {"mmlu": suite}, strict).drops.num_rows == 1
 
 
-def test_a_group_template_is_counted_with_the_training_rows_of_its_group(monkeypatch):
+def formal_logic_case():
+    """An MMLU suite, three formal_logic training rows sharing the subject's instruction,
+    and a fourth row that also copies a suite item's formulas."""
     # formal_logic: the instruction opens two items of a small suite (under the 3 a template
     # needs) and three training rows; with them it is the subject's template. A training row
     # that copies an item's formulas as well is still a leak.
@@ -439,10 +467,15 @@ def test_a_group_template_is_counted_with_the_training_rows_of_its_group(monkeyp
         ]
     )
     rows = [mmlu_record(f"{stem} {f}", options, "logic", row=i) for i, f in enumerate(formulas[2:])]
+    copy = mmlu_record(f"{stem} {formulas[1]}", options, "logic", row=9)  # no content n-gram
+    return suite, rows, copy
+
+
+def test_a_group_template_is_counted_with_the_training_rows_of_its_group(monkeypatch):
+    suite, rows, copy = formal_logic_case()
     monkeypatch.setattr(decontaminate_module, "QUESTION_SUPPORT", 0.0, raising=False)
     result = decontaminate(records_to_table(rows), {"mmlu": suite}, DecontaminationSpec())
     assert result.drops.num_rows == 0
-    copy = mmlu_record(f"{stem} {formulas[1]}", options, "logic", row=9)  # no content n-gram
     with_copy = decontaminate(
         records_to_table([*rows, copy]), {"mmlu": suite}, DecontaminationSpec()
     )

@@ -12,6 +12,7 @@ import pytest
 
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
+from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 from multilora_pipeline.tasks.data.mixture import build_mixture, requested_shares, split_validation
 from multilora_pipeline.tasks.identity import mixture_id
 
@@ -40,9 +41,16 @@ SOURCES = {name: source(name, n) for name, n in SIZES.items()}
 HASHES = {name: f"hash-{name}" for name in SIZES}
 
 
+def build(tmp_path, sources: dict[str, pa.Table], hashes, config: MixtureSpec, seed, out_dir):
+    """build_mixture on the sources written, in order, to one Parquet file (as the stage has)."""
+    records = tmp_path / f"records-{out_dir.name}.parquet"
+    write_parquet(pa.concat_tables(sources.values()), records)
+    return build_mixture(records, list(sources), hashes, config, seed, out_dir)
+
+
 def mix(tmp_path, name="m", seed=0, sources=None, **config):
     config.setdefault("validation_fraction", 0.0)
-    return build_mixture(sources or SOURCES, HASHES, MixtureSpec(**config), seed, tmp_path / name)
+    return build(tmp_path, sources or SOURCES, HASHES, MixtureSpec(**config), seed, tmp_path / name)
 
 
 def counts(mixture) -> dict[str, int]:
@@ -102,7 +110,8 @@ def limit_warnings(tmp_path, caplog, sizes: dict[str, int], **config) -> list[st
     sources = {name: source(name, n) for name, n in sizes.items()}
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mlora.mixture"):
-        build_mixture(
+        build(
+            tmp_path,
             sources,
             {name: f"hash-{name}" for name in sizes},
             MixtureSpec(validation_fraction=0.0, **config),
@@ -176,7 +185,8 @@ def test_upsampling_repeats_rows_when_allowed(tmp_path):
 
 def test_size_in_tokens(tmp_path):
     sources = {"a": source("a", 5_000, words=3), "b": source("b", 5_000, words=9)}  # 4 vs 10 tokens
-    mixture = build_mixture(
+    mixture = build(
+        tmp_path,
         sources,
         {"a": "1", "b": "2"},
         MixtureSpec(size_tokens=20_000, validation_fraction=0.0),

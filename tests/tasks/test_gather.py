@@ -1,0 +1,34 @@
+"""The shuffle through disk (tasks/data/files/gather.py) gives what `table.take` gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from multilora_pipeline.tasks.data.files import gather
+from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch):
+    table = pa.table({"n": np.arange(1_000), "text": [f"row {i}" for i in range(1_000)]})
+    write_parquet(table, tmp_path / "records.parquet")
+    monkeypatch.setattr(gather, "SLICE_ROWS", 64)  # the file is read in 16 batches
+    return table, tmp_path / "records.parquet"
+
+
+def test_parts_hold_the_rows_at_the_positions_in_their_order(records, tmp_path):
+    table, path = records
+    rng = np.random.default_rng(0)
+    positions = np.concatenate([rng.permutation(1_000), rng.integers(0, 1_000, 300)])  # repeats
+    parts = list(gather.gathered_parts(path, positions, 250, tmp_path / "spill"))
+    assert [p.num_rows for p in parts] == [250] * 5 + [50]
+    assert pa.concat_tables(parts).equals(table.take(pa.array(positions)))
+    assert not (tmp_path / "spill").exists()  # every spill file read back and removed
+
+
+def test_no_positions_give_one_empty_part_of_the_files_schema(records, tmp_path):
+    table, path = records
+    [part] = gather.gathered_parts(path, np.zeros(0, np.int64), 10, tmp_path / "spill")
+    assert part.num_rows == 0 and part.schema.equals(table.schema)
