@@ -55,6 +55,7 @@ from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DecontaminationSpec
 from multilora_pipeline.tasks.data.dedup import content, source_file, source_row
+from multilora_pipeline.tasks.data.files.parquet_io import parquet_slices
 from multilora_pipeline.tasks.data.minhash import normalised_words, word_shingles
 from multilora_pipeline.tasks.data.outputs import stage_logger
 
@@ -515,9 +516,8 @@ def decontaminate_file(
     tasks = grouped_tasks(config)
     if config.enabled and tasks:
         context = grouped_rows(pq.read_table(path, filters=[("task", "in", tasks)]), config)
-    batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=RECORD_SCHEMA.names)
-    tables = (pa.Table.from_batches([batch]) for batch in batches)
-    return decontaminate_batches(tables, suites, config, context)
+    batches = parquet_slices([path], RECORD_SCHEMA.names, BATCH_ROWS)
+    return decontaminate_batches(batches, suites, config, context)
 
 
 def decontaminate_batches(

@@ -15,7 +15,7 @@ Exact dedup is unaffected: the same passage with another question is another key
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS
+from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, filtered_slices
+from multilora_pipeline.tasks.data.files.records import Records, TableRecords
 from multilora_pipeline.tasks.data.minhash import near_duplicates, normalised_text, normalised_words
 from multilora_pipeline.tasks.data.templates import QUERY
 
@@ -53,17 +54,18 @@ HASH_KEYS = ("mlora-exact-key1", "mlora-exact-key2")
 
 @dataclass(frozen=True)
 class DedupResult:
-    """The input (RECORD_SCHEMA), which of its rows stay, and the rows dropped
-    (DEDUP_DROP_SCHEMA). `kept` materialises the survivors; big outputs are better written
-    slice by slice with tasks.data.files.parquet_io.filtered_slices(result.table, result.keep)."""
+    """The input records, which of their rows stay, and the rows dropped (DEDUP_DROP_SCHEMA).
+    `kept` materialises the survivors; big outputs are better written slice by slice with
+    filtered_slices(result.records.slices(RECORD_SCHEMA.names), result.keep)."""
 
-    table: pa.Table
+    records: Records
     keep: np.ndarray
     drops: pa.Table
 
     @property
     def kept(self) -> pa.Table:
-        return self.table.filter(pa.array(self.keep))
+        parts = filtered_slices(self.records.slices(RECORD_SCHEMA.names), self.keep)
+        return pa.concat_tables(parts) if self.records.num_rows else RECORD_SCHEMA.empty_table()
 
     @property
     def kept_rows(self) -> int:
@@ -124,38 +126,42 @@ def exact_keys(table: pa.Table, fields: list[str]) -> pa.Array:
     return pc.binary_join_element_wise(*parts, FIELD_SEP) if len(parts) > 1 else parts[0]
 
 
-def key_codes(table: pa.Table, fields: list[str], rows: np.ndarray | None = None) -> np.ndarray:
-    """One int per row (of `rows`, default all): equal exactly when the exact keys are equal.
+def key_codes(parts: Iterable[pa.Table], fields: list[str]) -> np.ndarray:
+    """One int per row of `parts` (tables with the fields, and `task` where the content
+    depends on it): equal exactly when the exact keys are equal.
 
     Keys are built SLICE_ROWS rows at a time and reduced to two independent 64-bit hashes
     (a 128-bit digest: a false match among 10^9 rows has odds below 10^-20), so no Python
     string per row is alive at once beyond one slice.
     """
-    picked = table.select([*fields, *(["task"] if "task" in table.column_names else [])])
-    n = picked.num_rows if rows is None else len(rows)
-    digests = np.empty((n, 2), dtype=np.uint64)
-    for lo in range(0, n, SLICE_ROWS):
-        hi = min(lo + SLICE_ROWS, n)
-        part = (
-            picked.slice(lo, hi - lo)
-            if rows is None
-            else picked.take(pa.array(rows[lo:hi], type=pa.int64()))
-        )
-        keys = exact_keys(part, fields).to_numpy(zero_copy_only=False)
-        for k, salt in enumerate(HASH_KEYS):
-            digests[lo:hi, k] = pd.util.hash_array(keys, hash_key=salt, categorize=False)
-    _, codes = np.unique(digests, axis=0, return_inverse=True)
+    digests = []
+    for part in parts:
+        for start in range(0, part.num_rows, SLICE_ROWS):
+            keys = exact_keys(part.slice(start, SLICE_ROWS), fields).to_numpy(zero_copy_only=False)
+            digest = np.empty((len(keys), 2), dtype=np.uint64)
+            for k, salt in enumerate(HASH_KEYS):
+                digest[:, k] = pd.util.hash_array(keys, hash_key=salt, categorize=False)
+            digests.append(digest)
+    if not digests:
+        return np.zeros(0, dtype=np.int64)
+    _, codes = np.unique(np.concatenate(digests), axis=0, return_inverse=True)
     return codes.reshape(-1)
 
 
-def rank_order(table: pa.Table, priorities: dict[str, int], source_order: list[str]) -> np.ndarray:
-    """Row indices best first: higher priority, then earlier source in the spec, then row order."""
-    encoded = pc.dictionary_encode(table.column("source")).combine_chunks()
-    names = encoded.dictionary.to_pylist()
+def key_columns(fields: list[str]) -> list[str]:
+    """What key_codes reads: the key fields and the task (whose template content() strips)."""
+    return list(dict.fromkeys([*fields, "task"]))
+
+
+def rank_order(
+    source_codes: np.ndarray, names: list[str], priorities: dict[str, int], source_order: list[str]
+) -> np.ndarray:
+    """Row indices best first: higher priority, then earlier source in the spec, then row
+    order. `source_codes` names each row's source as an index into `names`."""
     position = {name: i for i, name in enumerate(source_order)}
     prio = np.array([-priorities.get(s, 0) for s in names], dtype=np.int64)
     pos = np.array([position.get(s, len(position)) for s in names], dtype=np.int64)
-    idx = encoded.indices.to_numpy()
+    idx = source_codes
     return np.lexsort((np.arange(len(idx)), pos[idx], prio[idx]))
 
 
@@ -170,23 +176,23 @@ def _exact_pass(codes: np.ndarray, rows: np.ndarray, dup_of: np.ndarray) -> None
     dup_of[rows[repeat]] = rep[repeat]
 
 
-def _same_query(table: pa.Table, rows: np.ndarray, threshold: float) -> Callable[[int, int], bool]:
-    """Whether a near pair (indices i, j; `rows`: the table row of each index) asks the same
-    thing. Rows of passage-based tasks carry their question or hypothesis in meta
+def _same_query(read: Callable[[int], tuple], threshold: float) -> Callable[[int, int], bool]:
+    """Whether a near pair (indices i, j; `read(k)`: the meta and response of index k) asks
+    the same thing. Rows of passage-based tasks carry their question or hypothesis in meta
     (templates.QUERY): two BoolQ questions about one Wikipedia passage share most shingles
     yet are different items, so such a pair counts only when the queries' word sets also
     reach the threshold and the gold answers agree (two near-identical questions with
     opposite answers are a contrastive pair, not a copy). Read lazily, for the pairs asked."""
-    meta, response = table.column("meta"), table.column("response")
     seen: dict[int, tuple[set, str] | None] = {}
 
     def query(k: int) -> tuple[set, str] | None:
         if k not in seen:
-            text = _query(meta[int(rows[k])].as_py())
+            meta, response = read(k)
+            text = _query(meta)
             seen[k] = None
             if text is not None:
                 words = set(normalised_words([text]).to_pylist()[0])
-                seen[k] = (words, (response[int(rows[k])].as_py() or "").strip().lower())
+                seen[k] = (words, (response or "").strip().lower())
         return seen[k]
 
     def accept(i: int, j: int) -> bool:
@@ -198,12 +204,6 @@ def _same_query(table: pa.Table, rows: np.ndarray, threshold: float) -> Callable
     return accept
 
 
-def _source_codes(table: pa.Table, rows: np.ndarray) -> np.ndarray:
-    """One int per row (of `rows`) naming its source."""
-    sources = pc.dictionary_encode(table.column("source")).combine_chunks()
-    return sources.indices.to_numpy()[rows]
-
-
 def _query(meta: str) -> str | None:
     try:
         value = json.loads(meta).get(QUERY)
@@ -213,38 +213,43 @@ def _query(meta: str) -> str | None:
 
 
 def dedup(
-    table: pa.Table,
+    records: pa.Table | Records,
     config: DedupSpec,
     priorities: dict[str, int] | None = None,
     source_order: list[str] | None = None,
     *,
     across: bool = False,
 ) -> DedupResult:
-    """Remove exact and near duplicates from `table` (canonical records, any sources).
+    """Remove exact and near duplicates from `records` (canonical records, any sources): a
+    table, or Parquet files read a slice at a time (files/records.py).
 
-    Works in rank order (best copy first) on integer arrays; the table itself is never
-    reordered or copied whole, so memory stays near one copy of the input. `across`: the
-    rows are sources already deduplicated one by one, so near dedup compares only rows of
-    different sources (the within pass compared the rest once already)."""
-    table = table.select(RECORD_SCHEMA.names)
-    n = table.num_rows
+    Works in rank order (best copy first) on integer arrays; the rows are read slice by
+    slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
+    slice. Near dedup holds the texts of the rows exact dedup kept. `across`: the rows are
+    sources already deduplicated one by one, so near dedup compares only rows of different
+    sources (the within pass compared the rest once already)."""
+    if isinstance(records, pa.Table):
+        records = TableRecords(records)
+    n = records.num_rows
+    source_codes, source_names = records.codes("source")
     if source_order is None:
-        source_order = pc.unique(table.column("source")).to_pylist()
-    rank = rank_order(table, priorities or {}, source_order)
+        source_order = source_names
+    rank = rank_order(source_codes, source_names, priorities or {}, source_order)
     dup_of = np.full(n, -1, dtype=np.int64)  # in ranked positions
     sim = np.zeros(n)
     kind = np.full(n, "", dtype=object)
     if config.exact and n > 1:
-        _exact_pass(key_codes(table, list(config.key))[rank], np.arange(n), dup_of)
-        category = pc.dictionary_encode(table.column("category")).combine_chunks()
-        cat_ranked = category.indices.to_numpy()[rank]
-        names = category.dictionary.to_pylist()
+        key = list(config.key)
+        _exact_pass(key_codes(records.slices(key_columns(key)), key)[rank], np.arange(n), dup_of)
+        category_codes, names = records.codes("category")
+        cat_ranked = category_codes[rank]
         for name, key in sorted(config.key_by_category.items()):
             if name not in names:
                 continue
             rows = np.flatnonzero((cat_ranked == names.index(name)) & (dup_of < 0))
             if len(rows) > 1:
-                _exact_pass(key_codes(table, list(key), rank[rows]), rows, dup_of)
+                parts = records.taken(rank[rows], key_columns(list(key)))
+                _exact_pass(key_codes(parts, list(key)), rows, dup_of)
         # A first-pass copy may itself have gone in a category pass: point at its survivor.
         hop = dup_of >= 0
         hop[hop] = dup_of[dup_of[hop]] >= 0
@@ -254,7 +259,7 @@ def dedup(
     near_cfg = config.near
     if near_cfg.enabled and n > 1:
         live = np.flatnonzero(dup_of < 0)
-        picked = table.select([*config.key, "task"]).take(pa.array(rank[live], type=pa.int64()))
+        picked = pa.concat_tables(records.taken(rank[live], key_columns(list(config.key))))
         parts = [content(picked, f) for f in config.key]
         texts = pc.binary_join_element_wise(*parts, " ") if len(parts) > 1 else parts[0]
         del picked
@@ -264,8 +269,10 @@ def dedup(
             num_perm=near_cfg.num_perm,
             shingle=near_cfg.shingle,
             bands=near_cfg.bands,
-            accept=_same_query(table, rank[live], near_cfg.threshold),
-            groups=_source_codes(table, rank[live]) if across else None,
+            accept=_same_query(
+                records.reader(rank[live], ["meta", "response"]), near_cfg.threshold
+            ),
+            groups=source_codes[rank[live]] if across else None,
         )
         kept_i, dropped_j = found.pairs[:, 0], found.pairs[:, 1]
         rows = live[dropped_j]
@@ -273,14 +280,14 @@ def dedup(
     dropped_ranked = np.flatnonzero(dup_of >= 0)
     keep = np.ones(n, dtype=bool)
     keep[rank[dropped_ranked]] = False
-    return DedupResult(table, keep, _drop_table(table, rank, dropped_ranked, dup_of, kind, sim))
+    return DedupResult(records, keep, _drop_table(records, rank, dropped_ranked, dup_of, kind, sim))
 
 
-def _drop_table(table, rank, dropped_ranked, dup_of, kind, sim) -> pa.Table:
+def _drop_table(records: Records, rank, dropped_ranked, dup_of, kind, sim) -> pa.Table:
     """DEDUP_DROP_SCHEMA rows: each dropped row with the id and source of the copy kept."""
-    info = table.select(["id", "source", "meta"])
-    dropped = info.take(pa.array(rank[dropped_ranked], type=pa.int64()))
-    kept_copy = info.take(pa.array(rank[dup_of[dropped_ranked]], type=pa.int64()))
+    columns = ["id", "source", "meta"]
+    dropped = pa.concat_tables(records.taken(rank[dropped_ranked], columns))
+    kept_copy = pa.concat_tables(records.taken(rank[dup_of[dropped_ranked]], columns))
     return pa.Table.from_pydict(
         {
             "id": dropped.column("id"),

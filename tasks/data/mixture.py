@@ -34,7 +34,12 @@ from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import MixtureSpec
 from multilora_pipeline.models.content import atomic_folder, write_text_atomic
 from multilora_pipeline.tasks.data.files.gather import gathered_parts
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, write_batches, write_parquet
+from multilora_pipeline.tasks.data.files.parquet_io import (
+    SLICE_ROWS,
+    parquet_slices,
+    write_batches,
+    write_parquet,
+)
 from multilora_pipeline.tasks.identity import mixture_id
 
 __all__ = ["build_mixture", "load_mixture", "write_parquet"]
@@ -178,8 +183,7 @@ def source_positions(records: Path, names: list[str]) -> dict[str, np.ndarray]:
 
 def file_token_counts(records: Path) -> np.ndarray:
     """token_counts of every row of the Parquet file `records`, read a batch at a time."""
-    batches = pq.ParquetFile(records).iter_batches(SLICE_ROWS, columns=["prompt", "response"])
-    counts = [token_counts(pa.Table.from_batches([b])) for b in batches]
+    counts = [token_counts(part) for part in parquet_slices([records], ["prompt", "response"])]
     return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
@@ -245,11 +249,11 @@ def build_mixture(
         train_dir.mkdir(parents=True, exist_ok=True)
         shards = []
         spill = tmp / "gather"  # removed as it is read back: never part of the mixture
-        for k, part in enumerate(gathered_parts(records, order, config.shard_rows, spill)):
+        for k, part in enumerate(gathered_parts([records], order, config.shard_rows, spill)):
             shards.append(f"train-{k:05d}.parquet")
             write_batches([part], train_dir / shards[-1], RECORD_SCHEMA)
         held_out = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
-        [validation] = gathered_parts(records, held_out, max(len(held_out), 1), spill)
+        [validation] = gathered_parts([records], held_out, max(len(held_out), 1), spill)
         write_parquet(validation, tmp / VALIDATION)
         manifest = {
             "mixture_id": mid,

@@ -31,9 +31,11 @@ from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_file, s
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
 from multilora_pipeline.tasks.data.files.parquet_io import (
     filtered_slices,
+    parquet_slices,
     write_batches,
     write_parquet,
 )
+from multilora_pipeline.tasks.data.files.records import ParquetRecords
 from multilora_pipeline.tasks.data.mixture import build_mixture, load_mixture
 from multilora_pipeline.tasks.data.normalise import normalise_batches
 from multilora_pipeline.tasks.data.outputs import (
@@ -70,9 +72,8 @@ def rows_hashes(records: Path | str, names: list[str]) -> dict[str, str]:
     the sha256 of the ids joined by newlines, read HASH_SLICE rows at a time."""
     digests = {name: hashlib.sha256() for name in names}
     started = dict.fromkeys(names, False)
-    file = pq.ParquetFile(records, read_dictionary=["source"])
-    for batch in file.iter_batches(HASH_SLICE, columns=["id", "source"]):
-        sources = batch.column("source")
+    for batch in parquet_slices([records], ["id", "source"], HASH_SLICE):
+        sources = pc.dictionary_encode(batch.column("source")).combine_chunks()
         labels = sources.dictionary.to_pylist()
         for name in set(labels) & set(names):
             mine = pc.equal(sources.indices, labels.index(name))
@@ -171,7 +172,7 @@ REPEATS_SCHEMA = pa.schema(
 def suite_repeats(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(is a repeat, index of the first copy) per item: the same prompt content and choices
     (dedup's exact key)."""
-    codes = key_codes(records, ["prompt", "choices"])
+    codes = key_codes([records], ["prompt", "choices"])
     _, first_at, inverse = np.unique(codes, return_index=True, return_inverse=True)
     first = first_at[inverse.reshape(-1)]
     return first != np.arange(len(codes)), first
@@ -262,11 +263,12 @@ def dedup_stage(
     """Exact + near dedup of the concatenated inputs; kept rows and drops as Parquet."""
     params = {"dedup": config.model_dump(mode="json"), "priorities": priorities, "order": order}
 
-    def write(tmp: Path) -> int:
-        table = pa.concat_tables([pq.read_table(o.path) for o in inputs])
+    def write(tmp: Path) -> int:  # the inputs are read a slice at a time, never whole
+        records = ParquetRecords([Path(o.path) for o in inputs], spill_dir=tmp / "gather")
         # Several inputs are sources each deduplicated within already (dedup_across).
-        result = dedup(table, config, priorities, order, across=len(inputs) > 1)
-        write_batches(filtered_slices(result.table, result.keep), tmp / KEPT, RECORD_SCHEMA)
+        result = dedup(records, config, priorities, order, across=len(inputs) > 1)
+        kept = filtered_slices(records.slices(RECORD_SCHEMA.names), result.keep)
+        write_batches(kept, tmp / KEPT, RECORD_SCHEMA)
         write_parquet(result.drops, tmp / DROPS)
         return result.kept_rows
 

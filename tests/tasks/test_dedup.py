@@ -299,6 +299,36 @@ def demo_tables(tmp_path_factory):
     return spec, tables, planted
 
 
+@pytest.mark.parametrize("across", [False, True])
+def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
+    demo_tables, tmp_path, monkeypatch, across
+):
+    """The stage's path (its inputs as files, 97 rows a slice, rows gathered through disk)
+    drops the same rows with the same copies kept as dedup of the whole table."""
+    import pyarrow as pa
+
+    from multilora_pipeline.tasks.data.files import gather, records
+    from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
+
+    spec, tables, _ = demo_tables
+    names = [s.name for s in spec.sources]
+    paths = []
+    for name in names:
+        paths.append(tmp_path / f"{name}.parquet")
+        write_parquet(tables[name], paths[-1])
+    category = tables[names[0]].column("category")[0].as_py()  # and a pass by category
+    config = spec.dedup.model_copy(update={"key_by_category": {category: ["prompt"]}})
+    args = (config, {s.name: s.priority for s in spec.sources}, names)
+    whole = dedup(pa.concat_tables([tables[n] for n in names]), *args, across=across)
+    for module in (gather, records):
+        monkeypatch.setattr(module, "SLICE_ROWS", 97)
+    files = records.ParquetRecords(paths, spill_dir=tmp_path / "spill")
+    sliced = dedup(files, *args, across=across)
+    assert whole.drops.num_rows > 0 and sliced.drops.equals(whole.drops)
+    assert (sliced.keep == whole.keep).all() and sliced.kept.equals(whole.kept)
+    assert not (tmp_path / "spill").exists()
+
+
 def test_demo_planted_duplicates_found_with_the_right_copy_kept(demo_tables):
     import pyarrow as pa
 

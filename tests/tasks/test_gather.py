@@ -14,7 +14,7 @@ from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 def records(tmp_path, monkeypatch):
     table = pa.table({"n": np.arange(1_000), "text": [f"row {i}" for i in range(1_000)]})
     write_parquet(table, tmp_path / "records.parquet")
-    monkeypatch.setattr(gather, "SLICE_ROWS", 64)  # the file is read in 16 batches
+    monkeypatch.setattr(gather, "SLICE_ROWS", 64)  # files are read 64 rows at a time
     return table, tmp_path / "records.parquet"
 
 
@@ -22,7 +22,7 @@ def test_parts_hold_the_rows_at_the_positions_in_their_order(records, tmp_path):
     table, path = records
     rng = np.random.default_rng(0)
     positions = np.concatenate([rng.permutation(1_000), rng.integers(0, 1_000, 300)])  # repeats
-    parts = list(gather.gathered_parts(path, positions, 250, tmp_path / "spill"))
+    parts = list(gather.gathered_parts([path], positions, 250, tmp_path / "spill"))
     assert [p.num_rows for p in parts] == [250] * 5 + [50]
     assert pa.concat_tables(parts).equals(table.take(pa.array(positions)))
     assert not (tmp_path / "spill").exists()  # every spill file read back and removed
@@ -30,5 +30,16 @@ def test_parts_hold_the_rows_at_the_positions_in_their_order(records, tmp_path):
 
 def test_no_positions_give_one_empty_part_of_the_files_schema(records, tmp_path):
     table, path = records
-    [part] = gather.gathered_parts(path, np.zeros(0, np.int64), 10, tmp_path / "spill")
+    [part] = gather.gathered_parts([path], np.zeros(0, np.int64), 10, tmp_path / "spill")
     assert part.num_rows == 0 and part.schema.equals(table.schema)
+
+
+def test_several_files_read_as_one_and_only_the_named_columns(records, tmp_path):
+    table, path = records
+    write_parquet(table.slice(0, 300), tmp_path / "first.parquet")
+    write_parquet(table.slice(300), tmp_path / "second.parquet")
+    positions = np.array([999, 0, 300, 299, 301, 0])
+    files = [tmp_path / "first.parquet", tmp_path / "second.parquet"]
+    [part] = gather.gathered_parts(files, positions, 10, tmp_path / "spill", columns=["text"])
+    assert part.column_names == ["text"]
+    assert part.column("text").to_pylist() == [f"row {i}" for i in positions]

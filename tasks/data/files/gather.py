@@ -16,22 +16,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS
+from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, parquet_slices
 
 POSITION = "__position__"  # a spilled row's place in the output
 
 
 def gathered_parts(
-    path: Path, positions: np.ndarray, part_rows: int, spill_dir: Path
+    paths: list[Path],
+    positions: np.ndarray,
+    part_rows: int,
+    spill_dir: Path,
+    columns: list[str] | None = None,
 ) -> Iterator[pa.Table]:
-    """The rows of `path` at `positions` (file row numbers, any order, repeats allowed), as
-    consecutive parts of `part_rows` rows: part k holds positions[k*part_rows:(k+1)*part_rows]
-    in that order. Always at least one part (empty when `positions` is). Spill files go to
-    `spill_dir` (created) and are removed as their part is read back."""
+    """The rows at `positions` (row numbers in the files read one after another; any order,
+    repeats allowed) of the named columns, as consecutive parts of `part_rows` rows: part k
+    holds positions[k*part_rows:(k+1)*part_rows] in that order. Always at least one part
+    (empty when `positions` is). Spill files go to `spill_dir` (created) and are removed as
+    their part is read back."""
     positions = np.asarray(positions, dtype=np.int64)
     parts = max(1, -(-len(positions) // part_rows))
-    file = pq.ParquetFile(path)
-    schema = file.schema_arrow
+    schema = pq.read_schema(paths[0])
+    schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
     by_position = np.argsort(positions, kind="stable")  # output indices in file order
     sorted_positions = positions[by_position]
     spill_dir.mkdir(parents=True, exist_ok=True)
@@ -39,15 +44,12 @@ def gathered_parts(
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     try:
         start, done = 0, 0
-        for batch in file.iter_batches(batch_size=SLICE_ROWS):
+        for batch in parquet_slices(paths, columns or schema.names, SLICE_ROWS):
             end = start + batch.num_rows
             upto = int(np.searchsorted(sorted_positions, end))
             if upto > done:
-                outputs = by_position[done:upto]
-                rows = pa.Table.from_batches([batch], schema).take(
-                    pa.array(sorted_positions[done:upto] - start)
-                )
-                _spill(rows, outputs, part_rows, writers, spill_dir, spill_schema)
+                rows = batch.take(pa.array(sorted_positions[done:upto] - start))
+                _spill(rows, by_position[done:upto], part_rows, writers, spill_dir, spill_schema)
             start, done = end, upto
     finally:
         for writer in writers.values():

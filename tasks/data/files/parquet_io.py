@@ -1,5 +1,5 @@
 """Deterministic Parquet writing for stage outputs: whole tables, or batch by batch so a stage
-never holds two copies of a big table.
+never holds two copies of a big table; and reading an output back a slice at a time.
 
 Same rows in, same bytes out: fixed row-group size, zstd, no timestamps in the metadata. Every
 write goes to a temp file next to the target and is renamed into place.
@@ -47,14 +47,28 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     write_batches([table], path, table.schema)
 
 
-def filtered_slices(table: pa.Table, keep: np.ndarray) -> Iterator[pa.Table]:
-    """table.filter(keep), one SLICE_ROWS piece at a time (no full copy)."""
-    for start in range(0, max(table.num_rows, 1), SLICE_ROWS):
-        part = table.slice(start, SLICE_ROWS)
-        yield part.filter(pa.array(keep[start : start + SLICE_ROWS]))
+def filtered_slices(parts: Iterable[pa.Table], keep: np.ndarray) -> Iterator[pa.Table]:
+    """The rows of `parts` (consecutive pieces of one table) where `keep` is true, piece by
+    piece (no full copy)."""
+    start = 0
+    for part in parts:
+        yield part.filter(pa.array(keep[start : start + part.num_rows]))
+        start += part.num_rows
 
 
 def taken_slices(table: pa.Table, indices: np.ndarray) -> Iterator[pa.Table]:
     """table.take(indices), one SLICE_ROWS piece at a time (no full copy)."""
     for start in range(0, max(len(indices), 1), SLICE_ROWS):
         yield table.take(pa.array(indices[start : start + SLICE_ROWS], type=pa.int64()))
+
+
+def parquet_slices(
+    paths: Iterable[str | Path], columns: list[str] | None = None, rows: int = SLICE_ROWS
+) -> Iterator[pa.Table]:
+    """The files one after another as tables of at most `rows` rows (the named columns):
+    how a stage reads an output that it must not hold whole. pre_buffer is off: it would keep
+    every row group read so far cached until the file's end."""
+    for path in paths:
+        with pq.ParquetFile(path, pre_buffer=False) as file:
+            for batch in file.iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
