@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, filtered_slices
+from multilora_pipeline.tasks.data.files.parquet_io import filtered_slices
 from multilora_pipeline.tasks.data.files.records import Records, TableRecords
 from multilora_pipeline.tasks.data.minhash import near_duplicates, normalised_text, normalised_words
 from multilora_pipeline.tasks.data.templates import QUERY
@@ -50,6 +50,9 @@ FIELD_SEP = "\x1f"
 CHOICE_SEP = " || "  # between the choices of one row in a key (a symbol token: kept)
 # Two fixed siphash keys (16 bytes each): two independent 64-bit hashes of every exact key.
 HASH_KEYS = ("mlora-exact-key1", "mlora-exact-key2")
+# Rows whose keys are built at once: normalising a key makes several copies of its text and a
+# Python string per row, a few hundred MB for 200k Alpaca-sized rows; 50k keep it near 100.
+KEY_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -130,14 +133,14 @@ def key_codes(parts: Iterable[pa.Table], fields: list[str]) -> np.ndarray:
     """One int per row of `parts` (tables with the fields, and `task` where the content
     depends on it): equal exactly when the exact keys are equal.
 
-    Keys are built SLICE_ROWS rows at a time and reduced to two independent 64-bit hashes
+    Keys are built KEY_ROWS rows at a time and reduced to two independent 64-bit hashes
     (a 128-bit digest: a false match among 10^9 rows has odds below 10^-20), so no Python
     string per row is alive at once beyond one slice.
     """
     digests = []
     for part in parts:
-        for start in range(0, part.num_rows, SLICE_ROWS):
-            keys = exact_keys(part.slice(start, SLICE_ROWS), fields).to_numpy(zero_copy_only=False)
+        for start in range(0, part.num_rows, KEY_ROWS):
+            keys = exact_keys(part.slice(start, KEY_ROWS), fields).to_numpy(zero_copy_only=False)
             digest = np.empty((len(keys), 2), dtype=np.uint64)
             for k, salt in enumerate(HASH_KEYS):
                 digest[:, k] = pd.util.hash_array(keys, hash_key=salt, categorize=False)

@@ -303,10 +303,12 @@ def demo_tables(tmp_path_factory):
 def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     demo_tables, tmp_path, monkeypatch, across
 ):
-    """The stage's path (its inputs as files, 97 rows a slice, rows gathered through disk)
-    drops the same rows with the same copies kept as dedup of the whole table."""
+    """The stage's path (its inputs as files, 97 rows a slice, keys 31 at a time, rows
+    gathered through disk) drops the same rows with the same copies kept as dedup of the
+    whole table."""
     import pyarrow as pa
 
+    from multilora_pipeline.tasks.data import dedup as dedup_module
     from multilora_pipeline.tasks.data.files import gather, records
     from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 
@@ -322,6 +324,7 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     whole = dedup(pa.concat_tables([tables[n] for n in names]), *args, across=across)
     for module in (gather, records):
         monkeypatch.setattr(module, "SLICE_ROWS", 97)
+    monkeypatch.setattr(dedup_module, "KEY_ROWS", 31)  # keys of one slice in several pieces
     files = records.ParquetRecords(paths, spill_dir=tmp_path / "spill")
     sliced = dedup(files, *args, across=across)
     assert whole.drops.num_rows > 0 and sliced.drops.equals(whole.drops)
