@@ -214,11 +214,12 @@ class TrainingSpec(Strict):
     sources' weights in training too. The held-out loss stays token-weighted either way."""
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     """bf16: train under bf16 autocast (the matmuls in bf16, the adapter's weights, the
-    optimizer and the loss in fp32), on a GPU or a CPU. auto: bf16 where the device computes
-    it natively (a GPU; a CPU with AVX512, AVX512-BF16 or AMX) and base_model.dtype is auto or
-    bfloat16, fp32 elsewhere. There bf16 makes a SmolLM2-135M step about twice as fast
-    (benchmarks/RESULTS.md); an AVX2-only CPU emulates it about 30x slower than fp32, so an
-    explicit bf16 there trains with a warning. Evaluation always runs in the weights' dtype."""
+    optimizer and the loss in fp32) on a GPU, or on a CPU that computes bf16 natively
+    (AVX512, AVX512-BF16 or AMX), where a SmolLM2-135M step is about twice as fast
+    (benchmarks/RESULTS.md). An AVX2-only CPU would emulate it about 30x slower than fp32
+    (benchmarks/bf16_matmul.py), so there the arm trains in fp32, with a warning. auto: bf16
+    on a GPU when the weights are bf16 (base_model.dtype auto or bfloat16), fp32 on a CPU.
+    Evaluation always runs in the weights' dtype."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant): less memory, ~20-30% slower."""
     compile: bool = False

@@ -67,20 +67,19 @@ def cpu_computes_bf16() -> bool:
 def resolve_mixed_precision(requested: str, device: str, dtype: str) -> bool:
     """Whether an arm trains under bf16 autocast (training.mixed_precision).
 
-    auto: where the device computes bf16 natively (a GPU, or a CPU for which
-    cpu_computes_bf16) and the weights are not pinned to another dtype. bf16 is honoured
-    everywhere, with a warning where the CPU would emulate it."""
-    if requested == "no":
+    auto: on a GPU when the weights are bf16 (base_model.dtype auto or bfloat16), never on a
+    CPU. bf16: on a GPU, and on a CPU that computes bf16 natively (cpu_computes_bf16); a CPU
+    without would emulate it about 30x slower than fp32, so there the arm trains in fp32 and
+    says so: a spec that asks for bf16 for speed runs on any machine."""
+    if requested == "auto":
+        return device == "cuda" and dtype in ("auto", "bfloat16")
+    if requested == "bf16" and device != "cuda" and not cpu_computes_bf16():
+        log.warning(
+            "training.mixed_precision is bf16, but this CPU has no native bf16 matmul (it "
+            "would run about 30x slower than fp32): training in fp32"
+        )
         return False
-    native = device == "cuda" or cpu_computes_bf16()
-    if requested == "bf16":
-        if not native:
-            log.warning(
-                "training.mixed_precision is bf16 but this CPU has no native bf16 matmul: "
-                "training will be about 30x slower than in fp32; set it to auto"
-            )
-        return True
-    return native and dtype in ("auto", "bfloat16")
+    return requested == "bf16"
 
 
 BASE_MODEL_FIELD = "spec base_model.name_or_path"

@@ -142,13 +142,18 @@ class _AutocastSeen(TrainerCallback):
 
 @pytest.mark.parametrize(
     "precision, native_bf16, autocast",
-    [("auto", True, True), ("auto", False, False), ("bf16", False, True), ("no", True, False)],
+    [
+        ("auto", True, False),
+        ("bf16", True, True),
+        ("bf16", False, False),
+        ("no", True, False),
+    ],
 )
 def test_mixed_precision_follows_the_cpus_bf16_support(
     setup, tmp_path, monkeypatch, caplog, precision, native_bf16, autocast
 ):
-    """auto takes bf16 only where the CPU multiplies it natively (emulated bf16 was 31x
-    slower than fp32 on an AVX2 CPU); an explicit bf16 is honoured with a warning."""
+    """auto trains a CPU arm in fp32; bf16 takes bf16 where the CPU multiplies it natively,
+    and fp32 with a warning where it would be emulated (31x slower than fp32 on an AVX2 CPU)."""
     monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: native_bf16)
     seen = _AutocastSeen()
     training = TRAINING.model_copy(update={"mixed_precision": precision, "max_steps": 4})
