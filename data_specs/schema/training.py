@@ -216,7 +216,7 @@ class TrainingSpec(Strict):
     """bf16: train under bf16 autocast (the matmuls in bf16, the adapter's weights, the
     optimizer and the loss in fp32) on a GPU, or on a CPU that computes bf16 natively
     (AVX512, AVX512-BF16 or AMX), where a SmolLM2-135M step is about twice as fast
-    (benchmarks/RESULTS.md). An AVX2-only CPU would emulate it about 30x slower than fp32
+    (benchmarks/RESULTS.md). An AVX2-only CPU would emulate it, 30-90x slower than fp32
     (benchmarks/bf16_matmul.py), so there the arm trains in fp32, with a warning. auto: bf16
     on a GPU when the weights are bf16 (base_model.dtype auto or bfloat16), fp32 on a CPU.
     Evaluation always runs in the weights' dtype."""

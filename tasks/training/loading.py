@@ -60,7 +60,8 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
 def cpu_computes_bf16() -> bool:
     """Whether oneDNN runs bf16 matmuls on this CPU's own instructions (AVX512, AVX512-BF16,
     AMX). Without them torch falls back to a scalar bf16 GEMM: on an AVX2-only EPYC a
-    320x576 by 576x1536 product took 472 ms in bf16 against 15 ms in fp32 (31x)."""
+    320x576 by 576x1536 product took 423 ms in bf16 against 4.9 ms in fp32, 87x
+    (benchmarks/bf16_matmul.py; 31x with the other core busy)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -69,14 +70,14 @@ def resolve_mixed_precision(requested: str, device: str, dtype: str) -> bool:
 
     auto: on a GPU when the weights are bf16 (base_model.dtype auto or bfloat16), never on a
     CPU. bf16: on a GPU, and on a CPU that computes bf16 natively (cpu_computes_bf16); a CPU
-    without would emulate it about 30x slower than fp32, so there the arm trains in fp32 and
+    without would emulate it 30-90x slower than fp32, so there the arm trains in fp32 and
     says so: a spec that asks for bf16 for speed runs on any machine."""
     if requested == "auto":
         return device == "cuda" and dtype in ("auto", "bfloat16")
     if requested == "bf16" and device != "cuda" and not cpu_computes_bf16():
         log.warning(
             "training.mixed_precision is bf16, but this CPU has no native bf16 matmul (it "
-            "would run about 30x slower than fp32): training in fp32"
+            "would run 30-90x slower than fp32): training in fp32"
         )
         return False
     return requested == "bf16"

@@ -153,7 +153,7 @@ def test_mixed_precision_follows_the_cpus_bf16_support(
     setup, tmp_path, monkeypatch, caplog, precision, native_bf16, autocast
 ):
     """auto trains a CPU arm in fp32; bf16 takes bf16 where the CPU multiplies it natively,
-    and fp32 with a warning where it would be emulated (31x slower than fp32 on an AVX2 CPU)."""
+    and fp32 with a warning where it would be emulated (87x slower than fp32 on an AVX2 CPU)."""
     monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: native_bf16)
     seen = _AutocastSeen()
     training = TRAINING.model_copy(update={"mixed_precision": precision, "max_steps": 4})
