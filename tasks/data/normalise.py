@@ -96,7 +96,8 @@ def normalise_batches(
     """
     recipe = get_template(template)
     start = time.perf_counter()
-    raw_file = pq.ParquetFile(snapshot.path)
+    # pre_buffer (on by default) would keep every row group read so far cached to the end
+    raw_file = pq.ParquetFile(snapshot.path, pre_buffer=False)
     total = raw_file.metadata.num_rows
     if total == 0:
         raise DataError(
