@@ -39,7 +39,7 @@ demo-tiny: install        ## the same DAG on a tiny random model: the mechanics 
 test: install             ## the test suite (offline, CPU)
 	$(BIN)/pytest
 
-test-fast: install        ## the unit tests alone, no servers, training or pipelines (under a minute)
+test-fast: install        ## the unit tests alone, no servers, training or pipelines (about a minute)
 	$(BIN)/pytest -m "not slow"
 
 lint: install             ## what CI checks besides the tests
