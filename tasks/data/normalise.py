@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from multilora_pipeline.data_specs.errors import DataError
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA, record_id
 from multilora_pipeline.tasks.data.fetch import Snapshot
+from multilora_pipeline.tasks.data.files.parquet_io import parquet_slices
 from multilora_pipeline.tasks.data.nested import flatten, unnest
 from multilora_pipeline.tasks.data.templates import (
     FILE_COLUMN,
@@ -96,16 +97,14 @@ def normalise_batches(
     """
     recipe = get_template(template)
     start = time.perf_counter()
-    # pre_buffer (on by default) would keep every row group read so far cached to the end
-    raw_file = pq.ParquetFile(snapshot.path, pre_buffer=False)
-    total = raw_file.metadata.num_rows
+    total = pq.ParquetFile(snapshot.path).metadata.num_rows
     if total == 0:
         raise DataError(
             "the source has no rows", where=snapshot.origin, fix="check the file, split or max_rows"
         )
     done = 0
-    for batch in raw_file.iter_batches(batch_size=BATCH_ROWS):
-        raw, mapping = _unnested(pa.Table.from_batches([batch]), recipe, explode, fields, snapshot)
+    for batch in parquet_slices([snapshot.path], rows=BATCH_ROWS):
+        raw, mapping = _unnested(batch, recipe, explode, fields, snapshot)
         rendered, raw, bad = _render_readable(recipe, raw, snapshot.origin, mapping)
         if bad and skipped is None:
             raise _bad_rows_error(bad, snapshot.origin)
