@@ -25,10 +25,10 @@ import numpy as np
 
 from multilora_pipeline.tasks.data.minhash import (
     lsh_params,
-    near_duplicates,
     normalised_text,
     normalised_words,
 )
+from multilora_pipeline.tasks.data.near_dedup import near_duplicates
 
 SHINGLE, NUM_PERM, THRESHOLD = 5, 128, 0.8
 BINS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0001)]

@@ -66,7 +66,7 @@ class Comparisons(logging.Handler):
 
 def run(table: pa.Table, across: bool) -> dict:
     counter = Comparisons()
-    log = logging.getLogger("mlora.minhash")
+    log = logging.getLogger("mlora.near_dedup")
     log.addHandler(counter)
     log.setLevel(logging.INFO)
     started = time.perf_counter()

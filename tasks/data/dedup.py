@@ -15,7 +15,7 @@ Exact dedup is unaffected: the same passage with another question is another key
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,8 @@ from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec
 from multilora_pipeline.tasks.data.files.parquet_io import filtered_slices
 from multilora_pipeline.tasks.data.files.records import Records, TableRecords
-from multilora_pipeline.tasks.data.minhash import near_duplicates, normalised_text, normalised_words
+from multilora_pipeline.tasks.data.minhash import normalised_text, normalised_words
+from multilora_pipeline.tasks.data.near_dedup import near_duplicates_in_slices
 from multilora_pipeline.tasks.data.templates import QUERY
 
 DEDUP_DROP_SCHEMA = pa.schema(
@@ -224,13 +225,14 @@ def dedup(
     across: bool = False,
 ) -> DedupResult:
     """Remove exact and near duplicates from `records` (canonical records, any sources): a
-    table, or Parquet files read a slice at a time (files/records.py).
+        table, or Parquet files read a slice at a time (files/records.py).
 
-    Works in rank order (best copy first) on integer arrays; the rows are read slice by
-    slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
-    slice. Near dedup holds the texts of the rows exact dedup kept. `across`: the rows are
-    sources already deduplicated one by one, so near dedup compares only rows of different
-    sources (the within pass compared the rest once already)."""
+        Works in rank order (best copy first) on integer arrays; the rows are read slice by
+        slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
+        slice. Near dedup reads the texts a slice at a time too and keeps their band keys on disk
+    (near_dedup.py), holding only the rows that share a bucket. `across`: the rows are
+        sources already deduplicated one by one, so near dedup compares only rows of different
+        sources (the within pass compared the rest once already)."""
     if isinstance(records, pa.Table):
         records = TableRecords(records)
     n = records.num_rows
@@ -262,20 +264,32 @@ def dedup(
     near_cfg = config.near
     if near_cfg.enabled and n > 1:
         live = np.flatnonzero(dup_of < 0)
-        picked = pa.concat_tables(records.taken(rank[live], key_columns(list(config.key))))
-        parts = [content(picked, f) for f in config.key]
-        texts = pc.binary_join_element_wise(*parts, " ") if len(parts) > 1 else parts[0]
-        del picked
-        found = near_duplicates(
-            texts,
+        columns = key_columns(list(config.key))
+
+        def texts(parts: Iterable[pa.Table]) -> Iterator[pa.Array]:
+            for part in parts:
+                fields = [content(part, f) for f in config.key]
+                yield pc.binary_join_element_wise(*fields, " ") if len(fields) > 1 else fields[0]
+
+        def texts_at(positions: np.ndarray) -> pa.Array:
+            parts = list(texts(records.taken(rank[live[positions]], columns)))
+            return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+        def accept_at(positions: np.ndarray) -> Callable[[int, int], bool]:
+            read = records.reader(rank[live[positions]], ["meta", "response"])
+            return _same_query(read, near_cfg.threshold)
+
+        found = near_duplicates_in_slices(
+            texts(records.taken(rank[live], columns)),
+            texts_at,
+            total=len(live),
             threshold=near_cfg.threshold,
             num_perm=near_cfg.num_perm,
             shingle=near_cfg.shingle,
             bands=near_cfg.bands,
-            accept=_same_query(
-                records.reader(rank[live], ["meta", "response"]), near_cfg.threshold
-            ),
+            accept_at=accept_at,
             groups=source_codes[rank[live]] if across else None,
+            folder=records.scratch("band-keys"),
         )
         kept_i, dropped_j = found.pairs[:, 0], found.pairs[:, 1]
         rows = live[dropped_j]

@@ -1,14 +1,12 @@
-"""Vectorised MinHash LSH for near-duplicate detection (numpy; Python only per bucketed row).
+"""Vectorised MinHash for near-duplicate detection (numpy): text normalisation, shingles,
+signatures, LSH band keys and the exact Jaccard. The greedy walk over the buckets, a slice of
+texts at a time, is near_dedup.py.
 
     texts ──normalise──► words ──hash once──► word hashes ──rolling polynomial──► shingle hashes
           ──(a·x + b) mod 2^64, min per doc, >> 32──► signatures (n × num_perm, uint32)
-          ──band keys (one 64-bit hash per band)──► bucket ids (shared buckets only)
-          ──in rank order, each row against the kept rows of its buckets: Jaccard ≥ threshold
-            (estimated; exact where the estimate is near the threshold)──► dropped rows,
-            each with the kept row it duplicates
+          ──band keys (one 64-bit hash per band)──► buckets (near_dedup.shared_buckets)
 
-Why it is fast: every step up to the buckets is a whole-array numpy or Arrow operation; the
-greedy walk visits only rows that share a bucket, against only kept rows. The permutations are
+Why it is fast: every step is a whole-array numpy or Arrow operation. The permutations are
 multiply-add-shift hashes (Dietzfelbinger 1996: for 32-bit keys x and random 64-bit a, b,
 ``((a·x + b) mod 2^64) >> 32`` is a universal family), computed for all permutations as one
 matrix operation per chunk of shingles; the shift is monotone, so it is applied after the
@@ -17,11 +15,8 @@ per-document minimum. Chunks run on a small thread pool (numpy releases the GIL)
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,8 +24,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-
-log = logging.getLogger("mlora.minhash")
 
 # Punctuation that only wraps or ends a word, trimmed from both ends of each token: "world!"
 # and "(world)" are "world". Marks inside a token or that carry meaning are kept, so "C",
@@ -41,12 +34,6 @@ EDGE_PUNCT = ".,;:!?\"'`()[]{}<>«»“”‘’„‚¡¿…–—*_"
 CHUNK_SHINGLES = 1 << 12
 # Odd 64-bit constant (golden ratio) for the rolling shingle polynomial.
 ROLL = np.uint64(0x9E3779B97F4A7C15)
-# Kept rows a bucket remembers (the best-ranked): a later row is compared with at most this
-# many per band, so a bucket of distinct rows that collide in one band costs bounded work.
-BUCKET_CAP = 32
-# Candidates whose estimated Jaccard is this close to the threshold get the exact Jaccard:
-# 0.15 is over 3 standard deviations of the 128-permutation estimate (sqrt(J(1-J)/128) <= 0.044).
-VERIFY_MARGIN = 0.15
 # Chance that a pair exactly at the threshold becomes an LSH candidate (0.8, 128 perms: 21 x 6).
 LSH_RECALL = 0.99
 # Fixed seed for the hash family: same text, same signature, in every process.
@@ -255,22 +242,31 @@ def lsh_params(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> t
     return num_perm, 1
 
 
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: a 64-bit hash of each row's `rows` signature values in each band
+    (salted by the band). Rows share a bucket of a band when their keys there are equal."""
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
+    mult = _mix64(np.arange(1, rows + 1, dtype=np.uint64)) | np.uint64(1)
+    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    for band in range(bands):
+        cols = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        out[:, band] = _mix64((cols * mult).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+    return out
+
+
 def band_buckets(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None):
     """(n, bands) int32: the bucket of each row in each band (one id space over all bands),
     or -1 where no other active row shares it (nothing to compare there) or the row is
-    inactive (no shingles). Rows share a bucket when their `rows` signature values of that
-    band are equal (up to a 64-bit hash of them)."""
+    inactive (no shingles). A view for inspection; near_dedup.shared_buckets is the same
+    grouping one band at a time."""
     n = sig.shape[0]
-    if bands * rows > sig.shape[1]:
-        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
     out = np.full((n, bands), -1, dtype=np.int32)
     ids = np.arange(n) if active is None else np.flatnonzero(active)
-    mult = _mix64(np.arange(1, rows + 1, dtype=np.uint64)) | np.uint64(1)
+    keys = band_keys(sig[ids], bands, rows)
     offset = 0
     for band in range(bands):
-        cols = sig[ids, band * rows : (band + 1) * rows].astype(np.uint64)
-        key = _mix64((cols * mult).sum(axis=1, dtype=np.uint64) + np.uint64(band))
-        unique, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        unique, inverse, counts = np.unique(keys[:, band], return_inverse=True, return_counts=True)
         shared = counts[inverse] > 1
         out[ids[shared], band] = inverse[shared] + offset
         offset += len(unique)
@@ -286,111 +282,3 @@ def exact_jaccard(shingles: Shingles, pairs: np.ndarray) -> np.ndarray:
         union = len(a) + len(b) - inter
         out[k] = inter / union if union else 1.0
     return out
-
-
-@dataclass(frozen=True)
-class NearDuplicates:
-    """Each dropped row with the kept row it duplicates: pairs (i, j), i < j, and their
-    shingle Jaccard (exact where the estimate was within VERIFY_MARGIN of the threshold,
-    else the signature estimate)."""
-
-    pairs: np.ndarray
-    similarity: np.ndarray
-    candidates: int
-    """Signature comparisons made (kept row, later row sharing a bucket with it)."""
-    bands: int
-    rows: int
-
-
-def near_duplicates(
-    texts,
-    *,
-    threshold: float = 0.8,
-    num_perm: int = 128,
-    shingle: int = 5,
-    bands: int | None = None,
-    seed: int = DEFAULT_SEED,
-    accept: Callable[[int, int], bool] | None = None,
-    groups: np.ndarray | None = None,
-) -> NearDuplicates:
-    """Greedy near-dedup in input order (the caller's rank order, best copy first): a text
-    is dropped when its word-shingle Jaccard with an earlier *kept* text reaches
-    `threshold` (and `accept(i, j)`, when given, agrees); the earliest such text is the one
-    it duplicates.
-
-    Candidates come from LSH buckets, but a text is compared only with the kept texts of
-    its buckets (at most BUCKET_CAP per bucket, the best-ranked), never with every pair: a
-    bucket of 147k near-identical rows costs 147k comparisons with its one survivor, not
-    millions of pairs, and memory stays at the signatures plus one bucket id per row and band.
-    `groups` (one int per text): texts of one group are not compared, for a pass across
-    sources whose own pairs were each decided within their source.
-    """
-    t0 = time.perf_counter()
-    if bands is None:
-        bands, rows = lsh_params(threshold, num_perm)
-    else:
-        rows = num_perm // bands
-    sh = word_shingles(texts, shingle)
-    sig = MinHasher(num_perm, seed).signatures(sh)
-    buckets = band_buckets(sig, bands, rows, active=sh.counts > 0)
-    n = len(sh.counts)
-    kept_in: dict[int, list[int]] = {}
-    pairs, sims, compared = [], [], 0
-    for j in np.flatnonzero((buckets >= 0).any(axis=1)).tolist():
-        own = [int(b) for b in buckets[j] if b >= 0]
-        candidates = sorted({i for b in own for i in kept_in.get(b, ())})
-        if groups is not None:
-            candidates = [i for i in candidates if groups[i] != groups[j]]
-        found = _first_duplicate(sh, sig, candidates, j, threshold, accept)
-        compared += len(candidates)
-        if found is not None:
-            pairs.append((found[0], j))
-            sims.append(found[1])
-            continue
-        for b in own:  # j is kept: later rows of its buckets are compared with it
-            members = kept_in.setdefault(b, [])
-            if len(members) < BUCKET_CAP:
-                members.append(j)
-    seconds = time.perf_counter() - t0
-    log.info(
-        "near-dup: %d texts, %d comparisons, %d near duplicates >= %.2f in %.1fs (%.0f texts/s)",
-        n,
-        compared,
-        len(pairs),
-        threshold,
-        seconds,
-        n / max(seconds, 1e-9),
-    )
-    return NearDuplicates(
-        np.array(pairs, dtype=np.int64).reshape(-1, 2),
-        np.array(sims, dtype=np.float64),
-        compared,
-        bands,
-        rows,
-    )
-
-
-def _first_duplicate(
-    sh: Shingles,
-    sig: np.ndarray,
-    candidates: list[int],
-    j: int,
-    threshold: float,
-    accept: Callable[[int, int], bool] | None,
-) -> tuple[int, float] | None:
-    """The best-ranked candidate that `j` duplicates, with the similarity, or None."""
-    if not candidates:
-        return None
-    estimates = (sig[candidates] == sig[j]).mean(axis=1)
-    for i, estimate in zip(candidates, estimates.tolist(), strict=True):
-        if estimate < threshold - VERIFY_MARGIN:
-            continue
-        # The exact Jaccard only where the estimator's noise could flip the decision.
-        similarity = (
-            float(exact_jaccard(sh, np.array([[i, j]]))[0])
-            if abs(estimate - threshold) < VERIFY_MARGIN
-            else estimate
-        )
-        if similarity >= threshold and (accept is None or accept(i, j)):
-            return i, similarity
-    return None

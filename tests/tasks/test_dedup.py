@@ -16,9 +16,9 @@ from multilora_pipeline.tasks.data.minhash import (
     band_buckets,
     exact_jaccard,
     lsh_params,
-    near_duplicates,
     word_shingles,
 )
+from multilora_pipeline.tasks.data.near_dedup import near_duplicates
 
 WORDS = [f"word{i}" for i in range(400)]
 

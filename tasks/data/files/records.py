@@ -44,6 +44,10 @@ class TableRecords:
         picked = [self.table.column(c) for c in columns]
         return lambda k: tuple(c[int(positions[k])].as_py() for c in picked)
 
+    def scratch(self, name: str) -> None:
+        """No folder: what a step of dedup would spill (near dedup's band keys) stays in memory."""
+        return None
+
 
 class ParquetRecords:
     """Records in Parquet files read one after another as one table, never whole: the
@@ -77,6 +81,11 @@ class ParquetRecords:
     def reader(self, positions: np.ndarray, columns: list[str]) -> Callable[[int], tuple]:
         picked = pa.concat_tables(self.taken(positions, columns))  # random access needs them
         return lambda k: tuple(picked.column(c)[k].as_py() for c in columns)
+
+    def scratch(self, name: str) -> Path:
+        """A folder beside `spill_dir` (which a gather removes when done) for what a step of
+        dedup spills (near dedup's band keys); that step removes it."""
+        return self.spill_dir.with_name(f"{self.spill_dir.name}-{name}")
 
 
 Records = TableRecords | ParquetRecords
