@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from multilora_pipeline.data_specs.record import make_record, records_to_table
@@ -304,11 +305,13 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     demo_tables, tmp_path, monkeypatch, across
 ):
     """The stage's path (its inputs as files, 97 rows a slice, keys 31 at a time, rows
-    gathered through disk) drops the same rows with the same copies kept as dedup of the
-    whole table."""
+    gathered through disk, near dedup's band keys on disk, signed 13 rows at a time) drops
+    the same rows with the same copies kept as dedup of the whole table, and leaves no
+    scratch files."""
     import pyarrow as pa
 
     from multilora_pipeline.tasks.data import dedup as dedup_module
+    from multilora_pipeline.tasks.data import near_dedup
     from multilora_pipeline.tasks.data.files import gather, records
     from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 
@@ -325,11 +328,22 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     for module in (gather, records):
         monkeypatch.setattr(module, "SLICE_ROWS", 97)
     monkeypatch.setattr(dedup_module, "KEY_ROWS", 31)  # keys of one slice in several pieces
+    monkeypatch.setattr(near_dedup, "SIGNATURE_ROWS", 13)  # signatures in several pieces too
+    bands_read = []
+    read_band = near_dedup.BandKeys.band
+
+    def band_from_disk(self, band):
+        bands_read.append(self._path(band).stat().st_size > 0)  # a file, not memory
+        return read_band(self, band)
+
+    monkeypatch.setattr(near_dedup.BandKeys, "band", band_from_disk)
     files = records.ParquetRecords(paths, spill_dir=tmp_path / "spill")
     sliced = dedup(files, *args, across=across)
+    assert across or "near" in whole.drops.column("kind").to_pylist()  # the planted near row
     assert whole.drops.num_rows > 0 and sliced.drops.equals(whole.drops)
     assert (sliced.keep == whole.keep).all() and sliced.kept.equals(whole.kept)
-    assert not (tmp_path / "spill").exists()
+    assert bands_read and all(bands_read)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
 
 def test_demo_planted_duplicates_found_with_the_right_copy_kept(demo_tables):
@@ -495,3 +509,25 @@ def test_a_pass_across_sources_compares_only_rows_of_different_sources():
     texts = [r["prompt"] for r in rows]
     assert near_duplicates(texts).pairs.tolist() == [[0, 1], [0, 2]]
     assert near_duplicates(texts, groups=np.array([0, 0, 1])).pairs.tolist() == [[0, 2]]
+
+
+def test_near_dedup_reads_again_only_the_rows_that_share_a_bucket():
+    """Memory is bounded by the rows that share an LSH bucket: of 300 distinct texts and 5
+    near copies, only the copies and their originals are read again for the walk."""
+    from multilora_pipeline.tasks.data import near_dedup
+
+    texts = [text(1000 + i, 60) for i in range(300)]
+    texts += [edit(texts[i], [30]) for i in (3, 50, 120, 200, 299)]
+    asked = []
+    arr = pa.array(texts)
+
+    def texts_at(positions):
+        asked.append(positions.tolist())
+        return arr.take(pa.array(positions))
+
+    found = near_dedup.near_duplicates_in_slices(
+        (arr.slice(start, 40) for start in range(0, len(texts), 40)), texts_at
+    )
+    assert found.pairs.tolist() == [[3, 300], [50, 301], [120, 302], [200, 303], [299, 304]]
+    assert asked == [[3, 50, 120, 200, 299, 300, 301, 302, 303, 304]]
+    assert near_dedup.near_duplicates(texts).pairs.tolist() == found.pairs.tolist()
