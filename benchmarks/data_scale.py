@@ -3,6 +3,7 @@ exact dedup (within the source), decontamination and mixing, with peak memory me
 process and the drops matched against what was planted.
 
     .venv/bin/python benchmarks/data_scale.py --rows 10000000        # issue 28: peak < 2 GB
+    .venv/bin/python benchmarks/data_scale.py --rows 10000000 --near # and near dedup
     .venv/bin/python benchmarks/data_scale.py --rows 200000           # quick look
     .venv/bin/python benchmarks/data_scale.py --source-format jsonl   # fetch parses JSON lines
 
@@ -16,12 +17,14 @@ its own eval item, until the items run out: a math question copied into an instr
 (13-gram), an eval instruction in upper case with a "?" (exact), and one with an extra word
 (near, Jaccard >= 0.8). The source is written as Parquet (or JSON lines) in 100k-row batches
 before anything is measured. The stages are the pipeline's own plain functions
-(tasks/data/stages.py), so the figures include their Parquet writes. Near dedup is off: it is
-measured by benchmarks/dedup.py. Peak memory: the process's max RSS (getrusage) and, per stage,
-the highest RSS a 20 ms sampler saw. Recall and precision: the exact-dedup drops against the
-planted copies, the decontamination drops against the planted leaks, by source row. Prints
-one JSON object; `decon_drops_sha256` identifies
-the removed rows, so two runs (before and after a change) can be checked for the same result.
+(tasks/data/stages.py), so the figures include their Parquet writes. With --near, 1% of the
+rows also repeat an earlier row with two words changed (near copies, word 5-gram Jaccard
+>= 0.85) and the dedup stage runs near dedup after the exact pass; without, the source is the
+same as in earlier runs. Peak memory: the process's max RSS (getrusage) and, per stage, the
+highest RSS a 20 ms sampler saw. Recall and precision: the exact- (and near-) dedup drops
+against the planted copies, the decontamination drops against the planted leaks, by source
+row. Prints one JSON object; `decon_drops_sha256` identifies the removed rows, so two runs
+(before and after a change) can be checked for the same result.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from multilora_pipeline.tasks.workspace import Workspace
 BATCH = 100_000  # rows generated and written at a time: generation stays small in memory
 VOCAB = 30_000
 DUPLICATE_SHARE = 0.05
+NEAR_SHARE = 0.01  # with --near: rows that repeat an earlier row with two words changed
 POOL = 5_000  # the first rows of a batch: later batches duplicate from them, leaks never land here
 EVAL_ITEMS = 1_000  # per suite: about the size of a real test split (GSM8K has 1,319)
 TARGET_PEAK_MB = 2048  # issue 28, at 10M rows
@@ -161,15 +165,30 @@ def plant_leaks(batch: pa.Table, suites: dict[str, pa.Table], first_item: int) -
     return pa.concat_tables([batch.slice(0, POOL), leaks, batch.slice(POOL + m)])
 
 
-def write_source(path: Path, rows: int, suites: dict[str, pa.Table], seed: int = 0) -> dict:
-    """The synthetic source as Parquet, in batches; returns what was planted."""
+def near_copies(rows: pa.Table) -> pa.Table:
+    """Each row with its instruction's first word replaced and a word appended to its output:
+    of its S >= 12 word 5-grams (16+ words) one changes and one is added, Jaccard
+    (S - 1) / (S + 1) >= 0.85, over the 0.8 threshold; not an exact duplicate."""
+    instruction = pc.replace_substring_regex(rows["instruction"], r"^\S+", "altered")
+    output = pc.binary_join_element_wise(rows["output"], "again", " ")
+    return pa.table(
+        {"instruction": instruction, "input": rows["input"], "output": output},
+        schema=rows.schema,
+    )
+
+
+def write_source(
+    path: Path, rows: int, suites: dict[str, pa.Table], seed: int = 0, near: bool = False
+) -> dict:
+    """The synthetic source as Parquet, in batches; returns what was planted (`near`: near
+    copies too, NEAR_SHARE of each batch; without, the rows are those of earlier runs)."""
     rng = np.random.default_rng(seed)
     vocab = pa.array([f"w{i}" for i in range(VOCAB)])
     schema = pa.schema(
         [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())]
     )
     planted, leaks = 0, 0
-    duplicate_rows, leak_rows = [], []  # 0-based source rows of what was planted
+    duplicate_rows, leak_rows, near_rows = [], [], []  # 0-based source rows of what was planted
     with pq.ParquetWriter(path, schema) as writer:
         kept: pa.Table | None = None  # a small pool of earlier rows to duplicate from
         for start in range(0, rows, BATCH):
@@ -185,7 +204,9 @@ def write_source(path: Path, rows: int, suites: dict[str, pa.Table], seed: int =
                 schema=schema,
             )
             k = int(n * DUPLICATE_SHARE) if kept is not None else 0
-            if leaks + LEAKS_PER_BATCH <= EVAL_ITEMS and POOL + 3 * LEAKS_PER_BATCH <= n - k:
+            k_near = int(n * NEAR_SHARE) if kept is not None and near else 0
+            room = n - k - k_near
+            if leaks + LEAKS_PER_BATCH <= EVAL_ITEMS and POOL + 3 * LEAKS_PER_BATCH <= room:
                 batch = plant_leaks(batch, suites, leaks)
                 leaks += LEAKS_PER_BATCH
                 leak_rows.append(start + POOL + np.arange(3 * LEAKS_PER_BATCH))
@@ -201,9 +222,13 @@ def write_source(path: Path, rows: int, suites: dict[str, pa.Table], seed: int =
                     },
                     schema=schema,
                 )
-                batch = pa.concat_tables([batch.slice(0, n - k), dup])
+                # distinct rows: two near copies of one row would be exact copies of each other
+                picked = rng.choice(kept.num_rows, k_near, replace=False)
+                similar = near_copies(kept.take(pa.array(picked)))
+                batch = pa.concat_tables([batch.slice(0, room), similar, dup])
                 planted += k
                 duplicate_rows.append(start + n - k + np.arange(k))
+                near_rows.append(start + room + np.arange(k_near))
             writer.write_table(batch)
             kept = batch.slice(0, POOL)
     return {
@@ -212,6 +237,7 @@ def write_source(path: Path, rows: int, suites: dict[str, pa.Table], seed: int =
         "planted_leaks": {"ngram": leaks, "exact": leaks, "near": leaks},
         "duplicate_rows": np.concatenate(duplicate_rows or [np.zeros(0, np.int64)]),
         "leak_rows": np.concatenate(leak_rows or [np.zeros(0, np.int64)]),
+        "near_rows": np.concatenate(near_rows or [np.zeros(0, np.int64)]),
         "bytes": path.stat().st_size,
     }
 
@@ -247,7 +273,7 @@ def write_suites(root: Path, suites: dict[str, pa.Table]) -> dict[str, Path]:
     return paths
 
 
-def spec_for(source: Path, suites: dict[str, Path]):
+def spec_for(source: Path, suites: dict[str, Path], near: bool = False):
     data = {
         "name": "scale",
         "sources": [
@@ -274,8 +300,8 @@ def spec_for(source: Path, suites: dict[str, Path]):
                 "category": "instruction",
             },
         ],
-        # prompt + response key only: this measures one exact pass over 2M rows
-        "dedup": {"exact": True, "key_by_category": {}, "near": {"enabled": False}},
+        # prompt + response key only: one exact pass (and with --near one near pass)
+        "dedup": {"exact": True, "key_by_category": {}, "near": {"enabled": near}},
         "decontamination": {"enabled": True},
         "mixture": {"strategy": "proportional", "validation_fraction": 0.01},
         "base_model": {"tiny": {}},
@@ -295,18 +321,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--source-format", choices=("parquet", "jsonl"), default="parquet")
     parser.add_argument("--dir", help="working folder (default: a temp folder)")
+    parser.add_argument(
+        "--near", action="store_true", help="plant near copies and run near dedup as well"
+    )
     args = parser.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="mlora-scale-"))
     root.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     suites = make_suites(pa.array([f"w{i}" for i in range(VOCAB)]), seed=0)
-    made = write_source(root / "synthetic.parquet", args.rows, suites)
+    made = write_source(root / "synthetic.parquet", args.rows, suites, near=args.near)
     source = root / "synthetic.parquet"
     if args.source_format == "jsonl":
         source = as_jsonl(source)
     generate_s = time.perf_counter() - t0
-    spec = spec_for(source, write_suites(root, suites))
+    spec = spec_for(source, write_suites(root, suites), near=args.near)
     item = spec.sources[0]
     ws = Workspace.resolve(root / "workspace").ensure()
     sampler = Sampler()
@@ -334,7 +363,7 @@ def main() -> None:
     snap = timed("fetch", lambda: fetch(item, item.name, root, ws))
     normalised = timed("normalise", lambda: normalise_stage(ws, snap, item))
     deduped = timed(
-        "exact_dedup",
+        "exact_and_near_dedup" if args.near else "exact_dedup",
         lambda: dedup_stage(ws, "dedup_source", [normalised], spec.dedup, {}, [item.name]),
     )
     suite_outputs = timed("suites", prepare_suites)
@@ -342,7 +371,9 @@ def main() -> None:
     mixed = timed("mix", lambda: mixture_stage(ws, clean, spec))
     sampler.stop()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    exact_drops = read_drops(deduped)
+    dedup_drops = read_drops(deduped)
+    exact_drops = dedup_drops.filter(pc.equal(dedup_drops["kind"], "exact"))
+    near_drops = dedup_drops.filter(pc.equal(dedup_drops["kind"], "near"))
     drops = exact_drops.num_rows
     decon = read_drops(clean)
     total_s = sum(times.values())
@@ -358,6 +389,15 @@ def main() -> None:
                 "decon_drops": dict(sorted(Counter(decon["kind"].to_pylist()).items())),
                 "decon_drops_sha256": drops_digest(decon),
                 "exact_dedup_vs_planted": recall_precision(exact_drops, made["duplicate_rows"]),
+                **(
+                    {
+                        "planted_near_copies": len(made["near_rows"]),
+                        "near_drops": near_drops.num_rows,
+                        "near_dedup_vs_planted": recall_precision(near_drops, made["near_rows"]),
+                    }
+                    if args.near
+                    else {}
+                ),
                 "decontamination_vs_planted": recall_precision(decon, made["leak_rows"]),
                 "rows_in_mixture": mixed.rows,
                 "seconds": {
