@@ -27,7 +27,7 @@ $(BIN)/mlora: pyproject.toml
 
 install: $(BIN)/mlora     ## virtual environment with the project and its dev tools
 
-demo: install             ## the whole DAG on SmolLM2-135M-Instruct and real BoolQ/MMLU rows (~12 min on 2 CPU cores)
+demo: install             ## the whole DAG on SmolLM2-135M-Instruct and real BoolQ/MMLU rows (~15 min on 2 CPU cores with native bf16, ~30 without)
 	$(BIN)/mlora run data_specs/real.yaml
 
 demo-synthetic: install   ## the same model on the invented demo data, which the arms do learn (~16 min)
