@@ -15,7 +15,7 @@ Exact dedup is unaffected: the same passage with another question is another key
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,14 +225,14 @@ def dedup(
     across: bool = False,
 ) -> DedupResult:
     """Remove exact and near duplicates from `records` (canonical records, any sources): a
-        table, or Parquet files read a slice at a time (files/records.py).
+    table, or Parquet files read a slice at a time (files/records.py).
 
-        Works in rank order (best copy first) on integer arrays; the rows are read slice by
-        slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
-        slice. Near dedup reads the texts a slice at a time too and keeps their band keys on disk
+    Works in rank order (best copy first) on integer arrays; the rows are read slice by
+    slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
+    slice. Near dedup reads the texts a slice at a time too and keeps their band keys on disk
     (near_dedup.py), holding only the rows that share a bucket. `across`: the rows are
-        sources already deduplicated one by one, so near dedup compares only rows of different
-        sources (the within pass compared the rest once already)."""
+    sources already deduplicated one by one, so near dedup compares only rows of different
+    sources (the within pass compared the rest once already)."""
     if isinstance(records, pa.Table):
         records = TableRecords(records)
     n = records.num_rows
@@ -266,28 +266,29 @@ def dedup(
         live = np.flatnonzero(dup_of < 0)
         columns = key_columns(list(config.key))
 
-        def texts(parts: Iterable[pa.Table]) -> Iterator[pa.Array]:
-            for part in parts:
-                fields = [content(part, f) for f in config.key]
-                yield pc.binary_join_element_wise(*fields, " ") if len(fields) > 1 else fields[0]
+        def texts(part: pa.Table) -> pa.Array:
+            fields = [content(part, f) for f in config.key]
+            return pc.binary_join_element_wise(*fields, " ") if len(fields) > 1 else fields[0]
 
-        def texts_at(positions: np.ndarray) -> pa.Array:
-            parts = list(texts(records.taken(rank[live[positions]], columns)))
-            return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        def rows_at(positions: np.ndarray):  # one gather: the texts and the pair check's fields
+            needed = list(dict.fromkeys([*columns, "meta", "response"]))
+            parts = list(records.taken(rank[live[positions]], needed))
+            picked = pa.concat_tables(parts)
+            meta, response = picked.column("meta"), picked.column("response")
 
-        def accept_at(positions: np.ndarray) -> Callable[[int, int], bool]:
-            read = records.reader(rank[live[positions]], ["meta", "response"])
-            return _same_query(read, near_cfg.threshold)
+            def read(k: int) -> tuple:
+                return meta[k].as_py(), response[k].as_py()
+
+            return texts(picked), _same_query(read, near_cfg.threshold)
 
         found = near_duplicates_in_slices(
-            texts(records.taken(rank[live], columns)),
-            texts_at,
+            (texts(part) for part in records.taken(rank[live], columns)),
+            rows_at,
             total=len(live),
             threshold=near_cfg.threshold,
             num_perm=near_cfg.num_perm,
             shingle=near_cfg.shingle,
             bands=near_cfg.bands,
-            accept_at=accept_at,
             groups=source_codes[rank[live]] if across else None,
             folder=records.scratch("band-keys"),
         )

@@ -255,24 +255,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def band_buckets(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None):
-    """(n, bands) int32: the bucket of each row in each band (one id space over all bands),
-    or -1 where no other active row shares it (nothing to compare there) or the row is
-    inactive (no shingles). A view for inspection; near_dedup.shared_buckets is the same
-    grouping one band at a time."""
-    n = sig.shape[0]
-    out = np.full((n, bands), -1, dtype=np.int32)
-    ids = np.arange(n) if active is None else np.flatnonzero(active)
-    keys = band_keys(sig[ids], bands, rows)
-    offset = 0
-    for band in range(bands):
-        unique, inverse, counts = np.unique(keys[:, band], return_inverse=True, return_counts=True)
-        shared = counts[inverse] > 1
-        out[ids[shared], band] = inverse[shared] + offset
-        offset += len(unique)
-    return out
-
-
 def exact_jaccard(shingles: Shingles, pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard of the shingle sets of each pair (float64)."""
     out = np.empty(len(pairs))

@@ -5,7 +5,7 @@ that share a bucket, never the signatures of all rows.
         row and band, one Arrow file per band, a record batch per slice (BandKeys; on disk
         for a stage, in memory for a table)
     ──one band at a time: the rows whose key another row shares──► (row, bucket) pairs
-    ──the rows in any shared bucket: their texts again (texts_at), shingles, signatures──►
+    ──the rows in any shared bucket: read again (rows_at), shingles, signatures──►
         greedy walk in rank order: each row against the kept rows of its buckets
         (at most BUCKET_CAP per bucket), Jaccard >= threshold ──► dropped rows, each with
         the kept row it duplicates
@@ -173,9 +173,14 @@ def shared_buckets(keys: BandKeys) -> tuple[np.ndarray, np.ndarray]:
     return rows[order], buckets[order]
 
 
+# What near dedup reads again for the rows that share a bucket: their texts, and a check
+# (i, j) -> bool on indices into those rows of whether a near pair is a copy (None: all are).
+RowsAt = Callable[[np.ndarray], tuple[pa.Array, Callable[[int, int], bool] | None]]
+
+
 def near_duplicates_in_slices(
     text_slices: Iterable[pa.Array],
-    texts_at: Callable[[np.ndarray], pa.Array],
+    rows_at: RowsAt,
     *,
     total: int | None = None,
     threshold: float = 0.8,
@@ -183,7 +188,6 @@ def near_duplicates_in_slices(
     shingle: int = 5,
     bands: int | None = None,
     seed: int = DEFAULT_SEED,
-    accept_at: Callable[[np.ndarray], Callable[[int, int], bool]] | None = None,
     groups: np.ndarray | None = None,
     folder: Path | None = None,
 ) -> NearDuplicates:
@@ -192,9 +196,8 @@ def near_duplicates_in_slices(
     reaches `threshold` (and the pair is accepted); the earliest such text is the one it
     duplicates.
 
-    `texts_at(positions)`: the texts at those positions again (the rows that share a bucket,
-    ascending). `accept_at(positions)`: a check `(i, j) -> bool` on indices into those
-    positions (whether a near pair is a copy). `groups` (one int per text): texts of one
+    `rows_at(positions)`: the texts at those positions again (the rows that share a bucket,
+    ascending) and the pair check on indices into them (RowsAt), read in one go. `groups` (one int per text): texts of one
     group are not compared (a pass across sources whose own pairs were decided within each).
     `folder`: where the band keys go (None: in memory). Candidates come from LSH buckets,
     but a text is compared only with the kept texts of its buckets (at most BUCKET_CAP per
@@ -217,9 +220,10 @@ def near_duplicates_in_slices(
     involved, starts = np.unique(member_rows, return_index=True)
     ends = np.append(starts[1:], len(member_rows))[: len(starts)]
     # The rows that share a bucket, and only those, are read again and signed in memory.
-    sh = word_shingles(texts_at(involved), shingle)
+    texts, accept = rows_at(involved)
+    sh = word_shingles(texts, shingle)
+    del texts
     sig = hasher.signatures(sh)
-    accept = accept_at(involved) if accept_at is not None else None
     local_groups = groups[involved] if groups is not None else None
     kept_in: dict[int, list[int]] = {}
     pairs, sims, compared = [], [], 0
@@ -277,18 +281,20 @@ def near_duplicates(
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
 
-    def accept_at(positions: np.ndarray) -> Callable[[int, int], bool]:
-        return lambda i, j: accept(int(positions[i]), int(positions[j]))
+    def rows_at(positions: np.ndarray):
+        def check(i: int, j: int) -> bool:
+            return accept(int(positions[i]), int(positions[j]))
+
+        return arr.take(pa.array(positions, type=pa.int64())), check if accept else None
 
     return near_duplicates_in_slices(
         [arr],
-        lambda positions: arr.take(pa.array(positions, type=pa.int64())),
+        rows_at,
         threshold=threshold,
         num_perm=num_perm,
         shingle=shingle,
         bands=bands,
         seed=seed,
-        accept_at=accept_at if accept is not None else None,
         groups=groups,
     )
 

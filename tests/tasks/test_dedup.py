@@ -14,12 +14,12 @@ from multilora_pipeline.data_specs.schema import DedupSpec, NearDedupSpec, load_
 from multilora_pipeline.tasks.data.dedup import dedup, drops_per_source_pair, exact_keys
 from multilora_pipeline.tasks.data.minhash import (
     MinHasher,
-    band_buckets,
+    band_keys,
     exact_jaccard,
     lsh_params,
     word_shingles,
 )
-from multilora_pipeline.tasks.data.near_dedup import near_duplicates
+from multilora_pipeline.tasks.data.near_dedup import BandKeys, near_duplicates, shared_buckets
 
 WORDS = [f"word{i}" for i in range(400)]
 
@@ -231,15 +231,25 @@ def test_lsh_params_keep_recall_at_the_threshold():
     assert lsh_params(0.9, 128)[1] > rows  # a higher threshold affords longer bands
 
 
-def test_band_buckets_mark_only_buckets_two_rows_share():
+def test_shared_buckets_name_only_buckets_two_rows_share():
     sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 4], [7, 7, 7, 7]], dtype=np.uint32)
-    buckets = band_buckets(sig, bands=2, rows=2)
-    assert buckets[0, 0] == buckets[1, 0] == buckets[2, 0] >= 0  # band 0: rows 0-2 share (1, 2)
-    assert buckets[0, 1] == buckets[2, 1] >= 0 and buckets[1, 1] == -1  # band 1: rows 0 and 2
-    assert buckets[3].tolist() == [-1, -1]  # shares nothing: never compared
-    assert buckets[0, 0] != buckets[0, 1]  # one id space over the bands
-    inactive = band_buckets(sig, bands=2, rows=2, active=np.array([True, True, False, True]))
-    assert inactive[2].tolist() == [-1, -1] and inactive[0, 1] == -1
+
+    def buckets(active):
+        keys = BandKeys(bands=2)
+        keys.add(band_keys(sig, bands=2, rows=2), active)
+        rows, ids = shared_buckets(keys)
+        return list(zip(rows.tolist(), ids.tolist(), strict=True))
+
+    found = buckets(np.ones(4, dtype=bool))
+    band0 = {b for r, b in found if r == 1}  # row 1 shares band 0's (1, 2) with rows 0 and 2
+    assert len(band0) == 1
+    (b0,) = band0
+    b1 = {b for r, b in found if r == 0} - band0  # band 1: rows 0 and 2 share (3, 4)
+    assert len(b1) == 1 and b1 != band0  # one id space over the bands
+    (b1,) = b1
+    assert found == [(0, b0), (0, b1), (1, b0), (2, b0), (2, b1)]  # row 3 shares nothing
+    inactive = buckets(np.array([True, True, False, True]))  # row 2 has no shingles
+    assert [r for r, _ in inactive] == [0, 1]  # rows 0, 1 still share band 0; band 1 alone
 
 
 def test_a_huge_cluster_of_near_identical_rows_costs_comparisons_with_its_survivors_only():
@@ -521,12 +531,12 @@ def test_near_dedup_reads_again_only_the_rows_that_share_a_bucket():
     asked = []
     arr = pa.array(texts)
 
-    def texts_at(positions):
+    def rows_at(positions):
         asked.append(positions.tolist())
-        return arr.take(pa.array(positions))
+        return arr.take(pa.array(positions)), None
 
     found = near_dedup.near_duplicates_in_slices(
-        (arr.slice(start, 40) for start in range(0, len(texts), 40)), texts_at
+        (arr.slice(start, 40) for start in range(0, len(texts), 40)), rows_at
     )
     assert found.pairs.tolist() == [[3, 300], [50, 301], [120, 302], [200, 303], [299, 304]]
     assert asked == [[3, 50, 120, 200, 299, 300, 301, 302, 303, 304]]

@@ -5,7 +5,7 @@ answer the same questions, so dedup has one algorithm for either."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,6 @@ class TableRecords:
     def taken(self, positions: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
         """The rows at `positions`, in that order, SLICE_ROWS at a time."""
         yield from taken_slices(self.table.select(columns), positions)
-
-    def reader(self, positions: np.ndarray, columns: list[str]) -> Callable[[int], tuple]:
-        """k -> the values of `columns` at positions[k], read when asked."""
-        picked = [self.table.column(c) for c in columns]
-        return lambda k: tuple(c[int(positions[k])].as_py() for c in picked)
 
     def scratch(self, name: str) -> None:
         """No folder: what a step of dedup would spill (near dedup's band keys) stays in memory."""
@@ -77,10 +72,6 @@ class ParquetRecords:
 
     def taken(self, positions: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
         return gathered_parts(self.paths, positions, SLICE_ROWS, self.spill_dir, columns)
-
-    def reader(self, positions: np.ndarray, columns: list[str]) -> Callable[[int], tuple]:
-        picked = pa.concat_tables(self.taken(positions, columns))  # random access needs them
-        return lambda k: tuple(picked.column(c)[k].as_py() for c in columns)
 
     def scratch(self, name: str) -> Path:
         """A folder beside `spill_dir` (which a gather removes when done) for what a step of
