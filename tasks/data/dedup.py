@@ -240,9 +240,11 @@ def dedup(
     if source_order is None:
         source_order = source_names
     rank = rank_order(source_codes, source_names, priorities or {}, source_order)
-    dup_of = np.full(n, -1, dtype=np.int64)  # in ranked positions
-    sim = np.zeros(n)
-    kind = np.full(n, "", dtype=object)
+    # Ranked positions fit int32 below 2^31 rows: half the memory of the per-row arrays.
+    position = np.int32 if n < 2**31 else np.int64
+    rank = rank.astype(position, copy=False)
+    dup_of = np.full(n, -1, dtype=position)  # in ranked positions
+    near_rows, near_sim = np.zeros(0, dtype=position), np.zeros(0)
     if config.exact and n > 1:
         key = list(config.key)
         _exact_pass(key_codes(records.slices(key_columns(key)), key)[rank], np.arange(n), dup_of)
@@ -259,11 +261,9 @@ def dedup(
         hop = dup_of >= 0
         hop[hop] = dup_of[dup_of[hop]] >= 0
         dup_of[hop] = dup_of[dup_of[hop]]
-        exact = dup_of >= 0
-        sim[exact], kind[exact] = 1.0, "exact"
     near_cfg = config.near
     if near_cfg.enabled and n > 1:
-        live = np.flatnonzero(dup_of < 0)
+        live = np.flatnonzero(dup_of < 0).astype(position)
         columns = key_columns(list(config.key))
 
         def texts(part: pa.Table) -> pa.Array:
@@ -293,16 +293,23 @@ def dedup(
             folder=records.scratch("band-keys"),
         )
         kept_i, dropped_j = found.pairs[:, 0], found.pairs[:, 1]
-        rows = live[dropped_j]
-        dup_of[rows], sim[rows], kind[rows] = live[kept_i], found.similarity, "near"
+        near_rows, near_sim = live[dropped_j], found.similarity
+        dup_of[near_rows] = live[kept_i]
     dropped_ranked = np.flatnonzero(dup_of >= 0)
     keep = np.ones(n, dtype=bool)
     keep[rank[dropped_ranked]] = False
+    # Drops are exact (similarity 1) unless the near pass made them; only those carry a kind
+    # and similarity of their own, so no per-row kind/similarity array is kept for all n.
+    kind = np.full(len(dropped_ranked), "exact", dtype=object)
+    sim = np.ones(len(dropped_ranked))
+    at = np.searchsorted(dropped_ranked, near_rows)
+    kind[at], sim[at] = "near", near_sim
     return DedupResult(records, keep, _drop_table(records, rank, dropped_ranked, dup_of, kind, sim))
 
 
 def _drop_table(records: Records, rank, dropped_ranked, dup_of, kind, sim) -> pa.Table:
-    """DEDUP_DROP_SCHEMA rows: each dropped row with the id and source of the copy kept."""
+    """DEDUP_DROP_SCHEMA rows: each dropped row with the id and source of the copy kept;
+    `kind` and `sim` are given per dropped row (in the order of `dropped_ranked`)."""
     columns = ["id", "source", "meta"]
     dropped = pa.concat_tables(records.taken(rank[dropped_ranked], columns))
     kept_copy = pa.concat_tables(records.taken(rank[dup_of[dropped_ranked]], columns))
@@ -316,8 +323,8 @@ def _drop_table(records: Records, rank, dropped_ranked, dup_of, kind, sim) -> pa
             "duplicate_source": kept_copy.column("source"),
             "duplicate_row": [source_row(m) for m in kept_copy.column("meta").to_pylist()],
             "duplicate_file": [source_file(m) for m in kept_copy.column("meta").to_pylist()],
-            "kind": kind[dropped_ranked].tolist(),
-            "similarity": np.round(sim[dropped_ranked], 6),
+            "kind": kind.tolist(),
+            "similarity": np.round(sim, 6),
         },
         schema=DEDUP_DROP_SCHEMA,
     )
