@@ -14,13 +14,14 @@ it is reused. Bad input raises `DataError` naming the file, line, row or field.
 Local files and downloads stream: the file is hashed in one pass, then read a block at a
 time (tasks/data/files/read.py) and written row group by row group to a temp file that is renamed
 into place, so memory stays at a few blocks whatever the file's size. Hub datasets are
-loaded through `datasets` (memory-mapped; a `streaming` split is collected in memory).
+loaded through `datasets` (memory-mapped); a `streaming` split is written STREAM_ROWS
+examples at a time, so it is never held whole either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from multilora_pipeline.data_specs.schema import DataLocation, redact_url
 from multilora_pipeline.models.content import file_sha256, temporary_name, write_text_atomic
 from multilora_pipeline.tasks.data.files.parquet_io import (
     ROW_GROUP_ROWS,
+    parquet_sink,
     write_batches,
     write_parquet,
 )
@@ -72,6 +74,7 @@ URL_ATTEMPTS = 4  # one try plus three retries on network errors and 5xx/429 ans
 URL_BACKOFF_S = 1.0  # first retry waits this long, then 2x, 4x
 URL_TIMEOUT_S = 60
 HUB_SHA_RE = re.compile(r"^[0-9a-f]{40}$")  # a pinned hub revision is a full commit sha
+STREAM_ROWS = 10_000  # streamed hub examples made into one Arrow batch (bounded Python lists)
 
 
 @dataclass(frozen=True)
@@ -440,16 +443,14 @@ def _fetch_hub(location: DataLocation, name: str, raw_dir: Path, workspace: Work
     start = time.perf_counter()
     dataset = _load_hub(hub, origin, workspace)
     if hub.streaming:
-        table = _stream_to_table(dataset, location.max_rows, origin)
-        content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, _table_digest(table))
-    else:
-        content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, dataset._fingerprint)
-        found = _existing(raw_dir, content_hash, name, origin)
-        if found:
-            return found
-        if location.max_rows is not None:
-            dataset = dataset.select(range(min(location.max_rows, len(dataset))))
-        table = dataset.with_format("arrow")[:]  # applies any index mapping; no copy otherwise
+        return _stream_snapshot(dataset, location.max_rows, raw_dir, key, pinned, name, origin)
+    content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, dataset._fingerprint)
+    found = _existing(raw_dir, content_hash, name, origin)
+    if found:
+        return found
+    if location.max_rows is not None:
+        dataset = dataset.select(range(min(location.max_rows, len(dataset))))
+    table = dataset.with_format("arrow")[:]  # applies any index mapping; no copy otherwise
     if table.num_rows == 0:
         raise DataError("the dataset split is empty", where=origin, fix="check the split name")
     table = table.append_column(ROW_COLUMN, pa.array(range(1, table.num_rows + 1), pa.int64()))
@@ -515,25 +516,86 @@ def _load_hub(hub, origin: str, workspace: Workspace):
         ) from None
 
 
-def _stream_to_table(dataset, max_rows: int | None, origin: str) -> pa.Table:
-    batches, rows, batch = [], 0, []
+def _stream_snapshot(
+    dataset, max_rows: int | None, raw_dir: Path, key: list, pinned: bool, name: str, origin: str
+) -> Snapshot:
+    """Write a streamed split to Parquet STREAM_ROWS examples at a time, hashing the batches
+    as they go (unpinned: the content joins the snapshot key), so memory holds one batch
+    whatever the split's size. The file is renamed to its content hash at the end."""
+    start = time.perf_counter()
+    digest, rows, schema = hashlib.sha256(), 0, None
+    staging = raw_dir / f"{snapshot_key(*key)}.streaming.parquet"
+    with contextlib.ExitStack() as stack:
+        for examples in _stream_batches(dataset, max_rows):
+            if schema is None:
+                features = getattr(dataset, "features", None)
+                schema = (
+                    features.arrow_schema if features else pa.Table.from_pylist(examples).schema
+                )
+                schema = schema.remove_metadata()
+                writer = stack.enter_context(
+                    parquet_sink(staging, schema.append(pa.field(ROW_COLUMN, pa.int64())))
+                )
+            table = _conform(examples, schema, rows, origin)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, schema) as ipc:
+                ipc.write_table(table)
+            digest.update(sink.getvalue())
+            numbers = pa.array(range(rows + 1, rows + 1 + table.num_rows), pa.int64())
+            writer.write_table(table.append_column(ROW_COLUMN, numbers), ROW_GROUP_ROWS)
+            rows += table.num_rows
+    if schema is None:
+        raise DataError("the streamed split is empty", where=origin, fix="check the split name")
+    content_hash = snapshot_key(*key) if pinned else snapshot_key(*key, digest.hexdigest())
+    out = raw_dir / f"{content_hash}.parquet"
+    if out.exists():  # the same content streamed before
+        staging.unlink()
+        return _existing(raw_dir, content_hash, name, origin)
+    os.replace(staging, out)
+    log.info(
+        "fetch %s: %d rows streamed from %s in %.2fs",
+        name,
+        rows,
+        origin,
+        time.perf_counter() - start,
+    )
+    return Snapshot(name, out, content_hash, rows, origin)
+
+
+def _stream_batches(dataset, max_rows: int | None) -> Iterator[list[dict]]:
+    """The streamed examples in lists of STREAM_ROWS (the last shorter), up to max_rows."""
+    batch, rows = [], 0
     for example in dataset:
         batch.append(example)
         rows += 1
-        if len(batch) == 10_000:  # bounded Python lists while streaming
-            batches.append(pa.Table.from_pylist(batch))
+        if len(batch) == STREAM_ROWS:
+            yield batch
             batch = []
         if max_rows is not None and rows >= max_rows:
             break
     if batch:
-        batches.append(pa.Table.from_pylist(batch))
-    if not batches:
-        raise DataError("the streamed split is empty", where=origin, fix="check the split name")
-    return pa.concat_tables(batches, promote_options="permissive")
+        yield batch
 
 
-def _table_digest(table: pa.Table) -> str:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+def _conform(examples: list[dict], schema: pa.Schema, first: int, origin: str) -> pa.Table:
+    """The examples as a table of the split's schema (its features, or the first batch's):
+    a field no earlier row had, or a value of another type, is a DataError naming the row."""
+    names = set(schema.names)
+    for k, example in enumerate(examples):
+        extra = sorted(set(example) - names)
+        if extra:
+            raise DataError(
+                f"row {first + k + 1}: field {extra[0]!r} is not among the fields of the rows "
+                f"before it ({', '.join(schema.names)})",
+                where=origin,
+                fix="give every row the same fields, or load the split with streaming: false",
+            )
+    try:
+        return pa.Table.from_pylist(examples, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise DataError(
+            f"rows {first + 1}-{first + len(examples)}: a value does not fit the type of the "
+            f"rows before it ({err})",
+            where=origin,
+            fix="give each field one type in every row, or load the split with streaming: false",
+        ) from None

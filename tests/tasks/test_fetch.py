@@ -435,6 +435,58 @@ def test_hub_loading_through_datasets_with_a_local_dataset_folder(tmp_path, work
     assert capped.rows == 1
 
 
+def _jsonl_rows(folder: Path, count: int, tag: str = "") -> Path:
+    folder.mkdir(exist_ok=True)
+    lines = [json.dumps({"question": f"q{i}{tag}", "answer": f"a{i}"}) for i in range(count)]
+    return write(folder / "train.jsonl", "\n".join(lines) + "\n")
+
+
+def test_a_streamed_hub_split_is_written_batch_by_batch_and_reused_by_content(
+    tmp_path, workspace, monkeypatch
+):
+    monkeypatch.setattr(fetch_module, "STREAM_ROWS", 10)
+    folder = tmp_path / "streamed"
+    _jsonl_rows(folder, 25)
+    location = DataLocation(hf=HubDataset(id=str(folder), split="train", streaming=True))
+    snap = fetch(location, "streamed", tmp_path, workspace)
+    raw = snap.path.parent
+    rows = rows_of(snap)
+    assert [r[ROW_COLUMN] for r in rows] == list(range(1, 26))
+    assert [r["question"] for r in rows] == [f"q{i}" for i in range(25)]
+    # one write per 10 examples: the split was never one table in memory
+    assert pq.ParquetFile(snap.path).metadata.num_row_groups == 3
+    assert sorted(p.name for p in raw.iterdir()) == [snap.path.name]  # no staging file left
+    again = fetch(location, "streamed", tmp_path, workspace)
+    assert again.reused and again.content_hash == snap.content_hash
+    capped = fetch(
+        DataLocation(hf=HubDataset(id=str(folder), split="train", streaming=True), max_rows=12),
+        "streamed",
+        tmp_path,
+        workspace,
+    )
+    assert capped.rows == 12 and capped.content_hash != snap.content_hash
+    _jsonl_rows(folder, 25, tag="-edited")  # same shape, other content: another snapshot
+    edited = fetch(location, "streamed", tmp_path, workspace)
+    assert not edited.reused and edited.content_hash != snap.content_hash
+    assert rows_of(edited)[0]["question"] == "q0-edited"
+
+
+def test_a_streamed_row_with_a_field_the_earlier_rows_lack_is_named(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(fetch_module, "STREAM_ROWS", 4)
+
+    def examples():
+        for i in range(7):
+            yield {"text": f"t{i}"} if i != 5 else {"text": "t5", "label": 1}
+
+    streamed = datasets.IterableDataset.from_generator(examples)
+    streamed._info.features = None  # as a generator without declared features
+    with pytest.raises(DataError) as caught:
+        fetch_module._stream_snapshot(streamed, None, tmp_path, ["hf", "x"], False, "s", "hf:x")
+    assert "row 6: field 'label'" in str(caught.value) and caught.value.fix
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
 def test_hub_dataset_offline_or_missing_is_a_clear_error(tmp_path, workspace):
     location = DataLocation(
         hf=HubDataset(id="no-such-org/no-such-dataset", config="x", revision="0" * 40)
