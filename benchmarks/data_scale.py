@@ -18,8 +18,8 @@ its own eval item, until the items run out: a math question copied into an instr
 (near, Jaccard >= 0.8). The source is written as Parquet (or JSON lines) in 100k-row batches
 before anything is measured. The stages are the pipeline's own plain functions
 (tasks/data/stages.py), so the figures include their Parquet writes. With --near, 1% of the
-rows also repeat an earlier row with two words changed (near copies, word 5-gram Jaccard
->= 0.85) and the dedup stage runs near dedup after the exact pass; without, the source is the
+rows also repeat an earlier row of 30+ words with its first word replaced and a word
+appended (near copies, word 5-gram Jaccard >= 0.89) and the dedup stage runs near dedup after the exact pass; without, the source is the
 same as in earlier runs. Peak memory: the process's max RSS (getrusage) and, per stage, the
 highest RSS a 20 ms sampler saw. Recall and precision: the exact- (and near-) dedup drops
 against the planted copies, the decontamination drops against the planted leaks, by source
@@ -61,6 +61,7 @@ BATCH = 100_000  # rows generated and written at a time: generation stays small 
 VOCAB = 30_000
 DUPLICATE_SHARE = 0.05
 NEAR_SHARE = 0.01  # with --near: rows that repeat an earlier row with two words changed
+NEAR_MIN_WORDS = 30  # near copies are made of rows this long (instruction + output)
 POOL = 5_000  # the first rows of a batch: later batches duplicate from them, leaks never land here
 EVAL_ITEMS = 1_000  # per suite: about the size of a real test split (GSM8K has 1,319)
 TARGET_PEAK_MB = 2048  # issue 28, at 10M rows
@@ -165,10 +166,15 @@ def plant_leaks(batch: pa.Table, suites: dict[str, pa.Table], first_item: int) -
     return pa.concat_tables([batch.slice(0, POOL), leaks, batch.slice(POOL + m)])
 
 
+def word_count(texts: pa.ChunkedArray) -> pa.Array:
+    return pc.list_value_length(pc.utf8_split_whitespace(texts))
+
+
 def near_copies(rows: pa.Table) -> pa.Table:
     """Each row with its instruction's first word replaced and a word appended to its output:
-    of its S >= 12 word 5-grams (16+ words) one changes and one is added, Jaccard
-    (S - 1) / (S + 1) >= 0.85, over the 0.8 threshold; not an exact duplicate."""
+    of its S word 5-grams one changes and one is added, Jaccard (S - 1) / (S + 2); rows of
+    NEAR_MIN_WORDS+ words (S >= 26) give >= 0.89, over the 0.8 threshold (a 16-word row
+    would give 11/14 = 0.79, under it); not an exact duplicate."""
     instruction = pc.replace_substring_regex(rows["instruction"], r"^\S+", "altered")
     output = pc.binary_join_element_wise(rows["output"], "again", " ")
     return pa.table(
@@ -223,7 +229,10 @@ def write_source(
                     schema=schema,
                 )
                 # distinct rows: two near copies of one row would be exact copies of each other
-                picked = rng.choice(kept.num_rows, k_near, replace=False)
+                # and long enough rows that the copy's Jaccard is over the threshold
+                words = pc.add(word_count(kept["instruction"]), word_count(kept["output"]))
+                long_rows = np.flatnonzero(words.to_numpy() >= NEAR_MIN_WORDS)
+                picked = long_rows[rng.choice(len(long_rows), k_near, replace=False)]
                 similar = near_copies(kept.take(pa.array(picked)))
                 batch = pa.concat_tables([batch.slice(0, room), similar, dup])
                 planted += k

@@ -1,7 +1,14 @@
-"""Near-dedup benchmark: tasks.data.minhash against datasketch (MinHash.bulk + MinHashLSH), same run.
+"""Near-dedup benchmark: ours against datasketch and datatrove's MinHash stages, same corpus and run.
 
     .venv/bin/python benchmarks/dedup.py                # 200k documents (issue 4 target)
     .venv/bin/python benchmarks/dedup.py --docs 20000   # quick look
+    .venv/bin/python benchmarks/dedup.py --docs 1000000 --no-datasketch \
+        --datatrove /tmp/dt/bin/python                   # issue 28: 1M, against datatrove
+
+datatrove runs in a venv of its own (benchmarks/datatrove_minhash.py says how to make it) over
+the corpus written as two JSONL shards, with two workers; the others run in one process on the
+texts in memory. datasketch holds every signature as Python objects (4.2 GB at 200k), so at
+1M it does not fit beside the corpus on a 24 GB machine: `--no-datasketch`.
 
 The corpus: instruction-like documents of 20-120 Zipf-distributed words, with planted
 near-duplicate pairs (true word 5-gram Jaccard 0.80-0.95), hard negatives (0.50-0.75) and
@@ -9,7 +16,10 @@ exact duplicates that differ only in case, spacing or punctuation. Both methods 
 permutation count, bands and rows and verify candidates against the same threshold (ours with
 the exact shingle Jaccard, datasketch with its estimated Jaccard, as a datasketch user would).
 Each method runs in its own forked process so its peak memory (max RSS) is its own.
-Prints one JSON object: recall per true-Jaccard bin, precision, docs/s, peak memory, speed-up.
+A planted pair counts as found when both documents end in one cluster (the union of the
+reported pairs), so that one of them is dropped; precision is the share of reported pairs
+(dropped document, the one it was dropped for) whose true Jaccard reaches the threshold.
+Prints one JSON object: recall per true-Jaccard bin, precision, docs/s, peak memory, speed-ups.
 """
 
 from __future__ import annotations
@@ -19,9 +29,14 @@ import json
 import multiprocessing as mp
 import random
 import resource
+import subprocess
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 
 from multilora_pipeline.tasks.data.minhash import (
     lsh_params,
@@ -138,6 +153,56 @@ def baseline(texts, bands, rows):
     return {"pairs": pairs, "seconds": time.perf_counter() - t0}
 
 
+def tree_peak_rss_mb(proc: subprocess.Popen) -> tuple[subprocess.Popen, float]:
+    """Wait for proc, sampling the summed RSS of it and its children every 0.2 s; the peak in MB."""
+    peak = 0.0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs) / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    return proc, peak
+
+
+def with_datatrove(texts, bands, rows, python: str, workers: int):
+    """datatrove's MinHash stages 1-3 (benchmarks/datatrove_minhash.py) in python's venv."""
+    with tempfile.TemporaryDirectory(prefix="dedup-datatrove-") as tmp:
+        shards = Path(tmp) / "shards"
+        shards.mkdir()
+        half = (len(texts) + 1) // 2
+        for n, start in enumerate((0, half)):
+            with (shards / f"shard_{n:04d}.jsonl").open("w") as f:
+                for i in range(start, min(start + half, len(texts))):
+                    f.write(json.dumps({"id": str(i), "text": texts[i]}) + "\n")
+        runner = Path(__file__).with_name("datatrove_minhash.py")
+        cmd = [python, str(runner), str(shards), str(Path(tmp) / "work")]
+        cmd += ["--bands", str(bands), "--rows", str(rows), "--workers", str(workers)]
+        log = Path(tmp) / "datatrove.log"
+        t0 = time.perf_counter()
+        with log.open("w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+            out_box: list[str] = []
+            reader = threading.Thread(target=lambda: out_box.append(proc.stdout.read()))
+            reader.start()
+            proc, peak = tree_peak_rss_mb(proc)
+            reader.join()
+        secs = time.perf_counter() - t0
+        if proc.returncode:
+            tail = "\n".join(log.read_text().splitlines()[-20:])
+            raise SystemExit(f"datatrove runner failed (exit {proc.returncode}):\n{tail}")
+    out = json.loads(out_box[0].strip().splitlines()[-1])
+    return {
+        "pairs": out["pairs"],
+        "seconds": secs,
+        "stage_seconds": out["seconds"],
+        "peak_rss_mb": peak,
+        "workers": workers,
+    }
+
+
 def _child(fn, args, queue):
     out = fn(*args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -155,8 +220,29 @@ def in_child(fn, *args):
     return out
 
 
+def clusters_of(pairs) -> dict[int, int]:
+    """Document -> cluster root, the union of the reported pairs (documents in no pair: absent)."""
+    parent: dict[int, int] = {}
+
+    def root(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: root(x) for x in parent}
+
+
 def score(pairs, planted, words, exact_keys):
-    found = {tuple(p) for p in pairs}
+    cluster = clusters_of(pairs)
+
+    def together(i, j):
+        return i in cluster and cluster.get(j) == cluster[i]
+
     bins = {f"{lo:.2f}-{min(hi, 1):.2f}": [0, 0] for lo, hi in BINS}
     for i, j, _ in planted:
         true_j = jaccard(words[i], words[j])
@@ -164,8 +250,9 @@ def score(pairs, planted, words, exact_keys):
             if lo <= true_j < hi:
                 cell = bins[f"{lo:.2f}-{min(hi, 1):.2f}"]
                 cell[0] += 1
-                cell[1] += (min(i, j), max(i, j)) in found
+                cell[1] += together(i, j)
     recall = {k: round(v[1] / v[0], 4) if v[0] else None for k, v in bins.items()}
+    found = {(min(i, j), max(i, j)) for i, j in pairs}
     true_pos = sum(jaccard(words[i], words[j]) >= THRESHOLD for i, j in found)
     exact = [(i, j) for i, j, kind in planted if kind == "exact"]
     return {
@@ -173,7 +260,7 @@ def score(pairs, planted, words, exact_keys):
         "pairs_by_true_jaccard": {k: v[0] for k, v in bins.items()},
         "precision": round(true_pos / len(found), 5) if found else None,
         "reported_pairs": len(found),
-        "exact_duplicates_found_by_near": sum((i, j) in found for i, j in exact) / len(exact),
+        "exact_duplicates_found_by_near": sum(together(i, j) for i, j in exact) / len(exact),
         "exact_duplicates_found_by_key": sum(exact_keys[i] == exact_keys[j] for i, j in exact)
         / len(exact),
     }
@@ -183,6 +270,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-datasketch", action="store_true", help="skip datasketch (it needs ~21 GB at 1M)"
+    )
+    parser.add_argument(
+        "--datatrove",
+        metavar="PYTHON",
+        help="the python of a venv with datatrove (see benchmarks/datatrove_minhash.py)",
+    )
+    parser.add_argument("--datatrove-workers", type=int, default=2)
     args = parser.parse_args()
     t0 = time.perf_counter()
     texts, planted = make_corpus(args.docs, args.seed)
@@ -190,8 +286,13 @@ def main():
     bands, rows = lsh_params(THRESHOLD, NUM_PERM)
     # Each child starts as a fork of this process: its peak includes this much (the corpus).
     parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    mine = in_child(ours, texts)
-    base = in_child(baseline, texts, bands, rows)
+    results = {"ours": in_child(ours, texts)}
+    if not args.no_datasketch:
+        results["datasketch"] = in_child(baseline, texts, bands, rows)
+    if args.datatrove:
+        results["datatrove"] = with_datatrove(
+            texts, bands, rows, args.datatrove, args.datatrove_workers
+        )
     words = normalised_words(texts).to_pylist()
     keys = normalised_text(texts).to_pylist()
     report = {
@@ -205,15 +306,18 @@ def main():
         "shingle": SHINGLE,
         "parent_rss_mb_before_fork": round(parent_rss_mb),
     }
-    for name, res in (("ours", mine), ("datasketch", base)):
+    for name, res in results.items():
         report[name] = {
             "seconds": round(res["seconds"], 2),
             "docs_per_s": round(len(texts) / res["seconds"]),
             "peak_rss_mb": round(res["peak_rss_mb"]),
+            **{k: res[k] for k in ("stage_seconds", "workers") if k in res},
             **score(res["pairs"], planted, words, keys),
         }
-    report["ours"]["lsh_candidates"] = mine["candidates"]
-    report["speedup_vs_datasketch"] = round(base["seconds"] / mine["seconds"], 1)
+    report["ours"]["lsh_candidates"] = results["ours"]["candidates"]
+    for name in results.keys() - {"ours"}:
+        speedup = results[name]["seconds"] / results["ours"]["seconds"]
+        report[f"speedup_vs_{name}"] = round(speedup, 1)
     print(json.dumps(report, indent=2))
 
 
