@@ -19,9 +19,9 @@ its own eval item, until the items run out: a math question copied into an instr
 before anything is measured. The stages are the pipeline's own plain functions
 (tasks/data/stages.py), so the figures include their Parquet writes. With --near, 1% of the
 rows also repeat an earlier row of 30+ words with its first word replaced and a word
-appended (near copies, word 5-gram Jaccard >= 0.89) and the dedup stage runs near dedup after the exact pass; without, the source is the
-same as in earlier runs. Peak memory: the process's max RSS (getrusage) and, per stage, the
-highest RSS a 20 ms sampler saw. Recall and precision: the exact- (and near-) dedup drops
+appended (near copies, word 5-gram Jaccard >= 0.89) and the dedup stage runs near dedup
+after the exact pass; without, the source is the same as in earlier runs. Peak memory: the
+process's max RSS (getrusage) and, per stage, the highest RSS a 20 ms sampler saw. Recall and precision: the exact- (and near-) dedup drops
 against the planted copies, the decontamination drops against the planted leaks, by source
 row. Prints one JSON object; `decon_drops_sha256` identifies the removed rows, so two runs
 (before and after a change) can be checked for the same result.
@@ -60,7 +60,7 @@ from multilora_pipeline.tasks.workspace import Workspace
 BATCH = 100_000  # rows generated and written at a time: generation stays small in memory
 VOCAB = 30_000
 DUPLICATE_SHARE = 0.05
-NEAR_SHARE = 0.01  # with --near: rows that repeat an earlier row with two words changed
+NEAR_SHARE = 0.01  # with --near: rows that repeat an earlier row, two words changed
 NEAR_MIN_WORDS = 30  # near copies are made of rows this long (instruction + output)
 POOL = 5_000  # the first rows of a batch: later batches duplicate from them, leaks never land here
 EVAL_ITEMS = 1_000  # per suite: about the size of a real test split (GSM8K has 1,319)

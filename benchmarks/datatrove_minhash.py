@@ -36,11 +36,6 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.utils.text import TextNormConfig
 
 
-def _u32_pairs(path: Path) -> list[tuple[int, int]]:
-    data = path.read_bytes()
-    return list(struct.iter_unpack("<II", data))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shards", type=Path, help="folder of shard_XXXX.jsonl files")
@@ -94,11 +89,11 @@ def main() -> None:
     for file_no, offset in enumerate(offsets):
         remove = clusters / f"{file_no:06d}.remove"
         if remove.exists():
-            data = remove.read_bytes()
-            removed.update(offset + d for (d,) in struct.iter_unpack("<I", data))
+            removed.update(offset + d for (d,) in struct.iter_unpack("<I", remove.read_bytes()))
         members = clusters / f"{file_no:06d}.clusters"
         if members.exists():
-            cluster_of.update((offset + d, c) for d, c in _u32_pairs(members))
+            pairs = struct.iter_unpack("<II", members.read_bytes())
+            cluster_of.update((offset + d, c) for d, c in pairs)
     kept = {c: doc for doc, c in cluster_of.items() if doc not in removed}
     pairs = sorted((doc, kept[c]) for doc, c in cluster_of.items() if doc in removed)
     print(json.dumps({"seconds": seconds, "docs": total, "pairs": pairs}))

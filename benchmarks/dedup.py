@@ -31,7 +31,6 @@ import random
 import resource
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -153,7 +152,7 @@ def baseline(texts, bands, rows):
     return {"pairs": pairs, "seconds": time.perf_counter() - t0}
 
 
-def tree_peak_rss_mb(proc: subprocess.Popen) -> tuple[subprocess.Popen, float]:
+def tree_peak_rss_mb(proc: subprocess.Popen) -> float:
     """Wait for proc, sampling the summed RSS of it and its children every 0.2 s; the peak in MB."""
     peak = 0.0
     root = psutil.Process(proc.pid)
@@ -164,7 +163,7 @@ def tree_peak_rss_mb(proc: subprocess.Popen) -> tuple[subprocess.Popen, float]:
         except psutil.Error:
             pass
         time.sleep(0.2)
-    return proc, peak
+    return peak
 
 
 def with_datatrove(texts, bands, rows, python: str, workers: int):
@@ -180,24 +179,20 @@ def with_datatrove(texts, bands, rows, python: str, workers: int):
         runner = Path(__file__).with_name("datatrove_minhash.py")
         cmd = [python, str(runner), str(shards), str(Path(tmp) / "work")]
         cmd += ["--bands", str(bands), "--rows", str(rows), "--workers", str(workers)]
-        log = Path(tmp) / "datatrove.log"
+        out_file, log = Path(tmp) / "datatrove.json", Path(tmp) / "datatrove.log"
         t0 = time.perf_counter()
-        with log.open("w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-            out_box: list[str] = []
-            reader = threading.Thread(target=lambda: out_box.append(proc.stdout.read()))
-            reader.start()
-            proc, peak = tree_peak_rss_mb(proc)
-            reader.join()
+        with out_file.open("w") as out, log.open("w") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+            peak = tree_peak_rss_mb(proc)
         secs = time.perf_counter() - t0
         if proc.returncode:
             tail = "\n".join(log.read_text().splitlines()[-20:])
             raise SystemExit(f"datatrove runner failed (exit {proc.returncode}):\n{tail}")
-    out = json.loads(out_box[0].strip().splitlines()[-1])
+        result = json.loads(out_file.read_text().strip().splitlines()[-1])
     return {
-        "pairs": out["pairs"],
+        "pairs": result["pairs"],
         "seconds": secs,
-        "stage_seconds": out["seconds"],
+        "stage_seconds": result["seconds"],
         "peak_rss_mb": peak,
         "workers": workers,
     }

@@ -585,8 +585,8 @@ def _conform(examples: list[dict], schema: pa.Schema, first: int, origin: str) -
         extra = sorted(set(example) - names)
         if extra:
             raise DataError(
-                f"row {first + k + 1}: field {extra[0]!r} is not among the fields of the rows "
-                f"before it ({', '.join(schema.names)})",
+                f"row {first + k + 1}: field {extra[0]!r} is not among the split's fields "
+                f"(its declared features, or those of its first rows: {', '.join(schema.names)})",
                 where=origin,
                 fix="give every row the same fields, or load the split with streaming: false",
             )
