@@ -2,13 +2,18 @@
 that share a bucket, never the signatures of all rows.
 
     text slices (rank order) ──shingles, signatures (minhash.py)──► band keys: one uint64 per
-        row and band, one Arrow file per band, a record batch per slice (BandKeys; on disk
+        row and band, a folder per band, a record batch per slice (BandKeys; on disk
         for a stage, in memory for a table)
     ──one band at a time: the rows whose key another row shares──► (row, bucket) pairs
     ──the rows in any shared bucket: read again (rows_at), shingles, signatures──►
         greedy walk in rank order: each row against the kept rows of its buckets
         (at most BUCKET_CAP per bucket), Jaccard >= threshold ──► dropped rows, each with
         the kept row it duplicates
+
+On a Ray cluster (fan_out.py) the two passes before the walk are tasks: one per shard of
+SHARD_ROWS texts writes its slice of every band's keys, one per band groups that band's
+keys from every shard (a shuffle by band). The walk stays in the stage's process: it is
+sequential in rank order, and runs over the rows that share a bucket only.
 
 Memory: one slice's shingles and signatures, one band's keys (8 bytes a row), and the
 texts, shingles and signatures of the rows that share a bucket (the duplicates and their
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from multilora_pipeline.tasks.data.fan_out import RayFanOut, cluster_fan_out
 from multilora_pipeline.tasks.data.minhash import (
     DEFAULT_SEED,
     MinHasher,
@@ -48,6 +54,9 @@ BUCKET_CAP = 32
 VERIFY_MARGIN = 0.15
 # Texts shingled and signed at once: their signatures are 1 KB a row while computed (uint64).
 SIGNATURE_ROWS = 50_000
+# Texts per shard when the signatures are Ray tasks (fan_out.py): ~25 MB of text and ~1 s of
+# hashing a shard, a piece small enough to spread 10M rows over 50 tasks.
+SHARD_ROWS = 200_000
 # Seconds between progress lines of the signature pass.
 PROGRESS_SECONDS = 10.0
 
@@ -67,23 +76,33 @@ class NearDuplicates:
 
 
 class BandKeys:
-    """The band keys of texts in rank order, added a slice at a time: per band, one Arrow IPC
-    file in `folder` (a record batch per slice), or arrays in memory when `folder` is None.
-    A key is null where the row has no shingles (nothing to compare it on)."""
+    """The band keys of texts in rank order, added a slice at a time: per band, a folder of
+    Arrow IPC files in `folder`, one per shard of rows (a record batch per slice), or arrays
+    in memory when `folder` is None. A key is null where the row has no shingles (nothing to
+    compare it on).
+
+    A shard's writer (`shard`: its number, shards in row order) writes its rows of every
+    band; `shard=None` only reads. Reading a band concatenates its shards in order: the
+    shuffle from row shards to bands that lets each band be grouped on its own."""
 
     SCHEMA = pa.schema([pa.field("key", pa.uint64())])
 
-    def __init__(self, bands: int, folder: Path | None = None):
-        self.bands, self.folder, self.num_rows = bands, folder, 0
+    def __init__(self, bands: int, folder: Path | None = None, shard: int | None = 0):
+        self.bands, self.folder, self.shard, self.num_rows = bands, folder, shard, 0
         self._memory: list[list[pa.Array]] = [[] for _ in range(bands)]
         self._sinks, self._writers = [], []
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+        if folder is not None and shard is not None:
+            for band in range(bands):
+                self._path(band).parent.mkdir(parents=True, exist_ok=True)
             self._sinks = [pa.OSFile(str(self._path(b)), "wb") for b in range(bands)]
             self._writers = [pa.ipc.new_file(sink, self.SCHEMA) for sink in self._sinks]
 
+    def _band_folder(self, band: int) -> Path:
+        return self.folder / f"band-{band:03d}"
+
     def _path(self, band: int) -> Path:
-        return self.folder / f"band-{band:03d}.arrow"
+        """This shard's file of `band`."""
+        return self._band_folder(band) / f"shard-{self.shard:05d}.arrow"
 
     def add(self, keys: np.ndarray, active: np.ndarray) -> None:
         """Append the keys (n, bands) of the next n rows; `active` false: the row has none."""
@@ -109,13 +128,16 @@ class BandKeys:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def band(self, band: int) -> tuple[np.ndarray, np.ndarray]:
-        """All rows' keys in one band and which rows have one (read from disk: a plain read,
-        not a memory map, so the pages are not left counted in the process's memory)."""
+        """All rows' keys in one band (every shard's, in order) and which rows have one (read
+        from disk: a plain read, not a memory map, so the pages are not left counted in the
+        process's memory)."""
         if self.folder is None:
             chunks = self._memory[band]
         else:
-            with pa.OSFile(str(self._path(band))) as fh:
-                chunks = pa.ipc.open_file(fh).read_all().column("key").chunks
+            chunks = []
+            for path in sorted(self._band_folder(band).glob("shard-*.arrow")):
+                with pa.OSFile(str(path)) as fh:
+                    chunks += pa.ipc.open_file(fh).read_all().column("key").chunks
         if not chunks:
             return np.zeros(0, np.uint64), np.zeros(0, bool)
         column = pa.concat_arrays(chunks)
@@ -152,25 +174,112 @@ def write_band_keys(
     keys.close()
 
 
-def shared_buckets(keys: BandKeys) -> tuple[np.ndarray, np.ndarray]:
+def band_buckets(key: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """One band: the active rows whose key another active row shares, their bucket ids
+    (0.. within the band) and how many distinct keys the band has."""
+    ids = np.flatnonzero(active)
+    unique, inverse, counts = np.unique(key[ids], return_inverse=True, return_counts=True)
+    shared = counts[inverse] > 1
+    return ids[shared], inverse[shared].astype(np.int64), len(unique)
+
+
+def shared_buckets(
+    keys: BandKeys, fan_out: RayFanOut | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows, buckets): every row that shares a band's key with another active row, with
     that bucket's id (one id space over all bands, growing with the band), sorted by row
-    and then bucket. One band's keys are in memory at a time."""
+    and then bucket. Here one band's keys are in memory at a time; with `fan_out` (keys on
+    disk) each band is grouped by a task of its own, wherever the cluster puts it."""
+    if fan_out is not None and keys.folder is not None:
+        per_band = fan_out.map(
+            _band_buckets_on_disk,
+            [(str(keys.folder), keys.bands, band) for band in range(keys.bands)],
+            "near-dup-buckets",
+        )
+    else:
+        per_band = (band_buckets(*keys.band(band)) for band in range(keys.bands))
     found_rows, found_buckets, offset = [], [], 0
-    for band in range(keys.bands):
-        key, active = keys.band(band)
-        ids = np.flatnonzero(active)
-        unique, inverse, counts = np.unique(key[ids], return_inverse=True, return_counts=True)
-        shared = counts[inverse] > 1
-        found_rows.append(ids[shared])
-        found_buckets.append(inverse[shared].astype(np.int64) + offset)
-        offset += len(unique)
-        del key, active, ids, unique, inverse, counts
+    for rows, buckets, distinct in per_band:
+        found_rows.append(rows)
+        found_buckets.append(buckets + offset)
+        offset += distinct
     if not found_rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows, buckets = np.concatenate(found_rows), np.concatenate(found_buckets)
     order = np.lexsort((buckets, rows))
     return rows[order], buckets[order]
+
+
+def _band_buckets_on_disk(folder: str, bands: int, band: int):
+    """band_buckets of one band read from every shard's file (a task of the fan-out)."""
+    return band_buckets(*BandKeys(bands, Path(folder), shard=None).band(band))
+
+
+def _sign_shard(
+    texts_path: str,
+    folder: str,
+    shard: int,
+    lsh: tuple[int, int],
+    perm: tuple[int, int],
+    shingle: int,
+) -> int:
+    """One shard of texts (an Arrow IPC file) signed into its band-key files (a task of the
+    fan-out); lsh: (bands, rows), perm: (num_perm, seed). Returns its row count. One hashing
+    thread: the task was given one CPU."""
+    with pa.OSFile(texts_path) as fh:
+        texts = pa.ipc.open_file(fh).read_all().column("text").combine_chunks()
+    keys = BandKeys(lsh[0], Path(folder), shard)
+    write_band_keys([texts], keys, MinHasher(*perm, threads=1), lsh[1], shingle)
+    return keys.num_rows
+
+
+def _text_shards(text_slices: Iterable[pa.Array], folder: Path, shard_rows: int) -> list[Path]:
+    """The texts written as Arrow IPC files of at most `shard_rows` rows each, in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([pa.field("text", pa.string())])
+    paths: list[Path] = []
+    sink = writer = None
+    filled = shard_rows
+    try:
+        for texts in text_slices:
+            start = 0
+            while start < len(texts):
+                if filled == shard_rows:  # the current shard is full: start the next
+                    if writer is not None:
+                        writer.close()
+                        sink.close()
+                    paths.append(folder / f"shard-{len(paths):05d}.arrow")
+                    sink = pa.OSFile(str(paths[-1]), "wb")
+                    writer, filled = pa.ipc.new_file(sink, schema), 0
+                piece = texts.slice(start, shard_rows - filled).cast(pa.string())
+                writer.write_batch(pa.record_batch([piece], schema=schema))
+                start, filled = start + len(piece), filled + len(piece)
+    finally:
+        if writer is not None:
+            writer.close()
+            sink.close()
+    return paths
+
+
+def _sign_on_cluster(
+    text_slices: Iterable[pa.Array],
+    folder: Path,
+    fan_out: RayFanOut,
+    lsh: tuple[int, int],
+    perm: tuple[int, int],
+    shingle: int,
+    shard_rows: int,
+) -> int:
+    """write_band_keys over the cluster: the texts cut into shards on disk, each shard
+    signed by a task writing its slice of every band's keys; returns the row count."""
+    shards = _text_shards(text_slices, folder / "texts", shard_rows)
+    counts = fan_out.map(
+        _sign_shard,
+        [(str(p), str(folder), i, lsh, perm, shingle) for i, p in enumerate(shards)],
+        "near-dup-signatures",
+    )
+    shutil.rmtree(folder / "texts", ignore_errors=True)
+    return sum(counts)
 
 
 # What near dedup reads again for the rows that share a bucket: their texts, and a check
@@ -190,6 +299,7 @@ def near_duplicates_in_slices(
     seed: int = DEFAULT_SEED,
     groups: np.ndarray | None = None,
     folder: Path | None = None,
+    shard_rows: int = SHARD_ROWS,
 ) -> NearDuplicates:
     """Greedy near dedup of texts given a slice at a time, in the caller's rank order (best
     copy first): a text is dropped when its word-shingle Jaccard with an earlier *kept* text
@@ -197,9 +307,11 @@ def near_duplicates_in_slices(
     duplicates.
 
     `rows_at(positions)`: the texts at those positions again (the rows that share a bucket,
-    ascending) and the pair check on indices into them (RowsAt), read in one go. `groups` (one int per text): texts of one
-    group are not compared (a pass across sources whose own pairs were decided within each).
-    `folder`: where the band keys go (None: in memory). Candidates come from LSH buckets,
+    ascending) and the pair check on indices into them (RowsAt), read in one go. `groups`
+    (one int per text): texts of one group are not compared (a pass across sources whose own
+    pairs were decided within each). `folder`: where the band keys go (None: in memory).
+    With a folder, in a process connected to Ray (fan_out.py), the texts are cut into shards
+    of `shard_rows` signed by Ray tasks, and each band grouped by one. Candidates come from LSH buckets,
     but a text is compared only with the kept texts of its buckets (at most BUCKET_CAP per
     bucket, the best-ranked), never with every pair: a bucket of 147k near-identical rows
     costs 147k comparisons with its one survivor, not millions of pairs.
@@ -210,13 +322,20 @@ def near_duplicates_in_slices(
     else:
         rows = num_perm // bands
     hasher = MinHasher(num_perm, seed)
-    keys = BandKeys(bands, folder)
+    # On a Ray cluster (the stage is a Ray task) the signatures are tasks over shards of
+    # the texts and the buckets a task per band; the keys, so the result, are the same.
+    fan_out = cluster_fan_out() if folder is not None else None
+    keys = BandKeys(bands, folder, shard=None if fan_out else 0)
     try:
-        write_band_keys(text_slices, keys, hasher, rows, shingle, total)
-        member_rows, member_buckets = shared_buckets(keys)
+        if fan_out is None:
+            write_band_keys(text_slices, keys, hasher, rows, shingle, total)
+            n = keys.num_rows
+        else:
+            lsh, perm = (bands, rows), (num_perm, seed)
+            n = _sign_on_cluster(text_slices, folder, fan_out, lsh, perm, shingle, shard_rows)
+        member_rows, member_buckets = shared_buckets(keys, fan_out)
     finally:
         keys.remove()
-    n = keys.num_rows
     involved, starts = np.unique(member_rows, return_index=True)
     ends = np.append(starts[1:], len(member_rows))[: len(starts)]
     # The rows that share a bucket, and only those, are read again and signed in memory.

@@ -1,10 +1,12 @@
 """`mlora data --task-runner ray` on a real local Ray cluster of two nodes (issue 28): a head
 (`ray start --head`) and one worker (`ray start --address`), each with one CPU, on 127.0.0.1.
-The per-source and per-suite tasks run as Ray tasks in the nodes' worker processes; the
-mixture must be the same bytes as the threads runner's for the same spec."""
+The per-source and per-suite tasks run as Ray tasks in the nodes' worker processes, and
+inside them near dedup's signature shards and bands as Ray tasks of their own; the mixture
+must be the same bytes as the threads runner's for the same spec."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -12,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
+
+from multilora_pipeline.tasks.data.near_dedup import near_duplicates, near_duplicates_in_slices
 
 # a Ray cluster and the CLI in a subprocess: left out by -m "not slow"
 pytestmark = pytest.mark.slow
@@ -83,9 +89,54 @@ def test_the_data_stages_on_a_two_node_ray_cluster_give_the_threads_mixture(ray_
     # Prefect task runs inside Ray workers log with Ray's "(task-name pid=N)" prefix.
     assert re.search(r"\(prepare-source pid=\d+\)", on_ray)
     assert "prepare-source pid=" not in on_threads
+    # Inside those stages near dedup's signatures and buckets were Ray tasks of their own.
+    assert re.search(r"\(dedup-across-sources pid=\d+\).*near-dup-signatures: \d+ Ray task", on_ray)
+    assert re.search(r"near-dup-buckets: \d+ Ray task", on_ray)
+    assert "Ray task" not in on_threads
     folder = Path("data") / "mixture" / mixture
     ray_files = _files(tmp_path / "ray" / folder)
     assert ray_files and ray_files == _files(tmp_path / "threads" / folder)
+
+
+def _texts_with_near_copies() -> list[str]:
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(500)]
+    bases = [" ".join(rng.choice(words, 60)) for _ in range(40)]
+    copies = [b.replace(b.split()[30], "changed", 1) for b in bases[:8]]  # Jaccard ~0.9
+    return bases + copies
+
+
+def test_near_dedup_signatures_and_buckets_as_ray_tasks_match_one_process(
+    ray_cluster, tmp_path, caplog
+):
+    """The signature pass as Ray tasks over shards and the bucket pass as a task per band
+    (a stage in a Ray worker does this): the same pairs as in one process, nothing left."""
+    import ray
+
+    address, _ = ray_cluster
+    texts = pa.array(_texts_with_near_copies())
+    alone = near_duplicates(texts)
+    assert len(alone.pairs) == 8
+
+    def rows_at(positions):
+        return texts.take(pa.array(positions)), None
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        with caplog.at_level(logging.INFO, logger="mlora.fan_out"):
+            found = near_duplicates_in_slices(
+                [texts.slice(0, 25), texts.slice(25)],
+                rows_at,
+                folder=tmp_path / "keys",
+                shard_rows=10,
+            )
+    finally:
+        ray.shutdown()
+    assert found.pairs.tolist() == alone.pairs.tolist()
+    assert found.similarity.tolist() == alone.similarity.tolist()
+    assert re.search(r"near-dup-signatures: 5 Ray task\(s\) on [12] node", caplog.text)
+    assert f"near-dup-buckets: {found.bands} Ray task(s)" in caplog.text
+    assert not (tmp_path / "keys").exists()
 
 
 def test_a_ray_address_without_the_ray_runner_is_a_usage_error(capsys):

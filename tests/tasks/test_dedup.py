@@ -11,6 +11,7 @@ import pytest
 
 from multilora_pipeline.data_specs.record import make_record, records_to_table
 from multilora_pipeline.data_specs.schema import DedupSpec, NearDedupSpec, load_spec
+from multilora_pipeline.tasks.data import near_dedup
 from multilora_pipeline.tasks.data.dedup import dedup, drops_per_source_pair, exact_keys
 from multilora_pipeline.tasks.data.minhash import (
     MinHasher,
@@ -252,6 +253,33 @@ def test_shared_buckets_name_only_buckets_two_rows_share():
     assert [r for r, _ in inactive] == [0, 1]  # rows 0, 1 still share band 0; band 1 alone
 
 
+def test_band_keys_written_by_shards_read_back_as_one_band_in_row_order(tmp_path):
+    # What the Ray fan-out does: each shard writes its rows of every band, a band reads all.
+    sig = np.random.default_rng(3).integers(0, 4, (30, 12), dtype=np.uint32)  # many shared
+    keys, active = band_keys(sig, bands=4, rows=3), np.arange(30) % 7 != 0
+    whole = BandKeys(bands=4)
+    whole.add(keys, active)
+    for shard, (lo, hi) in reversed(list(enumerate([(0, 7), (7, 19), (19, 30)]))):
+        part = BandKeys(4, tmp_path / "keys", shard)  # written out of order, read in order
+        part.add(keys[lo:hi], active[lo:hi])
+        part.close()
+    sharded = BandKeys(4, tmp_path / "keys", shard=None)
+    for band in range(4):
+        for got, want in zip(sharded.band(band), whole.band(band), strict=True):
+            assert (got == want).all()
+    for got, want in zip(shared_buckets(sharded), shared_buckets(whole), strict=True):
+        assert len(got) > 0 and (got == want).all()
+
+
+def test_texts_are_cut_into_shards_of_at_most_the_asked_rows(tmp_path):
+    texts = [f"text {i}" for i in range(14)]
+    slices = [pa.array(texts[:5]), pa.array(texts[5:])]
+    paths = near_dedup._text_shards(slices, tmp_path, shard_rows=4)
+    read = [pa.ipc.open_file(pa.OSFile(str(p))).read_all().column("text") for p in paths]
+    assert [len(c) for c in read] == [4, 4, 4, 2]
+    assert [t for c in read for t in c.to_pylist()] == texts
+
+
 def test_a_huge_cluster_of_near_identical_rows_costs_comparisons_with_its_survivors_only():
     base = text(7, 100).split()  # one change alters 5 of 96 shingles: any two rows J >= 0.81
     rows = []
@@ -321,7 +349,6 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     import pyarrow as pa
 
     from multilora_pipeline.tasks.data import dedup as dedup_module
-    from multilora_pipeline.tasks.data import near_dedup
     from multilora_pipeline.tasks.data.files import gather, records
     from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 
@@ -524,8 +551,6 @@ def test_a_pass_across_sources_compares_only_rows_of_different_sources():
 def test_near_dedup_reads_again_only_the_rows_that_share_a_bucket():
     """Memory is bounded by the rows that share an LSH bucket: of 300 distinct texts and 5
     near copies, only the copies and their originals are read again for the walk."""
-    from multilora_pipeline.tasks.data import near_dedup
-
     texts = [text(1000 + i, 60) for i in range(300)]
     texts += [edit(texts[i], [30]) for i in (3, 50, 120, 200, 299)]
     asked = []
