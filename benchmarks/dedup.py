@@ -4,11 +4,16 @@
     .venv/bin/python benchmarks/dedup.py --docs 20000   # quick look
     .venv/bin/python benchmarks/dedup.py --docs 1000000 --no-datasketch \
         --datatrove /tmp/dt/bin/python                   # issue 28: 1M, against datatrove
+    .venv/bin/python benchmarks/dedup.py --docs 1000000 --no-datasketch --ray-nodes 2
+                                                         # issue 28: ours on a 2-node Ray
 
 datatrove runs in a venv of its own (benchmarks/datatrove_minhash.py says how to make it) over
 the corpus written as two JSONL shards, with two workers; the others run in one process on the
-texts in memory. datasketch holds every signature as Python objects (4.2 GB at 200k), so at
-1M it does not fit beside the corpus on a 24 GB machine: `--no-datasketch`.
+texts in memory. `--ray-nodes N` also runs ours on a local Ray cluster of N one-CPU nodes:
+signatures as Ray tasks over shards of 200k texts, a task per band (tasks/data/fan_out.py),
+band keys on disk as in a pipeline stage. datasketch holds every signature as Python objects
+(4.2 GB at 200k), so at 1M it does not fit beside the corpus on a 24 GB machine:
+`--no-datasketch`.
 
 The corpus: instruction-like documents of 20-120 Zipf-distributed words, with planted
 near-duplicate pairs (true word 5-gram Jaccard 0.80-0.95), hard negatives (0.50-0.75) and
@@ -25,12 +30,16 @@ Prints one JSON object: recall per true-Jaccard bin, precision, docs/s, peak mem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import multiprocessing as mp
 import random
 import resource
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +130,69 @@ def ours(texts):
         "bands": result.bands,
         "rows": result.rows,
     }
+
+
+@contextlib.contextmanager
+def local_ray_cluster(nodes: int, cpus: int):
+    """HOST:PORT of a Ray head and nodes-1 more nodes on 127.0.0.1, `cpus` CPUs each."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    address = "127.0.0.1:6399"
+    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus)]
+    start = [[ray_cli, "start", "--head", "--port", "6399", "--include-dashboard=false", *node]]
+    start += [[ray_cli, "start", "--address", address, *node]] * (nodes - 1)
+    try:
+        for cmd in start:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        yield address
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def ray_workers_rss_mb() -> float:
+    """Summed RSS of the Ray worker processes (named ray::...) now, in MB."""
+    total = 0
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("ray::"):
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+    return total / 2**20
+
+
+def ours_on_ray(texts, address):
+    """Ours with the signatures as Ray tasks over shards and a task per band (fan_out.py),
+    band keys on disk as in a stage; the walk in this process."""
+    import pyarrow as pa
+    import ray
+
+    from multilora_pipeline.tasks.data.near_dedup import near_duplicates_in_slices
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    arr = pa.array(texts, type=pa.string())
+    peak, stop = [0.0], threading.Event()
+
+    def sample():
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], ray_workers_rss_mb())
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            result = near_duplicates_in_slices(
+                (arr.slice(s, 200_000) for s in range(0, len(arr), 200_000)),
+                lambda positions: (arr.take(pa.array(positions)), None),
+                threshold=THRESHOLD,
+                num_perm=NUM_PERM,
+                shingle=SHINGLE,
+                folder=Path(tmp) / "band-keys",
+            )
+            secs = time.perf_counter() - t0
+    finally:
+        stop.set()
+        ray.shutdown()
+    return {"pairs": result.pairs.tolist(), "seconds": secs, "ray_workers_peak_mb": peak[0]}
 
 
 def baseline(texts, bands, rows):
@@ -274,6 +346,12 @@ def main():
         help="the python of a venv with datatrove (see benchmarks/datatrove_minhash.py)",
     )
     parser.add_argument("--datatrove-workers", type=int, default=2)
+    parser.add_argument(
+        "--ray-nodes",
+        type=int,
+        default=0,
+        help="also run ours on a local Ray cluster of this many nodes (one CPU each)",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     texts, planted = make_corpus(args.docs, args.seed)
@@ -288,6 +366,10 @@ def main():
         results["datatrove"] = with_datatrove(
             texts, bands, rows, args.datatrove, args.datatrove_workers
         )
+    if args.ray_nodes:
+        with local_ray_cluster(args.ray_nodes, cpus=1) as address:
+            results["ours_on_ray"] = in_child(ours_on_ray, texts, address)
+        results["ours_on_ray"]["nodes"] = args.ray_nodes
     words = normalised_words(texts).to_pylist()
     keys = normalised_text(texts).to_pylist()
     report = {
@@ -306,10 +388,15 @@ def main():
             "seconds": round(res["seconds"], 2),
             "docs_per_s": round(len(texts) / res["seconds"]),
             "peak_rss_mb": round(res["peak_rss_mb"]),
-            **{k: res[k] for k in ("stage_seconds", "workers") if k in res},
+            **{k: res[k] for k in ("stage_seconds", "workers", "nodes") if k in res},
+            **{k: round(res[k]) for k in ("ray_workers_peak_mb",) if k in res},
             **score(res["pairs"], planted, words, keys),
         }
     report["ours"]["lsh_candidates"] = results["ours"]["candidates"]
+    if "ours_on_ray" in results:  # the same keys, so the same pairs, wherever they are made
+        report["ours_on_ray"]["same_pairs_as_ours"] = (
+            results["ours_on_ray"]["pairs"] == results["ours"]["pairs"]
+        )
     for name in results.keys() - {"ours"}:
         speedup = results[name]["seconds"] / results["ours"]["seconds"]
         report[f"speedup_vs_{name}"] = round(speedup, 1)
