@@ -76,6 +76,24 @@ def _mlora_data(workspace: Path, env: dict, *extra: str) -> str:
     return done.stdout + done.stderr
 
 
+def _catalog_rows(workspace: Path) -> dict[str, list[tuple]]:
+    """Every catalog table's rows but their timestamps, sorted (the runs' order may differ)."""
+    import duckdb
+
+    con = duckdb.connect(str(workspace / "catalog.duckdb"), read_only=True)
+    try:
+        out = {}
+        for (table,) in con.execute("SHOW TABLES").fetchall():
+            columns = [c for c, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall()]
+            kept = [c for c in columns if not c.endswith("_at")]
+            out[table] = sorted(
+                con.execute(f"SELECT {', '.join(kept)} FROM {table}").fetchall(), key=repr
+            )
+        return out
+    finally:
+        con.close()
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -96,6 +114,9 @@ def test_the_data_stages_on_a_two_node_ray_cluster_give_the_threads_mixture(ray_
     folder = Path("data") / "mixture" / mixture
     ray_files = _files(tmp_path / "ray" / folder)
     assert ray_files and ray_files == _files(tmp_path / "threads" / folder)
+    catalog = _catalog_rows(tmp_path / "ray")
+    assert catalog["dedup_drops"] and catalog["mixtures"]
+    assert catalog == _catalog_rows(tmp_path / "threads")  # the same rows, paths included
 
 
 def _texts_with_near_copies() -> list[str]:
