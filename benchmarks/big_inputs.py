@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/big_inputs.py                 # all three cases
     .venv/bin/python benchmarks/big_inputs.py --case one_record --mb 10
+    .venv/bin/python benchmarks/big_inputs.py --case json_array --mb 800 --read-only
 
 Cases, each one source (alpaca template) plus a 20-item evaluation suite:
 - `json_array`: one JSON document, a single-line array of ~108k distinct records (50 MB).
@@ -11,7 +12,9 @@ Cases, each one source (alpaca template) plus a 20-item evaluation suite:
 
 Each case runs the real command line (`mlora data SPEC --workspace W`) in a fresh process
 and a fresh workspace; peak memory is the largest max RSS among its processes (getrusage of
-children: the CLI, and Prefect's temporary server). Prints one JSON object.
+children: the CLI, and Prefect's temporary server). `--read-only`: only the source file read
+(tasks/data/files/read.py's read_batches, every table consumed) in a fresh process, its max
+RSS: the reader's own memory, apart from the stages after it. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -77,12 +80,41 @@ CASES = {"json_array": (json_array, "json"), "near_identical": (near_identical, 
 CASES["one_record"] = (one_record, "jsonl")
 
 
-def run_case(name: str, mb: int, root: Path) -> dict:
+# Reads a file as fetch does and prints rows, seconds and the process's peak RSS (KiB): the
+# kernel's VmHWM, which starts afresh at exec (ru_maxrss would carry this parent's, whose
+# corpus was just written, across the fork).
+READ = (
+    "import re, sys, time; from pathlib import Path; "
+    "from multilora_pipeline.tasks.data.files.read import read_batches; "
+    "t = time.perf_counter(); tables = read_batches(Path(sys.argv[1]), sys.argv[2]).tables; "
+    "rows = sum(t.num_rows for t in tables); seconds = time.perf_counter() - t; "
+    "hwm = re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1); "
+    "print(rows, seconds, hwm)"
+)
+
+
+def read_case(name: str, data: Path, fmt: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", READ, str(data), fmt], capture_output=True, text=True, check=True
+    )
+    rows, seconds, peak_kb = done.stdout.split()
+    return {
+        "case": name,
+        "input_mb": round(data.stat().st_size / 2**20, 1),
+        "rows": int(rows),
+        "read_seconds": round(float(seconds), 1),
+        "read_peak_rss_mb": round(int(peak_kb) / 1024),
+    }
+
+
+def run_case(name: str, mb: int, root: Path, read_only: bool = False) -> dict:
     make, suffix = CASES[name]
     folder = root / name
     folder.mkdir()
     data = folder / f"source.{suffix}"
     rows = make(data, mb, random.Random(0))
+    if read_only:
+        return read_case(name, data, suffix)
     suite = folder / "suite.jsonl"
     rng = random.Random(1)
     suite.write_text(
@@ -141,9 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=sorted(CASES), action="append")
     parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--read-only", action="store_true", help="time and measure the read only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlora-big-") as tmp:
-        results = [run_case(c, args.mb, Path(tmp)) for c in args.case or list(CASES)]
+        cases = args.case or list(CASES)
+        results = [run_case(c, args.mb, Path(tmp), args.read_only) for c in cases]
     json.dump({"target_peak_mb": TARGET_MB, "cases": results}, sys.stdout, indent=2)
     print()
 

@@ -6,8 +6,8 @@ each record (tasks/data/files/read.py checks the file first and picks the reader
            pass 2: each block parsed again with that schema                ──► tables
            (blank lines, type clashes, dates read as timestamps: the line-by-line reader
            below, BATCH_RECORDS records at a time)
-    json   one JSON document: parsed whole (use jsonl for big data), then handed to the same
-           records-to-Arrow path BATCH_RECORDS records at a time
+    json   one JSON document: its list's elements decoded one at a time (json_document.py),
+           handed to the same records-to-Arrow path BATCH_RECORDS records at a time
 
 Records parsed by Python become Arrow as `pa.Table.from_pylist` of every record would make
 them, in passes over the file: infer each column's type, find where a field's values change
@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from multilora_pipeline.data_specs.errors import DataError
+from multilora_pipeline.tasks.data.files.json_document import document_records
 from multilora_pipeline.tasks.data.files.rows import FileRows, counted, numbered, with_row_column
 
 # Reading a file is part of fetching it: its warnings keep the fetch logger's name.
@@ -171,37 +172,19 @@ def _jsonl_records(path: Path) -> Iterator[tuple[list[dict], list[int]]]:
 
 
 def read_json(path: Path) -> FileRows:
-    """One JSON document (a list of objects, or {"data": [...]}): parsed whole."""
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"malformed or truncated JSON: {err.msg} (column {err.colno})",
-            where=f"{path}, line {err.lineno}",
-            fix="fix the JSON (was the file cut off?)",
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataError(
-            f"the top level is a JSON {type(data).__name__}; expected a list of "
-            'objects or {"data": [...]}',
-            where=str(path),
-            fix="wrap the records in a list, or use jsonl with one object per line",
-        )
-    for index, obj in enumerate(data, start=1):
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"element {index} is a {type(obj).__name__}, expected an object",
-                where=f"{path}, row {index}",
-                fix="every element must be a JSON object",
-            )
+    """One JSON document (a list of objects, or {"data": [...]}), decoded an element at a
+    time in each pass (json_document.py), BATCH_RECORDS records per batch."""
 
     def records() -> Iterator[tuple[list[dict], list[int]]]:
-        for start in range(0, len(data), BATCH_RECORDS):
-            part = data[start : start + BATCH_RECORDS]
-            yield part, list(range(start + 1, start + 1 + len(part)))
+        batch, numbers = [], []
+        for number, obj in enumerate(document_records(path), start=1):
+            batch.append(obj)
+            numbers.append(number)
+            if len(batch) == BATCH_RECORDS:
+                yield batch, numbers
+                batch, numbers = [], []
+        if batch:
+            yield batch, numbers
 
     return _records_to_tables(path, records, "row")
 

@@ -17,7 +17,7 @@ turns them into a snapshot):
 
     jsonl    tasks/data/files/json_rows.py     Arrow's reader, BLOCK_BYTES at a time (blank lines, type
                                     clashes, dates: parsed by Python, BATCH_RECORDS at a time)
-    json     tasks/data/files/json_rows.py     one JSON document, parsed whole (use jsonl for big data)
+    json     tasks/data/files/json_rows.py     one JSON document, an element at a time (json_document.py)
     csv/tsv  tasks/data/files/delimited.py      Arrow's streaming reader, every column text,
                                     CSV_BLOCK_BYTES at a time
     parquet  tasks/data/files/parquet_rows.py  BATCH_ROWS rows at a time
