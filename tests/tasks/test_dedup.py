@@ -349,7 +349,7 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     import pyarrow as pa
 
     from multilora_pipeline.tasks.data import dedup as dedup_module
-    from multilora_pipeline.tasks.data.files import gather, records
+    from multilora_pipeline.tasks.data.files import parquet_io, records
     from multilora_pipeline.tasks.data.files.parquet_io import write_parquet
 
     spec, tables, _ = demo_tables
@@ -362,7 +362,7 @@ def test_dedup_of_parquet_files_read_in_slices_is_dedup_of_the_table(
     config = spec.dedup.model_copy(update={"key_by_category": {category: ["prompt"]}})
     args = (config, {s.name: s.priority for s in spec.sources}, names)
     whole = dedup(pa.concat_tables([tables[n] for n in names]), *args, across=across)
-    for module in (gather, records):
+    for module in (parquet_io, records):
         monkeypatch.setattr(module, "SLICE_ROWS", 97)
     monkeypatch.setattr(dedup_module, "KEY_ROWS", 31)  # keys of one slice in several pieces
     monkeypatch.setattr(near_dedup, "SIGNATURE_ROWS", 13)  # signatures in several pieces too

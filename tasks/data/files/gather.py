@@ -4,7 +4,8 @@ A seeded mixture takes its rows from everywhere in the cleaned file; `table.take
 whole file would need it in memory. `gathered_parts` reads the file once, in order, hands
 each picked row to the part of the output it belongs to (an Arrow IPC spill file per part,
 with the row's output position), then reads the parts back one at a time and puts each in
-its order. Memory: one read batch and one part, however big the file.
+its order. Memory: one read batch (parquet_io.slice_rows) and one part, however big the
+file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, parquet_slices
+from multilora_pipeline.tasks.data.files.parquet_io import parquet_slices, slice_rows
 
 POSITION = "__position__"  # a spilled row's place in the output
 
@@ -44,7 +45,8 @@ def gathered_parts(
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     try:
         start, done = 0, 0
-        for batch in parquet_slices(paths, columns or schema.names, SLICE_ROWS):
+        read_rows = slice_rows(paths, schema.names)
+        for batch in parquet_slices(paths, schema.names, read_rows):
             end = start + batch.num_rows
             upto = int(np.searchsorted(sorted_positions, end))
             if upto > done:

@@ -22,6 +22,10 @@ ROW_GROUP_ROWS = 10_000
 # Rows per slice when a big table is filtered or taken piece by piece: a multiple of
 # ROW_GROUP_ROWS, small enough that one slice's copy is a few hundred MB at most.
 SLICE_ROWS = 200_000
+# ... and at most this much uncompressed data of the columns read: a slice, its copies and
+# what a stage derives from it (a gather's part read back, joined texts, shingles) cost a
+# few times its size, so 200k rows of 4 KB documents (800 MB a copy) must be fewer rows.
+SLICE_BYTES = 32 << 20
 WRITE_OPTIONS = dict(compression="zstd", use_dictionary=True, write_statistics=True)
 
 
@@ -60,6 +64,26 @@ def taken_slices(table: pa.Table, indices: np.ndarray) -> Iterator[pa.Table]:
     """table.take(indices), one SLICE_ROWS piece at a time (no full copy)."""
     for start in range(0, max(len(indices), 1), SLICE_ROWS):
         yield table.take(pa.array(indices[start : start + SLICE_ROWS], type=pa.int64()))
+
+
+def slice_rows(paths: Iterable[str | Path], columns: list[str] | None = None) -> int:
+    """Rows per slice for reading `columns` of these files: SLICE_ROWS, or fewer where their
+    rows are long, so a slice holds about SLICE_BYTES of uncompressed data (from the files'
+    metadata; at least ROW_GROUP_ROWS)."""
+    data_bytes = rows = 0
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if columns is None or chunk.path_in_schema.split(".")[0] in columns:
+                    data_bytes += chunk.total_uncompressed_size
+    if rows == 0 or data_bytes == 0:
+        return SLICE_ROWS
+    fitting = int(SLICE_BYTES // (data_bytes / rows))
+    return min(SLICE_ROWS, max(ROW_GROUP_ROWS, fitting))
 
 
 def parquet_slices(

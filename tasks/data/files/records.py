@@ -15,7 +15,12 @@ import pyarrow.parquet as pq
 
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.tasks.data.files.gather import gathered_parts
-from multilora_pipeline.tasks.data.files.parquet_io import SLICE_ROWS, parquet_slices, taken_slices
+from multilora_pipeline.tasks.data.files.parquet_io import (
+    SLICE_ROWS,
+    parquet_slices,
+    slice_rows,
+    taken_slices,
+)
 
 
 class TableRecords:
@@ -68,10 +73,13 @@ class ParquetRecords:
         return codes, list(labels)
 
     def slices(self, columns: list[str]) -> Iterator[pa.Table]:
-        return parquet_slices(self.paths, columns, SLICE_ROWS)
+        """The columns, slice_rows(...) rows at a time (fewer rows where they are long)."""
+        return parquet_slices(self.paths, columns, slice_rows(self.paths, columns))
 
     def taken(self, positions: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
-        return gathered_parts(self.paths, positions, SLICE_ROWS, self.spill_dir, columns)
+        """The rows at `positions`, in that order, in parts of slice_rows(...) rows."""
+        part_rows = slice_rows(self.paths, columns)
+        return gathered_parts(self.paths, positions, part_rows, self.spill_dir, columns)
 
     def scratch(self, name: str) -> Path:
         """A folder beside `spill_dir` (which a gather removes when done) for what a step of
