@@ -54,9 +54,10 @@ BUCKET_CAP = 32
 VERIFY_MARGIN = 0.15
 # Texts shingled and signed at once: their signatures are 1 KB a row while computed (uint64).
 SIGNATURE_ROWS = 50_000
-# Texts per shard when the signatures are Ray tasks (fan_out.py): ~25 MB of text and ~1 s of
-# hashing a shard, a piece small enough to spread 10M rows over 50 tasks.
+# Texts per shard when the signatures are Ray tasks (fan_out.py), and at most this much text:
+# ~2 s of hashing on one core for 200k instruction rows (~90 MB), 10M rows in 50 tasks.
 SHARD_ROWS = 200_000
+SHARD_BYTES = 64 << 20
 # Seconds between progress lines of the signature pass.
 PROGRESS_SECONDS = 10.0
 
@@ -234,24 +235,27 @@ def _sign_shard(
 
 
 def _text_shards(text_slices: Iterable[pa.Array], folder: Path, shard_rows: int) -> list[Path]:
-    """The texts written as Arrow IPC files of at most `shard_rows` rows each, in order."""
+    """The texts written as Arrow IPC files in order, each of at most `shard_rows` rows and
+    about SHARD_BYTES of text (judged by the mean length in each slice)."""
     folder.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([pa.field("text", pa.string())])
     paths: list[Path] = []
     sink = writer = None
-    filled = shard_rows
+    filled = limit = 0
     try:
         for texts in text_slices:
+            mean_bytes = texts.nbytes / max(len(texts), 1)
+            limit = max(1, min(shard_rows, int(SHARD_BYTES // max(mean_bytes, 1))))
             start = 0
             while start < len(texts):
-                if filled == shard_rows:  # the current shard is full: start the next
+                if writer is None or filled >= limit:  # the shard is full: start the next
                     if writer is not None:
                         writer.close()
                         sink.close()
                     paths.append(folder / f"shard-{len(paths):05d}.arrow")
                     sink = pa.OSFile(str(paths[-1]), "wb")
                     writer, filled = pa.ipc.new_file(sink, schema), 0
-                piece = texts.slice(start, shard_rows - filled).cast(pa.string())
+                piece = texts.slice(start, limit - filled).cast(pa.string())
                 writer.write_batch(pa.record_batch([piece], schema=schema))
                 start, filled = start + len(piece), filled + len(piece)
     finally:

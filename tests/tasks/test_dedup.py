@@ -271,13 +271,27 @@ def test_band_keys_written_by_shards_read_back_as_one_band_in_row_order(tmp_path
         assert len(got) > 0 and (got == want).all()
 
 
+def _shards(paths) -> list[list[str]]:
+    return [
+        pa.ipc.open_file(pa.OSFile(str(p))).read_all().column("text").to_pylist() for p in paths
+    ]
+
+
 def test_texts_are_cut_into_shards_of_at_most_the_asked_rows(tmp_path):
     texts = [f"text {i}" for i in range(14)]
     slices = [pa.array(texts[:5]), pa.array(texts[5:])]
-    paths = near_dedup._text_shards(slices, tmp_path, shard_rows=4)
-    read = [pa.ipc.open_file(pa.OSFile(str(p))).read_all().column("text") for p in paths]
-    assert [len(c) for c in read] == [4, 4, 4, 2]
-    assert [t for c in read for t in c.to_pylist()] == texts
+    shards = _shards(near_dedup._text_shards(slices, tmp_path, shard_rows=4))
+    assert [len(shard) for shard in shards] == [4, 4, 4, 2]
+    assert [t for shard in shards for t in shard] == texts
+
+
+def test_long_texts_make_shards_of_fewer_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(near_dedup, "SHARD_BYTES", 1000)
+    short, long = [f"s{i}" for i in range(30)], [f"{i} " + "long " * 49 for i in range(9)]
+    slices = [pa.array(short), pa.array(long)]  # ~7 and ~254 bytes a row (offsets included)
+    shards = _shards(near_dedup._text_shards(slices, tmp_path, shard_rows=25))
+    assert [len(shard) for shard in shards] == [25, 5, 3, 3, 3]  # 25 short, then 3 long a shard
+    assert [t for shard in shards for t in shard] == short + long
 
 
 def test_a_huge_cluster_of_near_identical_rows_costs_comparisons_with_its_survivors_only():
