@@ -15,8 +15,9 @@ Exact dedup is unaffected: the same passage with another question is another key
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from multilora_pipeline.data_specs.formats import TEMPLATE_FORMATS
 from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DedupSpec
+from multilora_pipeline.tasks.data.exact_repeats import first_of_repeats
 from multilora_pipeline.tasks.data.files.parquet_io import filtered_slices
 from multilora_pipeline.tasks.data.files.records import Records, TableRecords
 from multilora_pipeline.tasks.data.minhash import normalised_text, normalised_words
@@ -130,30 +132,38 @@ def exact_keys(table: pa.Table, fields: list[str]) -> pa.Array:
     return pc.binary_join_element_wise(*parts, FIELD_SEP) if len(parts) > 1 else parts[0]
 
 
-def key_codes(parts: Iterable[pa.Table], fields: list[str]) -> np.ndarray:
-    """One int per row of `parts` (tables with the fields, and `task` where the content
-    depends on it): equal exactly when the exact keys are equal.
-
-    Keys are built KEY_ROWS rows at a time and reduced to two independent 64-bit hashes
-    (a 128-bit digest: a false match among 10^9 rows has odds below 10^-20), so no Python
-    string per row is alive at once beyond one slice.
-    """
-    digests = []
+def key_digests(parts: Iterable[pa.Table], fields: list[str]) -> Iterator[np.ndarray]:
+    """Per KEY_ROWS rows of `parts` (tables with the fields, and `task` where the content
+    depends on it), an (n, 2) uint64 digest of each row's exact key: two independent 64-bit
+    hashes (a false match among 10^9 rows has odds below 10^-20), so no Python string per
+    row is alive beyond one piece."""
     for part in parts:
         for start in range(0, part.num_rows, KEY_ROWS):
             keys = exact_keys(part.slice(start, KEY_ROWS), fields).to_numpy(zero_copy_only=False)
             digest = np.empty((len(keys), 2), dtype=np.uint64)
             for k, salt in enumerate(HASH_KEYS):
                 digest[:, k] = pd.util.hash_array(keys, hash_key=salt, categorize=False)
-            digests.append(digest)
-    if not digests:
-        return np.zeros(0, dtype=np.int64)
-    _, codes = np.unique(np.concatenate(digests), axis=0, return_inverse=True)
-    return codes.reshape(-1)
+            yield digest
+
+
+def exact_repeats(
+    parts: Iterable[pa.Table], fields: list[str], positions: np.ndarray, folder: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(repeats, firsts) among the rows of `parts`, the k-th row standing at positions[k]:
+    each position whose exact key a smaller position has, with the smallest such position
+    (exact_repeats.py: grouped by DuckDB, out of core when `folder` is given)."""
+
+    def pieces():
+        start = 0
+        for digest in key_digests(parts, fields):
+            yield digest, positions[start : start + len(digest)]
+            start += len(digest)
+
+    return first_of_repeats(pieces(), folder)
 
 
 def key_columns(fields: list[str]) -> list[str]:
-    """What key_codes reads: the key fields and the task (whose template content() strips)."""
+    """What key_digests reads: the key fields and the task (whose template content() strips)."""
     return list(dict.fromkeys([*fields, "task"]))
 
 
@@ -167,17 +177,6 @@ def rank_order(
     pos = np.array([position.get(s, len(position)) for s in names], dtype=np.int64)
     idx = source_codes
     return np.lexsort((np.arange(len(idx)), pos[idx], prio[idx]))
-
-
-def _exact_pass(codes: np.ndarray, rows: np.ndarray, dup_of: np.ndarray) -> None:
-    """Among `rows` (ranked positions, ascending) with these key codes, point every repeat of
-    a key at the first (best-ranked) row with that key."""
-    if len(rows) < 2:
-        return
-    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    rep = rows[first[inverse]]
-    repeat = rep != rows
-    dup_of[rows[repeat]] = rep[repeat]
 
 
 def _same_query(read: Callable[[int], tuple], threshold: float) -> Callable[[int, int], bool]:
@@ -228,8 +227,9 @@ def dedup(
     table, or Parquet files read a slice at a time (files/records.py).
 
     Works in rank order (best copy first) on integer arrays; the rows are read slice by
-    slice and never reordered or copied whole, so exact dedup holds 16 bytes a row beyond a
-    slice. Near dedup reads the texts a slice at a time too and keeps their band keys on disk
+    slice and never reordered or copied whole. Exact dedup hashes each slice's keys to
+    128-bit digests that DuckDB groups out of core (exact_repeats.py), so this process holds
+    a few int32 arrays of the rows (rank, the copy each drop points at). Near dedup reads the texts a slice at a time too and keeps their band keys on disk
     (near_dedup.py), holding only the rows that share a bucket. `across`: the rows are
     sources already deduplicated one by one, so near dedup compares only rows of different
     sources (the within pass compared the rest once already)."""
@@ -247,7 +247,12 @@ def dedup(
     near_rows, near_sim = np.zeros(0, dtype=position), np.zeros(0)
     if config.exact and n > 1:
         key = list(config.key)
-        _exact_pass(key_codes(records.slices(key_columns(key)), key)[rank], np.arange(n), dup_of)
+        ranked_at = np.empty(n, dtype=position)  # file row -> its ranked position
+        ranked_at[rank] = np.arange(n, dtype=position)
+        parts = records.slices(key_columns(key))
+        repeats, firsts = exact_repeats(parts, key, ranked_at, records.scratch("exact-keys"))
+        dup_of[repeats] = firsts
+        del ranked_at
         category_codes, names = records.codes("category")
         cat_ranked = category_codes[rank]
         for name, key in sorted(config.key_by_category.items()):
@@ -256,7 +261,9 @@ def dedup(
             rows = np.flatnonzero((cat_ranked == names.index(name)) & (dup_of < 0))
             if len(rows) > 1:
                 parts = records.taken(rank[rows], key_columns(list(key)))
-                _exact_pass(key_codes(parts, list(key)), rows, dup_of)
+                scratch = records.scratch("exact-keys")
+                repeats, firsts = exact_repeats(parts, list(key), rows, scratch)
+                dup_of[repeats] = firsts
         # A first-pass copy may itself have gone in a category pass: point at its survivor.
         hop = dup_of >= 0
         hop[hop] = dup_of[dup_of[hop]] >= 0

@@ -27,7 +27,7 @@ from multilora_pipeline.data_specs.record import RECORD_SCHEMA
 from multilora_pipeline.data_specs.schema import DataSpec, DedupSpec, EvalSuiteSpec, SourceSpec
 from multilora_pipeline.models.content import file_sha256
 from multilora_pipeline.tasks.data.decontaminate import DECON_DROP_SCHEMA, decontaminate_file
-from multilora_pipeline.tasks.data.dedup import dedup, key_codes, source_file, source_row
+from multilora_pipeline.tasks.data.dedup import dedup, exact_repeats, source_file, source_row
 from multilora_pipeline.tasks.data.fetch import Snapshot, fetch
 from multilora_pipeline.tasks.data.files.parquet_io import (
     filtered_slices,
@@ -172,10 +172,11 @@ REPEATS_SCHEMA = pa.schema(
 def suite_repeats(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(is a repeat, index of the first copy) per item: the same prompt content and choices
     (dedup's exact key)."""
-    codes = key_codes([records], ["prompt", "choices"])
-    _, first_at, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    first = first_at[inverse.reshape(-1)]
-    return first != np.arange(len(codes)), first
+    rows = np.arange(records.num_rows)
+    repeats, firsts = exact_repeats([records], ["prompt", "choices"], rows)
+    first = rows.copy()
+    first[repeats] = firsts
+    return first != rows, first
 
 
 def repeats_table(suite: str, records: pa.Table, first: np.ndarray, dropped: bool) -> pa.Table:

@@ -13,6 +13,7 @@ from multilora_pipeline.data_specs.record import make_record, records_to_table
 from multilora_pipeline.data_specs.schema import DedupSpec, NearDedupSpec, load_spec
 from multilora_pipeline.tasks.data import near_dedup
 from multilora_pipeline.tasks.data.dedup import dedup, drops_per_source_pair, exact_keys
+from multilora_pipeline.tasks.data.exact_repeats import first_of_repeats
 from multilora_pipeline.tasks.data.minhash import (
     MinHasher,
     band_keys,
@@ -251,6 +252,33 @@ def test_shared_buckets_name_only_buckets_two_rows_share():
     assert found == [(0, b0), (0, b1), (1, b0), (2, b0), (2, b1)]  # row 3 shares nothing
     inactive = buckets(np.array([True, True, False, True]))  # row 2 has no shingles
     assert [r for r, _ in inactive] == [0, 1]  # rows 0, 1 still share band 0; band 1 alone
+
+
+def test_exact_repeats_point_each_repeat_at_its_smallest_position_on_disk_or_in_memory(
+    tmp_path,
+):
+    rng = np.random.default_rng(5)
+    digests = rng.integers(0, 2**63, (5_000, 2), dtype=np.uint64)
+    digests[rng.choice(5_000, 400)] = digests[rng.choice(5_000, 400)]  # repeats, some chained
+    digests[10:13] = [[7, 1], [7, 2], [7, 1]]  # one half of the digest equal is no repeat
+    positions = rng.permutation(5_000)  # rows arrive in file order, ranked elsewhere
+    by_rank = np.empty_like(digests)
+    by_rank[positions] = digests
+    _, first, inverse = np.unique(by_rank, axis=0, return_index=True, return_inverse=True)
+    firsts = first[inverse.reshape(-1)]
+    expected = (np.flatnonzero(firsts != np.arange(5_000)), firsts[firsts != np.arange(5_000)])
+
+    def pieces():
+        for start in range(0, 5_000, 700):
+            yield digests[start : start + 700], positions[start : start + 700]
+
+    for folder in (None, tmp_path / "scratch"):
+        repeats, to = first_of_repeats(pieces(), folder)
+        assert len(repeats) > 300
+        assert (repeats == expected[0]).all() and (to == expected[1]).all()
+    assert not (tmp_path / "scratch").exists()
+    empty = first_of_repeats(iter([]), tmp_path / "none")
+    assert [len(a) for a in empty] == [0, 0] and not (tmp_path / "none").exists()
 
 
 def test_band_keys_written_by_shards_read_back_as_one_band_in_row_order(tmp_path):
