@@ -264,6 +264,7 @@ def dedup(
                 scratch = records.scratch("exact-keys")
                 repeats, firsts = exact_repeats(parts, list(key), rows, scratch)
                 dup_of[repeats] = firsts
+        del category_codes, cat_ranked  # not needed by the near pass: 16 bytes a row less
         # A first-pass copy may itself have gone in a category pass: point at its survivor.
         hop = dup_of >= 0
         hop[hop] = dup_of[dup_of[hop]] >= 0

@@ -176,12 +176,33 @@ def write_band_keys(
 
 
 def band_buckets(key: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """One band: the active rows whose key another active row shares, their bucket ids
-    (0.. within the band) and how many distinct keys the band has."""
+    """One band: the active rows whose key another active row shares (ascending), their
+    bucket ids (the key's rank among the band's distinct keys, as np.unique numbers them)
+    and how many distinct keys the band has.
+
+    One stable argsort and the runs of equal keys, rather than np.unique's inverse and
+    counts of every row: at 10M rows a band costs ~300 MB at its peak instead of ~700."""
     ids = np.flatnonzero(active)
-    unique, inverse, counts = np.unique(key[ids], return_inverse=True, return_counts=True)
-    shared = counts[inverse] > 1
-    return ids[shared], inverse[shared].astype(np.int64), len(unique)
+    if len(ids) < 2**31:
+        ids = ids.astype(np.int32)
+    if len(ids) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    order = np.argsort(key[ids], kind="stable")
+    ids = ids[order]  # rows in key order, row order within a key
+    del order
+    ordered = key[ids]
+    same = ordered[1:] == ordered[:-1]  # each row against the one before it in key order
+    del ordered
+    run_id = np.empty(len(ids), np.int64)  # the bucket of each row: its run of equal keys
+    run_id[0] = 0
+    np.cumsum(~same, out=run_id[1:])
+    shared = np.zeros(len(ids), bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    distinct = int(run_id[-1]) + 1
+    rows, buckets = ids[shared].astype(np.int64), run_id[shared]
+    by_row = np.argsort(rows, kind="stable")
+    return rows[by_row], buckets[by_row], distinct
 
 
 def shared_buckets(

@@ -281,6 +281,20 @@ def test_exact_repeats_point_each_repeat_at_its_smallest_position_on_disk_or_in_
     assert [len(a) for a in empty] == [0, 0] and not (tmp_path / "none").exists()
 
 
+def test_band_buckets_number_buckets_as_np_unique_does(tmp_path):
+    rng = np.random.default_rng(11)
+    key = rng.integers(0, 50, 2_000).astype(np.uint64)  # many shared keys
+    key[:500] = rng.integers(0, 2**63, 500, dtype=np.uint64)  # and many alone
+    active = rng.random(2_000) > 0.1
+    ids = np.flatnonzero(active)
+    unique, inverse, counts = np.unique(key[ids], return_inverse=True, return_counts=True)
+    shared = counts[inverse] > 1
+    rows, buckets, distinct = near_dedup.band_buckets(key, active)
+    assert rows.tolist() == ids[shared].tolist()
+    assert buckets.tolist() == inverse[shared].tolist() and distinct == len(unique)
+    assert [len(a) for a in near_dedup.band_buckets(key, np.zeros(2_000, bool))[:2]] == [0, 0]
+
+
 def test_band_keys_written_by_shards_read_back_as_one_band_in_row_order(tmp_path):
     # What the Ray fan-out does: each shard writes its rows of every band, a band reads all.
     sig = np.random.default_rng(3).integers(0, 4, (30, 12), dtype=np.uint32)  # many shared

@@ -34,11 +34,16 @@ def gathered_parts(
     holds positions[k*part_rows:(k+1)*part_rows] in that order. Always at least one part
     (empty when `positions` is). Spill files go to `spill_dir` (created) and are removed as
     their part is read back."""
-    positions = np.asarray(positions, dtype=np.int64)
+    positions = np.asarray(positions)
+    if positions.dtype.kind not in "iu":
+        positions = positions.astype(np.int64)
     parts = max(1, -(-len(positions) // part_rows))
     schema = pq.read_schema(paths[0])
     schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    by_position = np.argsort(positions, kind="stable")  # output indices in file order
+    # Output indices in file order, int32 where they fit: these arrays live through the pass.
+    by_position = np.argsort(positions, kind="stable")
+    if len(positions) < 2**31:
+        by_position = by_position.astype(np.int32)
     sorted_positions = positions[by_position]
     spill_dir.mkdir(parents=True, exist_ok=True)
     spill_schema = schema.append(pa.field(POSITION, pa.int64()))
@@ -81,5 +86,6 @@ def _spill(rows, outputs, part_rows, writers, spill_dir, spill_schema) -> None:
         k = int(part_of[lo])
         if k not in writers:
             writers[k] = pa.ipc.new_file(str(spill_dir / f"part-{k:05d}.arrow"), spill_schema)
-        piece = rows.slice(lo, hi - lo).append_column(POSITION, pa.array(outputs[lo:hi]))
+        position = pa.array(outputs[lo:hi], pa.int64())
+        piece = rows.slice(lo, hi - lo).append_column(POSITION, position)
         writers[k].write_table(piece)
