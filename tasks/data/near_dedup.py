@@ -365,9 +365,8 @@ def near_duplicates_in_slices(
     ends = np.append(starts[1:], len(member_rows))[: len(starts)]
     # The rows that share a bucket, and only those, are read again and signed in memory.
     texts, accept = rows_at(involved)
-    sh = word_shingles(texts, shingle)
+    sh, sig = _shingles_and_signatures(texts, shingle, hasher)
     del texts
-    sig = hasher.signatures(sh)
     local_groups = groups[involved] if groups is not None else None
     kept_in: dict[int, list[int]] = {}
     pairs, sims, compared = [], [], 0
@@ -441,6 +440,26 @@ def near_duplicates(
         seed=seed,
         groups=groups,
     )
+
+
+def _shingles_and_signatures(
+    texts: pa.Array | pa.ChunkedArray, shingle: int, hasher: MinHasher
+) -> tuple[Shingles, np.ndarray]:
+    """The shingles and signatures of `texts`, computed SIGNATURE_ROWS texts at a time: the
+    scratch of shingling (tokens, word hashes, windows) is one piece's, not all rows' (at
+    10M rows, ~200k share a bucket: ~900 MB of scratch at once)."""
+    pieces = [
+        word_shingles(texts.slice(start, SIGNATURE_ROWS), shingle)
+        for start in range(0, len(texts), SIGNATURE_ROWS)
+    ] or [word_shingles(texts, shingle)]
+    signatures = np.concatenate([hasher.signatures(piece) for piece in pieces])
+    starts = np.cumsum([0] + [len(piece.hashes) for piece in pieces[:-1]])
+    shingles = Shingles(
+        np.concatenate([piece.hashes for piece in pieces]),
+        np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(pieces, starts, strict=True)]),
+        np.concatenate([piece.lengths for piece in pieces]),
+    )
+    return shingles, signatures
 
 
 def _first_duplicate(
