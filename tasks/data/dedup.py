@@ -229,10 +229,11 @@ def dedup(
     Works in rank order (best copy first) on integer arrays; the rows are read slice by
     slice and never reordered or copied whole. Exact dedup hashes each slice's keys to
     128-bit digests that DuckDB groups out of core (exact_repeats.py), so this process holds
-    a few int32 arrays of the rows (rank, the copy each drop points at). Near dedup reads the texts a slice at a time too and keeps their band keys on disk
-    (near_dedup.py), holding only the rows that share a bucket. `across`: the rows are
-    sources already deduplicated one by one, so near dedup compares only rows of different
-    sources (the within pass compared the rest once already)."""
+    a few int32 arrays of the rows (rank, the copy each drop points at). Near dedup reads
+    the texts a slice at a time too and keeps their band keys on disk (near_dedup.py),
+    holding only the rows that share a bucket. `across`: the rows are sources already
+    deduplicated one by one, so near dedup compares only rows of different sources (the
+    within pass compared the rest once already)."""
     if isinstance(records, pa.Table):
         records = TableRecords(records)
     n = records.num_rows
