@@ -336,10 +336,10 @@ def near_duplicates_in_slices(
     (one int per text): texts of one group are not compared (a pass across sources whose own
     pairs were decided within each). `folder`: where the band keys go (None: in memory).
     With a folder, in a process connected to Ray (fan_out.py), the texts are cut into shards
-    of `shard_rows` signed by Ray tasks, and each band grouped by one. Candidates come from LSH buckets,
-    but a text is compared only with the kept texts of its buckets (at most BUCKET_CAP per
-    bucket, the best-ranked), never with every pair: a bucket of 147k near-identical rows
-    costs 147k comparisons with its one survivor, not millions of pairs.
+    of `shard_rows` signed by Ray tasks, and each band grouped by one. Candidates come from
+    LSH buckets, but a text is compared only with the kept texts of its buckets (at most
+    BUCKET_CAP per bucket, the best-ranked), never with every pair: a bucket of 147k
+    near-identical rows costs 147k comparisons with its one survivor, not millions of pairs.
     """
     t0 = time.perf_counter()
     if bands is None:
