@@ -65,7 +65,9 @@ def _on_node(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
 def cluster_fan_out() -> RayFanOut | None:
     """A RayFanOut when this process is connected to a Ray cluster (a stage run by the ray
     task runner, or a caller that ran ray.init), else None: the work stays here."""
-    ray = sys.modules.get("ray")  # never imported here: a process without Ray pays nothing
-    if ray is None or not ray.is_initialized():
+    # Never imported here: a process without Ray pays nothing. Under the dask runner another
+    # thread may be importing ray just then (a module half made, no is_initialized yet).
+    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
+    if is_initialized is None or not is_initialized():
         return None
     return RayFanOut()
