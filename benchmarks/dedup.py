@@ -36,6 +36,7 @@ import logging
 import multiprocessing as mp
 import random
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -136,9 +137,12 @@ def ours(texts):
 def local_ray_cluster(nodes: int, cpus: int):
     """HOST:PORT of a Ray head and nodes-1 more nodes on 127.0.0.1, `cpus` CPUs each."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    address = "127.0.0.1:6399"
+    with socket.socket() as probe:  # a free port: a user's own cluster may hold 6379
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    address = f"127.0.0.1:{port}"
     node = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus)]
-    start = [[ray_cli, "start", "--head", "--port", "6399", "--include-dashboard=false", *node]]
+    start = [[ray_cli, "start", "--head", "--port", port, "--include-dashboard=false", *node]]
     start += [[ray_cli, "start", "--address", address, *node]] * (nodes - 1)
     try:
         for cmd in start:

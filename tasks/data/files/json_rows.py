@@ -141,9 +141,26 @@ Records = Callable[[], Iterator[tuple[list[dict], list[int]]]]
 """Starts a pass over a file's records: batches of (records, their line or element numbers)."""
 
 
+def _batches(numbered: Iterator[tuple[int, dict]]) -> Iterator[tuple[list[dict], list[int]]]:
+    """(number, record) pairs as batches of BATCH_RECORDS records and their numbers."""
+    records, numbers = [], []
+    for number, obj in numbered:
+        records.append(obj)
+        numbers.append(number)
+        if len(records) == BATCH_RECORDS:
+            yield records, numbers
+            records, numbers = [], []
+    if records:
+        yield records, numbers
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[list[dict], list[int]]]:
     """The lines as dicts, BATCH_RECORDS at a time, with their line numbers; blank lines skipped."""
-    records, numbers = [], []
+    return _batches(_jsonl_lines(path))
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line."""
     with path.open(encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -162,31 +179,15 @@ def _jsonl_records(path: Path) -> Iterator[tuple[list[dict], list[int]]]:
                     where=f"{path}, line {number}",
                     fix="write one object per line",
                 )
-            records.append(obj)
-            numbers.append(number)
-            if len(records) == BATCH_RECORDS:
-                yield records, numbers
-                records, numbers = [], []
-    if records:
-        yield records, numbers
+            yield number, obj
 
 
 def read_json(path: Path) -> FileRows:
     """One JSON document (a list of objects, or {"data": [...]}), decoded an element at a
     time in each pass (json_document.py), BATCH_RECORDS records per batch."""
-
-    def records() -> Iterator[tuple[list[dict], list[int]]]:
-        batch, numbers = [], []
-        for number, obj in enumerate(document_records(path), start=1):
-            batch.append(obj)
-            numbers.append(number)
-            if len(batch) == BATCH_RECORDS:
-                yield batch, numbers
-                batch, numbers = [], []
-        if batch:
-            yield batch, numbers
-
-    return _records_to_tables(path, records, "row")
+    return _records_to_tables(
+        path, lambda: _batches(enumerate(document_records(path), start=1)), "row"
+    )
 
 
 def _records_to_tables(path: Path, records: Records, unit: str) -> FileRows:
